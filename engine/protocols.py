@@ -1,0 +1,49 @@
+"""One small protocol per stage. Optional abilities are separate ``runtime_checkable`` protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from engine.types import Candidate, Query, RankedList, SparseVector
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns texts into sparse term-weight vectors. Query and document sides may differ."""
+
+    name: str
+
+    def encode_queries(self, texts: Sequence[str]) -> list[SparseVector]: ...
+
+    def encode_docs(self, texts: Sequence[str]) -> list[SparseVector]: ...
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """First stage: the top ``k`` documents of the collection for a query, as a sorted ranking."""
+
+    def retrieve(self, query: Query, k: int) -> RankedList: ...
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Second stage: reorder the given candidates. The output is a permutation of the input ids."""
+
+    def rerank(self, query: Query, candidates: Sequence[Candidate]) -> RankedList: ...
+
+
+@runtime_checkable
+class SupportsClose(Protocol):
+    """A stage that holds resources (model memory, a JVM searcher, connections) it can release."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Index(Protocol):
+    """An index that owns its directory and hands out its own retriever."""
+
+    path: object
+
+    def retriever(self) -> Retriever: ...

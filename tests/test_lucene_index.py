@@ -1,0 +1,133 @@
+"""The embedded Lucene impact index against an independent brute-force dot product."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import indexes
+from engine.errors import IndexLoadError, InputError
+from engine.types import Document, Query
+from indexes.lucene_impact import LuceneImpactIndex
+
+
+def _brute_force(encoder, docs, queries, scale):
+    """Expected rankings computed independently: scipy sparse matrix of quantised impacts."""
+    doc_vecs = [v.quantize(scale) for v in encoder.encode_docs([d.full_text for d in docs])]
+    vocab = sorted({t for v in doc_vecs for t in v})
+    col = {t: i for i, t in enumerate(vocab)}
+    rows, cols, vals = [], [], []
+    for r, v in enumerate(doc_vecs):
+        for t, w in v.items():
+            rows.append(r)
+            cols.append(col[t])
+            vals.append(w)
+    matrix = sp.csr_matrix((vals, (rows, cols)), shape=(len(docs), len(vocab)), dtype=np.int64)
+    expected = {}
+    for q in queries:
+        (qv,) = encoder.encode_queries([q.text])
+        qvec = np.zeros(len(vocab), dtype=np.int64)
+        for t, w in qv.quantize(scale).items():
+            if t in col:
+                qvec[col[t]] = w
+        scores = matrix @ qvec
+        order = sorted((i for i in range(len(docs)) if scores[i] > 0), key=lambda i: (-scores[i], docs[i].doc_id))
+        expected[q.query_id] = [(docs[i].doc_id, int(scores[i])) for i in order]
+    return expected
+
+
+def test_search_equals_brute_force_dot_product(lucene_index, lucene_retriever, encoder, tiny_docs, tiny_queries):
+    expected = _brute_force(encoder, tiny_docs, tiny_queries, lucene_index.scale)
+    for q in tiny_queries:
+        (qv,) = encoder.encode_queries([q.text])
+        got = lucene_retriever.search_impacts(qv.quantize(lucene_index.scale), k=len(tiny_docs))
+        assert got == expected[q.query_id], q.text
+        ranking = lucene_retriever.retrieve(q, k=len(tiny_docs))
+        assert ranking.doc_ids == [d for d, _ in expected[q.query_id]]
+        assert [h.score for h in ranking] == pytest.approx([s / lucene_index.scale**2 for _, s in expected[q.query_id]])
+
+
+def test_relevant_doc_ranks_first(lucene_retriever, tiny_queries, tiny_qrels):
+    for q in tiny_queries:
+        top = lucene_retriever.retrieve(q, k=3)
+        assert top[0].doc_id in tiny_qrels[q.query_id], (q.text, top.doc_ids)
+        assert top[0].text and top[0].title  # the document store returns the text for rerankers
+
+
+def test_ties_are_broken_by_doc_id_at_the_cutoff(tmp_path, encoder):
+    # Identical texts give identical vectors, so every document ties; ids are inserted out of order.
+    ids = ["e", "c", "a", "d", "b", "f"]
+    docs = [Document(i, "the moon orbits the earth") for i in ids]
+    index = LuceneImpactIndex.build(docs, tmp_path / "ties", encoder=encoder, progress=False, threads=2)
+    retriever = index.retriever(encoder)
+    query = Query("q", "moon")
+    assert retriever.retrieve(query, k=10).doc_ids == sorted(ids)
+    assert len({h.score for h in retriever.retrieve(query, k=10)}) == 1
+    for k in (1, 2, 3, 5):
+        assert retriever.retrieve(query, k=k).doc_ids == sorted(ids)[:k]
+
+
+def test_meta_json(lucene_index, tiny_docs):
+    meta = json.loads((lucene_index.path / "meta.json").read_text())
+    assert meta["backend"] == "lucene-impact"
+    assert meta["doc_count"] == meta["indexed_count"] == len(tiny_docs)
+    assert meta["encoder"]["name"] == "splade"
+    assert meta["encoder"]["params"]["model"] == "bundled:splade-tiny"
+    assert meta["scale"] == 100.0
+    assert {"encode", "index", "total"} <= set(meta["build_seconds"])
+    assert not (lucene_index.path / "_vectors").exists()
+
+
+def test_load_dispatches_on_meta(lucene_index, tmp_path):
+    assert isinstance(indexes.load(lucene_index.path), LuceneImpactIndex)
+    with pytest.raises(IndexLoadError, match="index not found"):
+        indexes.load(tmp_path / "missing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(IndexLoadError, match=r"no meta\.json"):
+        indexes.load(tmp_path / "plain")
+
+
+def _docs_then_fail(docs):
+    yield from docs
+    raise RuntimeError("crash while encoding")
+
+
+def _snapshot(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_rebuild_over_existing_index_is_atomic(tmp_path, encoder, tiny_docs):
+    path = tmp_path / "idx"
+    LuceneImpactIndex.build(tiny_docs[:4], path, encoder=encoder, progress=False)
+    before = _snapshot(path)
+
+    with pytest.raises(RuntimeError, match="crash while encoding"):
+        LuceneImpactIndex.build(_docs_then_fail(tiny_docs), path, encoder=encoder, progress=False)
+    assert _snapshot(path) == before  # the old index is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temp dir left behind
+
+    with pytest.raises(InputError, match="empty"):
+        LuceneImpactIndex.build([], path, encoder=encoder, progress=False)
+    assert _snapshot(path) == before
+
+    rebuilt = LuceneImpactIndex.build(tiny_docs, path, encoder=encoder, progress=False)
+    assert len(rebuilt) == len(tiny_docs)
+    assert rebuilt.retriever(encoder).retrieve(Query("q", "ocean tides moon"), k=1).doc_ids == ["d10"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_refuses_to_overwrite_a_directory_that_is_not_an_index(tmp_path, encoder, tiny_docs):
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "thesis.tex").write_text("years of work")
+    with pytest.raises(InputError, match="not a twostage index"):
+        LuceneImpactIndex.build(tiny_docs[:2], target, encoder=encoder, progress=False)
+    assert (target / "thesis.tex").read_text() == "years of work"
+
+
+def test_duplicate_doc_ids_are_rejected(tmp_path, encoder):
+    docs = [Document("a", "one"), Document("a", "two")]
+    with pytest.raises(InputError, match="duplicate"):
+        LuceneImpactIndex.build(docs, tmp_path / "dup", encoder=encoder, progress=False)
+    assert not (tmp_path / "dup").exists()

@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.registry import index_backends
-from indexes import lucene_impact  # noqa: F401  (registers "lucene-impact")
+from indexes import (
+    lucene_impact,  # noqa: F401  (registers "lucene-impact")
+    opensearch,  # noqa: F401  (registers "opensearch"; opensearch-py is imported on use)
+)
 from indexes._atomic import read_meta
 
 DEFAULT_BACKEND = "lucene-impact"

@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny BEIR corpus, the real default SPLADE encoder, a built index per backend."""
+"""Shared fixtures: the tiny BEIR corpus, the real default SPLADE encoder, a built index per backend,
+and an OpenSearch to test the ``opensearch`` backend against ($OPENSEARCH_URL, else osmem-server)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import importlib.util
+import json
+import subprocess
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -42,15 +49,106 @@ def encoder():
     return create_encoder("splade")
 
 
+# ------------------------------------------------------------------------------------ OpenSearch
+def start_osmem() -> tuple[subprocess.Popen, str]:
+    """Start osmem-server (PyPI; an in-memory server speaking the OpenSearch REST API) on 127.0.0.1.
+
+    The server picks a free port itself (``--addr 127.0.0.1:0``) and prints its URL as the first line;
+    it exits with this process (``--parent-pid``). Returns the process and its URL once it answers.
+    """
+    from osmem_server import resolve_binary
+
+    cmd = [resolve_binary(), "--addr", "127.0.0.1:0", "--no-ja", "--no-stdin-watch", "--parent-pid", str(os.getpid())]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        stop_osmem(proc)
+        raise RuntimeError(f"osmem-server exited at start-up ({' '.join(cmd)})")
+    url = json.loads(line)["url"]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                stop_osmem(proc)
+                raise RuntimeError("osmem-server did not start") from None
+            time.sleep(0.05)
+
+
+def stop_osmem(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def _opensearch_available() -> bool:
+    if importlib.util.find_spec("opensearchpy") is None or importlib.util.find_spec("pydantic_settings") is None:
+        return False
+    return bool(os.environ.get("OPENSEARCH_URL")) or importlib.util.find_spec("osmem_server") is not None
+
+
 @pytest.fixture(scope="session")
-def built_indexes(tmp_path_factory, tiny_docs, encoder):
-    """One index of the tiny corpus per registered index backend, built once per session."""
+def opensearch_url():
+    """The cluster the OpenSearch tests use: $OPENSEARCH_URL when set, else a fresh osmem-server process."""
+    if not _opensearch_available():
+        reason = "opensearch-py, pydantic-settings or osmem-server missing: pip install -e '.[opensearch,test]'"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must run the OpenSearch tests)")
+        pytest.skip(reason)
+    url = os.environ.get("OPENSEARCH_URL")
+    if url:
+        yield url
+        return
+    proc, url = start_osmem()
+    try:
+        yield url
+    finally:
+        stop_osmem(proc)
+
+
+@pytest.fixture(scope="session")
+def opensearch_prefix(opensearch_url):
+    """A per-session prefix for index names; on a real cluster the session's indices are deleted after."""
+    prefix = f"twostage-test-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    if os.environ.get("OPENSEARCH_URL"):
+        from indexes.opensearch import _client, resolve_settings
+
+        client = _client(resolve_settings(hosts=[opensearch_url]))
+        for name in client.indices.get(index=f"{prefix}*"):
+            client.indices.delete(index=name)
+
+
+def backend_options(name: str, request: pytest.FixtureRequest) -> dict:
+    """Build options a backend needs in tests (the cluster for ``opensearch``); none for embedded ones."""
+    if name == "opensearch":
+        url = request.getfixturevalue("opensearch_url")
+        prefix = request.getfixturevalue("opensearch_prefix")
+        return {"hosts": [url], "index_name": f"{prefix}-contract"}
+    return {}
+
+
+@pytest.fixture(scope="session")
+def built_indexes(request, tmp_path_factory, tiny_docs, encoder):
+    """One index of the tiny corpus per registered index backend, built once per session.
+
+    A backend whose optional dependencies are missing here is left out (its contract tests skip).
+    """
     from engine.registry import index_backends
 
     built = {}
     for name in index_backends.names():
+        if name == "opensearch" and not _opensearch_available():
+            continue
         path = tmp_path_factory.mktemp("idx") / name
-        built[name] = index_backends.get(name).build(tiny_docs, path, encoder=encoder, progress=False)
+        options = backend_options(name, request)
+        built[name] = index_backends.get(name).build(tiny_docs, path, encoder=encoder, progress=False, **options)
     return built
 
 

@@ -1,0 +1,535 @@
+"""The ``opensearch`` backend end to end through opensearch-py, against osmem-server or $OPENSEARCH_URL.
+
+Fault cases go through :class:`FaultProxy`, a real HTTP proxy on 127.0.0.1 in front of the cluster that
+answers chosen bulk requests with 429/503 or drops every connection for a while (a server that is down).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import pytest
+
+import indexes
+from engine.cli import main
+from engine.errors import InputError
+from engine.types import Document, Query, SparseVector
+from tests.conftest import TINY
+
+pytest.importorskip("opensearchpy")
+pytest.importorskip("pydantic_settings")
+
+from indexes.opensearch import (
+    MAX_CLAUSES,
+    OpenSearchError,
+    OpenSearchIndex,
+    OpenSearchIndexMissingError,
+    OpenSearchUnavailableError,
+    _alias_targets,
+    _all_ids,
+    bulk_index,
+    escape_term,
+    resolve_settings,
+    unescape_term,
+)
+from indexes.opensearch_settings import OpenSearchSettings
+from indexes.pruning import measure_pruning
+
+# Fast back-off for the fault tests (the defaults wait up to 30 s between retries).
+FAST = {"retry_backoff": 0.02, "max_backoff": 0.1}
+
+
+# ------------------------------------------------------------------------------------- fixtures
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 in front of the cluster that fails requests on purpose.
+
+    ``reject_bulk(n, status)`` answers the next ``n`` bulk requests with ``status`` instead of forwarding
+    them; ``go_down_at_bulk(k)`` drops every request (connection closed, no answer) from the ``k``-th
+    bulk request on, until :meth:`up`.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self.lock = threading.Lock()
+        self.bulk_seen = 0
+        self.injected: list[int | str] = []
+        self._rejects: list[int] = []
+        self._down_at: int | None = None
+        self._down = False
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def handle_one(self) -> None:
+                proxy.handle(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_one
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reject_bulk(self, n: int, status: int) -> None:
+        with self.lock:
+            self._rejects.extend([status] * n)
+
+    def go_down_at_bulk(self, k: int) -> None:
+        with self.lock:
+            self._down_at = self.bulk_seen + k
+
+    def up(self) -> None:
+        with self.lock:
+            self._down, self._down_at = False, None
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        is_bulk = "/_bulk" in h.path
+        with self.lock:
+            if is_bulk:
+                self.bulk_seen += 1
+                if self._down_at is not None and self.bulk_seen >= self._down_at:
+                    self._down = True
+            fault: int | str | None = "drop" if self._down else None
+            if fault is None and is_bulk and self._rejects:
+                fault = self._rejects.pop(0)
+            if fault is not None:
+                self.injected.append(fault)
+        if fault == "drop":
+            h.close_connection = True  # no answer at all: the client sees the connection die
+            return
+        if fault is not None:
+            kind = "es_rejected_execution_exception" if fault == 429 else "unavailable_shards_exception"
+            payload = json.dumps({"error": {"type": kind, "reason": "injected by the test"}, "status": fault})
+            self._reply(h, int(fault), {"content-type": "application/json"}, payload.encode())
+            return
+        self._forward(h, body)
+
+    def _forward(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
+        u = self.upstream
+        if u.scheme == "https":  # a real test cluster with its demo certificate
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                u.hostname or "", u.port, timeout=30, context=ssl._create_unverified_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=30)
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "connection", "content-length")}
+        if u.username:  # credentials in $OPENSEARCH_URL
+            token = base64.b64encode(f"{u.username}:{u.password or ''}".encode()).decode()
+            headers.setdefault("Authorization", f"Basic {token}")
+        try:
+            conn.request(h.command, h.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            keep = {k: v for k, v in resp.getheaders() if k.lower() not in ("transfer-encoding", "connection")}
+            keep.pop("content-length", None)
+            keep.pop("Content-Length", None)
+            self._reply(h, resp.status, keep, data)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _reply(h: BaseHTTPRequestHandler, status: int, headers: dict[str, str], data: bytes) -> None:
+        h.send_response(status)
+        for k, v in headers.items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(opensearch_url):
+    p = FaultProxy(opensearch_url)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def name(opensearch_prefix, request):
+    """A fresh alias name for this test, under the session prefix."""
+    counter = iter(range(100))
+
+    def make(suffix: str = "") -> str:
+        test = request.node.name.split("[")[0].replace("test_", "").replace("_", "-")[:40]
+        return f"{opensearch_prefix}-{test}{suffix}-{next(counter)}"
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def os_index(built_indexes):
+    if "opensearch" not in built_indexes:
+        pytest.skip("opensearch backend not available")
+    return built_indexes["opensearch"]
+
+
+@pytest.fixture(scope="module")
+def os_retriever(os_index, encoder):
+    return os_index.retriever(encoder)
+
+
+def _build(docs, path, encoder, url, alias, **kw):
+    return OpenSearchIndex.build(docs, path, encoder=encoder, progress=False, hosts=[url], index_name=alias, **kw)
+
+
+def _brute_force(encoder, docs, query, scale):
+    """Expected (doc_id, integer score) by an independent dict dot product of the quantised vectors."""
+    doc_vecs = [v.quantize(scale) for v in encoder.encode_docs([d.full_text for d in docs])]
+    (qv,) = encoder.encode_queries([query.text])
+    q = qv.quantize(scale)
+    scores = [(d.doc_id, sum(w * dv.get(t, 0) for t, w in q.items())) for d, dv in zip(docs, doc_vecs, strict=True)]
+    return sorted(((d, s) for d, s in scores if s > 0), key=lambda ds: (-ds[1], ds[0]))
+
+
+# ------------------------------------------------------------------------------ same as embedded
+def test_rankings_equal_the_embedded_index(os_retriever, lucene_retriever, tiny_queries, tiny_docs):
+    for q in tiny_queries:
+        got = os_retriever.retrieve(q, k=len(tiny_docs))
+        expected = lucene_retriever.retrieve(q, k=len(tiny_docs))
+        assert got.doc_ids == expected.doc_ids, q.text
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-9)
+        for k in (1, 3, 10):
+            assert os_retriever.retrieve(q, k).doc_ids == expected.doc_ids[:k]
+
+
+def test_exact_integer_scores_equal_brute_force(os_index, os_retriever, encoder, tiny_docs, tiny_queries):
+    for q in tiny_queries:
+        (qv,) = encoder.encode_queries([q.text])
+        got = os_retriever.search_impacts(qv.quantize(os_index.scale), k=len(tiny_docs))
+        assert got == _brute_force(encoder, tiny_docs, q, os_index.scale), q.text
+
+
+def test_text_and_title_come_from_the_cluster(os_retriever, tiny_docs):
+    by_id = {d.doc_id: d for d in tiny_docs}
+    for hit in os_retriever.retrieve(Query("q", "what causes ocean tides"), k=5):
+        assert (hit.title, hit.text) == (by_id[hit.doc_id].title, by_id[hit.doc_id].text)
+
+
+def test_meta_json_and_load(os_index, tiny_docs):
+    meta = json.loads((os_index.path / "meta.json").read_text())
+    assert meta["backend"] == "opensearch"
+    assert meta["doc_count"] == len(tiny_docs) == os_index.count()
+    assert meta["scale"] == 100.0 and meta["encoder"]["name"] == "splade"
+    assert meta["opensearch"]["index"].startswith(meta["opensearch"]["alias"] + "--")
+    assert meta["opensearch"]["escape"] == "percent-v1"
+    assert sorted(p.name for p in os_index.path.iterdir()) == ["meta.json"]
+    loaded = indexes.load(os_index.path)
+    assert isinstance(loaded, OpenSearchIndex) and len(loaded) == len(tiny_docs)
+
+
+def test_server_sort_and_client_tie_groups_agree(tmp_path, encoder, opensearch_url, name):
+    # Identical texts tie on every score; ids are inserted out of order.
+    ids = ["e", "c", "a", "d", "b", "f"]
+    index = _build(
+        [Document(i, "the moon orbits the earth") for i in ids], tmp_path / "ties", encoder, opensearch_url, name()
+    )
+    query = Query("q", "moon")
+    for server_sort in (True, False):
+        retriever = index.retriever(encoder, server_sort=server_sort)
+        assert retriever.retrieve(query, k=10).doc_ids == sorted(ids)
+        for k in (1, 2, 3, 5):
+            assert retriever.retrieve(query, k=k).doc_ids == sorted(ids)[:k]
+
+
+# ------------------------------------------------------------------------------- feature names
+@pytest.mark.parametrize("term", [".", "##s", "%", "%2E", "%25", "a.b.c", "u.s.", "100%.", "ü", "[CLS]"])
+def test_feature_name_escape_round_trips(term):
+    escaped = escape_term(term)
+    assert "." not in escaped
+    assert unescape_term(escaped) == term
+
+
+def test_terms_with_dots_are_indexed_and_searched_exactly(tmp_path, encoder, opensearch_url, name):
+    docs = [
+        Document("p1", "e.g. the U.S. economy grew 3.5 % in Q.2 ...", "Dots"),
+        Document("p2", "Percent signs: 100% and 50 %.", "Percent"),
+        Document("p3", "The moon orbits the earth.", "Moon"),
+    ]
+    doc_terms = {t for v in encoder.encode_docs([d.full_text for d in docs]) for t in v.quantize(100)}
+    assert "." in doc_terms or any("." in t for t in doc_terms)  # the test would be vacuous otherwise
+    index = _build(docs, tmp_path / "dots", encoder, opensearch_url, name())
+    stored = index.client.get(index=index.alias, id="p1")["_source"]["splade"]
+    assert all("." not in f for f in stored)
+    retriever = index.retriever(encoder)
+    for text in ("U.S. economy e.g.", "100% percent", "3.5 . ..."):
+        query = Query("q", text)
+        (qv,) = encoder.encode_queries([text])
+        assert retriever.search_impacts(qv.quantize(100), 10) == _brute_force(encoder, docs, query, 100)
+
+
+# ---------------------------------------------------------------------- ingest: idempotent, alias
+def test_re_ingest_by_doc_id_never_duplicates(os_index, tiny_docs):
+    client, physical = os_index.client, os_index.meta["opensearch"]["index"]
+    hits = client.search(index=physical, body={"size": 100, "query": {"match_all": {}}})["hits"]["hits"]
+    actions = [{"_op_type": "index", "_index": physical, "_id": h["_id"], "_source": h["_source"]} for h in hits]
+    assert len(actions) == len(tiny_docs)
+    for _ in range(2):  # the whole corpus again, twice (as a retried or resumed bulk would)
+        assert bulk_index(client, actions, os_index.settings) == len(tiny_docs)
+    client.indices.refresh(index=physical)
+    assert os_index.count() == len(tiny_docs)
+    assert sorted(_all_ids(client, physical)) == sorted(d.doc_id for d in tiny_docs)
+
+
+def test_rebuild_swaps_the_alias_and_drops_the_old_index(tmp_path, encoder, tiny_docs, opensearch_url, name):
+    path, alias = tmp_path / "idx", name()
+    first = _build(tiny_docs[:4], path, encoder, opensearch_url, alias)
+    old_physical = first.meta["opensearch"]["index"]
+    reader = first.retriever(encoder)  # opened before the rebuild: reads through the alias
+    assert reader.retrieve(Query("q", "ocean tides moon"), k=1).doc_ids != ["d10"]
+
+    second = _build(tiny_docs, path, encoder, opensearch_url, alias)
+    new_physical = second.meta["opensearch"]["index"]
+    assert new_physical != old_physical and second.meta["opensearch"]["replaced"] == [old_physical]
+    assert not second.client.indices.exists(index=old_physical)
+    assert _alias_targets(second.client, alias) == [new_physical]
+    assert reader.retrieve(Query("q", "ocean tides moon"), k=1).doc_ids == ["d10"]
+    assert len(indexes.load(path)) == len(tiny_docs) == second.count()
+
+
+def _docs_then_fail(docs):
+    yield from docs
+    raise RuntimeError("crash while encoding")
+
+
+def test_failed_rebuild_keeps_the_live_index_then_resumes(tmp_path, encoder, tiny_docs, opensearch_url, name):
+    path, alias = tmp_path / "idx", name()
+    live = _build(tiny_docs[:4], path, encoder, opensearch_url, alias)
+    meta_before = (path / "meta.json").read_bytes()
+    live_physical = live.meta["opensearch"]["index"]
+
+    with pytest.raises(RuntimeError, match="crash while encoding"):
+        _build(_docs_then_fail(tiny_docs[:6]), path, encoder, opensearch_url, alias, chunk_size=2, threads=1)
+    assert (path / "meta.json").read_bytes() == meta_before
+    assert _alias_targets(live.client, alias) == [live_physical]
+    assert live.count() == 4
+    partial = [n for n in live.client.indices.get(index=f"{alias}--*") if n != live_physical]
+    assert len(partial) == 1
+
+    # The corpus changed meanwhile: d01 is gone and d03's text is new; both must be reconciled.
+    changed = Document("d03", "Plants turn sunlight into sugar and oxygen.", "Photosynthesis (short)")
+    corpus = [changed if d.doc_id == "d03" else d for d in tiny_docs[1:]]
+    resumed = _build(corpus, path, encoder, opensearch_url, alias, chunk_size=2, threads=1)
+    assert resumed.meta["opensearch"]["index"] == partial[0]
+    assert resumed.meta["opensearch"]["resumed_docs"] == 4  # d02, d04, d05, d06 were not re-encoded
+    assert resumed.count() == len(corpus) == resumed.meta["doc_count"]
+    assert sorted(_all_ids(resumed.client, resumed.alias)) == sorted(d.doc_id for d in corpus)
+    assert not resumed.client.indices.exists(index=live_physical)
+    top = resumed.retriever(encoder).retrieve(Query("q", "plants sunlight oxygen"), k=1)
+    assert top[0].doc_id == "d03" and top[0].text == changed.text
+
+
+# ----------------------------------------------------------------------------------- fault cases
+def test_server_down_mid_ingest_then_resume_without_loss_or_duplicates(
+    tmp_path, encoder, tiny_docs, lucene_retriever, tiny_queries, proxy, name
+):
+    path, alias = tmp_path / "idx", name()
+    proxy.go_down_at_bulk(3)  # chunks 1 and 2 (4 documents) get in, then the server is gone
+    with pytest.raises(OpenSearchUnavailableError, match=r"cannot reach|bulk indexing failed") as exc:
+        _build(tiny_docs, path, encoder, proxy.url, alias, chunk_size=2, threads=1, max_retries=2, **FAST)
+    assert len(str(exc.value).splitlines()) == 1
+    assert "drop" in proxy.injected and not path.exists()
+
+    proxy.up()
+    index = _build(tiny_docs, path, encoder, proxy.url, alias, chunk_size=2, threads=1, max_retries=2, **FAST)
+    assert index.meta["opensearch"]["resumed_docs"] == 4
+    ids = list(_all_ids(index.client, alias))
+    assert sorted(ids) == sorted(d.doc_id for d in tiny_docs)  # none lost, none twice
+    assert index.count() == len(tiny_docs)
+    retriever = index.retriever(encoder)
+    for q in tiny_queries:
+        assert retriever.retrieve(q, 12).doc_ids == lucene_retriever.retrieve(q, 12).doc_ids
+
+
+def test_short_outage_is_ridden_out_by_the_back_off(tmp_path, encoder, tiny_docs, proxy, name, caplog):
+    path, alias = tmp_path / "idx", name()
+    proxy.go_down_at_bulk(2)
+    threading.Timer(0.3, proxy.up).start()  # the server comes back while the build backs off
+    with caplog.at_level(logging.WARNING, logger="indexes.opensearch"):
+        index = _build(tiny_docs, path, encoder, proxy.url, alias, chunk_size=3, threads=1, max_retries=10, **FAST)
+    assert "drop" in proxy.injected
+    assert "retry 1/10" in caplog.text
+    assert index.count() == len(tiny_docs) and index.meta["opensearch"]["resumed_docs"] == 0
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_bulk_rejections_are_retried_with_back_off(tmp_path, encoder, tiny_docs, proxy, name, caplog, status):
+    path, alias = tmp_path / "idx", name()
+    proxy.reject_bulk(5, status)
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="indexes.opensearch"):
+        index = _build(
+            tiny_docs, path, encoder, proxy.url, alias, chunk_size=4, threads=1,
+            retry_backoff=0.05, max_backoff=1.0,
+        )  # fmt: skip
+    assert proxy.injected == [status] * 5
+    assert f"HTTP {status}" in caplog.text
+    assert index.count() == len(tiny_docs)
+    if status == 429:  # 503 is also retried at once by the transport; 429 only by our back-off
+        assert time.perf_counter() - started >= 0.05 + 0.1 + 0.2 + 0.4 + 0.8
+
+
+def test_retries_exhausted_is_a_clear_error(tmp_path, encoder, tiny_docs, proxy, name):
+    proxy.reject_bulk(100, 429)
+    with pytest.raises(OpenSearchUnavailableError, match=r"bulk indexing failed after 2 retries \(HTTP 429"):
+        _build(tiny_docs, tmp_path / "idx", encoder, proxy.url, name(), chunk_size=12, max_retries=2, **FAST)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_rejected_document_fails_at_once(os_index):
+    bad = {"_op_type": "index", "_index": os_index.meta["opensearch"]["index"], "_id": "bad"}
+    bad["_source"] = {"doc_id": "bad", "splade": {"x": -1.0}}
+    with pytest.raises(OpenSearchError, match="rejected document 'bad'"):
+        bulk_index(os_index.client, [bad], os_index.settings)
+
+
+def test_missing_index_is_a_clear_error(tmp_path, encoder, tiny_docs, opensearch_url, name, capsys):
+    path = tmp_path / "idx"
+    index = _build(tiny_docs[:3], path, encoder, opensearch_url, name())
+    retriever = index.retriever(encoder)
+    index.client.indices.delete(index=index.meta["opensearch"]["index"])  # the alias goes with it
+    with pytest.raises(OpenSearchIndexMissingError, match="not found"):
+        OpenSearchIndex.open(path)
+    with pytest.raises(OpenSearchIndexMissingError, match="rebuild"):
+        retriever.retrieve(Query("q", "paris"), k=3)
+    capsys.readouterr()
+    assert main(["search", "--index", str(path), "paris"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("twostage: error: OpenSearch index") and len(err.splitlines()) == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_cluster_is_a_clear_error_without_credentials(tmp_path, encoder, tiny_docs, capsys):
+    url = f"http://127.0.0.1:{_closed_port()}"
+    for kwargs in ({"hosts": [url], "user": "admin", "password": "s3cret-pw"},
+                   {"hosts": [url.replace("//", "//admin:s3cret-pw@")]}):  # fmt: skip
+        with pytest.raises(OpenSearchUnavailableError) as exc:
+            OpenSearchIndex.build(tiny_docs, tmp_path / "idx", encoder=encoder, progress=False, **kwargs)
+        message = str(exc.value)
+        assert message.startswith(f"cannot reach OpenSearch at {url} while connecting")
+        assert "s3cret" not in message and len(message.splitlines()) == 1
+        assert not (tmp_path / "idx").exists()
+    corpus = str(TINY / "corpus.jsonl")
+    capsys.readouterr()
+    argv = ["index", corpus, "--index", str(tmp_path / "idx"), "--backend", "opensearch", "--opensearch-url", url]
+    assert main([*argv, "--no-progress"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (after the model loader's progress bar)
+    assert last.startswith(f"twostage: error: cannot reach OpenSearch at {url}")
+
+
+def test_no_credentials_in_logs_or_meta(tmp_path, encoder, tiny_docs, opensearch_url, name, caplog):
+    settings = resolve_settings(hosts=[opensearch_url])
+    if os.environ.get("OPENSEARCH_URL"):  # a real cluster: use its own credentials, if it has any
+        if settings.password is None:
+            pytest.skip("the cluster at $OPENSEARCH_URL takes no credentials")
+        user, password = settings.user, settings.password.get_secret_value()
+    else:  # osmem accepts any basic auth
+        user, password = "admin", "s3cret-pw"
+    secrets = [password, base64.b64encode(f"{user}:{password}".encode()).decode()]
+    path = tmp_path / "idx"
+    with caplog.at_level(logging.DEBUG):
+        index = OpenSearchIndex.build(
+            tiny_docs[:3], path, encoder=encoder, progress=False, index_name=name(),
+            hosts=[opensearch_url], user=user, password=password,
+        )  # fmt: skip
+        index.retriever(encoder).retrieve(Query("q", "paris"), k=2)
+    text = caplog.text + (path / "meta.json").read_text() + repr(index.settings)
+    assert all(s not in text for s in secrets)
+
+
+# ----------------------------------------------------------------------------- settings, queries
+def test_settings_from_the_environment(monkeypatch):
+    monkeypatch.delenv("OPENSEARCH_URL", raising=False)
+    monkeypatch.setenv("TWOSTAGE_OPENSEARCH_HOSTS", "http://a:9200, https://b:9200")
+    monkeypatch.setenv("TWOSTAGE_OPENSEARCH_PASSWORD", "pw")
+    monkeypatch.setenv("TWOSTAGE_OPENSEARCH_QUERY_TOP_N", "64")
+    s = OpenSearchSettings()
+    assert s.hosts == ["http://a:9200", "https://b:9200"] and s.query_top_n == 64
+    assert "pw" not in repr(s) and s.password is not None and s.password.get_secret_value() == "pw"
+    monkeypatch.delenv("TWOSTAGE_OPENSEARCH_HOSTS")
+    monkeypatch.setenv("OPENSEARCH_URL", "https://admin:x%40y@h:9200/")
+    monkeypatch.delenv("TWOSTAGE_OPENSEARCH_PASSWORD")
+    s = OpenSearchSettings()
+    assert s.hosts == ["https://h:9200"] and s.user == "admin"
+    assert s.password is not None and s.password.get_secret_value() == "x@y"  # percent-decoded
+    assert resolve_settings(hosts=["h:1"]).hosts == ["http://h:1"]
+    with pytest.raises(InputError, match="invalid OpenSearch settings: timeout"):
+        resolve_settings(timeout=-1)
+
+
+def test_query_pruning_keeps_the_top_terms_and_reports_the_loss(os_index, os_retriever, encoder, tiny_queries):
+    full = measure_pruning(os_retriever, tiny_queries, top_n=1000, k=10)
+    assert full.mean_overlap == full.min_overlap == 1.0 and full.mean_kept_weight == 1.0
+    pruned = measure_pruning(os_retriever, tiny_queries, top_n=3, k=10)
+    assert pruned.mean_kept_terms == 3 and pruned.mean_terms > 3
+    assert 0 < pruned.mean_kept_weight < 1 and 0 < pruned.mean_overlap < 1
+    print(f"\npruning to 3 terms: {pruned}")
+
+    top3 = os_index.retriever(encoder, query_top_n=3)
+    for q in tiny_queries:
+        (qv,) = encoder.encode_queries([q.text])
+        assert top3.query_impacts(qv) == qv.top(3).quantize(os_index.scale)
+        assert top3.retrieve(q, 10).doc_ids == [d for d, _ in os_retriever.search_impacts(top3.query_impacts(qv), 10)]
+        assert top3.retrieve(q, 1).doc_ids == os_retriever.retrieve(q, 1).doc_ids  # the head survives
+
+
+def test_queries_longer_than_the_clause_limit_are_pruned(os_retriever, caplog):
+    vector = SparseVector.from_dict({f"t{i}": 1.0 + i / 10_000 for i in range(MAX_CLAUSES + 50)})
+    with caplog.at_level(logging.WARNING, logger="indexes.opensearch"):
+        impacts = os_retriever.query_impacts(vector)
+    assert len(impacts) == MAX_CLAUSES and "pruned from 1074 to 1024 terms" in caplog.text
+    assert os_retriever.search_impacts(impacts, 5) == []  # 1024 clauses are accepted
+
+
+def test_neural_sparse_where_supported_else_rank_feature(os_index, os_retriever, encoder, tiny_queries, caplog):
+    retriever = os_index.retriever(encoder, query_mode="neural_sparse")
+    with caplog.at_level(logging.WARNING, logger="indexes.opensearch"):
+        got = [retriever.retrieve(q, 12) for q in tiny_queries]
+    assert got == [os_retriever.retrieve(q, 12) for q in tiny_queries]
+    if retriever.query_mode == "rank_feature":
+        assert caplog.text.count("does not support neural_sparse") == 1  # detected once, then remembered
+    if not os.environ.get("OPENSEARCH_URL"):  # osmem answers 400 unsupported_operation_exception
+        assert retriever.query_mode == "rank_feature"
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def test_cli_index_and_search(tmp_path, opensearch_url, name, capsys):
+    path = tmp_path / "idx"
+    argv = ["index", str(TINY / "corpus.jsonl"), "--index", str(path), "--backend", "opensearch"]
+    assert main([*argv, "--opensearch-url", opensearch_url, "--opensearch-index", name(), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(path), "what is the capital of france", "--k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["doc_id"] == "d01" and "Paris" in hits[0]["text"]
+
+
+def test_cli_opensearch_flags_need_the_backend(tmp_path, capsys):
+    argv = ["index", str(TINY / "corpus.jsonl"), "--index", str(tmp_path / "i"), "--opensearch-url", "http://x:1"]
+    assert main(argv) == 2
+    assert "apply only to --backend opensearch" in capsys.readouterr().err
+    assert not (tmp_path / "i").exists()

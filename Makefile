@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU build of torch from the local wheel first; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[splade,lucene,bench,test]'
+	$(BIN)/pip install -q -e '.[splade,lucene,opensearch,rerank,train,bench,test]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -27,6 +27,7 @@ $(INDEX)/meta.json: $(STAMP) $(DATASET)/corpus.jsonl.gz
 demo: $(INDEX)/meta.json
 	$(BIN)/twostage search --index $(INDEX) --k 5 "Vitamin D deficiency is associated with multiple sclerosis"
 	$(BIN)/twostage search --index $(INDEX) --k 5 "Antibiotic resistance spreads between bacteria by horizontal gene transfer"
+	$(BIN)/twostage search --index $(INDEX) --k 5 --reranker cross-encoder --rerank-depth 20 "Vitamin D deficiency is associated with multiple sclerosis"
 	$(BIN)/python -m benchmarks.first_stage --dataset $(DATASET) --index $(INDEX) --out runs
 
 lint: $(STAMP)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.beir import count_docs, read_corpus, read_qrels, read_queries
+from engine.beir import count_docs, find_file, read_corpus, read_qrels, read_queries
 from engine.errors import TwoStageError
 from engine.pipeline import TwoStage
 from rerankers.identity import IdentityReranker
@@ -28,13 +28,6 @@ from rerankers.identity import IdentityReranker
 log = logging.getLogger(__name__)
 
 MEASURES = ("nDCG@10", "R@100", "RR@10")
-
-
-def _find(dataset: Path, stem: str) -> Path:
-    for name in (f"{stem}.jsonl", f"{stem}.jsonl.gz"):
-        if (dataset / name).is_file():
-            return dataset / name
-    raise TwoStageError(f"{dataset}: no {stem}.jsonl(.gz)")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -52,9 +45,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from engine.models import DEFAULT_SPLADE
     from engine.registry import index_backends
 
-    corpus = _find(args.dataset, "corpus")
+    corpus = find_file(args.dataset, "corpus")
     qrels = read_qrels(args.dataset / "qrels" / f"{args.split}.tsv")
-    queries = [q for q in read_queries(_find(args.dataset, "queries")) if q.query_id in qrels]
+    queries = [q for q in read_queries(find_file(args.dataset, "queries")) if q.query_id in qrels]
     if args.max_queries:
         queries = queries[: args.max_queries]
     if args.rebuild or not (args.index / "meta.json").is_file():

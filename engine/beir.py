@@ -103,6 +103,15 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
+def find_file(dataset: str | Path, stem: str) -> Path:
+    """``DATASET/STEM.jsonl`` or ``DATASET/STEM.jsonl.gz``, whichever exists."""
+    dataset = Path(dataset)
+    for name in (f"{stem}.jsonl", f"{stem}.jsonl.gz"):
+        if (dataset / name).is_file():
+            return dataset / name
+    raise InputError(f"{dataset}: no {stem}.jsonl or {stem}.jsonl.gz")
+
+
 def count_docs(path: str | Path) -> int:
     """Validate a corpus file completely and return its number of documents (a cheap first pass)."""
     return sum(1 for _ in read_corpus(path))

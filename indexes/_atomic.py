@@ -44,19 +44,19 @@ def write_meta(path: Path, meta: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+def atomic_directory(target: str | Path, *, overwrite: bool = True, marker: str = META) -> Iterator[Path]:
     """Yield a fresh temp directory beside ``target``; on success it replaces ``target``.
 
-    On any exception the temp directory is removed and ``target`` is left exactly as it was. An
-    existing ``target`` is only replaced if it is a twostage index (has ``meta.json``) or empty, so a
-    typo cannot wipe an unrelated directory.
+    On any exception the temp directory is removed and ``target`` is left exactly as it was. An existing
+    non-empty ``target`` is only replaced if it holds ``marker`` (an index's ``meta.json``), i.e. was
+    written by twostage, so a typo cannot wipe an unrelated directory.
     """
     target = Path(target).absolute()
     if target.exists():
         if not target.is_dir():
             raise InputError(f"index path exists and is not a directory: {target}")
-        if any(target.iterdir()) and not (target / META).is_file():
-            raise InputError(f"refusing to overwrite a directory that is not a twostage index: {target}")
+        if any(target.iterdir()) and not (target / marker).is_file():
+            raise InputError(f"refusing to overwrite a directory twostage did not write (no {marker}): {target}")
         if not overwrite:
             raise InputError(f"index already exists: {target}")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -243,7 +243,7 @@ class LuceneImpactRetriever:
                 raw = self._searcher.search(jquery, fetch)
             hits = [(h.docid, round(h.score)) for h in raw]
             # Grow the request until the group tied with the k-th score is complete.
-            if len(hits) < fetch or len(hits) <= k or hits[-1][1] != hits[k - 1][1]:
+            if len(hits) < fetch or hits[-1][1] != hits[k - 1][1]:
                 break
             fetch *= 2
         hits.sort(key=lambda h: (-h[1], h[0]))

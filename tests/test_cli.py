@@ -40,6 +40,17 @@ def test_search_json(cli_index, capsys):
     assert [h["rank"] for h in payload["hits"]] == [1, 2]
     assert payload["hits"][0]["doc_id"] == "d07"
     assert payload["hits"][0]["score"] >= payload["hits"][1]["score"]
+    assert [c["stage"] for c in payload["costs"]] == ["retrieve", "rerank"]
+
+
+def test_search_with_cross_encoder_and_rerank_depth(cli_index, capsys):
+    capsys.readouterr()
+    args = ["search", "--index", str(cli_index), "ocean tides", "--k", "3", "--json"]
+    assert main([*args, "--reranker", "cross-encoder", "--rerank-depth", "4"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["hits"][0]["doc_id"] == "d10"
+    rerank = payload["costs"][1]
+    assert rerank["docs"] == 4 and rerank["tokens_in"] > 0
 
 
 def test_missing_corpus_file(tmp_path, capsys):

@@ -121,7 +121,7 @@ def test_refuses_to_overwrite_a_directory_that_is_not_an_index(tmp_path, encoder
     target = tmp_path / "precious"
     target.mkdir()
     (target / "thesis.tex").write_text("years of work")
-    with pytest.raises(InputError, match="not a twostage index"):
+    with pytest.raises(InputError, match="twostage did not write"):
         LuceneImpactIndex.build(tiny_docs[:2], target, encoder=encoder, progress=False)
     assert (target / "thesis.tex").read_text() == "years of work"
 

@@ -56,3 +56,37 @@ def test_registry_lookup_and_errors():
     reg.register("x")(int)
     with pytest.raises(ValueError, match="already registered"):
         reg.register("x")(float)
+
+
+def test_rerank_depth_keeps_the_tail_in_first_stage_order_below_the_reranked_block():
+    first = ListRetriever({"a": 5.0, "b": 4.0, "c": 3.0, "d": 2.0, "e": 1.0})
+    engine = TwoStage(first, ReverseReranker(), depth=5, rerank_depth=3)
+    result = engine.run(Query("q", "x"), k=5)
+    assert result.ranking.doc_ids == ["c", "b", "a", "d", "e"]
+    scores = [h.score for h in result.ranking]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 5  # monotone, no ties
+    assert result.rerank_depth == 3
+    assert [c.stage for c in result.costs] == ["retrieve", "rerank"]
+    assert result.costs[0].docs == 5 and result.costs[1].docs == 3
+    assert result.wall_ms >= 0
+
+
+def test_rerank_depth_zero_is_the_first_stage_and_identity_cascade_is_a_no_op():
+    scores = {"a": 5.0, "b": 4.0, "c": 3.0, "d": 2.0}
+    first_only = TwoStage(ListRetriever(scores), ReverseReranker(), depth=4).run("x", k=4, rerank_depth=0)
+    assert first_only.ranking.doc_ids == ["a", "b", "c", "d"]
+    assert [c.stage for c in first_only.costs] == ["retrieve"]
+    identity = TwoStage(ListRetriever(scores), IdentityReranker(), depth=4, rerank_depth=2).search("x", k=4)
+    assert identity.doc_ids == ["a", "b", "c", "d"]
+
+
+def test_reranker_that_reports_its_cost_is_used():
+    from engine.cost import StageCost
+
+    class Costed(ReverseReranker):
+        def rerank_with_cost(self, query, candidates):
+            return self.rerank(query, candidates), StageCost("rerank", 1.5, docs=len(candidates), tokens_in=42)
+
+    result = TwoStage(ListRetriever({"a": 2.0, "b": 1.0}), Costed(), depth=2).run("x", k=2)
+    assert result.costs[1] == StageCost("rerank", 1.5, docs=2, tokens_in=42)
+    assert result.ranking.doc_ids == ["b", "a"]

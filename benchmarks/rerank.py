@@ -1,0 +1,174 @@
+"""Reranking benchmark: first stage vs first stage + cross-encoder at several rerank depths.
+
+    python -m benchmarks.first_stage                     # writes runs/first_stage.run (top 100)
+    python -m benchmarks.rerank --run runs/first_stage.run --depths 10 50 100
+
+Quality: every query's top ``max(depths)`` first-stage candidates are scored once by the cross-encoder;
+for each depth k the top k are reordered by those scores and the rest keep first-stage order below them
+(the ``TwoStage`` cascade), then nDCG@10 / RR@10 / R@100 are computed with ir-measures, with a paired
+t-test of per-query nDCG@10 against the first stage. Speed: for each depth, ``--timing-queries``
+queries are reranked one at a time as a service would, giving documents scored per second and ms per
+query with ``--threads`` torch threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from engine.beir import find_file, read_corpus, read_qrels, read_queries
+from engine.errors import InputError, TwoStageError
+from engine.models import DEFAULT_CROSS_ENCODER
+from engine.pipeline import merge_cascade
+from engine.types import Candidate, RankedList
+
+log = logging.getLogger(__name__)
+
+MEASURES = ("nDCG@10", "RR@10", "R@100")
+
+
+def read_run(path: Path) -> dict[str, list[tuple[str, float]]]:
+    """A TREC run file → {query_id: [(doc_id, score), ...]} in rank order."""
+    run: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split()
+            if len(parts) != 6:
+                raise InputError(f"{path}:{lineno}: expected 6 columns of a TREC run")
+            run[parts[0]].append((parts[2], float(parts[4])))
+    return {q: sorted(rows, key=lambda r: (-r[1], r[0])) for q, rows in run.items()}
+
+
+def evaluate(qrels: dict[str, dict[str, int]], rankings: dict[str, RankedList]) -> tuple[dict[str, float], list[Any]]:
+    import ir_measures
+
+    qrels_rows = [ir_measures.Qrel(q, d, r) for q, docs in qrels.items() for d, r in docs.items()]
+    run_rows = [ir_measures.ScoredDoc(q, h.doc_id, h.score) for q, r in rankings.items() for h in r]
+    measures = [ir_measures.parse_measure(m) for m in MEASURES]
+    agg = {str(m): round(float(v), 4) for m, v in ir_measures.calc_aggregate(measures, qrels_rows, run_rows).items()}
+    ndcg = ir_measures.parse_measure("nDCG@10")
+    per_query = {m.query_id: m.value for m in ir_measures.iter_calc([ndcg], qrels_rows, run_rows)}
+    return agg, [per_query.get(q, 0.0) for q in sorted(qrels)]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from scipy import stats
+
+    from rerankers.cross_encoder import CrossEncoderReranker
+
+    qrels = read_qrels(args.dataset / "qrels" / f"{args.split}.tsv")
+    queries = {q.query_id: q for q in read_queries(find_file(args.dataset, "queries")) if q.query_id in qrels}
+    first_run = read_run(args.run)
+    missing = set(queries) - set(first_run)
+    if missing:
+        raise InputError(f"{args.run} has no ranking for {len(missing)} queries of the {args.split} split")
+    corpus = {d.doc_id: d for d in read_corpus(find_file(args.dataset, "corpus"))}
+    max_depth = max(args.depths)
+    candidates = {
+        qid: [Candidate(d, s, corpus[d].text, corpus[d].title) for d, s in first_run[qid][:max_depth]]
+        for qid in queries
+    }
+    ce = CrossEncoderReranker(args.model, threads=args.threads, device=args.device, batch_size=args.batch_size)
+
+    first = {qid: RankedList.from_candidates(qid, first_run_cands) for qid, first_run_cands in candidates.items()}
+    rows: list[dict[str, Any]] = []
+    base_quality, base_per_query = evaluate(qrels, first)
+    rows.append({"system": "first stage (SPLADE)", "rerank_depth": 0, **base_quality})
+
+    if not args.no_quality:
+        started = time.perf_counter()
+        scores = {qid: ce.rerank(queries[qid], cands) for qid, cands in candidates.items()}
+        log.info("scored %d pairs in %.0fs", sum(map(len, candidates.values())), time.perf_counter() - started)
+        for k in args.depths:
+            rankings = {}
+            for qid, cands in candidates.items():
+                by_score = {h.doc_id: h.score for h in scores[qid]}
+                head = RankedList.from_scores(qid, cands[:k], [by_score[c.doc_id] for c in cands[:k]])
+                rankings[qid] = merge_cascade(qid, head, cands[k:])
+            quality, per_query = evaluate(qrels, rankings)
+            t = stats.ttest_rel(per_query, base_per_query)
+            rows.append(
+                {
+                    "system": f"+ cross-encoder @{k}",
+                    "rerank_depth": k,
+                    **quality,
+                    "delta_nDCG@10": round(quality["nDCG@10"] - base_quality["nDCG@10"], 4),
+                    "p_value": float(f"{t.pvalue:.3g}"),
+                }
+            )
+
+    timing: list[dict[str, Any]] = []
+    timed_ids = sorted(queries)[: args.timing_queries]
+    if timed_ids:
+        ce.rerank(queries[timed_ids[0]], candidates[timed_ids[0]][:10])  # warm-up
+    for k in args.depths if timed_ids else []:
+        ms, docs, tokens = [], 0, 0
+        for qid in timed_ids:
+            _, cost = ce.rerank_with_cost(queries[qid], candidates[qid][:k])
+            ms.append(cost.wall_ms)
+            docs += cost.docs
+            tokens += cost.tokens_in
+        timing.append(
+            {
+                "rerank_depth": k,
+                "queries": len(timed_ids),
+                "docs_per_s": round(docs / (sum(ms) / 1000), 1),
+                "ms_per_query_mean": round(statistics.fmean(ms), 1),
+                "ms_per_query_p95": round(sorted(ms)[int(0.95 * (len(ms) - 1))], 1),
+                "tokens_per_doc": round(tokens / docs, 1),
+            }
+        )
+    report = {
+        "dataset": str(args.dataset),
+        "split": args.split,
+        "queries": len(queries),
+        "first_stage_run": str(args.run),
+        "model": args.model,
+        "device": args.device,
+        "threads": args.threads,
+        "quality": rows,
+        "timing": timing,
+        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rerank.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"))
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--run", type=Path, default=Path("runs/first_stage.run"), help="first-stage TREC run")
+    parser.add_argument("--model", default=DEFAULT_CROSS_ENCODER)
+    parser.add_argument("--depths", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--timing-queries", type=int, default=20, help="queries timed per depth (0: skip)")
+    parser.add_argument("--no-quality", action="store_true", help="only time, skip the full quality run")
+    parser.add_argument("--out", type=Path, default=Path("runs"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        report = run(args)
+    except TwoStageError as exc:
+        print(f"rerank: error: {exc}", file=sys.stderr)
+        return 2
+    for row in report["quality"]:
+        print(json.dumps(row))
+    for row in report["timing"]:
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Cross-encoder training: hard-negative mining and a real (tiny) fine-tuning run."""
+
+import json
+
+import pytest
+
+from engine.errors import InputError
+from rerankers.cross_encoder import CrossEncoderReranker
+from rerankers.training import Pair, TrainConfig, mine_pairs, train_cross_encoder
+
+
+def test_mine_pairs_positives_and_seeded_hard_negatives(lucene_retriever, tiny_docs, tiny_queries, tiny_qrels):
+    corpus = {d.doc_id: d for d in tiny_docs}
+    pairs = mine_pairs(lucene_retriever, tiny_queries, tiny_qrels, corpus, negatives=2, depth=5, seed=1)
+    assert pairs == mine_pairs(lucene_retriever, tiny_queries, tiny_qrels, corpus, negatives=2, depth=5, seed=1)
+    positives = [p for p in pairs if p.label == 1.0]
+    negatives = [p for p in pairs if p.label == 0.0]
+    assert len(positives) == len(tiny_queries) and len(negatives) == 2 * len(tiny_queries)
+    relevant_text = {corpus[d].full_text for q in tiny_qrels.values() for d in q}
+    assert all(p.passage in relevant_text for p in positives)
+    by_query = {q.text: q.query_id for q in tiny_queries}
+    for p in negatives:  # never a judged-relevant document of its own query
+        assert p.passage not in {corpus[d].full_text for d in tiny_qrels[by_query[p.query]]}
+
+
+def test_train_writes_a_loadable_cross_encoder(tmp_path, tiny_docs):
+    pairs = [
+        Pair("capital of france", tiny_docs[0].full_text, 1.0),
+        Pair("capital of france", tiny_docs[8].full_text, 0.0),
+    ]
+    out = train_cross_encoder(pairs * 4, tmp_path / "ce", TrainConfig(batch_size=4, max_length=64))
+    record = json.loads((out / "training.json").read_text())
+    assert record["pairs"] == 8 and record["positives"] == 4
+    assert not (out / "_checkpoints").exists()
+    reranker = CrossEncoderReranker(str(out), max_length=64)
+    assert len(reranker.score("capital of france", ["Paris", "coffee"])) == 2
+    with pytest.raises(InputError):
+        train_cross_encoder([], tmp_path / "empty")

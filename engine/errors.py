@@ -24,3 +24,10 @@ class MissingDependencyError(TwoStageError, ImportError):
 
 class IndexLoadError(TwoStageError):
     """An index directory is missing, incomplete or of an unknown backend."""
+
+
+class BackendUnavailableError(TwoStageError):
+    """A backend (search cluster, model server) cannot be reached or keeps failing; retry later.
+
+    The service answers it with 503 and ``Retry-After``.
+    """

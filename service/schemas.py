@@ -1,0 +1,195 @@
+"""Request and response bodies of the HTTP API (pydantic), with the examples shown in the OpenAPI docs.
+
+Limits that depend on :class:`service.settings.Settings` (query length, k) are checked by the endpoints
+and answered with the same 422 shape as schema violations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Absolute ceilings; the configured limits (Settings) are usually lower.
+MAX_QUERY_CHARS = 10_000
+MAX_K = 10_000
+MAX_ID_CHARS = 256
+
+
+class Filters(BaseModel):
+    """Restrictions on the first-stage candidates (applied before reranking).
+
+    ``include_doc_ids``: only these documents may be returned (those among the first stage's top ``depth``
+    for the query); ``exclude_doc_ids``: never return these (the first stage fetches extra candidates to
+    make up for them).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_doc_ids: list[str] | None = Field(default=None, max_length=10_000)
+    exclude_doc_ids: list[str] | None = Field(default=None, max_length=10_000)
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"query": "vitamin D deficiency and multiple sclerosis", "k": 5, "user_id": "user-42"},
+                {"query": "antibiotic resistance gene transfer", "k": 10, "arm": "control", "explain": True},
+                {"query": "statins and cancer risk", "k": 10, "arm": "ce20", "budget_ms": 500},
+            ]
+        },
+    )
+
+    query: str = Field(
+        min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S", description="query text (not only spaces)"
+    )
+    k: int = Field(default=10, ge=1, le=MAX_K, description="results to return")
+    user_id: str | None = Field(
+        default=None, min_length=1, max_length=MAX_ID_CHARS, description="user or session id: sticky arm assignment"
+    )
+    arm: str | None = Field(default=None, max_length=MAX_ID_CHARS, description="serve this arm (testing override)")
+    reranker: str | None = Field(default=None, max_length=MAX_ID_CHARS, description="serve the first arm using it")
+    rerank_depth: int | None = Field(default=None, ge=0, le=MAX_K, description="override the arm's rerank depth")
+    budget_ms: float | None = Field(default=None, gt=0, le=3_600_000, description="latency budget (ms)")
+    budget_usd: float | None = Field(default=None, gt=0, le=1_000, description="money budget (USD)")
+    filters: Filters | None = None
+    explain: bool = Field(default=False, description="include how the rerank depth was chosen and the arm config")
+
+
+class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    doc_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    text: str = Field(max_length=100_000)
+    title: str = Field(default="", max_length=10_000)
+    score: float = Field(
+        default=0.0, allow_inf_nan=False, description="incoming score (the identity reranker keeps it)"
+    )
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "query": "vitamin D and multiple sclerosis",
+                    "documents": [
+                        {"doc_id": "d1", "title": "Vitamin D", "text": "Low vitamin D raises MS risk."},
+                        {"doc_id": "d2", "text": "Tides are caused by the moon."},
+                    ],
+                    "arm": "ce20",
+                }
+            ]
+        },
+    )
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")
+    documents: list[RerankDocument] = Field(min_length=1, max_length=10_000)
+    k: int | None = Field(default=None, ge=1, le=MAX_K, description="return the top k (default: all)")
+    user_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
+    arm: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+    reranker: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+
+
+class Hit(BaseModel):
+    rank: int
+    doc_id: str
+    score: float
+    title: str = ""
+    text: str = ""
+
+
+class Cost(BaseModel):
+    stage: str = Field(description="encode, retrieve, rerank, cache, …")
+    wall_ms: float
+    docs: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    usd: float = 0.0
+
+
+class Explanation(BaseModel):
+    policy: str = Field(description="fixed, budget, request (rerank_depth given), …")
+    reason: str
+    rerank_depth: int = Field(description="depth the policy chose (before any deadline cut)")
+    predicted_ms: float = 0.0
+    hard: bool = False
+    budget_ms: float | None = Field(default=None, description="deadline applied to reranking")
+    budget_usd: float | None = None
+    arm_config: dict[str, Any] = Field(description="the served arm's configuration")
+
+
+class SearchResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "3f0c9a1e",
+                    "experiment": "ce-vs-identity",
+                    "config_version": 1,
+                    "arm": "ce20",
+                    "k": 2,
+                    "rerank_depth": 20,
+                    "degraded": False,
+                    "cached": False,
+                    "took_ms": 1012.5,
+                    "hits": [{"rank": 1, "doc_id": "4983", "score": 7.1, "title": "…", "text": "…"}],
+                    "costs": [{"stage": "encode", "wall_ms": 8.1}, {"stage": "retrieve", "wall_ms": 6.0, "docs": 100}],
+                    "usd": 0.0,
+                    "explain": None,
+                }
+            ]
+        }
+    )
+
+    request_id: str
+    experiment: str
+    config_version: int
+    arm: str = Field(description="the arm that served this request (log it to join outcomes)")
+    k: int
+    rerank_depth: int = Field(description="documents actually reranked")
+    degraded: bool = Field(description="the deadline cut reranking short; the rest kept first-stage order")
+    cached: bool
+    took_ms: float
+    hits: list[Hit]
+    costs: list[Cost]
+    usd: float
+    explain: Explanation | None = None
+
+
+class RerankResponse(BaseModel):
+    request_id: str
+    experiment: str
+    config_version: int
+    arm: str
+    reranker: str
+    took_ms: float
+    hits: list[Hit]
+    costs: list[Cost]
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(examples=["ready"])
+    experiment: str | None = None
+    config_version: int | None = None
+    arms: dict[str, float] = Field(default_factory=dict, description="arm → weight")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="machine-readable kind", examples=["invalid_request"])
+    message: str = Field(examples=["k: must be at most 100"])
+    request_id: str | None = None
+
+
+class ExperimentInfo(BaseModel):
+    version: int
+    source: str
+    loaded_at: float
+    config: dict[str, Any]

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engine._optional import require
 from engine.errors import InputError
@@ -49,6 +49,55 @@ class TrainConfig:
     max_length: int = 256
     seed: int = 13
     device: str = "cpu"
+    loss: Literal["bce", "pearson"] = "bce"  # "pearson": graded labels (e.g. an LLM judge's L1-L4)
+
+
+def pearson_loss(logits: Any, labels: Any, eps: float = 1e-8) -> Any:
+    """``1 − r``, with r the Pearson correlation of a batch's logits and labels (torch tensors).
+
+    Scale- and shift-free: the model learns to order pairs as the labels do, whatever the label scale
+    (L1–L4, 0–3, probabilities). A batch whose labels are all equal carries no signal (r = 0, no gradient).
+    """
+    x = logits.float().view(-1)
+    y = labels.float().view(-1).to(x.device)
+    x = x - x.mean()
+    y = y - y.mean()
+    r = (x * y).sum() / (x.norm() * y.norm() + eps)
+    return 1.0 - r
+
+
+def _pearson_module(model: Any) -> Any:
+    """A sentence-transformers ``CrossEncoderTrainer`` loss (``forward(inputs, labels)``) over :func:`pearson_loss`.
+
+    Distils a graded teacher (LORE's L1–L4 judge) into a one-logit cross-encoder, as the LORE report's
+    teacher → assistant step does with a correlation objective.
+    """
+    torch = require("torch", "rerank")
+    from sentence_transformers.util import batch_to_device
+
+    class PearsonCorrelationLoss(torch.nn.Module):  # type: ignore[name-defined]
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(
+            self, inputs: list[list[str]], labels: Any, prompt: str | None = None, task: str | None = None
+        ) -> Any:
+            pairs = list(zip(inputs[0], inputs[1], strict=True))
+            if hasattr(self.model, "preprocess"):  # sentence-transformers ≥ 6
+                features = batch_to_device(self.model.preprocess(pairs, prompt=prompt, task=task), self.model.device)
+                logits = self.model(features)["scores"].view(-1)
+            else:  # sentence-transformers 5
+                tokens = self.model.tokenizer(
+                    inputs[0], inputs[1], padding=True, truncation=True, return_tensors="pt"
+                ).to(self.model.device)
+                logits = self.model(**tokens)[0].view(-1)
+            return pearson_loss(logits, labels)
+
+        def get_config_dict(self) -> dict[str, Any]:
+            return {}
+
+    return PearsonCorrelationLoss(model)
 
 
 def mine_pairs(
@@ -109,13 +158,18 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 
 def train_cross_encoder(pairs: Sequence[Pair], out: str | Path, config: TrainConfig = TrainConfig()) -> Path:
-    """Fine-tune ``config.base_model`` as a one-logit cross-encoder with binary cross-entropy on ``pairs``.
+    """Fine-tune ``config.base_model`` as a one-logit cross-encoder on ``pairs``.
+
+    ``config.loss``: ``"bce"`` (binary cross-entropy; labels in [0, 1]) or ``"pearson"`` (1 − Pearson
+    correlation of each batch's logits with graded labels; see :func:`pearson_loss`).
 
     The model is written atomically to ``out`` as a standard sentence-transformers directory, with
     ``training.json`` recording the config, the pair counts and the wall time.
     """
     if not pairs:
         raise InputError("no training pairs")
+    if config.loss not in ("bce", "pearson"):
+        raise InputError(f"unknown loss {config.loss!r} (bce, pearson)")
     st = require("sentence_transformers", "rerank")
     datasets = require("datasets", "train")
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
@@ -154,7 +208,8 @@ def train_cross_encoder(pairs: Sequence[Pair], out: str | Path, config: TrainCon
             logging_steps=25,
             use_cpu=config.device == "cpu",
         )
-        trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model))
+        loss = BinaryCrossEntropyLoss(model) if config.loss == "bce" else _pearson_module(model)
+        trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
         output = trainer.train()
         shutil.rmtree(tmp / "_checkpoints", ignore_errors=True)
         model.save_pretrained(str(tmp))

@@ -1,0 +1,241 @@
+"""Listwise LLM reranker: RankGPT-style permutation generation with a sliding window.
+
+Sun et al., "Is ChatGPT Good at Search? Investigating Large Language Models as Re-Ranking Agents"
+(EMNLP 2023, arXiv:2304.09542). The candidates of a window are numbered ``[1]..[n]`` and the model
+answers with an order such as ``[3] > [1] > [2]``. Windows of ``window`` candidates slide from the
+bottom of the first-stage ranking to the top in steps of ``stride``, so a relevant document can climb
+from the bottom to the top in one pass. Passages are cut to ``max_passage_tokens`` tokens.
+
+Parsing never fails: repeated identifiers keep their first occurrence, out-of-range ones are dropped,
+missing ones are appended in their input order, and each repair is counted (:class:`PermutationParse`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine.cost import StageCost
+from engine.errors import InputError
+from engine.registry import rerankers
+from engine.types import Candidate, Query, RankedList
+from rerankers.llm.backends import ChatPrompt, Completion, LLMBackend, create_backend
+
+SYSTEM = "You are RankGPT, an intelligent assistant that can rank passages based on their relevancy to the query."
+
+_BRACKETED = re.compile(r"\[\s*(\d+)\s*\]")
+_NUMBER = re.compile(r"\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class PermutationParse:
+    """A model answer turned into a full permutation of ``0..n-1`` and what had to be repaired.
+
+    Attributes:
+        order: 0-based window positions, best first; always a permutation of ``range(n)``.
+        repeated: identifiers given more than once (later occurrences ignored).
+        missing: identifiers not given (appended in input order).
+        out_of_range: numbers outside ``1..n`` (ignored).
+    """
+
+    order: tuple[int, ...]
+    repeated: int = 0
+    missing: int = 0
+    out_of_range: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.repeated or self.missing or self.out_of_range)
+
+
+def parse_permutation(text: str, n: int) -> PermutationParse:
+    """Parse ``[3] > [1] > [2]`` (or bare ``3 > 1 > 2``) into a repaired permutation of ``n`` items."""
+    numbers = _BRACKETED.findall(text) or _NUMBER.findall(text)
+    seen: list[int] = []
+    repeated = out_of_range = 0
+    for raw in numbers:
+        i = int(raw) - 1
+        if not 0 <= i < n:
+            out_of_range += 1
+        elif i in seen:
+            repeated += 1
+        else:
+            seen.append(i)
+    missing = [i for i in range(n) if i not in seen]
+    return PermutationParse(tuple(seen + missing), repeated, len(missing), out_of_range)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """One window of the sliding pass: where it was, what the model said, how it was repaired."""
+
+    start: int
+    doc_ids: tuple[str, ...]  # the window's candidates in the order they were shown
+    answer: str
+    parse: PermutationParse
+    tokens_in: int
+    tokens_out: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListwiseResult:
+    """A listwise rerank with its windows and cost (what :meth:`ListwiseLLMReranker.rerank_explained` returns)."""
+
+    ranking: RankedList
+    windows: tuple[WindowResult, ...]
+    cost: StageCost
+
+    @property
+    def repairs(self) -> dict[str, int]:
+        """Parse repairs over all windows: windows with any repair, repeated, missing, out-of-range ids."""
+        return {
+            "windows": len(self.windows),
+            "windows_repaired": sum(not w.parse.ok for w in self.windows),
+            "repeated": sum(w.parse.repeated for w in self.windows),
+            "missing": sum(w.parse.missing for w in self.windows),
+            "out_of_range": sum(w.parse.out_of_range for w in self.windows),
+        }
+
+
+def window_starts(n: int, window: int, stride: int) -> list[int]:
+    """Start positions of the windows, bottom window first (RankGPT's back-to-front pass)."""
+    if n <= 0:
+        return []
+    starts = []
+    end = n
+    while True:
+        start = max(0, end - window)
+        starts.append(start)
+        if start == 0:
+            return starts
+        end -= stride
+
+
+@rerankers.register("listwise-llm")
+class ListwiseLLMReranker:
+    """RankGPT-style listwise reranking with any :class:`~rerankers.llm.backends.LLMBackend`.
+
+    Args:
+        backend: a backend instance, or a registered name created with ``backend_options``
+            (default ``"llama-cpp"`` with the bundled Qwen2.5-Coder-0.5B-Instruct; loaded on first use).
+        window: candidates the model sees at once (RankGPT: 20).
+        stride: how far the window moves up each step (RankGPT: 10); ``stride < window`` overlaps windows.
+        max_passage_tokens: each passage is cut to this many tokens of the model's tokenizer.
+        use_title: show the title before the text.
+        prefill: text the answer is forced to start with (``"["`` helps very small models keep the format).
+        max_tokens: answer budget per window (default: ``6 · window + 8``, enough for ``[i] >`` per passage).
+
+    Scores are ``n − position`` of the final order (higher is better). The ranking is deterministic for a
+    deterministic backend (greedy decoding). Thread-safe: no per-call state is kept on the instance.
+    """
+
+    name = "listwise-llm"
+
+    def __init__(
+        self,
+        backend: LLMBackend | str = "llama-cpp",
+        *,
+        window: int = 20,
+        stride: int = 10,
+        max_passage_tokens: int = 100,
+        use_title: bool = True,
+        prefill: str = "",
+        max_tokens: int | None = None,
+        backend_options: dict[str, Any] | None = None,
+    ) -> None:
+        if window < 2 or not 1 <= stride <= window:
+            raise InputError("window must be ≥ 2 and 1 ≤ stride ≤ window")
+        if max_passage_tokens < 8:
+            raise InputError("max_passage_tokens must be at least 8")
+        self.window = window
+        self.stride = stride
+        self.max_passage_tokens = max_passage_tokens
+        self.use_title = use_title
+        self.prefill = prefill
+        self.max_tokens = max_tokens or 6 * window + 8
+        self._backend_spec = backend
+        self._backend_options = dict(backend_options or {})
+        self._backend: LLMBackend | None = backend if not isinstance(backend, str) else None
+        self._init_lock = threading.Lock()
+
+    @property
+    def backend(self) -> LLMBackend:
+        """The LLM backend, created on first use (constructing the reranker loads no model)."""
+        if self._backend is None:
+            with self._init_lock:
+                if self._backend is None:
+                    assert isinstance(self._backend_spec, str)
+                    self._backend = create_backend(self._backend_spec, **self._backend_options)
+        return self._backend
+
+    def _passage(self, c: Candidate) -> str:
+        text = f"{c.title}. {c.text}" if self.use_title and c.title else c.text
+        return " ".join(self.backend.truncate(" ".join(text.split()), self.max_passage_tokens).split())
+
+    def prompt(self, query: str, passages: Sequence[str]) -> ChatPrompt:
+        """The RankGPT instruction with the passages numbered ``[1]..[n]``."""
+        n = len(passages)
+        listed = "\n".join(f"[{i}] {p}" for i, p in enumerate(passages, start=1))
+        user = (
+            f"I will provide you with {n} passages, each indicated by a numerical identifier []. "
+            f"Rank the passages based on their relevance to the search query: {query}\n\n"
+            f"{listed}\n\n"
+            f"Search Query: {query}\n"
+            f"Rank the {n} passages above based on their relevance to the search query. All the passages "
+            "should be included and listed using identifiers, in descending order of relevance. The output "
+            "format should be [] > [], e.g., [2] > [1]. Only respond with the ranking results, do not say "
+            "any word or explain."
+        )
+        return ChatPrompt((("system", SYSTEM), ("user", user)), prefix=self.prefill)
+
+    def rerank_explained(self, query: Query, candidates: Sequence[Candidate]) -> ListwiseResult:
+        """Rerank and return the windows (answers, repairs) and the cost."""
+        started = time.perf_counter()
+        order = sorted(candidates, key=lambda c: (-c.score, c.doc_id))  # first-stage order
+        n = len(order)
+        windows: list[WindowResult] = []
+        tokens_in = tokens_out = 0
+        usd = 0.0
+        if n > 1:
+            passages = {c.doc_id: self._passage(c) for c in order}
+            for start in window_starts(n, self.window, self.stride):
+                block = order[start : start + self.window]
+                prompt = self.prompt(query.text, [passages[c.doc_id] for c in block])
+                completion: Completion = self.backend.generate([prompt], max_tokens=self.max_tokens)[0]
+                answer = self.prefill + completion.text
+                parsed = parse_permutation(answer, len(block))
+                order[start : start + len(block)] = [block[i] for i in parsed.order]
+                tokens_in += completion.tokens_in
+                tokens_out += completion.tokens_out
+                usd += completion.usd
+                windows.append(
+                    WindowResult(
+                        start,
+                        tuple(c.doc_id for c in block),
+                        answer,
+                        parsed,
+                        completion.tokens_in,
+                        completion.tokens_out,
+                    )
+                )
+        ranking = RankedList.from_scores(query.query_id, order, [float(n - i) for i in range(n)])
+        cost = StageCost(
+            "rerank",
+            (time.perf_counter() - started) * 1000,
+            docs=n,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            usd=usd,
+        )
+        return ListwiseResult(ranking, tuple(windows), cost)
+
+    def rerank_with_cost(self, query: Query, candidates: Sequence[Candidate]) -> tuple[RankedList, StageCost]:
+        result = self.rerank_explained(query, candidates)
+        return result.ranking, result.cost
+
+    def rerank(self, query: Query, candidates: Sequence[Candidate]) -> RankedList:
+        return self.rerank_explained(query, candidates).ranking

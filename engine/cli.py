@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reranker", default="identity", help="registered reranker (default: identity)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    c = sub.add_parser("calibrate", help="measure retrieve/rerank cost on this machine and fit the cost model")
+    c.add_argument("--index", required=True, type=Path)
+    c.add_argument("--reranker", default="cross-encoder", help="registered reranker (default: cross-encoder)")
+    c.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"), help="BEIR dir for queries")
+    c.add_argument("--queries", type=_positive, default=10, help="queries to measure (default 10)")
+    c.add_argument("--ks", type=_positive, nargs="+", default=[5, 10, 20, 50], help="rerank depths to time")
+    c.add_argument("--usd-per-token-in", type=float, default=0.0, help="price of an input token (API rerankers)")
+    c.add_argument("--usd-per-token-out", type=float, default=0.0)
+    c.add_argument("--out", type=Path, default=None, help="cost model JSON (default: INDEX/costmodel-RERANKER.json)")
+
     t = sub.add_parser("train-cross-encoder", help="fine-tune a cross-encoder on BEIR qrels + first-stage negatives")
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -98,6 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--learning-rate", type=_positive_float, default=3e-5)
     t.add_argument("--max-length", type=_positive, default=256)
     t.add_argument("--seed", type=int, default=13)
+    t.add_argument(
+        "--loss", choices=["bce", "pearson"], default="bce", help="bce (binary labels) or pearson (graded labels)"
+    )
+
+    from rerankers.llm import serve as llm_serve
+
+    ls = sub.add_parser("serve-llm", help="serve the local LLM over an OpenAI-compatible HTTP API (/v1)")
+    llm_serve.add_arguments(ls)
+
+    from benchmarks import cli as bench_cli
+
+    b = sub.add_parser("bench", help="benchmark systems (YAML) on a BEIR dataset: table, runs, report, plots")
+    bench_cli.add_bench_arguments(b)
+    f = sub.add_parser("fetch-beir", help="download a standard BEIR dataset (needs network access)")
+    bench_cli.add_fetch_arguments(f)
+
+    v = sub.add_parser("serve", help="run the HTTP service (A/B experiment of rerankers) with uvicorn")
+    v.add_argument("--index", type=Path, default=None, help="index directory (default: $TWOSTAGE_INDEX or var/scifact)")
+    v.add_argument("--experiment", type=Path, default=None, help="experiment file (default: the bundled one)")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     return parser
 
 
@@ -190,6 +221,36 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import indexes
+    from engine.beir import find_file, read_queries
+    from engine.calibrate import calibrate
+    from engine.registry import rerankers
+
+    if len(set(args.ks)) < 2:
+        raise InputError("calibration needs at least two positive k (--ks 5 10 20 50)")
+    factory = rerankers.get(args.reranker)
+    queries = [q for _, q in zip(range(args.queries), read_queries(find_file(args.dataset, "queries")), strict=False)]
+    reranker = factory()
+    retriever = indexes.load(args.index).retriever()
+    model, observed = calibrate(
+        retriever,
+        reranker,
+        queries,
+        ks=args.ks,
+        usd_per_token_in=args.usd_per_token_in,
+        usd_per_token_out=args.usd_per_token_out,
+        progress=True,
+    )
+    out = args.out or args.index / f"costmodel-{args.reranker}.json"
+    model.save(out)
+    for stage, cost in model.stages.items():
+        a, b = cost.coef[0], cost.coef[1]
+        print(f"{stage}: ms ≈ {a:.1f} + {b:.2f}·k  ({len(observed[stage])} observations)")
+    print(f"saved {out}")
+    return 0
+
+
 def _mine_pairs(args: argparse.Namespace) -> list[Any]:
     import indexes
     from engine.beir import find_file, read_corpus, read_qrels, read_queries
@@ -229,11 +290,52 @@ def cmd_train_cross_encoder(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         seed=args.seed,
         device=args.device,
+        loss=args.loss,
     )
     started = time.perf_counter()
     train_cross_encoder(pairs, args.out, config)
     print(f"trained on {len(pairs)} pairs in {time.perf_counter() - started:.0f}s → {args.out}")
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.cli import bench
+
+    return bench(args)
+
+
+def cmd_fetch_beir(args: argparse.Namespace) -> int:
+    from benchmarks.cli import fetch_beir
+
+    return fetch_beir(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine._optional import require
+
+    uvicorn = require("uvicorn", "service")
+    require("fastapi", "service")
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if args.index is not None:
+        overrides["index"] = args.index
+    if args.experiment is not None:
+        overrides["experiment"] = args.experiment
+    settings = Settings(**overrides)
+    for path, what in ((settings.index, "index"), (settings.experiment, "experiment")):
+        if not path.exists():
+            raise InputError(f"{what} not found: {path}")
+    logging.getLogger("service").setLevel(logging.INFO)  # one access line per request
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False, log_level="info")
+    return 0
+
+
+def cmd_serve_llm(args: argparse.Namespace) -> int:
+    from rerankers.llm.serve import serve
+
+    return serve(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,7 +346,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # opensearch-py logs each failed request with a traceback; our error line says what went wrong.
     logging.getLogger("opensearch").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
-    commands = {"index": cmd_index, "search": cmd_search, "train-cross-encoder": cmd_train_cross_encoder}
+    commands = {
+        "index": cmd_index,
+        "search": cmd_search,
+        "calibrate": cmd_calibrate,
+        "train-cross-encoder": cmd_train_cross_encoder,
+    }
+    commands.update({"bench": cmd_bench, "fetch-beir": cmd_fetch_beir})
+    commands["serve"] = cmd_serve
+    commands["serve-llm"] = cmd_serve_llm
     try:
         return commands[args.command](args)
     except (TwoStageError, FileNotFoundError, PermissionError) as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 from engine.registry import index_backends
 from indexes import (
+    lucene_bm25,  # noqa: F401  (registers "lucene-bm25", the BM25 baseline)
     lucene_impact,  # noqa: F401  (registers "lucene-impact")
     opensearch,  # noqa: F401  (registers "opensearch"; opensearch-py is imported on use)
 )

@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from engine.cost import StageCost
 from engine.encoders import SparseEncoder, create_encoder
 from engine.errors import IndexLoadError, InputError, TwoStageError
 from engine.registry import index_backends
 from engine.types import Candidate, Document, Query, RankedList
-from indexes import _jvm
+from indexes import _jvm, _lucene
 from indexes._atomic import atomic_directory, read_meta, write_meta
 from indexes.docstore import DocStore, DocStoreWriter
 
@@ -36,18 +34,6 @@ log = logging.getLogger(__name__)
 
 LUCENE_DIR = "lucene"
 VECTORS_DIR = "_vectors"
-
-
-def _progress(total: int | None, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, dynamic_ncols=True)
-
-
-def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    it = iter(docs)
-    while chunk := list(islice(it, size)):
-        yield chunk
 
 
 @index_backends.register("lucene-impact")
@@ -92,8 +78,8 @@ class LuceneImpactIndex:
             n_docs = n_terms = n_empty = 0
             encode_started = time.perf_counter()
             try:
-                with _progress(total, "encode", progress) as bar, DocStoreWriter(tmp) as store:
-                    for chunk_no, chunk in enumerate(_chunks(docs, chunk_size)):
+                with _lucene.progress(total, "encode", progress) as bar, DocStoreWriter(tmp) as store:
+                    for chunk_no, chunk in enumerate(_lucene.chunks(docs, chunk_size)):
                         vecs = encoder.encode_docs([d.full_text for d in chunk])
                         shard = shards[chunk_no % threads]
                         for doc, vec in zip(chunk, vecs, strict=True):
@@ -111,7 +97,14 @@ class LuceneImpactIndex:
                 raise InputError("corpus is empty: nothing to index")
             encode_seconds = time.perf_counter() - encode_started
             index_started = time.perf_counter()
-            indexed = _run_index_collection(vectors, tmp / LUCENE_DIR, threads=threads, log_path=tmp / "build.log")
+            indexed = _lucene.run_index_collection(
+                vectors,
+                tmp / LUCENE_DIR,
+                collection="JsonVectorCollection",
+                threads=threads,
+                log_path=tmp / "build.log",
+                options=("-impact", "-pretokenized"),
+            )
             index_seconds = time.perf_counter() - index_started
             for f in vectors.iterdir():
                 f.unlink()
@@ -168,35 +161,6 @@ class LuceneImpactIndex:
         return LuceneImpactRetriever(self, encoder or self.encoder())
 
 
-def _run_index_collection(input_dir: Path, index_dir: Path, *, threads: int, log_path: Path) -> int:
-    """Run Anserini's ``IndexCollection`` in a child JVM; return the number of documents indexed."""
-    cmd = [
-        _jvm.java_executable(),
-        *_jvm.JVM_OPTIONS,
-        "-cp",
-        _jvm.anserini_jar(),
-        "io.anserini.index.IndexCollection",
-        "-collection", "JsonVectorCollection",
-        "-input", str(input_dir),
-        "-index", str(index_dir),
-        "-generator", "DefaultLuceneDocumentGenerator",
-        "-threads", str(threads),
-        "-impact",
-        "-pretokenized",
-        "-optimize",
-    ]  # fmt: skip
-    with log_path.open("w") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
-    text = log_path.read_text(errors="replace")
-    if done.returncode != 0:
-        tail = " | ".join(text.strip().splitlines()[-5:])
-        raise TwoStageError(f"Anserini IndexCollection failed (exit {done.returncode}): {tail}")
-    match = re.search(r"Total ([\d,]+) documents indexed", text)
-    if match is None:
-        raise TwoStageError(f"cannot read the indexed document count from {log_path}")
-    return int(match.group(1).replace(",", ""))
-
-
 class LuceneImpactRetriever:
     """First stage over a :class:`LuceneImpactIndex`: SPLADE-encode the query, exact impact search.
 
@@ -215,10 +179,24 @@ class LuceneImpactRetriever:
         self._lock = threading.Lock()
 
     def retrieve(self, query: Query, k: int) -> RankedList:
+        return self.retrieve_with_cost(query, k)[0]
+
+    def retrieve_with_cost(self, query: Query, k: int) -> tuple[RankedList, tuple[StageCost, ...]]:
+        """The ranking and its cost split into ``encode`` (SPLADE query) and ``retrieve`` (search + texts)."""
         if k < 0:
             raise InputError(f"k must be non-negative, got {k}")
+        started = time.perf_counter()
         (vector,) = self.encoder.encode_queries([query.text])
-        hits = self.search_impacts(vector.quantize(self.index.scale), k)
+        encoded = time.perf_counter()
+        ranking = self._search(query, vector.quantize(self.index.scale), k)
+        done = time.perf_counter()
+        return ranking, (
+            StageCost("encode", (encoded - started) * 1000, docs=0),
+            StageCost("retrieve", (done - encoded) * 1000, docs=len(ranking)),
+        )
+
+    def _search(self, query: Query, impacts: dict[str, int], k: int) -> RankedList:
+        hits = self.search_impacts(impacts, k)
         docs = self._docs.get_many([doc_id for doc_id, _ in hits])
         norm = self.index.scale**2
         return RankedList.from_candidates(
@@ -237,17 +215,12 @@ class LuceneImpactRetriever:
         jquery = self._hashmap()
         for term, weight in impacts.items():
             jquery.put(term, self._jint(int(weight)))
-        fetch = k
-        while True:
+
+        def search(n: int) -> list[tuple[str, int]]:
             with self._lock:
-                raw = self._searcher.search(jquery, fetch)
-            hits = [(h.docid, round(h.score)) for h in raw]
-            # Grow the request until the group tied with the k-th score is complete.
-            if len(hits) < fetch or hits[-1][1] != hits[k - 1][1]:
-                break
-            fetch *= 2
-        hits.sort(key=lambda h: (-h[1], h[0]))
-        return hits[:k]
+                return [(h.docid, round(h.score)) for h in self._searcher.search(jquery, n)]
+
+        return _lucene.top_k_with_ties(search, k)
 
     def close(self) -> None:
         with self._lock:

@@ -49,8 +49,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine._optional import require
+from engine.cost import StageCost
 from engine.encoders import SparseEncoder, create_encoder
-from engine.errors import IndexLoadError, InputError, TwoStageError
+from engine.errors import BackendUnavailableError, IndexLoadError, InputError, TwoStageError
 from engine.registry import index_backends
 from engine.types import Candidate, Document, Query, RankedList, SparseVector
 from indexes._atomic import atomic_directory, read_meta, write_meta
@@ -74,7 +75,7 @@ class OpenSearchError(TwoStageError):
     """The cluster refused an operation (bad credentials, a rejected document, a failed count check)."""
 
 
-class OpenSearchUnavailableError(OpenSearchError):
+class OpenSearchUnavailableError(OpenSearchError, BackendUnavailableError):
     """The cluster cannot be reached (connection refused, timeout, TLS failure) or kept failing."""
 
 
@@ -678,13 +679,24 @@ class OpenSearchRetriever:
         self._lock = threading.Lock()
 
     def retrieve(self, query: Query, k: int) -> RankedList:
+        return self.retrieve_with_cost(query, k)[0]
+
+    def retrieve_with_cost(self, query: Query, k: int) -> tuple[RankedList, tuple[StageCost, ...]]:
+        """The ranking and its cost split into ``encode`` (SPLADE query) and ``retrieve`` (cluster search)."""
         if k < 0:
             raise InputError(f"k must be non-negative, got {k}")
+        started = time.perf_counter()
         (vector,) = self.encoder.encode_queries([query.text])
+        encoded = time.perf_counter()
         hits = self.search_hits(self.query_impacts(vector), k)
         norm = self.index.scale**2
-        return RankedList.from_candidates(
+        ranking = RankedList.from_candidates(
             query.query_id, (Candidate(h.doc_id, h.score / norm, h.text, h.title) for h in hits)
+        )
+        done = time.perf_counter()
+        return ranking, (
+            StageCost("encode", (encoded - started) * 1000),
+            StageCost("retrieve", (done - encoded) * 1000, docs=len(ranking)),
         )
 
     def query_impacts(self, vector: SparseVector) -> dict[str, int]:

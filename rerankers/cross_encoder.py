@@ -96,13 +96,19 @@ class CrossEncoderReranker:
         )
         return sum(len(ids) for ids in enc["input_ids"])
 
-    def rerank_with_cost(self, query: Query, candidates: Sequence[Candidate]) -> tuple[RankedList, StageCost]:
+    def score_candidates(self, query: Query, candidates: Sequence[Candidate]) -> tuple[list[float], StageCost]:
+        """Logits for ``candidates`` (input order) and the cost of computing them."""
         started = time.perf_counter()
         passages = [self._passage(c) for c in candidates]
-        ranking = RankedList.from_scores(query.query_id, candidates, self.score(query.text, passages))
+        scores = self.score(query.text, passages)
         tokens = self.count_tokens(query.text, passages)
-        cost = StageCost("rerank", (time.perf_counter() - started) * 1000, docs=len(candidates), tokens_in=tokens)
-        return ranking, cost
+        return scores, StageCost(
+            "rerank", (time.perf_counter() - started) * 1000, docs=len(candidates), tokens_in=tokens
+        )
+
+    def rerank_with_cost(self, query: Query, candidates: Sequence[Candidate]) -> tuple[RankedList, StageCost]:
+        scores, cost = self.score_candidates(query, candidates)
+        return RankedList.from_scores(query.query_id, candidates, scores), cost
 
     def rerank(self, query: Query, candidates: Sequence[Candidate]) -> RankedList:
         return self.rerank_with_cost(query, candidates)[0]

@@ -160,3 +160,13 @@ def lucene_index(built_indexes):
 @pytest.fixture(scope="session")
 def lucene_retriever(lucene_index, encoder):
     return lucene_index.retriever(encoder)
+
+
+# ------------------------------------------------------------------------------------ LLM rerankers
+@pytest.fixture(scope="session")
+def llm():
+    """The real bundled instruction model (Qwen2.5-Coder-0.5B-Instruct GGUF) through llama.cpp, loaded once."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python missing: pip install -e '.[llm]'")
+    from rerankers.llm.backends import create_backend
+
+    return create_backend("llama-cpp", threads=2)

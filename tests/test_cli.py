@@ -40,7 +40,7 @@ def test_search_json(cli_index, capsys):
     assert [h["rank"] for h in payload["hits"]] == [1, 2]
     assert payload["hits"][0]["doc_id"] == "d07"
     assert payload["hits"][0]["score"] >= payload["hits"][1]["score"]
-    assert [c["stage"] for c in payload["costs"]] == ["retrieve", "rerank"]
+    assert [c["stage"] for c in payload["costs"]] == ["encode", "retrieve", "rerank"]
 
 
 def test_search_with_cross_encoder_and_rerank_depth(cli_index, capsys):
@@ -49,7 +49,7 @@ def test_search_with_cross_encoder_and_rerank_depth(cli_index, capsys):
     assert main([*args, "--reranker", "cross-encoder", "--rerank-depth", "4"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["hits"][0]["doc_id"] == "d10"
-    rerank = payload["costs"][1]
+    rerank = payload["costs"][2]
     assert rerank["docs"] == 4 and rerank["tokens_in"] > 0
 
 
@@ -114,3 +114,18 @@ def test_console_script_exit_code(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip().startswith("twostage: error: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_calibrate_fits_and_saves_a_cost_model(cli_index, tmp_path, capsys):
+    from engine.costmodel import CostModel
+
+    out = tmp_path / "cm.json"
+    args = ["calibrate", "--index", str(cli_index), "--reranker", "identity", "--dataset", str(TINY)]
+    assert main([*args, "--queries", "3", "--ks", "2", "4", "--out", str(out)]) == 0
+    model = CostModel.load(out)
+    assert set(model.stages) == {"retrieve", "rerank"}
+    assert model.meta["queries"] == 3 and model.meta["ks"] == [2, 4]
+    assert model.stages["rerank"].observations == 6
+    assert "saved" in capsys.readouterr().out
+    assert main([*args, "--ks", "4", "--out", str(out)]) == 2  # one k cannot fit a line
+    assert "two positive k" in _one_line_error(capsys)

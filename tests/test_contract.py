@@ -34,7 +34,8 @@ def test_retriever_protocol(retriever):
 def test_retriever_sorted_and_subset_of_corpus(retriever, tiny_docs):
     ranking = retriever.retrieve(QUERY, k=5)
     _assert_valid(ranking, "q1")
-    assert len(ranking) == 5
+    assert 0 < len(ranking) <= 5  # a lexical retriever (BM25) returns only documents sharing a query term
+    assert len(retriever.retrieve(QUERY, k=2)) == 2
     assert set(ranking.doc_ids) <= {d.doc_id for d in tiny_docs}
 
 

@@ -70,7 +70,9 @@ def test_two_stage_with_cross_encoder_end_to_end(lucene_retriever, ce, tiny_quer
         relevant = tiny_qrels[q.query_id]
         assert any(h.doc_id in relevant for h in result.ranking.head(2)), (q.text, result.ranking.doc_ids)
         first += result.ranking[0].doc_id in relevant
-        assert result.costs[1].docs == 5 and result.costs[1].tokens_in > 0
+        rerank = result.cost("rerank")
+        assert rerank is not None and rerank.docs == 5 and rerank.tokens_in > 0
+        assert [c.stage for c in result.costs] == ["encode", "retrieve", "rerank"]
     # The default model is trained on scientific claims; on this general-knowledge fixture it still puts
     # the relevant document first for 5 of the 6 queries (it prefers the volcano text for "capital of france").
     assert first >= 5

@@ -65,6 +65,7 @@ class FaultProxy:
         self.injected: list[int | str] = []
         self._rejects: list[int] = []
         self._down_at: int | None = None
+        self._drops_left: int | None = None
         self._down = False
         proxy = self
 
@@ -89,9 +90,11 @@ class FaultProxy:
         with self.lock:
             self._rejects.extend([status] * n)
 
-    def go_down_at_bulk(self, k: int) -> None:
+    def go_down_at_bulk(self, k: int, *, drops: int | None = None) -> None:
+        """Go down at the ``k``-th bulk request from now; with ``drops``, come back after that many."""
         with self.lock:
             self._down_at = self.bulk_seen + k
+            self._drops_left = drops
 
     def up(self) -> None:
         with self.lock:
@@ -110,6 +113,10 @@ class FaultProxy:
                 fault = self._rejects.pop(0)
             if fault is not None:
                 self.injected.append(fault)
+            if fault == "drop" and self._drops_left is not None:
+                self._drops_left -= 1
+                if self._drops_left <= 0:  # back up for the next request
+                    self._down, self._down_at, self._drops_left = False, None, None
         if fault == "drop":
             h.close_connection = True  # no answer at all: the client sees the connection die
             return
@@ -363,8 +370,7 @@ def test_server_down_mid_ingest_then_resume_without_loss_or_duplicates(
 
 def test_short_outage_is_ridden_out_by_the_back_off(tmp_path, encoder, tiny_docs, proxy, name, caplog):
     path, alias = tmp_path / "idx", name()
-    proxy.go_down_at_bulk(2)
-    threading.Timer(0.3, proxy.up).start()  # the server comes back while the build backs off
+    proxy.go_down_at_bulk(2, drops=8)  # gone for 8 requests (past the client's own retries), then back
     with caplog.at_level(logging.WARNING, logger="indexes.opensearch"):
         index = _build(tiny_docs, path, encoder, proxy.url, alias, chunk_size=3, threads=1, max_retries=10, **FAST)
     assert "drop" in proxy.injected

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.rerank import read_run
 from engine.beir import find_file, read_corpus, read_qrels, read_queries
 from engine.errors import InputError, TwoStageError
 from engine.models import DEFAULT_CROSS_ENCODER
@@ -64,18 +65,6 @@ class Settings:
     stride: int = 10
     max_passage_tokens: int = 100
     skip: tuple[str, ...] = field(default_factory=tuple)  # "lore", "listwise", "cross-encoder"
-
-
-def read_run(path: Path) -> dict[str, list[tuple[str, float]]]:
-    """A TREC run file → {query_id: [(doc_id, score), ...]} in rank order."""
-    run: dict[str, list[tuple[str, float]]] = defaultdict(list)
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.split()
-            if len(parts) != 6:
-                raise InputError(f"{path}:{lineno}: expected 6 columns of a TREC run")
-            run[parts[0]].append((parts[2], float(parts[4])))
-    return {q: sorted(rows, key=lambda r: (-r[1], r[0])) for q, rows in run.items()}
 
 
 def binary_metrics(pred: list[bool], gold: list[bool]) -> dict[str, float]:

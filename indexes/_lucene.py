@@ -15,9 +15,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.errors import TwoStageError
+from engine.errors import IndexLoadError, TwoStageError
 from engine.types import Document
 from indexes import _jvm
+from indexes._atomic import read_meta
 
 S = TypeVar("S", int, float)
 
@@ -88,3 +89,13 @@ def top_k_with_ties(search: Callable[[int], list[tuple[str, S]]], k: int) -> lis
         fetch *= 2
     hits.sort(key=lambda h: (-h[1], h[0]))
     return hits[:k]
+
+
+def open_meta(path: Path, backend: str, lucene_dir: str) -> dict[str, Any]:
+    """``meta.json`` of a Lucene-backed index at ``path``, checked to be ``backend`` and complete."""
+    meta = read_meta(path)
+    if meta["backend"] != backend:
+        raise IndexLoadError(f"{path} is a {meta['backend']!r} index, not {backend!r}")
+    if not (path / lucene_dir).is_dir():
+        raise IndexLoadError(f"incomplete index (no {lucene_dir}/): {path}")
+    return meta

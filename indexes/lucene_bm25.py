@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.errors import IndexLoadError, InputError, TwoStageError
+from engine.errors import InputError, TwoStageError
 from engine.registry import index_backends
 from engine.types import Candidate, Document, Query, RankedList
 from indexes import _jvm, _lucene
-from indexes._atomic import atomic_directory, read_meta, write_meta
+from indexes._atomic import atomic_directory, write_meta
 from indexes.docstore import DocStore, DocStoreWriter
 
 log = logging.getLogger(__name__)
@@ -138,12 +138,7 @@ class LuceneBM25Index:
     @classmethod
     def open(cls, path: str | Path) -> LuceneBM25Index:
         path = Path(path)
-        meta = read_meta(path)
-        if meta["backend"] != cls.backend:
-            raise IndexLoadError(f"{path} is a {meta['backend']!r} index, not {cls.backend!r}")
-        if not (path / LUCENE_DIR).is_dir():
-            raise IndexLoadError(f"incomplete index (no {LUCENE_DIR}/): {path}")
-        return cls(path, meta)
+        return cls(path, _lucene.open_meta(path, cls.backend, LUCENE_DIR))
 
     def __len__(self) -> int:
         return int(self.meta["doc_count"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -551,3 +551,21 @@ class VLLMBackend:
 def _vllm_token(tokenizer: Any, token_id: int, logprob: Any) -> str:
     decoded = getattr(logprob, "decoded_token", None)
     return str(decoded) if decoded is not None else str(tokenizer.decode([token_id]))
+
+
+class LazyBackend:
+    """A backend given by name is created on first use (constructing a reranker loads no model)."""
+
+    def __init__(self, backend: str | LLMBackend, options: Mapping[str, Any] | None = None) -> None:
+        self._spec = backend
+        self._options = dict(options or {})
+        self._backend: LLMBackend | None = backend if not isinstance(backend, str) else None
+        self._lock = threading.Lock()
+
+    def get(self) -> LLMBackend:
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    assert isinstance(self._spec, str)
+                    self._backend = create_backend(self._spec, **self._options)
+        return self._backend

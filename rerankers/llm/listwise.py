@@ -13,7 +13,6 @@ missing ones are appended in their input order, and each repair is counted (:cla
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from engine.cost import StageCost
 from engine.errors import InputError
 from engine.registry import rerankers
 from engine.types import Candidate, Query, RankedList
-from rerankers.llm.backends import ChatPrompt, Completion, LLMBackend, create_backend
+from rerankers.llm.backends import ChatPrompt, Completion, LazyBackend, LLMBackend
 
 SYSTEM = "You are RankGPT, an intelligent assistant that can rank passages based on their relevancy to the query."
 
@@ -157,20 +156,12 @@ class ListwiseLLMReranker:
         self.use_title = use_title
         self.prefill = prefill
         self.max_tokens = max_tokens or 6 * window + 8
-        self._backend_spec = backend
-        self._backend_options = dict(backend_options or {})
-        self._backend: LLMBackend | None = backend if not isinstance(backend, str) else None
-        self._init_lock = threading.Lock()
+        self._backend = LazyBackend(backend, backend_options)
 
     @property
     def backend(self) -> LLMBackend:
         """The LLM backend, created on first use (constructing the reranker loads no model)."""
-        if self._backend is None:
-            with self._init_lock:
-                if self._backend is None:
-                    assert isinstance(self._backend_spec, str)
-                    self._backend = create_backend(self._backend_spec, **self._backend_options)
-        return self._backend
+        return self._backend.get()
 
     def _passage(self, c: Candidate) -> str:
         text = f"{c.title}. {c.text}" if self.use_title and c.title else c.text

@@ -37,7 +37,7 @@ from engine.errors import InputError
 from engine.protocols import ReportsCost, Reranker
 from engine.registry import rerankers
 from engine.types import Candidate, Query, RankedList
-from rerankers.llm.backends import ChatPrompt, Completion, LLMBackend, create_backend
+from rerankers.llm.backends import ChatPrompt, Completion, LazyBackend, LLMBackend
 
 PROMPT_VERSION = "lore-v1"
 
@@ -325,22 +325,14 @@ class LoreReranker:
         self.cache = cache if cache is not None else JudgementCache()
         self.is_hard = is_hard
         self.fallback = fallback
-        self._backend_spec = backend
-        self._backend_options = dict(backend_options or {})
-        self._backend: LLMBackend | None = backend if not isinstance(backend, str) else None
-        self._init_lock = threading.Lock()
+        self._backend = LazyBackend(backend, backend_options)
         self.prompt_id = self._prompt_id()
 
     # ------------------------------------------------------------------------------------ prompt
     @property
     def backend(self) -> LLMBackend:
         """The LLM backend, created on first use (constructing the reranker loads no model)."""
-        if self._backend is None:
-            with self._init_lock:
-                if self._backend is None:
-                    assert isinstance(self._backend_spec, str)
-                    self._backend = create_backend(self._backend_spec, **self._backend_options)
-        return self._backend
+        return self._backend.get()
 
     def _prompt_id(self) -> str:
         config = [PROMPT_VERSION, self.domain, self.rules, [e.answer for e in self.examples], self.reasoning]

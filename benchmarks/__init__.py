@@ -1,1 +1,1 @@
-"""Benchmarks that a reader can re-run: ``python -m benchmarks.<name> --help``."""
+"""Benchmarks that a reader can re-run: ``python -m twostage_search.benchmarks.<name> --help``."""

@@ -1,44 +1,13 @@
-"""The ``twostage bench`` and ``twostage fetch-beir`` commands (arguments and entry points).
-
-Kept light to import: ``engine.cli`` builds its parser from here on every start; the work (pydantic,
-ir-measures, matplotlib, models) is imported only when a command runs.
-"""
+"""What ``twostage bench`` and ``twostage fetch-beir`` run (the command line parses their arguments)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from engine.cli import _positive
-
-
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, type=Path, help="BEIR directory (corpus, queries, qrels/SPLIT.tsv)")
-    p.add_argument("--systems", required=True, nargs="+", type=Path, metavar="YAML", help="system config files")
-    p.add_argument("--split", default="test", help="qrels split (default: test)")
-    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory (default: runs/bench)")
-    p.add_argument("--baseline", default=None, help="system name to test against (default: the first)")
-    p.add_argument("--max-queries", type=_positive, default=None, help="only the first N queries of the split")
-    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up queries per system (default 5)")
-    p.add_argument("--index-cache", type=Path, default=Path("var/bench"), help="where built indexes are cached")
-    p.add_argument("--threads", type=_positive, default=2, help="index build threads (default 2)")
-    p.add_argument(
-        "--keep-identical-ids",
-        action="store_true",
-        help="keep a document whose id equals the query id (BEIR and Anserini drop it)",
-    )
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
-    from benchmarks.fetch import add_arguments
-
-    add_arguments(p)
 
 
 def bench(args: argparse.Namespace) -> int:
-    from benchmarks.runner import BenchSettings, markdown_table, run_benchmark
+    from twostage_search.benchmarks.report import markdown_table
+    from twostage_search.benchmarks.runner import BenchSettings, run_benchmark
 
     settings = BenchSettings(
         dataset=args.dataset,
@@ -63,7 +32,7 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def fetch_beir(args: argparse.Namespace) -> int:
-    from benchmarks.fetch import run
+    from twostage_search.benchmarks.fetch import run
 
     run(args)
     return 0

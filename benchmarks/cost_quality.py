@@ -1,7 +1,7 @@
 """Cost–quality curve of rerank-depth policies: fixed k vs adaptive (and an oracle bound).
 
     twostage calibrate --index var/scifact --reranker cross-encoder --out runs/costmodel-cross-encoder.json
-    python -m benchmarks.cost_quality --cost-model runs/costmodel-cross-encoder.json
+    python -m twostage_search.benchmarks.cost_quality --cost-model runs/costmodel-cross-encoder.json
 
 Method. Every query's top-100 first-stage candidates (``--train-run``/``--test-run`` TREC runs from
 ``benchmarks.first_stage``) are scored once by the cross-encoder (cached in ``--scores-dir``; computed on
@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.rerank import read_run
-from engine.beir import find_file, read_corpus, read_qrels, read_queries
-from engine.costmodel import CostModel
-from engine.errors import TwoStageError
-from engine.pipeline import merge_cascade
-from engine.policy import AdaptiveDepth, DepthPolicy, FixedDepth, first_stage_features
-from engine.types import Candidate, Query, RankedList
+from twostage_search.benchmarks.rerank import read_run
+from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.costmodel import CostModel
+from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.pipeline import merge_cascade
+from twostage_search.engine.policy import AdaptiveDepth, DepthPolicy, FixedDepth, first_stage_features
+from twostage_search.engine.types import Candidate, Query, RankedList
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def score_all(
     """Cross-encoder scores of every query's top 100, cached in ``path``."""
     if path.is_file():
         return read_scores(path)
-    from rerankers.cross_encoder import CrossEncoderReranker
+    from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
 
     ce = CrossEncoderReranker(args.model, device=args.device, threads=args.threads)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def _best_k(split: Split, q: str, lam: float, cost: CostModel) -> int:
 
 
 def measure_retrieval(index_path: Path, queries: dict[str, Query]) -> dict[str, float]:
-    import indexes
+    from twostage_search import indexes
 
     retriever = indexes.load(index_path).retriever()
     for q in list(queries.values())[:20]:
@@ -224,9 +224,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def validate(args: Any, test: Split, adaptive: AdaptiveDepth, cost: CostModel, matched: list[Any]) -> dict[str, Any]:
     """Measured end-to-end latency of N test queries vs the model's prediction (fixed k=20 and adaptive)."""
-    import indexes
-    from engine.pipeline import TwoStage
-    from rerankers.cross_encoder import CrossEncoderReranker
+    from twostage_search import indexes
+    from twostage_search.engine.pipeline import TwoStage
+    from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
 
     retriever = indexes.load(args.index).retriever()
     ce = CrossEncoderReranker(args.model, threads=args.threads)

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.beir import find_file, read_corpus, read_qrels, read_queries
-from engine.errors import InputError
-from engine.types import Document, Query
+from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Document, Query
 
 
 @dataclass(frozen=True)

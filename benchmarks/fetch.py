@@ -1,7 +1,7 @@
 """Fetch a standard BEIR dataset into a BEIR-format directory (needs network access).
 
     twostage fetch-beir scifact --out data/scifact
-    python -m benchmarks.fetch nfcorpus --out data/nfcorpus
+    python -m twostage_search.benchmarks.fetch nfcorpus --out data/nfcorpus
 
 Two sources: ``ir_datasets`` (when installed: ``pip install ir-datasets``; it caches downloads under
 ``~/.ir_datasets``) or BEIR's own zip archive, downloaded with the standard library. ``--source auto``
@@ -28,8 +28,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
-from benchmarks.datasets import available_splits, load_beir
-from engine.errors import InputError, TwoStageError
+from twostage_search.benchmarks.datasets import available_splits, load_beir
+from twostage_search.engine.errors import InputError, TwoStageError
 
 log = logging.getLogger(__name__)
 

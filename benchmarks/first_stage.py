@@ -1,6 +1,6 @@
 """First-stage benchmark on a BEIR-format dataset: build throughput, query latency and quality.
 
-    python -m benchmarks.first_stage --dataset benchmarks/data/scifact --index var/scifact
+    python -m twostage_search.benchmarks.first_stage --dataset benchmarks/data/scifact --index var/scifact
 
 Builds the index unless ``--index`` already holds one (``--rebuild`` forces it), then runs every
 query of the split through ``TwoStage(retriever, IdentityReranker)`` one at a time, as a service
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.beir import count_docs, find_file, read_corpus, read_qrels, read_queries
-from engine.errors import TwoStageError
-from engine.pipeline import TwoStage
-from rerankers.identity import IdentityReranker
+from twostage_search.engine.beir import count_docs, find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.pipeline import TwoStage
+from twostage_search.rerankers.identity import IdentityReranker
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ def percentile(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import ir_measures
 
-    import indexes
-    from engine.encoders import create_encoder
-    from engine.models import DEFAULT_SPLADE
-    from engine.registry import index_backends
+    from twostage_search import indexes
+    from twostage_search.engine.encoders import create_encoder
+    from twostage_search.engine.models import DEFAULT_SPLADE
+    from twostage_search.engine.registry import index_backends
 
     corpus = find_file(args.dataset, "corpus")
     qrels = read_qrels(args.dataset / "qrels" / f"{args.split}.tsv")

@@ -1,7 +1,7 @@
 """LLM reranker benchmark: the LORE judge's graded-label accuracy and listwise nDCG@10.
 
-    python -m benchmarks.first_stage                          # writes runs/first_stage.run (top 100)
-    python -m benchmarks.llm_rerank --queries 30 --listwise-queries 20 --listwise-depth 20
+    python -m twostage_search.benchmarks.first_stage                          # writes runs/first_stage.run (top 100)
+    python -m twostage_search.benchmarks.llm_rerank --queries 30 --listwise-queries 20 --listwise-depth 20
 
 **LORE judge** (LORE report's measures): for a seeded sample of test queries, every judged-relevant
 document and the ``--negatives`` highest-ranked unjudged documents of the first stage (hard negatives)
@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.rerank import read_run
-from engine.beir import find_file, read_corpus, read_qrels, read_queries
-from engine.errors import InputError, TwoStageError
-from engine.models import DEFAULT_CROSS_ENCODER
-from engine.types import Candidate, Document, Query
+from twostage_search.benchmarks.rerank import read_run
+from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.models import DEFAULT_CROSS_ENCODER
+from twostage_search.engine.types import Candidate, Document, Query
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _candidate(doc: Document, score: float = 0.0) -> Candidate:
 
 
 def _backend(s: Settings) -> Any:
-    from rerankers.llm.backends import create_backend
+    from twostage_search.rerankers.llm.backends import create_backend
 
     options: dict[str, Any] = {"model": s.model}
     if s.threads and s.backend in ("llama-cpp", "transformers"):
@@ -124,7 +124,7 @@ def run_lore(
     queries: dict[str, Query],
     corpus: dict[str, Document],
 ) -> list[dict[str, Any]]:
-    from rerankers.llm.lore import LoreReranker
+    from twostage_search.rerankers.llm.lore import LoreReranker
 
     rows = []
     gold = [rel for _, _, rel in pairs]
@@ -169,7 +169,7 @@ def run_lore(
 def run_cross_encoder(
     s: Settings, pairs: list[tuple[str, str, bool]], queries: dict[str, Query], corpus: dict[str, Document]
 ) -> dict[str, Any]:
-    from rerankers.cross_encoder import CrossEncoderReranker
+    from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
 
     ce = CrossEncoderReranker(s.cross_encoder, threads=s.threads)
     started = time.perf_counter()
@@ -206,7 +206,7 @@ def run_listwise(
 ) -> list[dict[str, Any]]:
     from scipy import stats
 
-    from rerankers.llm.listwise import ListwiseLLMReranker
+    from twostage_search.rerankers.llm.listwise import ListwiseLLMReranker
 
     rng = random.Random(s.seed + 1)
     chosen = sorted(rng.sample(sorted(queries), min(s.listwise_queries, len(queries))))

@@ -1,6 +1,6 @@
 """Load test of the HTTP service on loopback: throughput and latency percentiles at a few concurrencies.
 
-    python -m benchmarks.load --index var/scifact --concurrency 1 4 16 --requests 300
+    python -m twostage_search.benchmarks.load --index var/scifact --concurrency 1 4 16 --requests 300
 
 Starts ``twostage serve`` (a real uvicorn process) on 127.0.0.1 with a free port and an experiment with
 one arm (``--reranker identity`` by default; the cross-encoder costs ~50 ms per document on a 2-core CPU),
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.beir import find_file, read_queries
+from twostage_search.engine.beir import find_file, read_queries
 
 
 def _free_port() -> int:
@@ -139,7 +139,7 @@ async def _drive(args: argparse.Namespace, base: str, proc: subprocess.Popen[byt
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m twostage_search.benchmarks.load", description=__doc__.split("\n")[0])
     p.add_argument("--index", type=Path, default=Path("var/scifact"))
     p.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"))
     p.add_argument("--reranker", default="identity", help="the one arm's reranker (default identity)")
@@ -165,7 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         exp = Path(tmp) / "load.json"
         exp.write_text(json.dumps(_experiment(args.reranker, args.rerank_depth, args.depth)))
         env = {**os.environ, "TWOSTAGE_ADMIN_TOKEN": token, "HF_HUB_OFFLINE": "1", "TWOSTAGE_WORKERS": "4"}
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--index", str(args.index), "--experiment", str(exp)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "twostage_search.cli",
+            "serve",
+            "--index",
+            str(args.index),
+            "--experiment",
+            str(exp),
+        ]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
         log_path = Path(tmp) / "server.log"
         with log_path.open("wb") as server_log:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from benchmarks.runner import BenchReport
+    from twostage_search.benchmarks.report import BenchReport
 
 QUALITY = "nDCG@10"
 

@@ -1,7 +1,7 @@
 """Reranking benchmark: first stage vs first stage + cross-encoder at several rerank depths.
 
-    python -m benchmarks.first_stage                     # writes runs/first_stage.run (top 100)
-    python -m benchmarks.rerank --run runs/first_stage.run --depths 10 50 100
+    python -m twostage_search.benchmarks.first_stage                     # writes runs/first_stage.run (top 100)
+    python -m twostage_search.benchmarks.rerank --run runs/first_stage.run --depths 10 50 100
 
 Quality: every query's top ``max(depths)`` first-stage candidates are scored once by the cross-encoder;
 for each depth k the top k are reordered by those scores and the rest keep first-stage order below them
@@ -24,11 +24,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from engine.beir import find_file, read_corpus, read_qrels, read_queries
-from engine.errors import InputError, TwoStageError
-from engine.models import DEFAULT_CROSS_ENCODER
-from engine.pipeline import merge_cascade
-from engine.types import Candidate, RankedList
+from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.models import DEFAULT_CROSS_ENCODER
+from twostage_search.engine.pipeline import merge_cascade
+from twostage_search.engine.types import Candidate, RankedList
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def evaluate(qrels: dict[str, dict[str, int]], rankings: dict[str, RankedList]) 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from scipy import stats
 
-    from rerankers.cross_encoder import CrossEncoderReranker
+    from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
 
     qrels = read_qrels(args.dataset / "qrels" / f"{args.split}.tsv")
     queries = {q.query_id: q for q in read_queries(find_file(args.dataset, "queries")) if q.query_id in qrels}

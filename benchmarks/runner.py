@@ -3,7 +3,7 @@
     twostage bench --dataset benchmarks/data/scifact \\
         --systems benchmarks/systems/bm25.yaml benchmarks/systems/splade.yaml benchmarks/systems/splade+ce@20.yaml
 
-For each system (a YAML file, :mod:`benchmarks.systems`) every query of the split goes through
+For each system (a YAML file, :mod:`twostage_search.benchmarks.configs`) every query of the split goes through
 ``TwoStage.run`` one at a time, as a service would, after a few untimed warm-up queries. Each row has
 nDCG@10, Recall@100, Recall@1000 and MRR@10 (ir-measures), a paired t-test of every measure against the
 baseline system (the first, or ``--baseline``), mean and p95 latency per stage (from the pipeline's
@@ -27,16 +27,25 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.datasets import BeirDataset, load_beir
-from benchmarks.evaluation import Ranking, evaluate, machine, mean, paired_ttest, percentile, write_trec_run
-from benchmarks.published import MODEL_NOTE, published_for
-from benchmarks.systems import PASS_THROUGH, SystemConfig, load_systems
-from engine.errors import InputError, TwoStageError
+from twostage_search.benchmarks.configs import PASS_THROUGH, SystemConfig, load_systems
+from twostage_search.benchmarks.datasets import BeirDataset, load_beir
+from twostage_search.benchmarks.evaluation import (
+    Ranking,
+    evaluate,
+    machine,
+    mean,
+    paired_ttest,
+    percentile,
+    write_trec_run,
+)
+from twostage_search.benchmarks.published import published_for
+from twostage_search.benchmarks.report import BenchReport, SystemRow, stage_order, write_report
+from twostage_search.engine.errors import InputError, TwoStageError
 
 log = logging.getLogger(__name__)
 
@@ -65,46 +74,6 @@ class BenchSettings:
     ignore_identical_ids: bool = True
     progress: bool = True
     plots: bool = True
-
-
-@dataclass
-class SystemRow:
-    """One system's results: quality, significance against the baseline, and costs per query."""
-
-    name: str
-    first_stage: str
-    reranker: str
-    depth: int
-    rerank_depth: int
-    index: str
-    queries: int
-    quality: dict[str, float]
-    delta: dict[str, float] = field(default_factory=dict)
-    p_value: dict[str, float | None] = field(default_factory=dict)
-    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-    docs_reranked: float = 0.0
-    tokens_in: float = 0.0
-    tokens_out: float = 0.0
-    usd_per_query: float = 0.0
-    usd_total: float = 0.0
-    run_file: str = ""
-
-
-@dataclass
-class BenchReport:
-    dataset: dict[str, Any]
-    baseline: str
-    measures: tuple[str, ...]
-    rows: list[SystemRow]
-    per_query: dict[str, dict[str, list[float]]]
-    query_ids: list[str]
-    published: list[dict[str, Any]]
-    files: dict[str, str] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    machine: dict[str, Any] = field(default_factory=dict)
-
-    def row(self, name: str) -> SystemRow:
-        return next(r for r in self.rows if r.name == name)
 
 
 # -------------------------------------------------------------------------------------- indexes
@@ -208,7 +177,7 @@ class _Resources:
         self.encoders: dict[str, Any] = {}
 
     def encoder(self, name: str, params: dict[str, Any]) -> Any:
-        from engine.encoders import create_encoder
+        from twostage_search.engine.encoders import create_encoder
 
         key = _canonical([name, params])
         if key not in self.encoders:
@@ -222,8 +191,8 @@ class _Resources:
 def _resolve_first_stage(
     system: SystemConfig, dataset: BeirDataset, settings: BenchSettings, res: _Resources
 ) -> _Resolved:
-    import indexes
-    from engine.registry import encoders, index_backends
+    from twostage_search import indexes
+    from twostage_search.engine.registry import encoders, index_backends
 
     fs = system.first_stage
     backend = index_backends.get(fs.backend)
@@ -270,7 +239,7 @@ def _resolve_first_stage(
     if settings.reuse_dir is not None:
         legacy = settings.reuse_dir / dataset.name
         if (legacy / "meta.json").is_file():
-            from indexes._atomic import read_meta
+            from twostage_search.indexes.meta import read_meta
 
             try:
                 meta = read_meta(legacy)
@@ -282,7 +251,7 @@ def _resolve_first_stage(
     digest = hashlib.sha256(_canonical(key).encode()).hexdigest()[:12]
     path = settings.index_cache / f"{dataset.name}-{dataset.fingerprint[:12]}" / f"{fs.backend}-{digest}"
     if (path / "meta.json").is_file():
-        from indexes._atomic import read_meta
+        from twostage_search.indexes.meta import read_meta
 
         meta = read_meta(path)
         if _meta_matches(meta, key, given) and int(meta.get("doc_count", -1)) == dataset.doc_count:
@@ -302,7 +271,7 @@ def _resolve_first_stage(
 
 def _check_params(system: SystemConfig) -> None:
     """Encoder, build and reranker parameters must fit their targets' signatures (before any work)."""
-    from engine.registry import encoders, index_backends, rerankers
+    from twostage_search.engine.registry import encoders, index_backends, rerankers
 
     fs = system.first_stage
     if fs.encoder_name is not None:
@@ -315,7 +284,7 @@ def _check_params(system: SystemConfig) -> None:
 
 
 def _reranker(system: SystemConfig) -> Any:
-    from engine.registry import rerankers
+    from twostage_search.engine.registry import rerankers
 
     factory = rerankers.get(system.reranker.name)
     try:
@@ -357,7 +326,7 @@ def _run_system(
 ) -> _SystemRun:
     from tqdm.auto import tqdm
 
-    from engine.pipeline import TwoStage
+    from twostage_search.engine.pipeline import TwoStage
 
     pass_through = system.reranker.name in PASS_THROUGH
     pipeline = TwoStage(retriever, reranker, depth=system.depth, rerank_depth=system.rerank_depth)
@@ -384,7 +353,7 @@ def _run_system(
         run.tokens_in.append(sum(c.tokens_in for c in result.costs))
         run.tokens_out.append(sum(c.tokens_out for c in result.costs))
         run.usd.append(sum(c.usd for c in result.costs))
-    names = _stage_order(s for stages in per_query_stages for s in stages)
+    names = stage_order(s for stages in per_query_stages for s in stages)
     run.stage_ms = {s: [stages.get(s, 0.0) for stages in per_query_stages] for s in names}
     return run
 
@@ -479,116 +448,13 @@ def run_benchmark(settings: BenchSettings) -> BenchReport:
         },
     )
     report.settings["systems"] = [str(p) for p in settings.systems]
-    write_report(report, out, plots=settings.plots)
-    return report
+    if settings.plots:
+        from twostage_search.benchmarks.plots import cost_quality_plot, delta_histogram
 
-
-# ------------------------------------------------------------------------------------- reports
-def _fmt_p(p: float | None) -> str:
-    if p is None:
-        return "n/a"
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
-
-
-def _fmt_ms(stats: dict[str, float] | None) -> str:
-    return "–" if stats is None else f"{stats['mean']:.1f} / {stats['p95']:.1f}"
-
-
-_STAGE_ORDER = ("cache", "encode", "retrieve")
-
-
-def _stage_order(stages: Iterable[str]) -> list[str]:
-    """Stage names in pipeline order: cache, encode, retrieve, then the others as first seen."""
-    seen: list[str] = []
-    for s in stages:
-        if s != "total" and s not in seen:
-            seen.append(s)
-    known = [s for s in _STAGE_ORDER if s in seen]
-    return known + [s for s in seen if s not in _STAGE_ORDER]
-
-
-def markdown_table(report: BenchReport) -> str:
-    """The results table: quality (with p-values against the baseline) and costs, one row per system."""
-    stages = _stage_order(s for row in report.rows for s in row.latency_ms)
-    head = ["system", *report.measures]
-    head += [f"{s} ms (mean / p95)" for s in stages]
-    head += ["total ms (mean / p95)", "docs reranked / q", "tokens / q", "$ / q"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in report.rows:
-        cells = [row.name]
-        for m in report.measures:
-            value = f"{row.quality[m]:.4f}"
-            if row.name != report.baseline:
-                value += f" (p={_fmt_p(row.p_value.get(m))})"
-            cells.append(value)
-        pass_through = row.reranker in PASS_THROUGH
-        for s in stages:
-            shown = None if (pass_through and s.startswith("rerank")) else row.latency_ms.get(s)
-            cells.append(_fmt_ms(shown))
-        cells.append(_fmt_ms(row.latency_ms["total"]))
-        cells.append(f"{row.docs_reranked:g}")
-        cells.append(f"{row.tokens_in + row.tokens_out:g}")
-        cells.append(f"{row.usd_per_query:.4g}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _markdown(report: BenchReport) -> str:
-    ds = report.dataset
-    parts = [
-        f"# Benchmark: {ds['name']} ({ds['split']})",
-        "",
-        f"{ds['queries']} queries, {ds['documents']:,} documents (`{ds['path']}`). Baseline for the paired "
-        f"t-tests (two-sided, per-query values): **{report.baseline}**. Latency is wall-clock per query, one "
-        f"query at a time, after {report.settings.get('warmup')} untimed warm-up queries; a pass-through "
-        "reranker (identity) has no rerank cost (–).",
-        "",
-        markdown_table(report),
-        "",
-        "| system | first stage | reranker | depth | rerank depth | index |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in report.rows:
-        parts.append(
-            f"| {row.name} | {row.first_stage} | {row.reranker} | {row.depth} | {row.rerank_depth} | `{row.index}` |"
-        )
-    if report.published:
-        parts += ["", "## Published figures on this dataset", ""]
-        parts += ["| system | model | nDCG@10 | R@100 | R@1000 | source |", "|---|---|---|---|---|---|"]
-        for p in report.published:
-            r100 = "" if p["recall100"] is None else f"{p['recall100']:.4f}"
-            r1000 = "" if p["recall1000"] is None else f"{p['recall1000']:.4f}"
-            parts.append(f"| {p['system']} | {p['model']} | {p['ndcg10']:.4f} | {r100} | {r1000} | {p['source']} |")
-        parts += ["", MODEL_NOTE]
-    m = report.machine
-    load = f" Load average (1, 5, 15 min) at start {m.get('load_average')}, at end {m.get('load_average_at_end')}."
-    parts += ["", f"Machine: {m.get('cpus')} CPUs, {m.get('processor')}, Python {m.get('python')}." + load]
-    if report.files:
-        parts += ["", "Files: " + ", ".join(f"`{v}`" for v in report.files.values())]
-    return "\n".join(parts) + "\n"
-
-
-def write_report(report: BenchReport, out: Path, *, plots: bool = True) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    if plots:
-        from benchmarks.plots import cost_quality_plot, delta_histogram
-
+        out.mkdir(parents=True, exist_ok=True)
         report.files["plot:cost_quality"] = str(cost_quality_plot(report, out / "cost_quality.png"))
         hist = delta_histogram(report, out / "ndcg_delta_hist.png")
         if hist is not None:
             report.files["plot:ndcg_delta_hist"] = str(hist)
-    report.files["report:json"] = str(out / "report.json")
-    report.files["report:md"] = str(out / "report.md")
-    payload = {
-        "dataset": report.dataset,
-        "baseline": report.baseline,
-        "measures": list(report.measures),
-        "systems": [asdict(r) for r in report.rows],
-        "published": report.published,
-        "files": report.files,
-        "settings": report.settings,
-        "machine": report.machine,
-        "per_query": {"query_ids": report.query_ids, **report.per_query},
-    }
-    (out / "report.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(_markdown(report), encoding="utf-8")
+    write_report(report, out)
+    return report

@@ -7,10 +7,10 @@
 >>> TwoStage(index.retriever(), IdentityReranker()).search("what causes tides", k=10)  # doctest: +SKIP
 """
 
-from engine.errors import InputError, MissingDependencyError, TwoStageError, UnknownBackendError
-from engine.pipeline import TwoStage
-from engine.protocols import Encoder, Reranker, Retriever
-from engine.types import Candidate, Document, Query, RankedList, ScoredDoc, SparseVector
+from twostage_search.engine.errors import InputError, MissingDependencyError, TwoStageError, UnknownBackendError
+from twostage_search.engine.pipeline import TwoStage
+from twostage_search.engine.protocols import Encoder, Reranker, Retriever
+from twostage_search.engine.types import Candidate, Document, Query, RankedList, ScoredDoc, SparseVector
 
 __version__ = "0.1.0"
 

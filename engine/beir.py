@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from engine.errors import InputError
-from engine.types import Document, Query
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Document, Query
 
 
 def _open_text(path: Path) -> IO[str]:

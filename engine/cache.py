@@ -1,4 +1,4 @@
-"""A bounded, expiring result cache for head queries (cachetools' TTL cache behind a lock)."""
+"""Bounded caches for results and judgements (cachetools' LRU or TTL cache behind a lock)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,31 @@ import threading
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-from cachetools import TTLCache
+from cachetools import Cache, LRUCache, TTLCache
+
+from twostage_search.engine.errors import InputError
 
 V = TypeVar("V")
 
 
 class ResultCache(Generic[V]):
-    """At most ``maxsize`` entries, each kept ``ttl_s`` seconds; least recently used evicted first.
+    """At most ``maxsize`` entries, least recently used evicted first; each kept ``ttl_s`` seconds
+    (``None``: until evicted). ``maxsize=0`` stores nothing.
 
-    Thread-safe. Keys must capture everything that changes the answer (query text, configuration, k,
-    budget); :meth:`stats` reports hits and misses for metrics.
+    Thread-safe and shareable between instances (head queries). Keys must capture everything that
+    changes the answer (query text, configuration, k, budget, prompt); :meth:`stats` reports hits and
+    misses for metrics.
     """
 
-    def __init__(self, maxsize: int = 10_000, ttl_s: float = 3600.0) -> None:
-        if maxsize < 1 or ttl_s <= 0:
-            raise ValueError("maxsize must be ≥ 1 and ttl_s > 0")
-        self._cache: TTLCache[Hashable, V] = TTLCache(maxsize=maxsize, ttl=ttl_s)
+    def __init__(self, maxsize: int = 10_000, ttl_s: float | None = 3600.0) -> None:
+        if maxsize < 0:
+            raise InputError("cache size must be non-negative")
+        if ttl_s is not None and ttl_s <= 0:
+            raise InputError("ttl_s must be positive (or None for no expiry)")
+        self.maxsize = maxsize
+        self._cache: Cache[Hashable, V] = (
+            LRUCache(maxsize=max(maxsize, 1)) if ttl_s is None else TTLCache(maxsize=max(maxsize, 1), ttl=ttl_s)
+        )
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -36,6 +45,8 @@ class ResultCache(Generic[V]):
             return value
 
     def put(self, key: Hashable, value: V) -> None:
+        if self.maxsize == 0:
+            return
         with self._lock:
             self._cache[key] = value
 

@@ -11,11 +11,11 @@ import platform
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from engine.costmodel import CostModel, LinearCost, Observation
-from engine.errors import InputError
-from engine.pipeline import TwoStage
-from engine.protocols import Reranker, Retriever
-from engine.types import Query
+from twostage_search.engine.costmodel import CostModel, LinearCost, Observation
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.pipeline import TwoStage
+from twostage_search.engine.protocols import Reranker, Retriever
+from twostage_search.engine.types import Query
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import InputError
+from twostage_search.engine.errors import InputError
 
 FORMAT = 1
 

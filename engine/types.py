@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from engine.errors import InputError
+from twostage_search.engine.errors import InputError
 
 
 @dataclass(frozen=True, slots=True)

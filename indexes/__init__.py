@@ -1,17 +1,15 @@
-"""First-stage index backends. ``load(path)`` opens any index by the backend named in its ``meta.json``."""
+"""First-stage index backends (entry-point group ``twostage_search.index_backends``).
+
+``load(path)`` opens any index with the backend named in its ``meta.json``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from engine.registry import index_backends
-from indexes import (
-    lucene_bm25,  # noqa: F401  (registers "lucene-bm25", the BM25 baseline)
-    lucene_impact,  # noqa: F401  (registers "lucene-impact")
-    opensearch,  # noqa: F401  (registers "opensearch"; opensearch-py is imported on use)
-)
-from indexes._atomic import read_meta
+from twostage_search.engine.registry import index_backends
+from twostage_search.indexes.meta import read_meta
 
 DEFAULT_BACKEND = "lucene-impact"
 

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine._optional import require
-from engine.errors import MissingDependencyError
+from twostage_search.engine.errors import MissingDependencyError
+from twostage_search.engine.optional import require
 
 JVM_OPTIONS = ("-Xmx2g", "--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow")
 
@@ -30,11 +30,11 @@ def anserini_jar() -> str:
     """Path of the Anserini fat jar shipped inside the pyserini package (found without importing it)."""
     spec = importlib.util.find_spec("pyserini")
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError("pyserini is required for the Lucene index: pip install 'twostage[lucene]'")
+        raise MissingDependencyError("pyserini is required for the Lucene index: pip install 'twostage-search[lucene]'")
     pkg_dir = next(iter(spec.submodule_search_locations))
     jars = sorted(glob.glob(os.path.join(pkg_dir, "resources", "jars", "anserini-*-fatjar.jar")))
     if not jars:
-        raise MissingDependencyError(f"no Anserini jar found in {pkg_dir}; reinstall 'twostage[lucene]'")
+        raise MissingDependencyError(f"no Anserini jar found in {pkg_dir}; reinstall 'twostage-search[lucene]'")
     return jars[-1]
 
 

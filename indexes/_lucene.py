@@ -15,10 +15,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.errors import IndexLoadError, TwoStageError
-from engine.types import Document
-from indexes import _jvm
-from indexes._atomic import read_meta
+from twostage_search.engine.errors import IndexLoadError, TwoStageError
+from twostage_search.engine.types import Document
+from twostage_search.indexes import _jvm
+from twostage_search.indexes.meta import read_meta
 
 S = TypeVar("S", int, float)
 

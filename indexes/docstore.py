@@ -7,8 +7,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from engine.errors import InputError
-from engine.types import Document
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Document
 
 FILENAME = "docs.sqlite"
 

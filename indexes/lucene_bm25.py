@@ -23,12 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.errors import InputError, TwoStageError
-from engine.registry import index_backends
-from engine.types import Candidate, Document, Query, RankedList
-from indexes import _jvm, _lucene
-from indexes._atomic import atomic_directory, write_meta
-from indexes.docstore import DocStore, DocStoreWriter
+from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.types import Candidate, Document, Query, RankedList
+from twostage_search.indexes import _jvm, _lucene
+from twostage_search.indexes.docstore import DocStore, DocStoreWriter
+from twostage_search.indexes.meta import atomic_index, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,6 @@ DEFAULT_B = 0.4
 ANALYZER = "Anserini DefaultEnglishAnalyzer (StandardTokenizer, lowercase, Lucene English stop words, Porter)"
 
 
-@index_backends.register("lucene-bm25")
 class LuceneBM25Index:
     """A Lucene inverted index of the documents' text for BM25, with its document store and ``meta.json``."""
 
@@ -80,7 +78,7 @@ class LuceneBM25Index:
         if threads < 1:
             raise InputError("threads must be at least 1")
         started = time.perf_counter()
-        with atomic_directory(path, overwrite=overwrite) as tmp:
+        with atomic_index(path, overwrite=overwrite) as tmp:
             records = tmp / DOCS_DIR
             records.mkdir()
             shards = [(records / f"part-{i:03d}.jsonl").open("w", encoding="utf-8") for i in range(threads)]

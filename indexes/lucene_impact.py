@@ -21,14 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.cost import StageCost
-from engine.encoders import SparseEncoder, create_encoder
-from engine.errors import InputError, TwoStageError
-from engine.registry import index_backends
-from engine.types import Candidate, Document, Query, RankedList
-from indexes import _jvm, _lucene
-from indexes._atomic import atomic_directory, write_meta
-from indexes.docstore import DocStore, DocStoreWriter
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.encoders import SparseEncoder, create_encoder
+from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.types import Candidate, Document, Query, RankedList
+from twostage_search.indexes import _jvm, _lucene
+from twostage_search.indexes.docstore import DocStore, DocStoreWriter
+from twostage_search.indexes.meta import atomic_index, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,6 @@ LUCENE_DIR = "lucene"
 VECTORS_DIR = "_vectors"
 
 
-@index_backends.register("lucene-impact")
 class LuceneImpactIndex:
     """A Lucene impact index of quantised SPLADE vectors, with its document store and ``meta.json``."""
 
@@ -71,7 +69,7 @@ class LuceneImpactIndex:
         if threads < 1:
             raise InputError("threads must be at least 1")
         started = time.perf_counter()
-        with atomic_directory(path, overwrite=overwrite) as tmp:
+        with atomic_index(path, overwrite=overwrite) as tmp:
             vectors = tmp / VECTORS_DIR
             vectors.mkdir()
             shards = [(vectors / f"part-{i:03d}.jsonl").open("w", encoding="utf-8") for i in range(threads)]

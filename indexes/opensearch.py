@@ -48,16 +48,15 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from engine._optional import require
-from engine.cost import StageCost
-from engine.encoders import SparseEncoder, create_encoder
-from engine.errors import BackendUnavailableError, IndexLoadError, InputError, TwoStageError
-from engine.registry import index_backends
-from engine.types import Candidate, Document, Query, RankedList, SparseVector
-from indexes._atomic import atomic_directory, read_meta, write_meta
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.encoders import SparseEncoder, create_encoder
+from twostage_search.engine.errors import BackendUnavailableError, IndexLoadError, InputError, TwoStageError
+from twostage_search.engine.optional import require
+from twostage_search.engine.types import Candidate, Document, Query, RankedList, SparseVector
+from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
 
 if TYPE_CHECKING:
-    from indexes.opensearch_settings import OpenSearchSettings, QueryMode
+    from twostage_search.indexes.opensearch_settings import OpenSearchSettings, QueryMode
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ def resolve_settings(settings: OpenSearchSettings | None = None, **overrides: An
     require("pydantic_settings", "opensearch")
     from pydantic import ValidationError
 
-    from indexes.opensearch_settings import OpenSearchSettings
+    from twostage_search.indexes.opensearch_settings import OpenSearchSettings
 
     try:
         if settings is None:
@@ -444,7 +443,6 @@ def _count_check(client: Any, index: str, seen: set[str], resumed: bool) -> int:
 
 
 # ------------------------------------------------------------------------------------------- index
-@index_backends.register("opensearch")
 class OpenSearchIndex:
     """A SPLADE impact index on an OpenSearch cluster; the local directory holds its ``meta.json``."""
 
@@ -505,7 +503,7 @@ class OpenSearchIndex:
             "scale": scale,
             "escape": ESCAPE_SCHEME,
         }
-        with atomic_directory(path, overwrite=overwrite) as tmp:
+        with atomic_index(path, overwrite=overwrite) as tmp:
             client, server = connect(settings)
             with contextlib.closing(client), _translate(settings, f"building {alias!r}"):
                 physical, resumed = _prepare_physical(client, settings, alias, build_meta, resume)

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.errors import InputError
-from engine.types import Query
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Query
 
 
 class ImpactSearcher(Protocol):

@@ -1,8 +1,5 @@
-"""Second-stage rerankers. Each module registers its backends in :data:`engine.registry.rerankers`."""
+"""Second-stage rerankers, each registered by entry point (``twostage_search.rerankers`` group).
 
-from rerankers import (  # noqa: F401  (registration)
-    cascade,  # "cascade"
-    cross_encoder,  # "cross-encoder"
-    identity,  # "identity"
-    llm,  # "listwise-llm", "lore" (rerankers/llm/)
-)
+Importing this package loads no model and no backend module: ``registry.rerankers.get(name)`` imports
+the one module that defines ``name``.
+"""

@@ -3,15 +3,15 @@ the queries it marks hard (LORE's serving tiers: the LLM runs in real time only 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from engine.cost import StageCost
-from engine.pipeline import merge_cascade
-from engine.protocols import ReportsCost, Reranker
-from engine.registry import rerankers
-from engine.types import Candidate, Query, RankedList
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.costed import costed_reranker
+from twostage_search.engine.pipeline import merge_cascade
+from twostage_search.engine.protocols import Reranker
+from twostage_search.engine.registry import rerankers
+from twostage_search.engine.types import Candidate, Query, RankedList
 
 HardRule = Callable[[Query, RankedList], bool]
 
@@ -29,16 +29,6 @@ def _build(spec: str | Reranker, params: Mapping[str, Any] | None) -> Reranker:
     return rerankers.get(spec)(**dict(params or {})) if isinstance(spec, str) else spec
 
 
-def _run(reranker: Reranker, stage: str, query: Query, candidates: Sequence[Candidate]) -> tuple[RankedList, StageCost]:
-    if isinstance(reranker, ReportsCost):
-        ranking, cost = reranker.rerank_with_cost(query, candidates)
-        return ranking, StageCost(stage, cost.wall_ms, cost.docs, cost.tokens_in, cost.tokens_out, cost.usd)
-    started = time.perf_counter()
-    ranking = reranker.rerank(query, candidates)
-    return ranking, StageCost(stage, (time.perf_counter() - started) * 1000, docs=len(candidates))
-
-
-@rerankers.register("cascade")
 class CascadeReranker:
     """``first`` reranks all candidates; ``second`` reranks its top ``k2`` when ``is_hard`` says so.
 
@@ -70,17 +60,19 @@ class CascadeReranker:
         self.second = _build(second, second_params)
         self.k2 = k2
         self.is_hard: HardRule = is_hard or (margin_rule(hard_margin) if hard_margin is not None else _always)
+        self._first = costed_reranker(self.first, "rerank")
+        self._second = costed_reranker(self.second, "rerank2")
 
     def rerank_with_costs(
         self, query: Query, candidates: Sequence[Candidate]
     ) -> tuple[RankedList, tuple[StageCost, ...]]:
-        ranking, first_cost = _run(self.first, "rerank", query, candidates)
+        ranking, first_costs = self._first(query, candidates)
         if not ranking or not self.is_hard(query, ranking):
-            return ranking, (first_cost,)
+            return ranking, first_costs
         ordered = ranking.candidates()
         top, rest = ordered[: self.k2], ordered[self.k2 :]
-        second, second_cost = _run(self.second, "rerank2", query, top)
-        return merge_cascade(query.query_id, second, rest), (first_cost, second_cost)
+        second, second_costs = self._second(query, top)
+        return merge_cascade(query.query_id, second, rest), (*first_costs, *second_costs)
 
     def rerank(self, query: Query, candidates: Sequence[Candidate]) -> RankedList:
         return self.rerank_with_costs(query, candidates)[0]

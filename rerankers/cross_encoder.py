@@ -9,18 +9,16 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from engine._optional import require
-from engine.cost import StageCost
-from engine.models import DEFAULT_CROSS_ENCODER, resolve_model
-from engine.registry import rerankers
-from engine.types import Candidate, Query, RankedList
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.models import DEFAULT_CROSS_ENCODER, resolve_model
+from twostage_search.engine.optional import require
+from twostage_search.engine.types import Candidate, Query, RankedList
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
 
 
-@rerankers.register("cross-encoder")
 class CrossEncoderReranker:
     """Scores (query, passage) pairs with a sentence-transformers ``CrossEncoder``.
 

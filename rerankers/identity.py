@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.registry import rerankers
-from engine.types import Candidate, Query, RankedList
+from twostage_search.engine.types import Candidate, Query, RankedList
 
 
-@rerankers.register("identity")
 class IdentityReranker:
     """Returns the candidates ranked by their incoming scores (the first stage's order).
 

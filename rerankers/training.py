@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from engine._optional import require
-from engine.errors import InputError
-from engine.models import resolve_model
-from engine.protocols import Retriever
-from engine.types import Document, Query
-from indexes._atomic import atomic_directory
+from twostage_search.engine.atomic import atomic_directory
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.models import resolve_model
+from twostage_search.engine.optional import require
+from twostage_search.engine.protocols import Retriever
+from twostage_search.engine.types import Document, Query
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _pearson_module(model: Any) -> Any:
     torch = require("torch", "rerank")
     from sentence_transformers.util import batch_to_device
 
-    class PearsonCorrelationLoss(torch.nn.Module):  # type: ignore[name-defined]
+    class PearsonCorrelationLoss(torch.nn.Module):  # type: ignore[name-defined,misc]
         def __init__(self, model: Any) -> None:
             super().__init__()
             self.model = model

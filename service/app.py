@@ -29,13 +29,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.cost import StageCost
-from engine.errors import BackendUnavailableError, InputError
-from engine.pipeline import SearchResult, TwoStage
-from engine.policy import Budget
-from engine.protocols import ReportsCost, ReportsRetrievalCost, ReportsStageCosts, Retriever, SupportsClose
-from engine.types import Candidate, Query, RankedList
-from service.experiment import (
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.costed import costed_retriever
+from twostage_search.engine.errors import BackendUnavailableError, InputError
+from twostage_search.engine.pipeline import SearchResult, TwoStage
+from twostage_search.engine.policy import Budget
+from twostage_search.engine.protocols import Retriever, SupportsClose
+from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.service.experiment import (
     Deployment,
     ExperimentError,
     ExperimentStore,
@@ -46,8 +47,8 @@ from service.experiment import (
     parse_experiment,
     user_hash,
 )
-from service.metrics import CONTENT_TYPE, Metrics
-from service.schemas import (
+from twostage_search.service.metrics import CONTENT_TYPE, Metrics
+from twostage_search.service.schemas import (
     Cost,
     ErrorResponse,
     ExperimentInfo,
@@ -60,10 +61,10 @@ from service.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from service.settings import Settings
+from twostage_search.service.settings import Settings
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("service.access")
+access_log = logging.getLogger("twostage_search.service.access")
 
 T = TypeVar("T")
 
@@ -82,7 +83,7 @@ class ApiError(Exception):
 def _unavailable_types() -> tuple[type[BaseException], ...]:
     """Exceptions meaning "backend down" (OpenSearch's and the LLM client's derive from the engine's)."""
     types: list[type[BaseException]] = [BackendUnavailableError]
-    llm = sys.modules.get("rerankers.llm.openai_http")
+    llm = sys.modules.get("twostage_search.rerankers.llm.openai_http")
     if llm is not None and isinstance(getattr(llm, "LLMRequestError", None), type):
         types.append(llm.LLMRequestError)
     return tuple(types)
@@ -141,18 +142,14 @@ class FilteredRetriever:
 
     def __init__(self, inner: Retriever, include: frozenset[str] | None, exclude: frozenset[str]) -> None:
         self.inner, self.include, self.exclude = inner, include, exclude
+        self._inner_costed = costed_retriever(inner)
 
     def retrieve(self, query: Query, k: int) -> RankedList:
         return self.retrieve_with_cost(query, k)[0]
 
     def retrieve_with_cost(self, query: Query, k: int) -> tuple[RankedList, tuple[StageCost, ...]]:
         fetch = k + len(self.exclude)
-        if isinstance(self.inner, ReportsRetrievalCost):
-            ranking, costs = self.inner.retrieve_with_cost(query, fetch)
-        else:
-            started = time.perf_counter()
-            ranking = self.inner.retrieve(query, fetch)
-            costs = (StageCost("retrieve", (time.perf_counter() - started) * 1000, docs=len(ranking)),)
+        ranking, costs = self._inner_costed(query, fetch)
         kept = [
             c
             for c in ranking.candidates()
@@ -252,19 +249,6 @@ def _costs(costs: tuple[StageCost, ...] | list[StageCost]) -> list[Cost]:
     ]
 
 
-def _rerank_given(pipeline: TwoStage, query: Query, docs: list[Candidate]) -> tuple[RankedList, list[StageCost]]:
-    reranker = pipeline.reranker
-    if isinstance(reranker, ReportsStageCosts):
-        ranking, stage_costs = reranker.rerank_with_costs(query, docs)
-        return ranking, list(stage_costs)
-    if isinstance(reranker, ReportsCost):
-        ranking, cost = reranker.rerank_with_cost(query, docs)
-        return ranking, [cost]
-    started = time.perf_counter()
-    ranking = reranker.rerank(query, docs)
-    return ranking, [StageCost("rerank", (time.perf_counter() - started) * 1000, docs=len(docs))]
-
-
 def _warm_up(pipelines: Mapping[str, TwoStage]) -> None:
     """One small query per arm, so the first real request does not pay lazy initialisation."""
     for name, pipeline in pipelines.items():
@@ -311,7 +295,7 @@ def create_app(
         if retriever is not None:
             first: Retriever = retriever
         else:
-            import indexes
+            from twostage_search import indexes
 
             first = await run_in_threadpool(lambda: indexes.load(settings.index).retriever())
             owned.append(first)
@@ -479,7 +463,7 @@ def create_app(
         docs = [Candidate(d.doc_id, d.score, d.text, d.title) for d in body.documents]
         query = Query(request.state.request_id, body.query)
         started = time.perf_counter()
-        ranking, costs = _execute(state, lambda: _rerank_given(pipeline, query, docs))
+        ranking, costs = _execute(state, lambda: pipeline.rerank_costed(query, docs))
         took = (time.perf_counter() - started) * 1000
         state.metrics.observe_costs(arm, costs)
         state.metrics.docs_reranked.labels(arm).inc(len(docs))

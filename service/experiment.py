@@ -39,15 +39,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.cache import ResultCache
-from engine.costmodel import CostModel
-from engine.errors import TwoStageError
-from engine.pipeline import SearchResult, TwoStage
-from engine.policy import Budget, BudgetDepth, DepthPolicy, FixedDepth
-from engine.protocols import Reranker, Retriever
-from engine.registry import rerankers
+from twostage_search.engine.cache import ResultCache
+from twostage_search.engine.costmodel import CostModel
+from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.pipeline import SearchResult, TwoStage
+from twostage_search.engine.policy import Budget, BudgetDepth, DepthPolicy, FixedDepth
+from twostage_search.engine.protocols import Reranker, Retriever
+from twostage_search.rerankers.config import RerankerConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +56,6 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$"
 
 class ExperimentError(TwoStageError):
     """An experiment configuration that is invalid or whose arms cannot be built."""
-
-
-class RerankerConfig(BaseModel):
-    """A registered reranker and the keyword parameters it is created with."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(default="identity", description="registered reranker name", examples=["cross-encoder"])
-    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the reranker")
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        if name not in rerankers:
-            raise ValueError(f"unknown reranker {name!r} (known: {', '.join(rerankers.names())})")
-        return name
-
-    def key(self) -> str:
-        """Canonical form: arms with equal keys share one loaded reranker."""
-        return json.dumps({"name": self.name, "params": self.params}, sort_keys=True, default=str)
 
 
 class CacheConfig(BaseModel):
@@ -257,7 +237,7 @@ RerankerFactory = Callable[[RerankerConfig], Reranker]
 
 
 def default_reranker_factory(config: RerankerConfig) -> Reranker:
-    return rerankers.get(config.name)(**config.params)
+    return config.build()
 
 
 def _policy(arm: ArmConfig) -> tuple[DepthPolicy, CostModel | None]:

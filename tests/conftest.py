@@ -15,15 +15,27 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
-from engine.beir import read_corpus, read_qrels, read_queries
-from engine.types import Document, Query
+from tests.helpers import TINY, need
+from twostage_search.engine.beir import read_corpus, read_qrels, read_queries
+from twostage_search.engine.types import Document, Query
 
-FIXTURES = Path(__file__).parent / "fixtures"
-TINY = FIXTURES / "tiny"
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (every extra installed, every server started) a skipped test is a failure.
+
+    Only tests marked ``external`` (they need something CI does not run, e.g. $OPENSEARCH_URL with
+    credentials) may skip there.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    external = item.get_closest_marker("external")
+    if os.environ.get("CI") and report.skipped and not external and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where nothing may be: {report.longrepr}"
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +56,7 @@ def tiny_qrels() -> dict[str, dict[str, int]]:
 @pytest.fixture(scope="session")
 def encoder():
     """The real default SPLADE encoder (weights from the bundled package, loaded offline)."""
-    from engine.encoders import create_encoder
+    from twostage_search.engine.encoders import create_encoder
 
     return create_encoder("splade")
 
@@ -118,7 +130,7 @@ def opensearch_prefix(opensearch_url):
     prefix = f"twostage-test-{uuid.uuid4().hex[:8]}"
     yield prefix
     if os.environ.get("OPENSEARCH_URL"):
-        from indexes.opensearch import _client, resolve_settings
+        from twostage_search.indexes.opensearch import _client, resolve_settings
 
         client = _client(resolve_settings(hosts=[opensearch_url]))
         for name in client.indices.get(index=f"{prefix}*"):
@@ -140,7 +152,7 @@ def built_indexes(request, tmp_path_factory, tiny_docs, encoder):
 
     A backend whose optional dependencies are missing here is left out (its contract tests skip).
     """
-    from engine.registry import index_backends
+    from twostage_search.engine.registry import index_backends
 
     built = {}
     for name in index_backends.names():
@@ -166,7 +178,7 @@ def lucene_retriever(lucene_index, encoder):
 @pytest.fixture(scope="session")
 def llm():
     """The real bundled instruction model (Qwen2.5-Coder-0.5B-Instruct GGUF) through llama.cpp, loaded once."""
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python missing: pip install -e '.[llm]'")
-    from rerankers.llm.backends import create_backend
+    need("llama_cpp", "llm")
+    from twostage_search.rerankers.llm.backends import create_backend
 
     return create_backend("llama-cpp", threads=2)

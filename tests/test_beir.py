@@ -2,9 +2,9 @@ import gzip
 
 import pytest
 
-from engine.beir import count_docs, read_corpus, read_qrels, read_queries
-from engine.errors import InputError
-from tests.conftest import TINY
+from tests.helpers import TINY
+from twostage_search.engine.beir import count_docs, read_corpus, read_qrels, read_queries
+from twostage_search.engine.errors import InputError
 
 
 def test_reads_tiny_fixture():

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.datasets import available_splits, load_beir
-from benchmarks.evaluation import evaluate, paired_ttest
-from benchmarks.fetch import fetch_beir
-from benchmarks.runner import BenchSettings, run_benchmark
-from benchmarks.systems import load_system, load_systems, parse_system
-from engine.cli import main
-from engine.errors import InputError, TwoStageError
-from tests.conftest import TINY
+from tests.helpers import TINY
+from twostage_search.benchmarks.configs import load_system, load_systems, parse_system
+from twostage_search.benchmarks.datasets import available_splits, load_beir
+from twostage_search.benchmarks.evaluation import evaluate, paired_ttest
+from twostage_search.benchmarks.fetch import fetch_beir
+from twostage_search.benchmarks.runner import BenchSettings, run_benchmark
+from twostage_search.cli import main
+from twostage_search.engine.errors import InputError, TwoStageError
 
 SYSTEMS = Path(__file__).parent.parent / "benchmarks" / "systems"
 
@@ -232,7 +232,13 @@ def test_significance_against_the_baseline(bench_report):
     assert report.row("BM25").p_value == {}
     splade = report.row("SPLADE")
     assert set(splade.p_value) == {"nDCG@10", "R@100", "R@1000", "RR@10"}
-    assert all(p is None or 0.0 <= p <= 1.0 for p in splade.p_value.values())
+    from scipy import stats as scipy_stats
+
+    for measure in ("nDCG@10", "RR@10"):  # a two-sided paired t-test over the same per-query values
+        ours, base = report.per_query["SPLADE"][measure], report.per_query["BM25"][measure]
+        same = all(abs(a - b) < 1e-12 for a, b in zip(ours, base, strict=True))
+        expected = 1.0 if same else float(scipy_stats.ttest_rel(ours, base).pvalue)
+        assert splade.p_value[measure] == pytest.approx(expected, rel=1e-6)
     delta = splade.quality["nDCG@10"] - report.row("BM25").quality["nDCG@10"]
     assert splade.delta["nDCG@10"] == pytest.approx(delta, abs=2e-4)
 
@@ -382,7 +388,7 @@ def test_fetch_errors_offline_and_bad_input(tmp_path, capsys):
 
 def test_fetch_through_ir_datasets(tmp_path, monkeypatch):
     """The ir_datasets path against a stand-in module with ir_datasets' interface (no download)."""
-    from engine.beir import read_corpus, read_qrels, read_queries
+    from twostage_search.engine.beir import read_corpus, read_qrels, read_queries
 
     docs = list(read_corpus(TINY / "corpus.jsonl"))
     queries = list(read_queries(TINY / "queries.jsonl"))

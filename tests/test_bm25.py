@@ -8,13 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import indexes
-from engine.cli import main
-from engine.errors import InputError
-from engine.types import Document, Query
-from indexes import _jvm
-from indexes.lucene_bm25 import LuceneBM25Index
-from tests.conftest import TINY
+from tests.helpers import TINY
+from twostage_search import indexes
+from twostage_search.cli import main
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Document, Query
+from twostage_search.indexes import _jvm
+from twostage_search.indexes.lucene_bm25 import LuceneBM25Index
 
 f32 = np.float32
 

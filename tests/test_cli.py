@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from engine.cli import main
-from tests.conftest import TINY
+from tests.helpers import TINY
+from twostage_search.cli import main
 
 
 def _one_line_error(capsys) -> str:
@@ -108,7 +108,7 @@ def test_bad_k_is_a_usage_error(cli_index, capsys):
 
 
 def test_console_script_exit_code(tmp_path):
-    exe = shutil.which("twostage") or f"{sys.executable} -m engine.cli"
+    exe = shutil.which("twostage") or f"{sys.executable} -m twostage_search.cli"
     done = subprocess.run(
         [*exe.split(), "search", "--index", str(tmp_path), "tides"], capture_output=True, text=True, check=False
     )
@@ -117,7 +117,7 @@ def test_console_script_exit_code(tmp_path):
 
 
 def test_calibrate_fits_and_saves_a_cost_model(cli_index, tmp_path, capsys):
-    from engine.costmodel import CostModel
+    from twostage_search.engine.costmodel import CostModel
 
     out = tmp_path / "cm.json"
     args = ["calibrate", "--index", str(cli_index), "--reranker", "identity", "--dataset", str(TINY)]

@@ -4,9 +4,9 @@ of its input ids, calls are deterministic, and empty input and k > n are handled
 
 import pytest
 
-from engine.protocols import Reranker, Retriever
-from engine.registry import index_backends, rerankers
-from engine.types import Candidate, Query, RankedList
+from twostage_search.engine.protocols import Reranker, Retriever
+from twostage_search.engine.registry import index_backends, rerankers
+from twostage_search.engine.types import Candidate, Query, RankedList
 
 QUERY = Query("q1", "what is the capital of france")
 

@@ -4,13 +4,13 @@ import time
 
 import pytest
 
-from engine.cache import ResultCache
-from engine.cost import StageCost
-from engine.costmodel import CostModel, LinearCost, Observation
-from engine.errors import InputError
-from engine.pipeline import TwoStage
-from engine.policy import AdaptiveDepth, Budget, BudgetDepth, FixedDepth, first_stage_features
-from engine.types import Candidate, Query, RankedList
+from twostage_search.engine.cache import ResultCache
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.costmodel import CostModel, LinearCost, Observation
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.pipeline import TwoStage
+from twostage_search.engine.policy import AdaptiveDepth, Budget, BudgetDepth, FixedDepth, first_stage_features
+from twostage_search.engine.types import Candidate, Query, RankedList
 
 
 def linear(a: float, b: float) -> LinearCost:
@@ -121,8 +121,10 @@ def test_adaptive_reranks_uncertain_queries_deeper():
     assert policy.decide(q, flat, None).rerank_depth == 50
     assert policy.decide(q, sure, None).rerank_depth == 0
     assert policy.decide(q, flat, Budget(ms=20)).rerank_depth == 10  # 50 does not fit 20 ms
-    expensive = policy.with_lambda(0.01)  # 0.2 gain − 0.5 < 0.1 − 0.1: prefers 10 … or 0
-    assert expensive.decide(q, flat, None).rerank_depth in (0, 10)
+    # λ = 0.005 per ms: 0 → 0.0, 10 → 0.10 − 0.05 = 0.05, 50 → 0.20 − 0.25 = −0.05: 10 wins
+    assert policy.with_lambda(0.005).decide(q, flat, None).rerank_depth == 10
+    # λ = 0.02 per ms: 10 → 0.10 − 0.20 < 0: reranking never pays, 0 wins
+    assert policy.with_lambda(0.02).decide(q, flat, None).rerank_depth == 0
     pairs = [(q, flat)] * 5 + [(q, sure)] * 5
     tuned = policy.for_mean_cost(pairs, target_ms=6.0)
     mean = sum(tuned.decide(x, f, None).predicted_ms for x, f in pairs) / len(pairs)
@@ -193,14 +195,25 @@ def test_result_cache_hits_misses_and_ttl():
 
 def test_cache_rejects_bad_bounds():
     with pytest.raises(ValueError):
-        ResultCache(maxsize=0)
+        ResultCache(maxsize=-1)
+    with pytest.raises(ValueError):
+        ResultCache(ttl_s=0)
+    off = ResultCache[int](maxsize=0)  # a size of 0 turns caching off
+    off.put("k", 1)
+    assert off.get("k") is None and len(off) == 0
+    lru = ResultCache[int](maxsize=2, ttl_s=None)  # no expiry: least recently used goes first
+    lru.put("a", 1)
+    lru.put("b", 2)
+    assert lru.get("a") == 1
+    lru.put("c", 3)
+    assert (lru.get("a"), lru.get("b"), lru.get("c")) == (1, None, 3)
     with pytest.raises(InputError):
         Budget(ms=0)
 
 
 # --------------------------------------------------------------------------------------- cascade
 def test_cascade_runs_the_second_reranker_only_on_hard_queries_top_k2():
-    from rerankers.cascade import CascadeReranker
+    from twostage_search.rerankers.cascade import CascadeReranker
 
     class Reverse:
         def rerank(self, query, candidates):

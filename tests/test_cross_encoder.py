@@ -2,11 +2,11 @@
 
 import pytest
 
-from engine.models import DEFAULT_CROSS_ENCODER, resolve_model
-from engine.pipeline import TwoStage
-from engine.protocols import ReportsCost
-from engine.types import Candidate, Query, RankedList
-from rerankers.cross_encoder import CrossEncoderReranker
+from twostage_search.engine.models import DEFAULT_CROSS_ENCODER, resolve_model
+from twostage_search.engine.pipeline import TwoStage
+from twostage_search.engine.protocols import ReportsCost
+from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,12 @@ def test_reports_cost(ce, tiny_docs):
     ranking, cost = ce.rerank_with_cost(Query("q", "tides"), cands)
     assert isinstance(ranking, RankedList) and len(ranking) == 3
     assert cost.stage == "rerank" and cost.docs == 3 and cost.wall_ms > 0
-    assert cost.tokens_in == ce.count_tokens("tides", [f"{c.title} {c.text}" for c in cands])
+    from transformers import AutoTokenizer  # the model's own tokenizer, outside the reranker's code
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_CROSS_ENCODER))
+    passages = [f"{c.title} {c.text}" for c in cands]
+    pairs = tokenizer(["tides"] * 3, passages, truncation="only_second", max_length=ce.max_length)
+    assert cost.tokens_in == sum(len(ids) for ids in pairs["input_ids"])
     assert cost.tokens_in > 3 * 10  # three pairs of real text
 
 

@@ -4,11 +4,19 @@ import json
 
 import pytest
 
-from engine.errors import InputError
-from rerankers.cross_encoder import CrossEncoderReranker
-from rerankers.training import Pair, TrainConfig, pearson_loss, read_pairs, train_cross_encoder, write_pairs
+from tests.helpers import need
+from twostage_search.engine.errors import InputError
+from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
+from twostage_search.rerankers.training import (
+    Pair,
+    TrainConfig,
+    pearson_loss,
+    read_pairs,
+    train_cross_encoder,
+    write_pairs,
+)
 
-torch = pytest.importorskip("torch")
+torch = need("torch", "train")
 
 
 def test_pearson_loss_exact_values():
@@ -43,7 +51,8 @@ def test_trains_on_graded_labels_with_the_pearson_loss(tmp_path, tiny_docs):
     out = train_cross_encoder(pairs, tmp_path / "assistant", config)
     record = json.loads((out / "training.json").read_text())
     assert record["config"]["loss"] == "pearson" and record["pairs"] == 8
-    assert 0.0 <= record["train_loss"] <= 2.0
+    # 1 − Pearson over the epochs: a model that learned the grades ends well below "no signal" (1.0)
+    assert record["train_loss"] < 0.9
     assistant = CrossEncoderReranker(str(out), max_length=64)
     scores = assistant.score("capital of france", [by_id["d01"], by_id["d09"]])
     assert scores[0] > scores[1]  # the L4 document above the L1 one after training

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.types import Candidate, Query
-from rerankers.llm.backends import ChatPrompt, Pricing
-from rerankers.llm.lore import LoreReranker
-from rerankers.llm.openai_http import LLMRequestError, OpenAIBackend
+from tests.helpers import need
+from twostage_search.engine.types import Candidate, Query
+from twostage_search.rerankers.llm.backends import ChatPrompt, Pricing
+from twostage_search.rerankers.llm.lore import LoreReranker
+from twostage_search.rerankers.llm.openai_http import LLMRequestError, OpenAIBackend
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python missing: pip install -e '.[llm]'")
-pytest.importorskip("uvicorn", reason="uvicorn missing: pip install -e '.[service]'")
-pytest.importorskip("httpx", reason="httpx missing: pip install -e '.[llm]'")
+need("llama_cpp", "llm")
+need("uvicorn", "service")
+need("httpx", "llm")
 
 MODEL = "local-qwen"
 QUESTION = ChatPrompt((("user", "What is the capital of France? Answer in one word."),))
@@ -49,10 +50,10 @@ def _post(url: str, body: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """``python -m rerankers.llm.serve`` on a free port; yields its base URL (without ``/v1``)."""
+    """``twostage serve-llm`` on a free port; yields its base URL (without ``/v1``)."""
     port = _free_port()
     log = Path(tmp_path_factory.mktemp("llm-server")) / "server.log"
-    cmd = [sys.executable, "-m", "rerankers.llm.serve", "--port", str(port), "--threads", "2"]
+    cmd = [sys.executable, "-m", "twostage_search.cli", "serve-llm", "--port", str(port), "--threads", "2"]
     cmd += ["--served-model-name", MODEL, "--fault-injection"]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)

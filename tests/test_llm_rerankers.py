@@ -14,20 +14,21 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from engine.errors import InputError
-from engine.protocols import ReportsCost, Reranker
-from engine.registry import rerankers
-from engine.types import Candidate, Query, RankedList
-from rerankers.llm.backends import ChatPrompt, Completion, Pricing, apply_stop, llm_backends
-from rerankers.llm.listwise import ListwiseLLMReranker, parse_permutation, window_starts
-from rerankers.llm.lore import (
+from tests.helpers import need
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.protocols import ReportsCost, Reranker
+from twostage_search.engine.registry import rerankers
+from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.rerankers.llm.backends import ChatPrompt, Completion, Pricing, apply_stop, llm_backends
+from twostage_search.rerankers.llm.listwise import ListwiseLLMReranker, parse_permutation, window_starts
+from twostage_search.rerankers.llm.lore import (
     JudgementCache,
     LoreReranker,
     label_probabilities,
     parse_label,
 )
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python missing: pip install -e '.[llm]'")
+need("llama_cpp", "llm")
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -132,7 +133,7 @@ def test_apply_stop_and_pricing():
 
 
 def test_judgement_cache_is_a_bounded_lru():
-    from rerankers.llm.lore import Judgement
+    from twostage_search.rerankers.llm.lore import Judgement
 
     cache = JudgementCache(2)
     cache.put("a", Judgement("a", 1, 1.0))
@@ -296,7 +297,7 @@ def test_lore_tiers_hard_queries_cache_and_fallback(llm, cands):
 
 
 def test_lore_fallback_reranker_for_easy_uncached_queries(llm, cands):
-    from rerankers.identity import IdentityReranker
+    from twostage_search.rerankers.identity import IdentityReranker
 
     judge = LoreReranker(llm, is_hard=lambda q, c: False, fallback=IdentityReranker())
     result = judge.rerank_explained(Query("q", "x"), cands)

@@ -6,11 +6,12 @@ module-scoped backend and a few short generations check it against llama.cpp.
 
 import pytest
 
-from rerankers.llm.backends import ChatPrompt, create_backend
+from tests.helpers import need
+from twostage_search.rerankers.llm.backends import ChatPrompt, create_backend
 
-pytest.importorskip("transformers")
-pytest.importorskip("gguf", reason="gguf missing: pip install -e '.[llm]'")
-pytest.importorskip("llama_cpp", reason="llama-cpp-python missing: pip install -e '.[llm]'")
+need("transformers", "llm")
+need("gguf", "llm")
+need("llama_cpp", "llm")
 
 QUESTION = ChatPrompt((("user", "What is the capital of France? Answer in one word."),))
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import indexes
-from engine.errors import IndexLoadError, InputError
-from engine.types import Document, Query
-from indexes.lucene_impact import LuceneImpactIndex
+from twostage_search import indexes
+from twostage_search.engine.errors import IndexLoadError, InputError
+from twostage_search.engine.types import Document, Query
+from twostage_search.indexes.lucene_impact import LuceneImpactIndex
 
 
 def _brute_force(encoder, docs, queries, scale):

@@ -20,16 +20,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import indexes
-from engine.cli import main
-from engine.errors import InputError
-from engine.types import Document, Query, SparseVector
-from tests.conftest import TINY
+from tests.helpers import TINY, need
+from twostage_search import indexes
+from twostage_search.cli import main
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Document, Query, SparseVector
 
-pytest.importorskip("opensearchpy")
-pytest.importorskip("pydantic_settings")
+need("opensearchpy", "opensearch")
+need("pydantic_settings", "opensearch")
 
-from indexes.opensearch import (
+from twostage_search.indexes.opensearch import (
     MAX_CLAUSES,
     OpenSearchError,
     OpenSearchIndex,
@@ -42,8 +42,8 @@ from indexes.opensearch import (
     resolve_settings,
     unescape_term,
 )
-from indexes.opensearch_settings import OpenSearchSettings
-from indexes.pruning import measure_pruning
+from twostage_search.indexes.opensearch_settings import OpenSearchSettings
+from twostage_search.indexes.pruning import measure_pruning
 
 # Fast back-off for the fault tests (the defaults wait up to 30 s between retries).
 FAST = {"retry_backoff": 0.02, "max_backoff": 0.1}
@@ -371,7 +371,7 @@ def test_server_down_mid_ingest_then_resume_without_loss_or_duplicates(
 def test_short_outage_is_ridden_out_by_the_back_off(tmp_path, encoder, tiny_docs, proxy, name, caplog):
     path, alias = tmp_path / "idx", name()
     proxy.go_down_at_bulk(2, drops=8)  # gone for 8 requests (past the client's own retries), then back
-    with caplog.at_level(logging.WARNING, logger="indexes.opensearch"):
+    with caplog.at_level(logging.WARNING, logger="twostage_search.indexes.opensearch"):
         index = _build(tiny_docs, path, encoder, proxy.url, alias, chunk_size=3, threads=1, max_retries=10, **FAST)
     assert "drop" in proxy.injected
     assert "retry 1/10" in caplog.text
@@ -383,7 +383,7 @@ def test_bulk_rejections_are_retried_with_back_off(tmp_path, encoder, tiny_docs,
     path, alias = tmp_path / "idx", name()
     proxy.reject_bulk(5, status)
     started = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="indexes.opensearch"):
+    with caplog.at_level(logging.WARNING, logger="twostage_search.indexes.opensearch"):
         index = _build(
             tiny_docs, path, encoder, proxy.url, alias, chunk_size=4, threads=1,
             retry_backoff=0.05, max_backoff=1.0,
@@ -506,7 +506,7 @@ def test_query_pruning_keeps_the_top_terms_and_reports_the_loss(os_index, os_ret
 
 def test_queries_longer_than_the_clause_limit_are_pruned(os_retriever, caplog):
     vector = SparseVector.from_dict({f"t{i}": 1.0 + i / 10_000 for i in range(MAX_CLAUSES + 50)})
-    with caplog.at_level(logging.WARNING, logger="indexes.opensearch"):
+    with caplog.at_level(logging.WARNING, logger="twostage_search.indexes.opensearch"):
         impacts = os_retriever.query_impacts(vector)
     assert len(impacts) == MAX_CLAUSES and "pruned from 1074 to 1024 terms" in caplog.text
     assert os_retriever.search_impacts(impacts, 5) == []  # 1024 clauses are accepted
@@ -514,7 +514,7 @@ def test_queries_longer_than_the_clause_limit_are_pruned(os_retriever, caplog):
 
 def test_neural_sparse_where_supported_else_rank_feature(os_index, os_retriever, encoder, tiny_queries, caplog):
     retriever = os_index.retriever(encoder, query_mode="neural_sparse")
-    with caplog.at_level(logging.WARNING, logger="indexes.opensearch"):
+    with caplog.at_level(logging.WARNING, logger="twostage_search.indexes.opensearch"):
         got = [retriever.retrieve(q, 12) for q in tiny_queries]
     assert got == [os_retriever.retrieve(q, 12) for q in tiny_queries]
     if retriever.query_mode == "rank_feature":

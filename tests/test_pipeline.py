@@ -1,10 +1,10 @@
 import pytest
 
-from engine.errors import InputError, UnknownBackendError
-from engine.pipeline import TwoStage
-from engine.registry import Registry, rerankers
-from engine.types import Candidate, Query, RankedList
-from rerankers.identity import IdentityReranker
+from twostage_search.engine.errors import InputError, UnknownBackendError
+from twostage_search.engine.pipeline import TwoStage
+from twostage_search.engine.registry import Registry, rerankers
+from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.rerankers.identity import IdentityReranker
 
 
 class ListRetriever:
@@ -81,7 +81,7 @@ def test_rerank_depth_zero_is_the_first_stage_and_identity_cascade_is_a_no_op():
 
 
 def test_reranker_that_reports_its_cost_is_used():
-    from engine.cost import StageCost
+    from twostage_search.engine.cost import StageCost
 
     class Costed(ReverseReranker):
         def rerank_with_cost(self, query, candidates):

@@ -2,10 +2,10 @@
 
 import pytest
 
-from engine.encoders import SpladeMLM, TokenWeightLookup, create_encoder
-from engine.errors import UnknownBackendError
-from engine.models import DEFAULT_SPLADE, resolve_model
-from engine.protocols import Encoder
+from twostage_search.engine.encoders import SpladeMLM, TokenWeightLookup, create_encoder
+from twostage_search.engine.errors import UnknownBackendError
+from twostage_search.engine.models import DEFAULT_SPLADE, resolve_model
+from twostage_search.engine.protocols import Encoder
 
 
 def test_default_model_is_bundled_and_real():

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from engine.errors import InputError
-from rerankers.cross_encoder import CrossEncoderReranker
-from rerankers.training import Pair, TrainConfig, mine_pairs, train_cross_encoder
+from twostage_search.engine.errors import InputError
+from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
+from twostage_search.rerankers.training import Pair, TrainConfig, mine_pairs, train_cross_encoder
 
 
 def test_mine_pairs_positives_and_seeded_hard_negatives(lucene_retriever, tiny_docs, tiny_queries, tiny_qrels):

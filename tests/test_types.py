@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from engine.errors import InputError
-from engine.types import Candidate, Document, Query, RankedList, ScoredDoc, SparseVector
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Candidate, Document, Query, RankedList, ScoredDoc, SparseVector
 
 
 def test_ranked_list_sorts_by_score_then_doc_id_and_ranks_from_one():

@@ -1,8 +1,6 @@
-"""LLM rerankers (listwise RankGPT-style, LORE graded judgements) and the LLM backends they run on.
+"""LLM rerankers (listwise RankGPT-style, LORE graded judgements) and the LLM runtimes they run on.
 
-Importing this package registers the backends (``llama-cpp``, ``transformers``, ``vllm``, ``openai``)
-in :data:`rerankers.llm.backends.llm_backends` and the rerankers ``listwise-llm`` and ``lore`` in
-:data:`engine.registry.rerankers`. No model is loaded until a reranker or backend is used.
+The rerankers ``listwise-llm`` and ``lore`` are registered by entry point in the
+``twostage_search.rerankers`` group and the runtimes (``llama-cpp``, ``transformers``, ``vllm``,
+``openai``) in ``twostage_search.llm_backends``. No model is loaded until one is used.
 """
-
-from rerankers.llm import backends, listwise, lore, openai_http  # noqa: F401  (registration)

@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from engine._optional import require
-from engine.errors import InputError
-from engine.registry import Registry
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.optional import require
+from twostage_search.engine.registry import GROUP_PREFIX, Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +112,8 @@ class LLMBackend(Protocol):
     def truncate(self, text: str, max_tokens: int) -> str: ...
 
 
-# Backends register here; the registry imports ``rerankers.llm`` (which imports every backend module).
-llm_backends: Registry[Callable[..., LLMBackend]] = Registry("LLM backend", "rerankers.llm")
+# LLM runtimes are registered by entry point in the ``twostage_search.llm_backends`` group.
+llm_backends: Registry[Callable[..., LLMBackend]] = Registry("LLM backend", GROUP_PREFIX + "llm_backends")
 
 
 def create_backend(name: str, **options: Any) -> LLMBackend:
@@ -161,7 +161,6 @@ def _check_args(max_tokens: int, temperature: float, logprobs: int | None) -> No
 
 
 # ---------------------------------------------------------------------------------------- llama.cpp
-@llm_backends.register("llama-cpp")
 class LlamaCppBackend:
     """A GGUF model in-process through llama-cpp-python (CPU here; ``n_gpu_layers=-1`` offloads to a GPU).
 
@@ -197,7 +196,7 @@ class LlamaCppBackend:
         chat_template: str = "auto",
         pricing: Pricing | None = None,
     ) -> None:
-        from rerankers.llm.gguf import DEFAULT_LLM, resolve_gguf
+        from twostage_search.rerankers.llm.gguf import DEFAULT_LLM, resolve_gguf
 
         llama_cpp = require("llama_cpp", "llm")
         spec = model or DEFAULT_LLM
@@ -227,7 +226,7 @@ class LlamaCppBackend:
                 self._eos.add(ids[0])
 
     def _detok(self, ids: Sequence[int]) -> str:
-        return self._llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
+        return str(self._llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace"))
 
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
@@ -243,7 +242,7 @@ class LlamaCppBackend:
         ids = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
         if len(ids) <= max_tokens:
             return text
-        return self._llm.detokenize(ids[:max_tokens]).decode("utf-8", errors="ignore")
+        return str(self._llm.detokenize(ids[:max_tokens]).decode("utf-8", errors="ignore"))
 
     def generate(
         self,
@@ -349,7 +348,6 @@ def _render_template(template: Any, prompt: ChatPrompt, *, bos: str, eos: str) -
 
 
 # ------------------------------------------------------------------------------------- transformers
-@llm_backends.register("transformers")
 class TransformersBackend:
     """A causal LM through Hugging Face transformers (CPU or GPU), greedy decoding with top log-probs.
 
@@ -371,7 +369,7 @@ class TransformersBackend:
         threads: int | None = None,
         pricing: Pricing | None = None,
     ) -> None:
-        from rerankers.llm.gguf import DEFAULT_LLM, resolve_hf
+        from twostage_search.rerankers.llm.gguf import DEFAULT_LLM, resolve_hf
 
         torch = require("torch", "llm")
         transformers = require("transformers", "llm")
@@ -471,13 +469,12 @@ class TransformersBackend:
 
 
 # --------------------------------------------------------------------------------------------- vLLM
-@llm_backends.register("vllm")
 class VLLMBackend:
     """In-process vLLM (``vllm.LLM``) on a GPU host: all prompts of a call go to ``LLM.generate`` as one
     batch (continuous batching, prefix caching). ``engine_options`` go to ``vllm.LLM`` unchanged
     (``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len``, ``quantization``...).
 
-    Install with ``pip install 'twostage[vllm]'``. For a separate vLLM server use the ``openai`` backend
+    Install with ``pip install 'twostage-search[vllm]'``. For a separate vLLM server use the ``openai`` backend
     against its ``/v1`` endpoint instead.
     """
 

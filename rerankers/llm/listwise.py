@@ -18,11 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.cost import StageCost
-from engine.errors import InputError
-from engine.registry import rerankers
-from engine.types import Candidate, Query, RankedList
-from rerankers.llm.backends import ChatPrompt, Completion, LazyBackend, LLMBackend
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.rerankers.llm.backends import ChatPrompt, Completion, LazyBackend, LLMBackend
 
 SYSTEM = "You are RankGPT, an intelligent assistant that can rank passages based on their relevancy to the query."
 
@@ -114,7 +113,6 @@ def window_starts(n: int, window: int, stride: int) -> list[int]:
         end -= stride
 
 
-@rerankers.register("listwise-llm")
 class ListwiseLLMReranker:
     """RankGPT-style listwise reranking with any :class:`~rerankers.llm.backends.LLMBackend`.
 

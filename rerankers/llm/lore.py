@@ -25,19 +25,17 @@ import hashlib
 import json
 import math
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from engine.cost import StageCost
-from engine.errors import InputError
-from engine.protocols import ReportsCost, Reranker
-from engine.registry import rerankers
-from engine.types import Candidate, Query, RankedList
-from rerankers.llm.backends import ChatPrompt, Completion, LazyBackend, LLMBackend
+from twostage_search.engine.cache import ResultCache
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.protocols import ReportsCost, Reranker
+from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.rerankers.llm.backends import ChatPrompt, Completion, LazyBackend, LLMBackend
 
 PROMPT_VERSION = "lore-v1"
 
@@ -194,40 +192,9 @@ class Judgement:
     tokens_out: int = 0
 
 
-class JudgementCache:
+def JudgementCache(maxsize: int = 100_000) -> ResultCache[Judgement]:
     """A bounded, thread-safe LRU of judgements, shareable between reranker instances (head queries)."""
-
-    def __init__(self, maxsize: int = 100_000) -> None:
-        if maxsize < 0:
-            raise InputError("cache size must be non-negative")
-        self.maxsize = maxsize
-        self._data: OrderedDict[Hashable, Judgement] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: Hashable) -> Judgement | None:
-        with self._lock:
-            found = self._data.get(key)
-            if found is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return found
-
-    def put(self, key: Hashable, value: Judgement) -> None:
-        if self.maxsize == 0:
-            return
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._data)
+    return ResultCache(maxsize, ttl_s=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +226,6 @@ class LoreResult:
 HardPolicy = Callable[[Query, Sequence[Candidate]], bool]
 
 
-@rerankers.register("lore")
 class LoreReranker:
     """LORE graded relevance judgements (L1–L4) as a pointwise reranker.
 
@@ -302,7 +268,7 @@ class LoreReranker:
         max_item_tokens: int = 160,
         logprobs: int | None = 10,
         tie_break: float = 1e-3,
-        cache: JudgementCache | None = None,
+        cache: ResultCache[Judgement] | None = None,
         is_hard: HardPolicy | None = None,
         fallback: Reranker | None = None,
         backend_options: Mapping[str, Any] | None = None,

@@ -18,9 +18,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from engine._optional import require
-from engine.errors import InputError, TwoStageError
-from rerankers.llm.backends import ChatPrompt, Completion, Pricing, Prompt, _check_args, llm_backends, render_plain
+from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.optional import require
+from twostage_search.rerankers.llm.backends import (
+    ChatPrompt,
+    Completion,
+    Pricing,
+    Prompt,
+    _check_args,
+    render_plain,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +38,6 @@ class LLMRequestError(TwoStageError):
     """An LLM server refused a request, or kept failing after all retries."""
 
 
-@llm_backends.register("openai")
 class OpenAIBackend:
     """Client of an OpenAI-compatible ``/v1`` API.
 

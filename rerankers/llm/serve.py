@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from engine._optional import require
-from rerankers.llm.backends import ChatPrompt, Completion, LLMBackend, create_backend
+from twostage_search.engine.optional import require
+from twostage_search.rerankers.llm.backends import ChatPrompt, Completion, LLMBackend, create_backend
 
 
 def _stop_list(stop: str | list[str] | None) -> list[str] | None:
@@ -95,12 +95,13 @@ class _Faults:
 
 def create_app(backend: LLMBackend, *, model_name: str | None = None, fault_injection: bool = False) -> Any:
     """The FastAPI application serving ``backend`` under the model name ``model_name``."""
-    fastapi = require("fastapi", "service")
+    require("fastapi", "service")
+    from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse
 
     served = model_name or backend.model
     faults = _Faults()
-    app = fastapi.FastAPI(title="twostage LLM server")
+    app = FastAPI(title="twostage LLM server")
 
     def injected() -> Any:
         if not fault_injection:
@@ -115,12 +116,12 @@ def create_app(backend: LLMBackend, *, model_name: str | None = None, fault_inje
         return None
 
     def run(prompts: Sequence[str | ChatPrompt], max_tokens: int, logprobs: int | None, stop: Any) -> list[Completion]:
-        from engine.errors import TwoStageError
+        from twostage_search.engine.errors import TwoStageError
 
         try:
             return backend.generate(prompts, max_tokens=max_tokens, logprobs=logprobs, stop=_stop_list(stop))
         except TwoStageError as exc:
-            raise fastapi.HTTPException(status_code=400, detail=str(exc)) from None
+            raise HTTPException(status_code=400, detail=str(exc)) from None
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -173,7 +174,7 @@ def create_app(backend: LLMBackend, *, model_name: str | None = None, fault_inje
         try:
             prompt = ChatPrompt(tuple(messages), prefix=prefix)
         except ValueError as exc:
-            raise fastapi.HTTPException(status_code=400, detail=str(exc)) from None
+            raise HTTPException(status_code=400, detail=str(exc)) from None
         k = (req.top_logprobs or 1) if req.logprobs else None
         max_tokens = req.max_completion_tokens or req.max_tokens or 256
         c = run([prompt], max_tokens, k, req.stop)[0]
@@ -223,16 +224,6 @@ def create_app(backend: LLMBackend, *, model_name: str | None = None, fault_inje
     return app
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="llama-cpp", help="local LLM backend (llama-cpp, transformers)")
-    parser.add_argument("--model", default=None, help="bundled:NAME or a model path (default: the bundled LLM)")
-    parser.add_argument("--served-model-name", default=None, help="model name clients send (default: --model)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model")
-    parser.add_argument("--fault-injection", action="store_true", help="enable POST /_faults (tests only)")
-
-
 def serve(args: argparse.Namespace) -> int:
     uvicorn = require("uvicorn", "service")
     options: dict[str, Any] = {"model": args.model}
@@ -242,13 +233,3 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(backend, model_name=args.served_model_name, fault_injection=args.fault_injection)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="twostage serve-llm", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return serve(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

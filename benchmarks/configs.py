@@ -27,8 +27,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.errors import InputError
-from engine.registry import encoders, index_backends, rerankers
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.registry import encoders, index_backends
+from twostage_search.rerankers.config import RerankerConfig
 
 # Rerankers that pass the first-stage order through: a system with one has no second stage to cost.
 PASS_THROUGH = frozenset({"identity"})
@@ -80,20 +81,6 @@ class FirstStage(_Strict):
         return self.encoder or "splade"
 
 
-class RerankerConfig(_Strict):
-    """A registered reranker and the keyword arguments it is created with."""
-
-    name: str = "identity"
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _known_reranker(cls, value: str) -> str:
-        if value not in rerankers:
-            raise ValueError(f"unknown reranker {value!r} (known: {', '.join(rerankers.names())})")
-        return value
-
-
 class SystemConfig(_Strict):
     """One system of a benchmark: a first stage, a reranker, the depths."""
 
@@ -127,7 +114,7 @@ class SystemConfig(_Strict):
         fs = self.first_stage
         if fs.encoder_name is None:
             return fs.backend
-        from engine.models import DEFAULT_SPLADE
+        from twostage_search.engine.models import DEFAULT_SPLADE
 
         model = fs.encoder_params.get("model", DEFAULT_SPLADE)
         return f"{fs.backend} ({fs.encoder_name}, {model})"

@@ -1,54 +1,30 @@
-"""Index directories: ``meta.json`` and atomic builds (temp dir + rename)."""
+"""Atomic directory writes: build in a temp directory beside the target, rename on success.
+
+Used by every writer of a directory that must never be seen half-written: index builds, trained
+models, reassembled model files, dataset downloads.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from engine.errors import IndexLoadError, InputError
+from twostage_search.engine.errors import InputError
 
 log = logging.getLogger(__name__)
 
-META = "meta.json"
-FORMAT_VERSION = 1
-
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """Read and check an index's ``meta.json``."""
-    path = Path(path)
-    meta_path = path / META
-    if not path.is_dir():
-        raise IndexLoadError(f"index not found: {path}")
-    if not meta_path.is_file():
-        raise IndexLoadError(f"not a twostage index (no {META}): {path}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise IndexLoadError(f"corrupt {meta_path}: {exc}") from None
-    if not isinstance(meta, dict) or "backend" not in meta:
-        raise IndexLoadError(f"corrupt {meta_path}: no 'backend'")
-    if meta.get("format") != FORMAT_VERSION:
-        raise IndexLoadError(f"{meta_path}: index format {meta.get('format')!r}, this version reads {FORMAT_VERSION}")
-    return meta
-
-
-def write_meta(path: Path, meta: dict[str, Any]) -> None:
-    (path / META).write_text(json.dumps({"format": FORMAT_VERSION, **meta}, indent=2, sort_keys=True) + "\n")
-
 
 @contextlib.contextmanager
-def atomic_directory(target: str | Path, *, overwrite: bool = True, marker: str = META) -> Iterator[Path]:
+def atomic_directory(target: str | Path, *, overwrite: bool = True, marker: str) -> Iterator[Path]:
     """Yield a fresh temp directory beside ``target``; on success it replaces ``target``.
 
     On any exception the temp directory is removed and ``target`` is left exactly as it was. An existing
-    non-empty ``target`` is only replaced if it holds ``marker`` (an index's ``meta.json``), i.e. was
+    non-empty ``target`` is only replaced if it holds ``marker`` (e.g. an index's ``meta.json``), i.e. was
     written by twostage, so a typo cannot wipe an unrelated directory.
     """
     target = Path(target).absolute()
@@ -82,4 +58,4 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
         os.rename(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
-    log.info("replaced index %s", target)
+    log.info("replaced %s", target)

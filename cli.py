@@ -15,35 +15,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.errors import InputError, TwoStageError
+from twostage_search.engine.argtypes import positive_float as _positive_float
+from twostage_search.engine.argtypes import positive_int as _positive
+from twostage_search.engine.errors import InputError, TwoStageError
 
 log = logging.getLogger("twostage")
 
 EXIT_USAGE = 2
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from engine import __version__
+    from twostage_search.engine import __version__
 
     parser = argparse.ArgumentParser(prog="twostage", description="SPLADE retrieve-and-rerank search engine.")
     parser.add_argument("--version", action="version", version=f"twostage {__version__}")
@@ -112,17 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss", choices=["bce", "pearson"], default="bce", help="bce (binary labels) or pearson (graded labels)"
     )
 
-    from rerankers.llm import serve as llm_serve
-
     ls = sub.add_parser("serve-llm", help="serve the local LLM over an OpenAI-compatible HTTP API (/v1)")
-    llm_serve.add_arguments(ls)
-
-    from benchmarks import cli as bench_cli
+    ls.add_argument("--backend", default="llama-cpp", help="local LLM backend (llama-cpp, transformers)")
+    ls.add_argument("--model", default=None, help="bundled:NAME or a model path (default: the bundled LLM)")
+    ls.add_argument("--served-model-name", default=None, help="model name clients send (default: --model)")
+    ls.add_argument("--host", default="127.0.0.1")
+    ls.add_argument("--port", type=int, default=8000)
+    ls.add_argument("--threads", type=_positive, default=None, help="CPU threads for the model")
+    ls.add_argument("--fault-injection", action="store_true", help="enable POST /_faults (tests only)")
 
     b = sub.add_parser("bench", help="benchmark systems (YAML) on a BEIR dataset: table, runs, report, plots")
-    bench_cli.add_bench_arguments(b)
+    _add_bench_arguments(b)
     f = sub.add_parser("fetch-beir", help="download a standard BEIR dataset (needs network access)")
-    bench_cli.add_fetch_arguments(f)
+    f.add_argument("name", help="BEIR dataset name (e.g. scifact, nfcorpus, fiqa)")
+    f.add_argument("--out", required=True, type=Path, help="directory to create (BEIR files)")
+    f.add_argument("--source", default="auto", choices=("auto", "zip", "ir_datasets"))
+    f.add_argument("--url", default=None, help="archive URL instead of BEIR's (a mirror or file://)")
+    f.add_argument("--timeout", type=float, default=60.0, help="seconds to wait on the network")
 
     v = sub.add_parser("serve", help="run the HTTP service (A/B experiment of rerankers) with uvicorn")
     v.add_argument("--index", type=Path, default=None, help="index directory (default: $TWOSTAGE_INDEX or var/scifact)")
@@ -130,6 +118,31 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     return parser
+
+
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, type=Path, help="BEIR directory (corpus, queries, qrels/SPLIT.tsv)")
+    p.add_argument("--systems", required=True, nargs="+", type=Path, metavar="YAML", help="system config files")
+    p.add_argument("--split", default="test", help="qrels split (default: test)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory (default: runs/bench)")
+    p.add_argument("--baseline", default=None, help="system name to test against (default: the first)")
+    p.add_argument("--max-queries", type=_positive, default=None, help="only the first N queries of the split")
+    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up queries per system (default 5)")
+    p.add_argument("--index-cache", type=Path, default=Path("var/bench"), help="where built indexes are cached")
+    p.add_argument("--threads", type=_positive, default=2, help="index build threads (default 2)")
+    p.add_argument(
+        "--keep-identical-ids",
+        action="store_true",
+        help="keep a document whose id equals the query id (BEIR and Anserini drop it)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
+    from twostage_search.benchmarks.fetch import add_arguments
+
+    add_arguments(p)
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
@@ -147,10 +160,10 @@ def _backend_options(args: argparse.Namespace) -> dict[str, object]:
 def cmd_index(args: argparse.Namespace) -> int:
     from itertools import islice
 
-    from engine.beir import count_docs, read_corpus
-    from engine.encoders import create_encoder
-    from engine.models import DEFAULT_SPLADE
-    from engine.registry import encoders, index_backends
+    from twostage_search.engine.beir import count_docs, read_corpus
+    from twostage_search.engine.encoders import create_encoder
+    from twostage_search.engine.models import DEFAULT_SPLADE
+    from twostage_search.engine.registry import encoders, index_backends
 
     backend = index_backends.get(args.backend)
     encoders.get(args.encoder)  # unknown name → error before any work
@@ -184,10 +197,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import indexes
-    from engine.pipeline import TwoStage
-    from engine.registry import rerankers
-    from engine.types import Query
+    from twostage_search import indexes
+    from twostage_search.engine.pipeline import TwoStage
+    from twostage_search.engine.registry import rerankers
+    from twostage_search.engine.types import Query
 
     query = Query("q", args.query)  # empty query → InputError before loading anything
     reranker_factory = rerankers.get(args.reranker)
@@ -222,10 +235,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import indexes
-    from engine.beir import find_file, read_queries
-    from engine.calibrate import calibrate
-    from engine.registry import rerankers
+    from twostage_search import indexes
+    from twostage_search.engine.beir import find_file, read_queries
+    from twostage_search.engine.calibrate import calibrate
+    from twostage_search.engine.registry import rerankers
 
     if len(set(args.ks)) < 2:
         raise InputError("calibration needs at least two positive k (--ks 5 10 20 50)")
@@ -252,9 +265,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _mine_pairs(args: argparse.Namespace) -> list[Any]:
-    import indexes
-    from engine.beir import find_file, read_corpus, read_qrels, read_queries
-    from rerankers.training import mine_pairs
+    from twostage_search import indexes
+    from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
+    from twostage_search.rerankers.training import mine_pairs
 
     if args.index is None:
         raise InputError("--dataset needs --index (the first stage that supplies hard negatives)")
@@ -277,7 +290,7 @@ def _mine_pairs(args: argparse.Namespace) -> list[Any]:
 
 
 def cmd_train_cross_encoder(args: argparse.Namespace) -> int:
-    from rerankers.training import TrainConfig, read_pairs, train_cross_encoder, write_pairs
+    from twostage_search.rerankers.training import TrainConfig, read_pairs, train_cross_encoder, write_pairs
 
     pairs = read_pairs(args.pairs) if args.pairs else _mine_pairs(args)
     if args.save_pairs:
@@ -299,24 +312,24 @@ def cmd_train_cross_encoder(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.cli import bench
+    from twostage_search.benchmarks.cli import bench
 
     return bench(args)
 
 
 def cmd_fetch_beir(args: argparse.Namespace) -> int:
-    from benchmarks.cli import fetch_beir
+    from twostage_search.benchmarks.cli import fetch_beir
 
     return fetch_beir(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from engine._optional import require
+    from twostage_search.engine.optional import require
 
     uvicorn = require("uvicorn", "service")
     require("fastapi", "service")
-    from service.app import create_app
-    from service.settings import Settings
+    from twostage_search.service.app import create_app
+    from twostage_search.service.settings import Settings
 
     overrides: dict[str, Any] = {}
     if args.index is not None:
@@ -333,7 +346,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:
-    from rerankers.llm.serve import serve
+    from twostage_search.rerankers.llm.serve import serve
 
     return serve(args)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from engine.errors import MissingDependencyError
+from twostage_search.engine.errors import MissingDependencyError
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -14,5 +14,5 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(
-            f"{module!r} is required for this feature: pip install 'twostage[{extra}]' ({exc})"
+            f"{module!r} is required for this feature: pip install 'twostage-search[{extra}]' ({exc})"
         ) from exc

@@ -1,0 +1,42 @@
+"""An index directory's ``meta.json``: which backend wrote it, with what encoder, in which format."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from twostage_search.engine.atomic import atomic_directory
+from twostage_search.engine.errors import IndexLoadError
+
+META = "meta.json"
+FORMAT_VERSION = 1
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Read and check an index's ``meta.json``."""
+    path = Path(path)
+    meta_path = path / META
+    if not path.is_dir():
+        raise IndexLoadError(f"index not found: {path}")
+    if not meta_path.is_file():
+        raise IndexLoadError(f"not a twostage index (no {META}): {path}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise IndexLoadError(f"corrupt {meta_path}: {exc}") from None
+    if not isinstance(meta, dict) or "backend" not in meta:
+        raise IndexLoadError(f"corrupt {meta_path}: no 'backend'")
+    if meta.get("format") != FORMAT_VERSION:
+        raise IndexLoadError(f"{meta_path}: index format {meta.get('format')!r}, this version reads {FORMAT_VERSION}")
+    return meta
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    (path / META).write_text(json.dumps({"format": FORMAT_VERSION, **meta}, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_index(target: str | Path, *, overwrite: bool = True) -> contextlib.AbstractContextManager[Path]:
+    """:func:`~twostage_search.engine.atomic.atomic_directory` for an index: replaces only a twostage index."""
+    return atomic_directory(target, overwrite=overwrite, marker=META)

@@ -3,7 +3,7 @@
 The index, its retriever and each arm's reranker are loaded once in ``lifespan`` and kept on
 ``app.state.service``; endpoints doing inference are plain ``def`` (FastAPI runs them in its thread pool)
 and hand the work to a bounded executor so a hard timeout can be enforced. Every request logs one JSON
-line (logger ``service.access``) with its request id, arm, pseudonymous user hash, k, status and time.
+line (logger ``twostage_search.service.access``) with its request id, arm, pseudonymous user hash, k, status and time.
 """
 
 from __future__ import annotations

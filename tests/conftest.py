@@ -9,9 +9,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import importlib.abc
 import importlib.util
 import json
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -21,6 +23,22 @@ import pytest
 from tests.helpers import TINY, need
 from twostage_search.engine.beir import read_corpus, read_qrels, read_queries
 from twostage_search.engine.types import Document, Query
+
+
+class _BareFolderBlocker(importlib.abc.MetaPathFinder):
+    """The repository root is on sys.path while tests run, so a bare ``import rerankers`` (or a
+    ``find_spec("rerankers")``) would find the folder there and hide a bug that breaks installed use.
+    This finder makes those names unimportable in tests, as they are for users."""
+
+    BARE = frozenset({"engine", "indexes", "rerankers", "service", "benchmarks"})
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in self.BARE:
+            raise ModuleNotFoundError(f"bare folder import {name!r}: use twostage_search.{name}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _BareFolderBlocker())
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,4 +1,4 @@
-"""The ``opensearch`` backend end to end through opensearch-py, against osmem-server or $OPENSEARCH_URL.
+"""The ``opensearch`` backend end to end through opensearch-py, against a real local OpenSearch node or $OPENSEARCH_URL.
 
 Fault cases go through :class:`FaultProxy`, a real HTTP proxy on 127.0.0.1 in front of the cluster that
 answers chosen bulk requests with 429/503 or drops every connection for a while (a server that is down).
@@ -35,14 +35,12 @@ from twostage_search.indexes.opensearch import (
     OpenSearchIndex,
     OpenSearchIndexMissingError,
     OpenSearchUnavailableError,
-    _alias_targets,
-    _all_ids,
-    bulk_index,
     escape_term,
     resolve_settings,
     unescape_term,
 )
-from twostage_search.indexes.opensearch_settings import OpenSearchSettings
+from twostage_search.indexes.opensearch.ingest import alias_targets, all_ids, bulk_index
+from twostage_search.indexes.opensearch.settings import OpenSearchSettings
 from twostage_search.indexes.pruning import measure_pruning
 
 # Fast back-off for the fault tests (the defaults wait up to 30 s between retries).
@@ -295,7 +293,7 @@ def test_re_ingest_by_doc_id_never_duplicates(os_index, tiny_docs):
         assert bulk_index(client, actions, os_index.settings) == len(tiny_docs)
     client.indices.refresh(index=physical)
     assert os_index.count() == len(tiny_docs)
-    assert sorted(_all_ids(client, physical)) == sorted(d.doc_id for d in tiny_docs)
+    assert sorted(all_ids(client, physical)) == sorted(d.doc_id for d in tiny_docs)
 
 
 def test_rebuild_swaps_the_alias_and_drops_the_old_index(tmp_path, encoder, tiny_docs, opensearch_url, name):
@@ -309,7 +307,7 @@ def test_rebuild_swaps_the_alias_and_drops_the_old_index(tmp_path, encoder, tiny
     new_physical = second.meta["opensearch"]["index"]
     assert new_physical != old_physical and second.meta["opensearch"]["replaced"] == [old_physical]
     assert not second.client.indices.exists(index=old_physical)
-    assert _alias_targets(second.client, alias) == [new_physical]
+    assert alias_targets(second.client, alias) == [new_physical]
     assert reader.retrieve(Query("q", "ocean tides moon"), k=1).doc_ids == ["d10"]
     assert len(indexes.load(path)) == len(tiny_docs) == second.count()
 
@@ -328,7 +326,7 @@ def test_failed_rebuild_keeps_the_live_index_then_resumes(tmp_path, encoder, tin
     with pytest.raises(RuntimeError, match="crash while encoding"):
         _build(_docs_then_fail(tiny_docs[:6]), path, encoder, opensearch_url, alias, chunk_size=2, threads=1)
     assert (path / "meta.json").read_bytes() == meta_before
-    assert _alias_targets(live.client, alias) == [live_physical]
+    assert alias_targets(live.client, alias) == [live_physical]
     assert live.count() == 4
     partial = [n for n in live.client.indices.get(index=f"{alias}--*") if n != live_physical]
     assert len(partial) == 1
@@ -340,7 +338,7 @@ def test_failed_rebuild_keeps_the_live_index_then_resumes(tmp_path, encoder, tin
     assert resumed.meta["opensearch"]["index"] == partial[0]
     assert resumed.meta["opensearch"]["resumed_docs"] == 4  # d02, d04, d05, d06 were not re-encoded
     assert resumed.count() == len(corpus) == resumed.meta["doc_count"]
-    assert sorted(_all_ids(resumed.client, resumed.alias)) == sorted(d.doc_id for d in corpus)
+    assert sorted(all_ids(resumed.client, resumed.alias)) == sorted(d.doc_id for d in corpus)
     assert not resumed.client.indices.exists(index=live_physical)
     top = resumed.retriever(encoder).retrieve(Query("q", "plants sunlight oxygen"), k=1)
     assert top[0].doc_id == "d03" and top[0].text == changed.text
@@ -360,7 +358,7 @@ def test_server_down_mid_ingest_then_resume_without_loss_or_duplicates(
     proxy.up()
     index = _build(tiny_docs, path, encoder, proxy.url, alias, chunk_size=2, threads=1, max_retries=2, **FAST)
     assert index.meta["opensearch"]["resumed_docs"] == 4
-    ids = list(_all_ids(index.client, alias))
+    ids = list(all_ids(index.client, alias))
     assert sorted(ids) == sorted(d.doc_id for d in tiny_docs)  # none lost, none twice
     assert index.count() == len(tiny_docs)
     retriever = index.retriever(encoder)

@@ -5,8 +5,9 @@ The distribution is OpenSearch's minimal runnable zip from Maven Central,
 mapper-extras with ``rank_features``; no bundled JDK, no security plugin). :func:`distribution` fetches it
 once with ``mvn dependency:copy`` (Maven keeps the zip in ``~/.m2``) and unpacks it once into the cache
 directory (``TWOSTAGE_OPENSEARCH_CACHE``, default ``$TMPDIR/twostage-opensearch``). Each node gets its own
-config, data and log directories under a work directory, free HTTP and transport ports, a small heap, and
-disk-watermark checks off (a nearly full disk must not leave replicas unassigned).
+config, data and log directories under a work directory (under the cache when the given one is private),
+free HTTP and transport ports, a small heap, and disk-watermark checks off (a nearly full disk must not
+leave replicas unassigned).
 
 OpenSearch refuses to run as root: when this process is root, nodes run as the unprivileged user
 ``twostage-os`` (created with ``useradd`` if missing). Java: ``OPENSEARCH_JAVA_HOME``, else ``JAVA_HOME``
@@ -63,9 +64,9 @@ def cache_dir() -> Path:
 def java_home() -> Path:
     """A JDK that can run OpenSearch 3.x (Java 21+)."""
     for var in ("OPENSEARCH_JAVA_HOME", "JAVA_HOME"):
-        home = os.environ.get(var)
-        if home and _java_major(Path(home)) >= 21:
-            return Path(home)
+        value = os.environ.get(var)
+        if value and _java_major(Path(value)) >= 21:
+            return Path(value)
     for home in sorted(Path("/usr/lib/jvm").glob("*"), reverse=True):
         if _java_major(home) >= 21:
             return home
@@ -134,6 +135,11 @@ def _run_as() -> pwd.struct_passwd | None:
             check=True, capture_output=True,
         )  # fmt: skip
         return pwd.getpwnam(RUN_AS)
+
+
+def _traversable(path: Path) -> bool:
+    """Whether every directory above ``path`` lets other users through (the ``o+x`` bit)."""
+    return all(p.stat().st_mode & 0o001 for p in path.absolute().parents if p.exists())
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -211,9 +217,13 @@ class LocalCluster:
         """Fetch (once), configure and start ``nodes`` nodes; return when the cluster is green."""
         started = time.monotonic()
         home = distribution(version)
-        owned = workdir is None
-        root = Path(tempfile.mkdtemp(prefix="twostage-os-")) if workdir is None else Path(workdir)
-        root.mkdir(parents=True, exist_ok=True)
+        user = _run_as()
+        owned = workdir is None or (user is not None and not _traversable(Path(workdir)))
+        if owned:  # the nodes' user must reach their directories: a private pytest tmp dir will not do
+            root = Path(tempfile.mkdtemp(prefix="run-", dir=cache_dir()))
+        else:
+            root = Path(str(workdir))
+            root.mkdir(parents=True, exist_ok=True)
         cluster_name = f"twostage-{uuid.uuid4().hex[:6]}"
         members = [Node(f"node-{i}", root / f"node-{i}", free_port(), free_port()) for i in range(nodes)]
         seeds = [f"127.0.0.1:{n.transport_port}" for n in members]
@@ -221,7 +231,6 @@ class LocalCluster:
             node.root.mkdir(parents=True, exist_ok=True)
             _write_config(home, node, cluster_name, seeds, [n.name for n in members])
         cluster = cls(members, home, root, owned)
-        user = _run_as()
         if user is not None:
             root.chmod(0o755)
             for path in [root, *root.rglob("*")]:

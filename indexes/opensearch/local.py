@@ -129,10 +129,9 @@ def _run_as() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(RUN_AS)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", RUN_AS],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        cmd = [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", RUN_AS]
+        subprocess.run(cmd, check=True, capture_output=True)
         return pwd.getpwnam(RUN_AS)
 
 

@@ -59,6 +59,7 @@ def make_client(settings: OpenSearchSettings) -> Any:
         timeout=settings.timeout,
         max_retries=2,  # fail over between hosts; longer outages are the bulk back-off's job
         retry_on_timeout=True,
+        pool_maxsize=8,  # bulk threads and concurrent searches share the client (urllib3's default is 1)
     )
 
 

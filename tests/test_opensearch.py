@@ -572,3 +572,28 @@ def test_impacts_above_511_are_refused_at_build(tmp_path, encoder, tiny_docs, op
     assert not client.indices.get(index=f"{alias}*")  # the partial index was deleted
     index = _build(tiny_docs, tmp_path / "idx", encoder, opensearch_url, alias, scale=1000.0, impact_check="warn")
     assert index.meta["max_impact"] > 511 and index.meta["inexact_impacts"] > 0
+
+
+# ---------------------------------------------------------------------------------------- hybrid
+def test_hybrid_score_is_bm25_plus_weighted_splade(os_index, os_retriever, encoder, tiny_queries, tiny_docs):
+    from twostage_search.indexes.opensearch.hybrid import HybridRetriever
+
+    n = len(tiny_docs)
+    splade_only = HybridRetriever(os_index, encoder, bm25_weight=0.0, splade_weight=1.0)
+    bm25_only = HybridRetriever(os_index, encoder, bm25_weight=1.0, splade_weight=0.0)
+    hybrid = HybridRetriever(os_index, encoder, bm25_weight=1.0, splade_weight=3.0)
+    for q in tiny_queries:
+        expected = os_retriever.retrieve(q, n)
+        got = splade_only.retrieve(q, n)
+        assert got.doc_ids == expected.doc_ids, q.text
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-6)
+        # BM25 alone: the same as a plain multi_match query sent by hand
+        body = {"size": n, "query": {"multi_match": {"query": q.text, "fields": ["title", "text"]}}}
+        raw = os_index.client.search(index=os_index.alias, body=body)["hits"]["hits"]
+        bm25 = {h["_id"]: h["_score"] for h in raw}
+        assert {h.doc_id: h.score for h in bm25_only.retrieve(q, n)} == pytest.approx(bm25, rel=1e-6)
+        splade = {h.doc_id: h.score for h in expected}
+        combined = {d: bm25.get(d, 0.0) + 3.0 * splade.get(d, 0.0) for d in bm25.keys() | splade.keys()}
+        assert {h.doc_id: h.score for h in hybrid.retrieve(q, n)} == pytest.approx(combined, rel=1e-5)
+    with pytest.raises(InputError):
+        HybridRetriever(os_index, encoder, bm25_weight=0.0, splade_weight=0.0)

@@ -1,5 +1,5 @@
 """Shared fixtures: the tiny BEIR corpus, the real default SPLADE encoder, a built index per backend,
-and an OpenSearch to test the ``opensearch`` backend against ($OPENSEARCH_URL, else osmem-server)."""
+and an OpenSearch to test the ``opensearch`` backend against ($OPENSEARCH_URL, else a real local node)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import importlib.abc
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import TINY, need
+from tests.helpers import TINY, need, use_osmem
 from twostage_search.engine.beir import read_corpus, read_qrels, read_queries
 from twostage_search.engine.types import Document, Query
 
@@ -81,10 +82,11 @@ def encoder():
 
 # ------------------------------------------------------------------------------------ OpenSearch
 def start_osmem() -> tuple[subprocess.Popen, str]:
-    """Start osmem-server (PyPI; an in-memory server speaking the OpenSearch REST API) on 127.0.0.1.
+    """Start osmem-server (PyPI; an in-memory emulator of the OpenSearch REST API) on 127.0.0.1.
 
-    The server picks a free port itself (``--addr 127.0.0.1:0``) and prints its URL as the first line;
-    it exits with this process (``--parent-pid``). Returns the process and its URL once it answers.
+    Only with ``TWOSTAGE_TEST_OPENSEARCH=osmem`` (a fast local loop): it is not OpenSearch, and the
+    default is a real node. The server picks a free port itself and prints its URL as the first line;
+    it exits with this process (``--parent-pid``).
     """
     from osmem_server import resolve_binary
 
@@ -120,14 +122,19 @@ def stop_osmem(proc: subprocess.Popen) -> None:
 def _opensearch_available() -> bool:
     if importlib.util.find_spec("opensearchpy") is None or importlib.util.find_spec("pydantic_settings") is None:
         return False
-    return bool(os.environ.get("OPENSEARCH_URL")) or importlib.util.find_spec("osmem_server") is not None
+    if os.environ.get("OPENSEARCH_URL"):
+        return True
+    if use_osmem():
+        return importlib.util.find_spec("osmem_server") is not None
+    return shutil.which("mvn") is not None  # a real node is fetched from Maven Central
 
 
 @pytest.fixture(scope="session")
-def opensearch_url():
-    """The cluster the OpenSearch tests use: $OPENSEARCH_URL when set, else a fresh osmem-server process."""
+def opensearch_url(tmp_path_factory):
+    """The cluster the OpenSearch tests use: $OPENSEARCH_URL when set, else a real single OpenSearch node
+    started here (indexes/opensearch/local.py; fetched once from Maven Central)."""
     if not _opensearch_available():
-        reason = "opensearch-py, pydantic-settings or osmem-server missing: pip install -e '.[opensearch,test]'"
+        reason = "opensearch-py, pydantic-settings or mvn missing: pip install -e '.[opensearch,test]'"
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI must run the OpenSearch tests)")
         pytest.skip(reason)
@@ -135,22 +142,28 @@ def opensearch_url():
     if url:
         yield url
         return
-    proc, url = start_osmem()
-    try:
-        yield url
-    finally:
-        stop_osmem(proc)
+    if use_osmem():
+        proc, url = start_osmem()
+        try:
+            yield url
+        finally:
+            stop_osmem(proc)
+        return
+    from twostage_search.indexes.opensearch.local import LocalCluster
+
+    with LocalCluster.start(1, workdir=tmp_path_factory.mktemp("opensearch-node")) as node:
+        yield node.url
 
 
 @pytest.fixture(scope="session")
 def opensearch_prefix(opensearch_url):
-    """A per-session prefix for index names; on a real cluster the session's indices are deleted after."""
+    """A per-session prefix for index names; on an external cluster the session's indices are deleted after."""
     prefix = f"twostage-test-{uuid.uuid4().hex[:8]}"
     yield prefix
     if os.environ.get("OPENSEARCH_URL"):
-        from twostage_search.indexes.opensearch import _client, resolve_settings
+        from twostage_search.indexes.opensearch.client import make_client, resolve_settings
 
-        client = _client(resolve_settings(hosts=[opensearch_url]))
+        client = make_client(resolve_settings(hosts=[opensearch_url]))
         for name in client.indices.get(index=f"{prefix}*"):
             client.indices.delete(index=name)
 

@@ -25,3 +25,9 @@ def need(module: str, extra: str) -> ModuleType:
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message, allow_module_level=True)
+
+
+def use_osmem() -> bool:
+    """``TWOSTAGE_TEST_OPENSEARCH=osmem``: run the OpenSearch tests on the osmem-server emulator (a fast local
+    loop; not proof of correctness) instead of a real local node. $OPENSEARCH_URL wins over both."""
+    return os.environ.get("TWOSTAGE_TEST_OPENSEARCH") == "osmem" and not os.environ.get("OPENSEARCH_URL")

@@ -1,4 +1,4 @@
-"""The ``opensearch`` backend end to end through opensearch-py, against osmem-server or $OPENSEARCH_URL.
+"""The ``opensearch`` backend end to end through opensearch-py, against a real local OpenSearch node or $OPENSEARCH_URL.
 
 Fault cases go through :class:`FaultProxy`, a real HTTP proxy on 127.0.0.1 in front of the cluster that
 answers chosen bulk requests with 429/503 or drops every connection for a while (a server that is down).
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers import TINY, need
+from tests.helpers import TINY, need, use_osmem
 from twostage_search import indexes
 from twostage_search.cli import main
 from twostage_search.engine.errors import InputError
@@ -35,14 +35,14 @@ from twostage_search.indexes.opensearch import (
     OpenSearchIndex,
     OpenSearchIndexMissingError,
     OpenSearchUnavailableError,
-    _alias_targets,
-    _all_ids,
-    bulk_index,
     escape_term,
     resolve_settings,
     unescape_term,
 )
-from twostage_search.indexes.opensearch_settings import OpenSearchSettings
+from twostage_search.indexes.opensearch.client import make_client
+from twostage_search.indexes.opensearch.ingest import alias_targets, all_ids, bulk_index
+from twostage_search.indexes.opensearch.mapping import stored_impact
+from twostage_search.indexes.opensearch.settings import OpenSearchSettings
 from twostage_search.indexes.pruning import measure_pruning
 
 # Fast back-off for the fault tests (the defaults wait up to 30 s between retries).
@@ -295,7 +295,7 @@ def test_re_ingest_by_doc_id_never_duplicates(os_index, tiny_docs):
         assert bulk_index(client, actions, os_index.settings) == len(tiny_docs)
     client.indices.refresh(index=physical)
     assert os_index.count() == len(tiny_docs)
-    assert sorted(_all_ids(client, physical)) == sorted(d.doc_id for d in tiny_docs)
+    assert sorted(all_ids(client, physical)) == sorted(d.doc_id for d in tiny_docs)
 
 
 def test_rebuild_swaps_the_alias_and_drops_the_old_index(tmp_path, encoder, tiny_docs, opensearch_url, name):
@@ -309,7 +309,7 @@ def test_rebuild_swaps_the_alias_and_drops_the_old_index(tmp_path, encoder, tiny
     new_physical = second.meta["opensearch"]["index"]
     assert new_physical != old_physical and second.meta["opensearch"]["replaced"] == [old_physical]
     assert not second.client.indices.exists(index=old_physical)
-    assert _alias_targets(second.client, alias) == [new_physical]
+    assert alias_targets(second.client, alias) == [new_physical]
     assert reader.retrieve(Query("q", "ocean tides moon"), k=1).doc_ids == ["d10"]
     assert len(indexes.load(path)) == len(tiny_docs) == second.count()
 
@@ -328,7 +328,7 @@ def test_failed_rebuild_keeps_the_live_index_then_resumes(tmp_path, encoder, tin
     with pytest.raises(RuntimeError, match="crash while encoding"):
         _build(_docs_then_fail(tiny_docs[:6]), path, encoder, opensearch_url, alias, chunk_size=2, threads=1)
     assert (path / "meta.json").read_bytes() == meta_before
-    assert _alias_targets(live.client, alias) == [live_physical]
+    assert alias_targets(live.client, alias) == [live_physical]
     assert live.count() == 4
     partial = [n for n in live.client.indices.get(index=f"{alias}--*") if n != live_physical]
     assert len(partial) == 1
@@ -340,7 +340,7 @@ def test_failed_rebuild_keeps_the_live_index_then_resumes(tmp_path, encoder, tin
     assert resumed.meta["opensearch"]["index"] == partial[0]
     assert resumed.meta["opensearch"]["resumed_docs"] == 4  # d02, d04, d05, d06 were not re-encoded
     assert resumed.count() == len(corpus) == resumed.meta["doc_count"]
-    assert sorted(_all_ids(resumed.client, resumed.alias)) == sorted(d.doc_id for d in corpus)
+    assert sorted(all_ids(resumed.client, resumed.alias)) == sorted(d.doc_id for d in corpus)
     assert not resumed.client.indices.exists(index=live_physical)
     top = resumed.retriever(encoder).retrieve(Query("q", "plants sunlight oxygen"), k=1)
     assert top[0].doc_id == "d03" and top[0].text == changed.text
@@ -360,7 +360,7 @@ def test_server_down_mid_ingest_then_resume_without_loss_or_duplicates(
     proxy.up()
     index = _build(tiny_docs, path, encoder, proxy.url, alias, chunk_size=2, threads=1, max_retries=2, **FAST)
     assert index.meta["opensearch"]["resumed_docs"] == 4
-    ids = list(_all_ids(index.client, alias))
+    ids = list(all_ids(index.client, alias))
     assert sorted(ids) == sorted(d.doc_id for d in tiny_docs)  # none lost, none twice
     assert index.count() == len(tiny_docs)
     retriever = index.retriever(encoder)
@@ -454,7 +454,7 @@ def test_no_credentials_in_logs_or_meta(tmp_path, encoder, tiny_docs, opensearch
         if settings.password is None:
             pytest.skip("the cluster at $OPENSEARCH_URL takes no credentials")
         user, password = settings.user, settings.password.get_secret_value()
-    else:  # osmem accepts any basic auth
+    else:  # the local node (no security plugin) and osmem accept any basic auth
         user, password = "admin", "s3cret-pw"
     secrets = [password, base64.b64encode(f"{user}:{password}".encode()).decode()]
     path = tmp_path / "idx"
@@ -519,7 +519,7 @@ def test_neural_sparse_where_supported_else_rank_feature(os_index, os_retriever,
     assert got == [os_retriever.retrieve(q, 12) for q in tiny_queries]
     if retriever.query_mode == "rank_feature":
         assert caplog.text.count("does not support neural_sparse") == 1  # detected once, then remembered
-    if not os.environ.get("OPENSEARCH_URL"):  # osmem answers 400 unsupported_operation_exception
+    if not os.environ.get("OPENSEARCH_URL"):  # the local node has no neural-search plugin: 400
         assert retriever.query_mode == "rank_feature"
 
 
@@ -539,3 +539,61 @@ def test_cli_opensearch_flags_need_the_backend(tmp_path, capsys):
     assert main(argv) == 2
     assert "apply only to --backend opensearch" in capsys.readouterr().err
     assert not (tmp_path / "i").exists()
+
+
+# ------------------------------------------------------------------------- FeatureField precision
+def test_rank_features_keep_nine_significant_bits(opensearch_url, name):
+    """The server scores with the stored value: integers up to 511 exact, above that truncated to 9 bits."""
+    if use_osmem():
+        pytest.skip("osmem-server stores rank_features exactly; this is about real OpenSearch")
+    client = make_client(resolve_settings(hosts=[opensearch_url]))
+    index = name()
+    client.indices.create(index=index, body={"mappings": {"properties": {"f": {"type": "rank_features"}}}})
+    # Expected by hand from the float32 bits: 513 = 0b1000000001 (10 bits) → 512; 1023 → 1022; 2047 → 2044.
+    values = {"a": 511, "b": 512, "c": 513, "d": 1023, "e": 2047}
+    expected = {"a": 511.0, "b": 512.0, "c": 512.0, "d": 1022.0, "e": 2044.0}
+    for doc_id, v in values.items():
+        client.index(index=index, id=doc_id, body={"f": {"x": v}}, refresh=True)
+    body = {"size": 10, "query": {"rank_feature": {"field": "f.x", "linear": {}}}}
+    got = {h["_id"]: h["_score"] for h in client.search(index=index, body=body)["hits"]["hits"]}
+    assert got == expected
+    assert {d: stored_impact(v) for d, v in values.items()} == expected
+    client.indices.delete(index=index)
+
+
+def test_impacts_above_511_are_refused_at_build(tmp_path, encoder, tiny_docs, opensearch_url, name):
+    # SPLADE weights above 0.512 exist in the tiny corpus, so scale 1000 makes impacts above 511.
+    assert max(max(v.weights) for v in encoder.encode_docs([d.full_text for d in tiny_docs])) > 0.512
+    alias = name()
+    with pytest.raises(InputError, match="rank_features stores integers above 511 inexactly"):
+        _build(tiny_docs, tmp_path / "idx", encoder, opensearch_url, alias, scale=1000.0)
+    assert not (tmp_path / "idx").exists()
+    client = make_client(resolve_settings(hosts=[opensearch_url]))
+    assert not client.indices.get(index=f"{alias}*")  # the partial index was deleted
+    index = _build(tiny_docs, tmp_path / "idx", encoder, opensearch_url, alias, scale=1000.0, impact_check="warn")
+    assert index.meta["max_impact"] > 511 and index.meta["inexact_impacts"] > 0
+
+
+# ---------------------------------------------------------------------------------------- hybrid
+def test_hybrid_score_is_bm25_plus_weighted_splade(os_index, os_retriever, encoder, tiny_queries, tiny_docs):
+    from twostage_search.indexes.opensearch.hybrid import HybridRetriever
+
+    n = len(tiny_docs)
+    splade_only = HybridRetriever(os_index, encoder, bm25_weight=0.0, splade_weight=1.0)
+    bm25_only = HybridRetriever(os_index, encoder, bm25_weight=1.0, splade_weight=0.0)
+    hybrid = HybridRetriever(os_index, encoder, bm25_weight=1.0, splade_weight=3.0)
+    for q in tiny_queries:
+        expected = os_retriever.retrieve(q, n)
+        got = splade_only.retrieve(q, n)
+        assert got.doc_ids == expected.doc_ids, q.text
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-6)
+        # BM25 alone: the same as a plain multi_match query sent by hand
+        body = {"size": n, "query": {"multi_match": {"query": q.text, "fields": ["title", "text"]}}}
+        raw = os_index.client.search(index=os_index.alias, body=body)["hits"]["hits"]
+        bm25 = {h["_id"]: h["_score"] for h in raw}
+        assert {h.doc_id: h.score for h in bm25_only.retrieve(q, n)} == pytest.approx(bm25, rel=1e-6)
+        splade = {h.doc_id: h.score for h in expected}
+        combined = {d: bm25.get(d, 0.0) + 3.0 * splade.get(d, 0.0) for d in bm25.keys() | splade.keys()}
+        assert {h.doc_id: h.score for h in hybrid.retrieve(q, n)} == pytest.approx(combined, rel=1e-5)
+    with pytest.raises(InputError):
+        HybridRetriever(os_index, encoder, bm25_weight=0.0, splade_weight=0.0)

@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QueryMode = Literal["rank_feature", "neural_sparse"]
+ImpactCheck = Literal["error", "warn"]
 
 DEFAULT_HOST = "http://localhost:9200"
 
@@ -67,6 +68,9 @@ class OpenSearchSettings(BaseSettings):
     refresh_interval: str = Field("1s", description="index refresh interval after a build")
     query_mode: QueryMode = "rank_feature"
     query_top_n: int | None = Field(None, ge=1, description="keep the N heaviest query terms (None: all)")
+    impact_check: ImpactCheck = Field(
+        "error", description="a document impact above 511 (stored inexactly by rank_features): error or warn"
+    )
 
     @field_validator("hosts", mode="before")
     @classmethod

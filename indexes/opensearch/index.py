@@ -1,0 +1,227 @@
+"""The ``opensearch`` index backend: build (alias swap, resume) and open."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from twostage_search.engine.encoders import SparseEncoder, create_encoder
+from twostage_search.engine.errors import IndexLoadError, InputError
+from twostage_search.engine.types import Document
+from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
+from twostage_search.indexes.opensearch.client import (
+    OpenSearchIndexMissingError,
+    connect,
+    resolve_settings,
+    translate_errors,
+)
+from twostage_search.indexes.opensearch.ingest import alias_targets, count_check, ingest, prepare_physical
+from twostage_search.indexes.opensearch.mapping import ESCAPE_SCHEME, default_alias
+from twostage_search.indexes.opensearch.search import OpenSearchRetriever
+
+if TYPE_CHECKING:
+    from twostage_search.indexes.opensearch.settings import OpenSearchSettings, QueryMode
+
+log = logging.getLogger(__name__)
+
+_FORMAT = 1
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,199}$")
+
+
+class OpenSearchIndex:
+    """A SPLADE impact index on an OpenSearch cluster; the local directory holds its ``meta.json``."""
+
+    backend = "opensearch"
+
+    def __init__(self, path: Path, meta: dict[str, Any], settings: OpenSearchSettings, client: Any) -> None:
+        self.path = path
+        self.meta = meta
+        self.settings = settings
+        self.client = client
+
+    # ----------------------------------------------------------------------------------- build
+    @classmethod
+    def build(
+        cls,
+        docs: Iterable[Document],
+        path: str | Path,
+        *,
+        encoder: SparseEncoder,
+        scale: float = 100.0,
+        threads: int = 2,
+        chunk_size: int = 256,
+        total: int | None = None,
+        progress: bool = True,
+        overwrite: bool = True,
+        index_name: str | None = None,
+        resume: bool = True,
+        settings: OpenSearchSettings | None = None,
+        **connection: Any,
+    ) -> OpenSearchIndex:
+        """Encode ``docs`` into a new physical index on the cluster and point the alias at it.
+
+        Args:
+            index_name: the alias searches use (default :func:`default_alias` of ``path``).
+            threads: bulk requests in flight while the next chunk is encoded.
+            chunk_size: documents per encoder batch and per bulk request.
+            resume: continue an unfinished build of the same alias, encoder and scale.
+            settings, connection: :class:`OpenSearchSettings`, or its fields as keywords
+                (``hosts=[...]``, ``user=``, ``password=``, ...); the environment fills the rest.
+
+        ``meta.json`` is written atomically (temp dir + rename) after the alias swap; a failed build
+        leaves the alias, the old physical index and the directory at ``path`` untouched.
+        """
+        if scale <= 0:
+            raise InputError("scale must be positive")
+        if threads < 1 or chunk_size < 1:
+            raise InputError("threads and chunk_size must be at least 1")
+        settings = resolve_settings(settings, **connection)
+        alias = index_name or default_alias(path)
+        if not _NAME_RE.match(alias) or "--" in alias:
+            raise InputError(f"bad OpenSearch index name {alias!r}: use lowercase letters, digits, '_', '-', '.'")
+        started = time.perf_counter()
+        build_meta = {
+            "format": _FORMAT,
+            "alias": alias,
+            "state": "building",
+            "encoder": encoder.config(),
+            "scale": scale,
+            "escape": ESCAPE_SCHEME,
+        }
+        with atomic_index(path, overwrite=overwrite) as tmp:
+            client, server = connect(settings)
+            with contextlib.closing(client), translate_errors(settings, f"building {alias!r}"):
+                physical, resumed = prepare_physical(client, settings, alias, build_meta, resume)
+                try:
+                    stats, seen = ingest(
+                        client, settings, physical, docs,
+                        encoder=encoder, scale=scale, threads=threads, chunk_size=chunk_size,
+                        total=total, progress=progress, resumed=resumed,
+                    )  # fmt: skip
+                    if stats.docs == 0:
+                        raise InputError("corpus is empty: nothing to index")
+                    count = count_check(client, physical, seen, resumed)
+                except InputError:
+                    with contextlib.suppress(Exception):
+                        client.indices.delete(index=physical)
+                    raise
+                except BaseException:
+                    log.warning("build of %s failed; kept the partial index %s to resume from", alias, physical)
+                    raise
+                client.indices.put_settings(
+                    index=physical, body={"index": {"refresh_interval": settings.refresh_interval}}
+                )
+                client.indices.put_mapping(
+                    index=physical, body={"_meta": {"twostage": {**build_meta, "state": "complete"}}}
+                )
+                old = [name for name in alias_targets(client, alias) if name != physical]
+                actions = [{"remove": {"index": name, "alias": alias}} for name in old]
+                client.indices.update_aliases(
+                    body={"actions": [*actions, {"add": {"index": physical, "alias": alias}}]}
+                )
+                for name in old:
+                    client.indices.delete(index=name)
+            total_seconds = time.perf_counter() - started
+            meta = {
+                "backend": cls.backend,
+                "encoder": encoder.config(),
+                "scale": scale,
+                "doc_count": count,
+                "empty_docs": stats.empty,
+                "max_impact": stats.max_impact,
+                "inexact_impacts": stats.inexact,
+                "mean_doc_terms": stats.terms / max(stats.docs - stats.skipped, 1),
+                "opensearch": {
+                    "alias": alias,
+                    "index": physical,
+                    "hosts": list(settings.hosts),  # credentials were split off by OpenSearchSettings
+                    "server": server,
+                    "shards": settings.shards,
+                    "replicas": settings.replicas,
+                    "escape": ESCAPE_SCHEME,
+                    "resumed_docs": stats.skipped,
+                    "replaced": old,
+                },
+                "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "build_seconds": {"encode": round(stats.encode_seconds, 3), "total": round(total_seconds, 3)},
+            }
+            write_meta(tmp, meta)
+        log.info("built %s (alias %s → %s): %d docs in %.1fs", path, alias, physical, count, total_seconds)
+        return cls.open(path, settings=settings)
+
+    # ------------------------------------------------------------------------------------ open
+    @classmethod
+    def open(
+        cls, path: str | Path, *, settings: OpenSearchSettings | None = None, **connection: Any
+    ) -> OpenSearchIndex:
+        """Open the index described by ``path/meta.json``; hosts default to the ones it was built on.
+
+        Raises :class:`OpenSearchUnavailableError` when the cluster cannot be reached and
+        :class:`OpenSearchIndexMissingError` when it no longer has the alias.
+        """
+        path = Path(path)
+        meta = read_meta(path)
+        if meta["backend"] != cls.backend:
+            raise IndexLoadError(f"{path} is a {meta['backend']!r} index, not {cls.backend!r}")
+        settings = resolve_settings(settings, **connection)
+        if "hosts" not in settings.model_fields_set and meta["opensearch"].get("hosts"):
+            settings = resolve_settings(settings, hosts=meta["opensearch"]["hosts"])
+        client, _ = connect(settings)
+        index = cls(path, meta, settings, client)
+        with translate_errors(settings, f"opening {index.alias!r}"):
+            if not client.indices.exists(index=index.alias):
+                raise OpenSearchIndexMissingError(index.missing_message())
+        return index
+
+    @property
+    def alias(self) -> str:
+        return str(self.meta["opensearch"]["alias"])
+
+    @property
+    def scale(self) -> float:
+        return float(self.meta["scale"])
+
+    def __len__(self) -> int:
+        return int(self.meta["doc_count"])
+
+    def missing_message(self) -> str:
+        return (
+            f"OpenSearch index {self.alias!r} not found at {', '.join(self.settings.hosts)} "
+            f"(deleted, or a different cluster); rebuild {self.path} with `twostage index --backend opensearch`"
+        )
+
+    def count(self) -> int:
+        """Documents searchable through the alias now (asks the cluster)."""
+        with translate_errors(self.settings, f"counting {self.alias!r}", missing=self.missing_message()):
+            return int(self.client.count(index=self.alias)["count"])
+
+    def encoder(self) -> SparseEncoder:
+        """The encoder this index was built with, re-created from ``meta.json``."""
+        cfg = self.meta["encoder"]
+        return create_encoder(cfg["name"], **cfg.get("params", {}))
+
+    def retriever(
+        self,
+        encoder: SparseEncoder | None = None,
+        *,
+        query_mode: QueryMode | None = None,
+        query_top_n: int | None = None,
+        server_sort: bool = True,
+    ) -> OpenSearchRetriever:
+        """A searcher over this index; ``query_mode``/``query_top_n`` default to the settings'."""
+        return OpenSearchRetriever(
+            self,
+            encoder or self.encoder(),
+            query_mode=query_mode or self.settings.query_mode,
+            query_top_n=query_top_n if query_top_n is not None else self.settings.query_top_n,
+            server_sort=server_sort,
+        )
+
+    def close(self) -> None:
+        self.client.close()

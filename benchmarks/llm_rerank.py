@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twostage_search.benchmarks.rerank import read_run
+from twostage_search.benchmarks.evaluation import evaluate, read_run
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.models import DEFAULT_CROSS_ENCODER
@@ -185,15 +185,9 @@ def run_cross_encoder(
 
 
 def ndcg10(qrels: dict[str, dict[str, int]], rankings: dict[str, list[str]]) -> dict[str, float]:
-    import ir_measures
-
-    measure = ir_measures.parse_measure("nDCG@10")
-    qrels_rows = [ir_measures.Qrel(q, d, r) for q in rankings for d, r in qrels[q].items()]
-    run_rows = [
-        ir_measures.ScoredDoc(q, d, float(len(ids) - i)) for q, ids in rankings.items() for i, d in enumerate(ids)
-    ]
-    values = {m.query_id: float(m.value) for m in ir_measures.iter_calc([measure], qrels_rows, run_rows)}
-    return {q: values.get(q, 0.0) for q in rankings}
+    """Per-query nDCG@10 of ranked doc-id lists (the shared rules of :mod:`benchmarks.evaluation`)."""
+    ids = list(rankings)
+    return dict(zip(ids, evaluate(qrels, ids, rankings, ["nDCG@10"])["nDCG@10"], strict=True))
 
 
 def run_listwise(

@@ -98,3 +98,41 @@ def test_evaluate_rules_by_hand():
     assert values["RR@10"] == pytest.approx([1 / 2, 0.0])  # first doc with grade ≥ 2 is d1 at rank 2
     kept = evaluate(qrels, ["a"], {"a": ["a", "d2", "d1"]}, ["RR@10"], rel=2, drop_query_id=False)
     assert kept["RR@10"] == [1.0]
+
+
+def test_trec_dl_cell_reranks_a_run_with_a_real_cross_encoder(tmp_path):
+    """Two DL19 queries, BM25 top 5 reranked by the bundled cross-encoder through ``twostage bench``."""
+    from tests.helpers import need
+
+    need("sentence_transformers", "rerank")
+    from sentence_transformers import CrossEncoder
+
+    from twostage_search.benchmarks.trec_dl import run_cell, table
+    from twostage_search.engine.beir import read_corpus, read_trec_run
+    from twostage_search.engine.models import resolve_model
+
+    path = SHARED / "trec-dl-2019-passage"
+    cell = run_cell(path, "bm25", "cross-encoder", 2, 5, tmp_path, threads=2)
+    assert cell.queries == 2 and cell.depth == 5
+    qrels = read_qrels(path / "qrels" / "test.tsv")
+    first_ids = [q.query_id for q in read_queries(path / "queries.jsonl") if q.query_id in qrels][:2]
+    texts = {q.query_id: q.text for q in read_queries(path / "queries.jsonl")}
+    run = read_trec_run(path / "runs" / "bm25.top100.trec")
+    wanted = {d for q in first_ids for d, _ in run[q][:5]}
+    docs = {d.doc_id: d.text for d in read_corpus(path / "corpus.jsonl") if d.doc_id in wanted}
+    model = CrossEncoder(resolve_model("bundled:ce-minilm-l6-scifact"), max_length=256)
+    expected_first, expected_reranked = [], []
+    for q in first_ids:
+        head = [d for d, _ in run[q][:5]]
+        scores = model.predict([(texts[q], docs[d]) for d in head])
+        reordered = [d for _, d in sorted(zip((-float(s) for s in scores), head, strict=True))]
+        tail = [d for d, _ in run[q][5:]]
+        for ranking, out in ((head + tail, expected_first), (reordered + tail, expected_reranked)):
+            gains = [qrels[q].get(d, 0) for d in ranking[:10]]
+            ideal = sorted(qrels[q].values(), reverse=True)[:10]
+            dcg = sum(g / math.log2(i + 2) for i, g in enumerate(gains))
+            out.append(dcg / sum(g / math.log2(i + 2) for i, g in enumerate(ideal)))
+    assert cell.first == pytest.approx(expected_first, abs=1e-6)
+    assert cell.reranked == pytest.approx(expected_reranked, abs=1e-4)
+    text, records = table([cell])
+    assert "zero-shot" in text and "(subsample)" in text and records[0]["published_first"] == 0.5058

@@ -44,6 +44,7 @@ from twostage_search.benchmarks.evaluation import compare, evaluate, mean, read_
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.costmodel import CostModel, LinearCost
 from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.models import trained_on
 from twostage_search.engine.pipeline import merge_cascade
 from twostage_search.engine.policy import AdaptiveDepth, DepthPolicy, FixedDepth, first_stage_features
 from twostage_search.engine.types import Candidate, Query, RankedList
@@ -51,7 +52,6 @@ from twostage_search.engine.types import Candidate, Query, RankedList
 log = logging.getLogger(__name__)
 
 KS = (0, 5, 10, 20, 30, 50, 100)
-IN_DOMAIN = {"bundled:ce-minilm-l6-scifact": "scifact"}
 
 
 @dataclass
@@ -85,14 +85,16 @@ class Scorer:
         if self.path.is_file():
             meta = json.loads(self.path.with_suffix(".json").read_text())
             self.ms_per_doc = meta["ms_per_doc"]
+            self._ms, self._docs = float(meta.get("ms", 0.0)), int(meta.get("docs", 0))
             for line in self.path.read_text().splitlines():
                 q, d, s = line.split("\t")
                 self.scores.setdefault(q, {})[d] = float(s)
         self._reranker: Any = None
-        self._ms, self._docs = 0.0, 0
+        if not self.path.is_file():
+            self._ms, self._docs = 0.0, 0
 
     def ensure(self, queries: dict[str, Query], first: dict[str, RankedList], depth: int) -> None:
-        todo = [q for q in queries if q not in self.scores]
+        todo = [q for q in queries if any(c.doc_id not in self.scores.get(q, {}) for c in first[q].items[:depth])]
         if not todo:
             return
         if self._reranker is None:
@@ -106,8 +108,10 @@ class Scorer:
             self._ms += (time.perf_counter() - started) * 1000
             self._docs += len(cands)
             self.scores[q] = {h.doc_id: h.score for h in ranking}
-            if i % 50 == 0:
-                log.info("scored %d/%d queries (%.1f ms/doc)", i, len(todo), self._ms / max(self._docs, 1))
+            if i % 20 == 0:  # keep what is scored: a long run can be stopped and resumed
+                self.ms_per_doc = self._ms / max(self._docs, 1)
+                self.save()
+                log.info("scored %d/%d queries (%.1f ms/doc)", i, len(todo), self.ms_per_doc)
         self.ms_per_doc = self._ms / max(self._docs, 1)
         self.save()
 
@@ -117,7 +121,13 @@ class Scorer:
         lines = (f"{q}\t{d}\t{s:.6f}\n" for q, docs in sorted(self.scores.items()) for d, s in sorted(docs.items()))
         tmp.write_text("".join(lines))
         tmp.replace(self.path)
-        meta = {"reranker": self.name, "params": self.params, "ms_per_doc": self.ms_per_doc}
+        meta = {
+            "reranker": self.name,
+            "params": self.params,
+            "ms_per_doc": self.ms_per_doc,
+            "ms": self._ms,
+            "docs": self._docs,
+        }
         self.path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -182,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     params = json.loads(args.reranker_params) if args.reranker_params else {}
     model = params.get("model", "bundled:ce-minilm-l6-scifact" if args.reranker == "cross-encoder" else None)
     test_dataset = args.test_dataset or args.dataset
-    in_domain = IN_DOMAIN.get(str(model)) == Path(test_dataset).resolve().name
+    in_domain = bool(model) and trained_on(str(model)) == Path(test_dataset).resolve().name
     scorer = Scorer(args.reranker, params, args.scores_dir)
 
     train_ids = sorted(q for q in read_qrels(args.dataset / "qrels" / f"{args.train_split}.tsv"))

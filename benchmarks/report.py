@@ -35,6 +35,7 @@ class SystemRow:
     usd_per_query: float = 0.0
     usd_total: float = 0.0
     run_file: str = ""
+    in_domain: bool = False  # the reranker was trained on this dataset
 
 
 @dataclass
@@ -86,7 +87,7 @@ def markdown_table(report: BenchReport) -> str:
     head += ["total ms (mean / p95)", "docs reranked / q", "tokens / q", "$ / q"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report.rows:
-        cells = [row.name]
+        cells = [row.name + (" (in-domain)" if row.in_domain else "")]
         for m in report.measures:
             value = f"{row.quality[m]:.4f}"
             if row.name != report.baseline and m in row.delta:
@@ -127,6 +128,12 @@ def _markdown(report: BenchReport) -> str:
         parts.append(
             f"| {row.name} | {row.first_stage} | {row.reranker} | {row.depth} | {row.rerank_depth} | `{row.index}` |"
         )
+    if any(row.in_domain for row in report.rows):
+        parts += [
+            "",
+            "(in-domain): the reranker was fine-tuned on this dataset's train split, so its numbers here are not "
+            "zero-shot and are not comparable with published zero-shot figures.",
+        ]
     if report.published:
         parts += ["", "## Published figures on this dataset", ""]
         parts += ["| system | model | nDCG@10 | R@100 | R@1000 | source |", "|---|---|---|---|---|---|"]

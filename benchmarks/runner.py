@@ -128,6 +128,15 @@ def _run_system(
     return run
 
 
+def reranker_in_domain(system: SystemConfig, dataset: str) -> bool:
+    """Whether the system's reranker was fine-tuned on ``dataset`` (a bundled model that records it)."""
+    from twostage_search.engine.models import DEFAULT_CROSS_ENCODER, trained_on
+
+    params = system.reranker.params
+    model = params.get("model", DEFAULT_CROSS_ENCODER if system.reranker.name == "cross-encoder" else "")
+    return bool(model) and trained_on(str(model)) == dataset
+
+
 def _latency(values: Sequence[float]) -> dict[str, float]:
     return {"mean": round(mean(values), 3), "p95": round(percentile(values, 95), 3)}
 
@@ -196,6 +205,7 @@ def run_benchmark(settings: BenchSettings, systems: Sequence[SystemConfig] | Non
                 usd_per_query=mean(run.usd),
                 usd_total=sum(run.usd),
                 run_file=str(run_file),
+                in_domain=reranker_in_domain(system, dataset.name),
             )
         )
     base = per_query[baseline]

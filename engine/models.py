@@ -22,6 +22,7 @@ class BundledModel:
     extra: str  # twostage extra that installs the package
     origin: str
     licence: str
+    trained_on: str = ""  # the dataset (directory name) it was fine-tuned on: scores there are in-domain
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -51,11 +52,18 @@ BUNDLED: dict[str, BundledModel] = {
             "on BEIR SciFact train qrels with SPLADE hard negatives"
         ),
         licence="Apache-2.0 (base model); trained on CC BY-NC 2.0 data",
+        trained_on="scifact",
     ),
 }
 
 DEFAULT_SPLADE = "bundled:splade-tiny"
 DEFAULT_CROSS_ENCODER = "bundled:ce-minilm-l6-scifact"
+
+
+def trained_on(spec: str) -> str:
+    """The dataset a ``bundled:`` model was fine-tuned on ("" if none is recorded or not bundled)."""
+    model = BUNDLED.get(spec.removeprefix("bundled:")) if spec.startswith("bundled:") else None
+    return model.trained_on if model else ""
 
 
 def resolve_model(spec: str) -> str:

@@ -136,3 +136,14 @@ def test_trec_dl_cell_reranks_a_run_with_a_real_cross_encoder(tmp_path):
     assert cell.reranked == pytest.approx(expected_reranked, abs=1e-4)
     text, records = table([cell])
     assert "zero-shot" in text and "(subsample)" in text and records[0]["published_first"] == 0.5058
+
+
+def test_the_scifact_cross_encoder_is_labelled_in_domain_on_scifact_only():
+    from twostage_search.benchmarks.runner import reranker_in_domain
+
+    default_ce = parse_system({"name": "CE", "reranker": {"name": "cross-encoder"}})
+    assert reranker_in_domain(default_ce, "scifact")
+    assert not reranker_in_domain(default_ce, "trec-dl-2019-passage")
+    other = parse_system({"name": "CE2", "reranker": {"name": "cross-encoder", "params": {"model": "some/dir"}}})
+    assert not reranker_in_domain(other, "scifact")
+    assert not reranker_in_domain(parse_system({"name": "I", "reranker": {"name": "identity"}}), "scifact")

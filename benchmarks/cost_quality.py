@@ -138,7 +138,7 @@ def load_split(
     run = read_run(run_path)
     all_queries = {q.query_id: q for q in read_queries(find_file(dataset, "queries"))}
     ids = qids if qids is not None else sorted(q for q in qrels if q in run)
-    depth = max(ks)
+    depth = max(max(ks), 100)  # the reranker sees the top max(ks); the rest stay below in run order
     wanted = {d for q in ids for d, _ in run.get(q, [])[:depth]}
     docs = {d.doc_id: d for d in read_corpus(find_file(dataset, "corpus")) if d.doc_id in wanted}
     first = {
@@ -272,6 +272,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """nDCG@10 against mean cost on test: fixed k, and adaptive (λ from dev) with its 95% CI of the
+    difference from fixed k drawn around the fixed-k point it was matched to."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fixed = [r for r in report["rows"] if r["policy"].startswith("fixed")]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.plot([r["mean_ms"] for r in fixed], [r["nDCG@10"] for r in fixed], "o-", label="fixed k (test)")
+    for c in report["comparisons"]:
+        a, q = c["test_adaptive"], c["nDCG@10_difference"]
+        base = c["test_fixed"]["nDCG@10"]
+        err = [[a["nDCG@10"] - (base + q["ci95"][0])], [(base + q["ci95"][1]) - a["nDCG@10"]]]
+        ax.errorbar([a["mean_ms"]], [a["nDCG@10"]], yerr=err, fmt="s", color="tab:red", capsize=3)
+        ax.annotate(f"k={c['fixed_k']}", (a["mean_ms"], a["nDCG@10"]), textcoords="offset points", xytext=(4, 4))
+    ax.plot([], [], "s", color="tab:red", label="adaptive, λ chosen on dev (bars: 95% CI vs fixed k)")
+    ax.set_xlabel("mean predicted rerank ms / query")
+    ax.set_ylabel("nDCG@10")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{Path(report['test_dataset']).name} test, {report['splits']['test']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def markdown(report: dict[str, Any]) -> str:
     label = "in-domain" if report["reranker"]["in_domain"] else "zero-shot"
     s = report["splits"]
@@ -333,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = markdown(report)
     (args.out / "cost_quality.md").write_text(text + "\n", encoding="utf-8")
+    plot(report, args.out / "cost_quality.png")
     print(text)
     return 0
 

@@ -190,7 +190,7 @@ def _summary(values: dict[str, list[float]]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     ks = tuple(sorted(set(args.ks) | {0}))
     params = json.loads(args.reranker_params) if args.reranker_params else {}
-    model = params.get("model", "bundled:ce-minilm-l6-scifact" if args.reranker == "cross-encoder" else None)
+    model = params.get("model", f"{args.reranker}'s default")
     test_dataset = args.test_dataset or args.dataset
     in_domain = bool(model) and trained_on(str(model)) == Path(test_dataset).resolve().name
     scorer = Scorer(args.reranker, params, args.scores_dir)
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-dataset", type=Path, default=None, help="default: --dataset")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--test-run", type=Path, required=True)
-    parser.add_argument("--reranker", default="cross-encoder", help="a registered pointwise reranker")
+    parser.add_argument("--reranker", default="onnx-cross-encoder", help="a registered pointwise reranker")
     parser.add_argument("--reranker-params", default=None, help='JSON, e.g. \'{"model": "...", "threads": 2}\'')
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS), help="candidate depths (0 is always added)")
     parser.add_argument("--dev-fraction", type=float, default=0.3, help="share of train queries held out as dev")

@@ -130,10 +130,9 @@ def _run_system(
 
 def reranker_in_domain(system: SystemConfig, dataset: str) -> bool:
     """Whether the system's reranker was fine-tuned on ``dataset`` (a bundled model that records it)."""
-    from twostage_search.engine.models import DEFAULT_CROSS_ENCODER, trained_on
+    from twostage_search.engine.models import trained_on
 
-    params = system.reranker.params
-    model = params.get("model", DEFAULT_CROSS_ENCODER if system.reranker.name == "cross-encoder" else "")
+    model = system.reranker.params.get("model", "")  # no reranker defaults to a dataset-specific model
     return bool(model) and trained_on(str(model)) == dataset
 
 

@@ -30,6 +30,7 @@ from twostage_search.benchmarks.configs import parse_system
 from twostage_search.benchmarks.evaluation import compare, mean
 from twostage_search.benchmarks.published import published_dl
 from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ RERANKERS: dict[str, RerankerEntry] = {
         "cross-encoder",
         "bundled:ce-minilm-l6-scifact (MiniLM-L6 fine-tuned on SciFact train)",
         "zero-shot (trained on SciFact only)",
+        {"model": SCIFACT_CROSS_ENCODER},
     ),
     "listwise-llm": RerankerEntry(
         "listwise-llm",

@@ -141,9 +141,12 @@ def test_trec_dl_cell_reranks_a_run_with_a_real_cross_encoder(tmp_path):
 def test_the_scifact_cross_encoder_is_labelled_in_domain_on_scifact_only():
     from twostage_search.benchmarks.runner import reranker_in_domain
 
-    default_ce = parse_system({"name": "CE", "reranker": {"name": "cross-encoder"}})
-    assert reranker_in_domain(default_ce, "scifact")
-    assert not reranker_in_domain(default_ce, "trec-dl-2019-passage")
+    scifact = {"model": "bundled:ce-minilm-l6-scifact"}
+    scifact_ce = parse_system({"name": "CE", "reranker": {"name": "cross-encoder", "params": scifact}})
+    assert reranker_in_domain(scifact_ce, "scifact")
+    assert not reranker_in_domain(scifact_ce, "trec-dl-2019-passage")
+    default_ce = parse_system({"name": "CE", "reranker": {"name": "cross-encoder"}})  # MS MARCO by default
+    assert not reranker_in_domain(default_ce, "scifact")
     other = parse_system({"name": "CE2", "reranker": {"name": "cross-encoder", "params": {"model": "some/dir"}}})
     assert not reranker_in_domain(other, "scifact")
     assert not reranker_in_domain(parse_system({"name": "I", "reranker": {"name": "identity"}}), "scifact")

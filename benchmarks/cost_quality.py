@@ -52,6 +52,7 @@ from twostage_search.engine.types import Candidate, Query, RankedList
 log = logging.getLogger(__name__)
 
 KS = (0, 5, 10, 20, 30, 50, 100)
+RUNTIME_PARAMS = frozenset({"threads", "batch_size", "device"})
 
 
 @dataclass
@@ -78,7 +79,8 @@ class Scorer:
 
     def __init__(self, name: str, params: dict[str, Any], cache_dir: Path) -> None:
         self.name, self.params = name, params
-        key = hashlib.sha256(json.dumps([name, params], sort_keys=True).encode()).hexdigest()[:12]
+        scoring = {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}  # what changes a score
+        key = hashlib.sha256(json.dumps([name, scoring], sort_keys=True).encode()).hexdigest()[:12]
         self.path = cache_dir / f"{name}-{key}.tsv"
         self.scores: dict[str, dict[str, float]] = {}
         self.ms_per_doc: float | None = None

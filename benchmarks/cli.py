@@ -20,6 +20,8 @@ def bench(args: argparse.Namespace) -> int:
         index_cache=args.index_cache,
         threads=args.threads,
         ignore_identical_ids=not args.keep_identical_ids,
+        rel=args.rel,
+        test=args.test,
         progress=not args.no_progress,
         plots=not args.no_plots,
     )

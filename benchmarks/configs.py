@@ -10,6 +10,8 @@ depths::
       encoder: splade               # SPLADE backends only
       encoder_params: {max_length: 256}
       options: {scale: 100}         # passed to the backend's build (BM25: k1, b)
+      # or, instead of all of the above, rerank a given TREC run (documents from the dataset's corpus):
+      # run: ../shared/datasets/trec-dl-2019-passage/runs/bm25.top100.trec
     reranker:
       name: cross-encoder
       params: {batch_size: 32}
@@ -45,13 +47,14 @@ class _Strict(BaseModel):
 
 
 class FirstStage(_Strict):
-    """The first stage: which index backend, which index, which query encoder."""
+    """The first stage: which index backend, which index, which query encoder, or a given TREC run."""
 
     backend: str = "lucene-impact"
     index: Path | None = None
     encoder: str | None = None
     encoder_params: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    run: Path | None = None
 
     @field_validator("backend")
     @classmethod
@@ -68,6 +71,13 @@ class FirstStage(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _run_alone(self) -> FirstStage:
+        clash = sorted(self.model_fields_set & {"backend", "index", "encoder", "encoder_params", "options"})
+        if self.run is not None and clash:
+            raise ValueError(f"a first stage read from a run takes no {', '.join(clash)}")
+        return self
+
+    @model_validator(mode="after")
     def _encoder_fits_backend(self) -> FirstStage:
         if not needs_encoder(self.backend) and (self.encoder is not None or self.encoder_params):
             raise ValueError(f"backend {self.backend!r} reads text itself and takes no encoder/encoder_params")
@@ -75,8 +85,8 @@ class FirstStage(_Strict):
 
     @property
     def encoder_name(self) -> str | None:
-        """The encoder this first stage uses (``splade`` unless set; None for BM25)."""
-        if not needs_encoder(self.backend):
+        """The encoder this first stage uses (``splade`` unless set; None for BM25 and runs)."""
+        if self.run is not None or not needs_encoder(self.backend):
             return None
         return self.encoder or "splade"
 
@@ -112,6 +122,8 @@ class SystemConfig(_Strict):
 
     def describe_first_stage(self) -> str:
         fs = self.first_stage
+        if fs.run is not None:
+            return f"run {fs.run}"
         if fs.encoder_name is None:
             return fs.backend
         from twostage_search.engine.models import DEFAULT_SPLADE

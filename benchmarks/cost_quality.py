@@ -1,37 +1,50 @@
-"""Cost–quality curve of rerank-depth policies: fixed k vs adaptive (and an oracle bound).
+"""Cost–quality of rerank-depth policies, adaptive vs fixed k, with every choice made off the test split.
 
-    twostage calibrate --index var/scifact --reranker cross-encoder --out runs/costmodel-cross-encoder.json
-    python -m twostage_search.benchmarks.cost_quality --cost-model runs/costmodel-cross-encoder.json
+    python -m twostage_search.benchmarks.first_stage --dataset ../shared/datasets/scifact --split train \\
+        --index var/scifact --out runs/scifact-first/train
+    python -m twostage_search.benchmarks.first_stage --dataset ../shared/datasets/scifact --split test \\
+        --index var/scifact --out runs/scifact-first
+    python -m twostage_search.benchmarks.cost_quality --dataset ../shared/datasets/scifact \\
+        --train-run runs/scifact-first/train/first_stage.run --test-run runs/scifact-first/first_stage.run
 
-Method. Every query's top-100 first-stage candidates (``--train-run``/``--test-run`` TREC runs from
-``benchmarks.first_stage``) are scored once by the cross-encoder (cached in ``--scores-dir``; computed on
-``--device`` when missing). For each depth k, the cascade ranking (top k by cross-encoder, the rest in
-first-stage order) gives every query's nDCG@10. Latency per query = its measured first-stage time
-(encode + retrieve, run here) + the calibrated rerank cost ``a + b·k`` for the k the policy picks;
-tokens per query = k × tokens per document. The adaptive policy (``engine.policy.AdaptiveDepth``) is
-fitted on the *train* split's gains and its price λ is tuned on train to match each fixed k's mean cost;
-everything reported is on the test split. ``--validate N`` re-runs N test queries end to end with the
-real reranker to check the predicted latencies against measured ones.
+Protocol. The *train* split's queries are shuffled with ``--seed`` and cut in two: **dev** (the first
+``--dev-fraction``, default 30%) and **fit** (the rest). Every query's top ``max(--ks)`` first-stage
+candidates are scored once by the reranker (cached in ``--scores-dir``); the cascade ranking for depth k
+(top k by the reranker, the rest in first-stage order) gives each query's nDCG@10 at each k.
+
+- The adaptive policy's per-depth gain regressions (:class:`engine.policy.AdaptiveDepth`) are fitted on
+  the fit queries.
+- For each fixed k, the price λ is chosen on the dev queries so that the adaptive policy's mean predicted
+  cost there matches fixed k's (``for_mean_cost``).
+- Only then is the test split touched: fixed k and the dev-matched adaptive policy run on every test
+  query; each pair gets the nDCG@10 difference with a paired bootstrap 95% CI and a paired randomisation
+  test (Holm-corrected across the table), and the difference in mean cost with its CI.
+
+Cost is the reranker's measured milliseconds per document in this run (``--cost-model`` uses a
+calibrated ``a + b·k`` model instead). ``--test-dataset``/``--test-run`` score another dataset's run,
+e.g. fit and choose on DL19 (``--dev-fraction 0``: dev = fit) and report DL20.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
-import operator
+import random
 import sys
 import time
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.rerank import read_run
+from twostage_search.benchmarks.evaluation import compare, evaluate, mean, read_run
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
-from twostage_search.engine.costmodel import CostModel
-from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.costmodel import CostModel, LinearCost
+from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.models import trained_on
 from twostage_search.engine.pipeline import merge_cascade
 from twostage_search.engine.policy import AdaptiveDepth, DepthPolicy, FixedDepth, first_stage_features
 from twostage_search.engine.types import Candidate, Query, RankedList
@@ -39,283 +52,320 @@ from twostage_search.engine.types import Candidate, Query, RankedList
 log = logging.getLogger(__name__)
 
 KS = (0, 5, 10, 20, 30, 50, 100)
+RUNTIME_PARAMS = frozenset({"threads", "batch_size", "device"})
 
 
-def ndcg10_per_query(qrels: dict[str, dict[str, int]], rankings: dict[str, RankedList]) -> dict[str, float]:
-    import ir_measures
-
-    qrels_rows = [ir_measures.Qrel(q, d, r) for q, docs in qrels.items() for d, r in docs.items() if q in rankings]
-    run_rows = [ir_measures.ScoredDoc(q, h.doc_id, h.score) for q, r in rankings.items() for h in r]
-    measure = ir_measures.parse_measure("nDCG@10")
-    values = {m.query_id: float(m.value) for m in ir_measures.iter_calc([measure], qrels_rows, run_rows)}
-    return {q: values.get(q, 0.0) for q in rankings}
-
-
-def read_scores(path: Path) -> dict[str, dict[str, float]]:
-    scores: dict[str, dict[str, float]] = defaultdict(dict)
-    with path.open() as fh:
-        for line in fh:
-            qid, did, s = line.rstrip("\n").split("\t")
-            scores[qid][did] = float(s)
-    return scores
-
-
-def score_all(
-    run: dict[str, list[tuple[str, float]]], queries: dict[str, Query], corpus: dict[str, Any], path: Path, args: Any
-) -> dict[str, dict[str, float]]:
-    """Cross-encoder scores of every query's top 100, cached in ``path``."""
-    if path.is_file():
-        return read_scores(path)
-    from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
-
-    ce = CrossEncoderReranker(args.model, device=args.device, threads=args.threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as fh:
-        for qid in sorted(run):
-            docs = [d for d, _ in run[qid][:100]]
-            for d, s in zip(docs, ce.score(queries[qid].text, [corpus[d].full_text for d in docs]), strict=True):
-                fh.write(f"{qid}\t{d}\t{s:.5f}\n")
-    tmp.replace(path)
-    return read_scores(path)
-
-
+@dataclass
 class Split:
-    """One split's first-stage rankings, cross-encoder scores and per-k nDCG@10."""
+    """Queries of one split with their first-stage rankings and per-depth nDCG@10."""
 
-    def __init__(self, name: str, args: Any, corpus: dict[str, Any], all_queries: dict[str, Query]) -> None:
-        self.qrels = read_qrels(args.dataset / "qrels" / f"{name}.tsv")
-        run = read_run(getattr(args, f"{name}_run"))
-        self.queries = {q: all_queries[q] for q in sorted(self.qrels) if q in run}
-        self.first = {
-            q: RankedList.from_candidates(
-                q, [Candidate(d, s, corpus[d].text, corpus[d].title) for d, s in run[q][:100]]
-            )
-            for q in self.queries
-        }
-        scores = score_all(run, all_queries, corpus, args.scores_dir / f"{name}_ce.tsv", args)
-        self.ndcg: dict[int, dict[str, float]] = {}
-        for k in KS:
-            rankings = {}
-            for q, first in self.first.items():
-                cands = first.candidates()
-                head = RankedList.from_scores(q, cands[:k], [scores[q][c.doc_id] for c in cands[:k]])
-                rankings[q] = merge_cascade(q, head, cands[k:])
-            self.ndcg[k] = ndcg10_per_query(self.qrels, rankings)
-        self.features = {q: first_stage_features(self.queries[q], self.first[q]) for q in self.queries}
+    name: str
+    queries: dict[str, Query]
+    first: dict[str, RankedList]
+    ndcg: dict[int, dict[str, float]]
 
     def gains(self) -> list[dict[int, float]]:
-        return [{k: self.ndcg[k][q] - self.ndcg[0][q] for k in KS} for q in self.queries]
+        return [{k: self.ndcg[k][q] - self.ndcg[0][q] for k in self.ndcg} for q in self.queries]
+
+    def features(self) -> list[dict[str, float]]:
+        return [first_stage_features(self.queries[q], self.first[q]) for q in self.queries]
+
+    def pairs(self) -> list[tuple[Query, RankedList]]:
+        return [(self.queries[q], self.first[q]) for q in self.queries]
 
 
-def evaluate_policy(
-    split: Split, policy: DepthPolicy, retrieve_ms: dict[str, float], cost: CostModel
-) -> dict[str, Any]:
-    ks, ms, nd = [], [], []
-    tokens_per_doc = cost.stages["rerank"].tokens_per_doc
+class Scorer:
+    """The reranker's score for each (query, candidate), computed once and cached as TSV."""
+
+    def __init__(self, name: str, params: dict[str, Any], cache_dir: Path) -> None:
+        self.name, self.params = name, params
+        scoring = {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}  # what changes a score
+        key = hashlib.sha256(json.dumps([name, scoring], sort_keys=True).encode()).hexdigest()[:12]
+        self.path = cache_dir / f"{name}-{key}.tsv"
+        self.scores: dict[str, dict[str, float]] = {}
+        self.ms_per_doc: float | None = None
+        if self.path.is_file():
+            meta = json.loads(self.path.with_suffix(".json").read_text())
+            self.ms_per_doc = meta["ms_per_doc"]
+            self._ms, self._docs = float(meta.get("ms", 0.0)), int(meta.get("docs", 0))
+            for line in self.path.read_text().splitlines():
+                q, d, s = line.split("\t")
+                self.scores.setdefault(q, {})[d] = float(s)
+        self._reranker: Any = None
+        if not self.path.is_file():
+            self._ms, self._docs = 0.0, 0
+
+    def ensure(self, queries: dict[str, Query], first: dict[str, RankedList], depth: int) -> None:
+        todo = [q for q in queries if any(c.doc_id not in self.scores.get(q, {}) for c in first[q].items[:depth])]
+        if not todo:
+            return
+        if self._reranker is None:
+            from twostage_search.engine.registry import rerankers
+
+            self._reranker = rerankers.get(self.name)(**self.params)
+        for i, q in enumerate(todo, 1):
+            cands = first[q].candidates()[:depth]
+            started = time.perf_counter()
+            ranking = self._reranker.rerank(queries[q], cands)
+            self._ms += (time.perf_counter() - started) * 1000
+            self._docs += len(cands)
+            self.scores[q] = {h.doc_id: h.score for h in ranking}
+            if i % 20 == 0:  # keep what is scored: a long run can be stopped and resumed
+                self.ms_per_doc = self._ms / max(self._docs, 1)
+                self.save()
+                log.info("scored %d/%d queries (%.1f ms/doc)", i, len(todo), self.ms_per_doc)
+        self.ms_per_doc = self._ms / max(self._docs, 1)
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        lines = (f"{q}\t{d}\t{s:.6f}\n" for q, docs in sorted(self.scores.items()) for d, s in sorted(docs.items()))
+        tmp.write_text("".join(lines))
+        tmp.replace(self.path)
+        meta = {
+            "reranker": self.name,
+            "params": self.params,
+            "ms_per_doc": self.ms_per_doc,
+            "ms": self._ms,
+            "docs": self._docs,
+        }
+        self.path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_split(
+    name: str, dataset: Path, split: str, run_path: Path, qids: list[str] | None, ks: tuple[int, ...], rel: int
+) -> tuple[dict[str, Query], dict[str, RankedList], dict[str, dict[str, int]]]:
+    qrels = read_qrels(dataset / "qrels" / f"{split}.tsv")
+    run = read_run(run_path)
+    all_queries = {q.query_id: q for q in read_queries(find_file(dataset, "queries"))}
+    ids = qids if qids is not None else sorted(q for q in qrels if q in run)
+    depth = max(max(ks), 100)  # the reranker sees the top max(ks); the rest stay below in run order
+    wanted = {d for q in ids for d, _ in run.get(q, [])[:depth]}
+    docs = {d.doc_id: d for d in read_corpus(find_file(dataset, "corpus")) if d.doc_id in wanted}
+    first = {
+        q: RankedList.from_candidates(
+            q, [Candidate(d, s, docs[d].text, docs[d].title) for d, s in run.get(q, [])[:depth]]
+        )
+        for q in ids
+    }
+    return {q: all_queries[q] for q in ids}, first, qrels
+
+
+def build_split(
+    name: str, queries: dict[str, Query], first: dict[str, RankedList], qrels: Any, scorer: Scorer, ks: Any, rel: int
+) -> Split:
+    scorer.ensure(queries, first, max(ks))
+    ids = list(queries)
+    ndcg: dict[int, dict[str, float]] = {}
+    for k in ks:
+        rankings = {}
+        for q in ids:
+            cands = first[q].candidates()
+            head = RankedList.from_scores(q, cands[:k], [scorer.scores[q][c.doc_id] for c in cands[:k]])
+            rankings[q] = [(h.doc_id, h.score) for h in merge_cascade(q, head, cands[k:])]
+        ndcg[k] = dict(zip(ids, evaluate(qrels, ids, rankings, ["nDCG@10"], rel=rel)["nDCG@10"], strict=True))
+    return Split(name, queries, first, ndcg)
+
+
+def apply(split: Split, policy: DepthPolicy, cost: CostModel, ks: tuple[int, ...]) -> dict[str, list[float]]:
+    """Per-query nDCG@10, chosen k and predicted rerank ms of a policy on a split."""
+    nd, kk, ms = [], [], []
     for q, query in split.queries.items():
         k = policy.decide(query, split.first[q], None).rerank_depth
-        k = max((x for x in KS if x <= k), default=0)
-        ks.append(k)
-        ms.append(retrieve_ms[q] + cost.predict_ms("rerank", k))
+        k = max((x for x in ks if x <= k), default=0)
         nd.append(split.ndcg[k][q])
+        kk.append(float(k))
+        ms.append(cost.predict_ms("rerank", k))
+    return {"nDCG@10": nd, "k": kk, "ms": ms}
+
+
+def _summary(values: dict[str, list[float]]) -> dict[str, float]:
     return {
-        "nDCG@10": round(float(np.mean(nd)), 4),
-        "mean_ms": round(float(np.mean(ms)), 1),
-        "p95_ms": round(float(np.percentile(ms, 95)), 1),
-        "mean_k": round(float(np.mean(ks)), 2),
-        "tokens_per_query": round(float(np.mean(ks)) * tokens_per_doc, 1),
-        "k_histogram": {str(k): ks.count(k) for k in KS if ks.count(k)},
+        "nDCG@10": round(mean(values["nDCG@10"]), 4),
+        "mean_k": round(mean(values["k"]), 2),
+        "mean_ms": round(mean(values["ms"]), 1),
+        "p95_ms": round(float(np.percentile(values["ms"], 95)), 1),
     }
 
 
-def _best_k(split: Split, q: str, lam: float, cost: CostModel) -> int:
-    """The oracle's depth for query ``q``: best true nDCG@10 minus λ × predicted cost."""
-    return max(KS, key=lambda k: split.ndcg[k][q] - lam * cost.predict_ms("rerank", k))
-
-
-def measure_retrieval(index_path: Path, queries: dict[str, Query]) -> dict[str, float]:
-    from twostage_search import indexes
-
-    retriever = indexes.load(index_path).retriever()
-    for q in list(queries.values())[:20]:
-        retriever.retrieve_with_cost(q, 100)
-    out = {}
-    for qid, q in queries.items():
-        _, costs = retriever.retrieve_with_cost(q, 100)
-        out[qid] = sum(c.wall_ms for c in costs)
-    return out
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    cost = CostModel.load(args.cost_model)
-    all_queries = {q.query_id: q for q in read_queries(find_file(args.dataset, "queries"))}
-    corpus = {d.doc_id: d for d in read_corpus(find_file(args.dataset, "corpus"))}
-    train = Split("train", args, corpus, all_queries)
-    test = Split("test", args, corpus, all_queries)
-    retrieve_ms = measure_retrieval(args.index, test.queries)
-    adaptive = AdaptiveDepth.fit(cost, [train.features[q] for q in train.queries], train.gains(), ridge=args.ridge)
+    ks = tuple(sorted(set(args.ks) | {0}))
+    params = json.loads(args.reranker_params) if args.reranker_params else {}
+    model = params.get("model", f"{args.reranker}'s default")
+    test_dataset = args.test_dataset or args.dataset
+    in_domain = bool(model) and trained_on(str(model)) == Path(test_dataset).resolve().name
+    scorer = Scorer(args.reranker, params, args.scores_dir)
 
-    rows: list[dict[str, Any]] = []
-    fixed = {k: evaluate_policy(test, FixedDepth(k), retrieve_ms, cost) for k in KS}
-    for k, r in fixed.items():
-        rows.append({"policy": f"fixed k={k}", **r})
-    train_pairs = [(train.queries[q], train.first[q]) for q in train.queries]
-    matched = []
-    for k in KS[1:-1]:
-        target = cost.predict_ms("rerank", k)
-        policy = adaptive.for_mean_cost(train_pairs, target)
-        r = evaluate_policy(test, policy, retrieve_ms, cost)
-        rows.append({"policy": f"adaptive ≈ cost of k={k} (λ={policy.lam:.2e})", **r})
-        matched.append((k, r))
-    lambdas = np.logspace(-7, -2, 61)
-    sweep = [evaluate_policy(test, adaptive.with_lambda(lam), retrieve_ms, cost) for lam in lambdas]
-    oracle = []
-    for lam in lambdas:
-        ks = {q: _best_k(test, q, float(lam), cost) for q in test.queries}
-        nd = np.mean([test.ndcg[ks[q]][q] for q in test.queries])
-        ms = np.mean([retrieve_ms[q] + cost.predict_ms("rerank", ks[q]) for q in test.queries])
-        oracle.append({"nDCG@10": round(float(nd), 4), "mean_ms": round(float(ms), 1)})
+    train_ids = sorted(q for q in read_qrels(args.dataset / "qrels" / f"{args.train_split}.tsv"))
+    random.Random(args.seed).shuffle(train_ids)
+    run_ids = set(read_run(args.train_run))
+    train_ids = [q for q in train_ids if q in run_ids]
+    n_dev = round(len(train_ids) * args.dev_fraction)
+    dev_ids, fit_ids = train_ids[:n_dev], train_ids[n_dev:]
+    fit_ids = fit_ids[: args.fit_queries] if args.fit_queries else fit_ids
+    dev_ids = dev_ids[: args.dev_queries] if args.dev_queries else dev_ids
+    if args.dev_fraction == 0:
+        dev_ids = fit_ids
+    test_qrels = read_qrels(Path(test_dataset) / "qrels" / f"{args.test_split}.tsv")
+    test_ids = sorted(test_qrels)
+    if args.test_queries:
+        random.Random(args.seed).shuffle(test_ids)
+        test_ids = sorted(test_ids[: args.test_queries])
 
-    fixed_ms = np.array([fixed[k]["mean_ms"] for k in KS])
-    fixed_nd = np.array([fixed[k]["nDCG@10"] for k in KS])
-    frontier = sorted([*sweep, *(r for _, r in matched)], key=lambda r: r["mean_ms"])
+    q, f, qr = load_split("train", args.dataset, args.train_split, args.train_run, fit_ids + dev_ids, ks, args.rel)
+    fit = build_split("fit", {i: q[i] for i in fit_ids}, f, qr, scorer, ks, args.rel)
+    dev = build_split("dev", {i: q[i] for i in dev_ids}, f, qr, scorer, ks, args.rel)
+    tq, tf, tqr = load_split("test", Path(test_dataset), args.test_split, args.test_run, test_ids, ks, args.rel)
+    test = build_split("test", tq, tf, tqr, scorer, ks, args.rel)
+
+    if args.cost_model:
+        cost = CostModel.load(args.cost_model)
+        cost_source = f"calibrated model {args.cost_model}"
+    else:
+        assert scorer.ms_per_doc is not None
+        cost = CostModel({"rerank": LinearCost((0.0, scorer.ms_per_doc, 0.0))})
+        cost_source = f"measured {scorer.ms_per_doc:.2f} ms per document reranked (cost ∝ k)"
+    adaptive = AdaptiveDepth.fit(cost, fit.features(), fit.gains(), ridge=args.ridge)
+    fixed = {k: apply(test, FixedDepth(k), cost, ks) for k in ks}
+    rows: list[dict[str, Any]] = [{"policy": f"fixed k={k}", **_summary(v)} for k, v in fixed.items()]
+    matched: list[tuple[int, float, dict[str, list[float]], dict[str, list[float]]]] = []
+    for k in ks[1:-1]:
+        policy = adaptive.for_mean_cost(dev.pairs(), cost.predict_ms("rerank", k))
+        on_dev = apply(dev, policy, cost, ks)
+        matched.append((k, policy.lam, on_dev, apply(test, policy, cost, ks)))
+    quality = compare([(a["nDCG@10"], fixed[k]["nDCG@10"]) for k, _, _, a in matched])
+    costs = compare([(a["ms"], fixed[k]["ms"]) for k, _, _, a in matched])
     comparisons = []
-    for k, r in matched:
-        at_equal_cost = float(np.interp(r["mean_ms"], fixed_ms, fixed_nd))
-        gain_fixed = at_equal_cost - fixed[0]["nDCG@10"]
-        gain_adaptive = r["nDCG@10"] - fixed[0]["nDCG@10"]
-        # cheapest point of the adaptive sweep that reaches fixed k's quality
-        reach = [s["mean_ms"] for s in frontier if s["nDCG@10"] >= fixed[k]["nDCG@10"]]
+    for (k, lam, on_dev, on_test), cq, cc in zip(matched, quality, costs, strict=True):
+        rows.append({"policy": f"adaptive, λ={lam:.2e} chosen on dev to cost as k={k}", **_summary(on_test)})
         comparisons.append(
             {
                 "fixed_k": k,
-                "fixed_nDCG@10": fixed[k]["nDCG@10"],
-                "fixed_mean_ms": fixed[k]["mean_ms"],
-                "adaptive_nDCG@10": r["nDCG@10"],
-                "adaptive_mean_ms": r["mean_ms"],
-                "fixed_nDCG@10_at_adaptive_cost": round(at_equal_cost, 4),
-                "quality_ratio_at_equal_cost": round(r["nDCG@10"] / at_equal_cost, 4),
-                "gain_ratio_at_equal_cost": round(gain_adaptive / gain_fixed, 3) if gain_fixed > 0 else None,
-                "cost_ratio_at_equal_quality": round(min(reach) / fixed[k]["mean_ms"], 3) if reach else None,
+                "lambda": lam,
+                "dev": {
+                    "adaptive": _summary(on_dev),
+                    "fixed_nDCG@10": round(mean([dev.ndcg[k][i] for i in dev.queries]), 4),
+                },
+                "test_fixed": _summary(fixed[k]),
+                "test_adaptive": _summary(on_test),
+                "nDCG@10_difference": cq.as_dict(),
+                "ms_difference": {"delta": round(cc.delta, 1), "ci95": [round(cc.ci_low, 1), round(cc.ci_high, 1)]},
             }
         )
     report = {
         "dataset": str(args.dataset),
-        "test_queries": len(test.queries),
-        "train_queries": len(train.queries),
-        "cost_model": {n: m.to_dict()["coef"][:2] for n, m in cost.stages.items()},
-        "retrieve_ms": {
-            "mean": round(float(np.mean(list(retrieve_ms.values()))), 1),
-            "p95": round(float(np.percentile(list(retrieve_ms.values()), 95)), 1),
+        "test_dataset": str(test_dataset),
+        "reranker": {"name": args.reranker, "params": params, "model": model, "in_domain": in_domain},
+        "splits": {
+            "fit": f"{args.train_split}: {len(fit.queries)} queries",
+            "dev": f"{args.train_split}: {len(dev.queries)} queries" + (" (= fit)" if args.dev_fraction == 0 else ""),
+            "test": f"{args.test_split}: {len(test.queries)} queries",
+            "seed": args.seed,
         },
+        "ks": list(ks),
+        "rel": args.rel,
+        "cost": cost_source,
         "rows": rows,
         "comparisons": comparisons,
-        "adaptive_sweep": sweep,
-        "oracle_sweep": oracle,
     }
-    if args.validate:
-        report["validation"] = validate(args, test, adaptive, cost, matched)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cost_quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, fixed, args.out / "cost_quality.png")
     return report
 
 
-def validate(args: Any, test: Split, adaptive: AdaptiveDepth, cost: CostModel, matched: list[Any]) -> dict[str, Any]:
-    """Measured end-to-end latency of N test queries vs the model's prediction (fixed k=20 and adaptive)."""
-    from twostage_search import indexes
-    from twostage_search.engine.pipeline import TwoStage
-    from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
-
-    retriever = indexes.load(args.index).retriever()
-    ce = CrossEncoderReranker(args.model, threads=args.threads)
-    qids = list(test.queries)[: args.validate]
-    target = cost.predict_ms("rerank", 20)
-    policies: dict[str, DepthPolicy] = {"fixed k=20": FixedDepth(20)}
-    train_like = [(test.queries[q], test.first[q]) for q in qids]
-    policies["adaptive ≈ k=20"] = adaptive.for_mean_cost(train_like, target)
-    out = {}
-    for name, policy in policies.items():
-        engine = TwoStage(retriever, ce, depth=100, policy=policy)
-        measured, predicted = [], []
-        for q in qids:
-            started = time.perf_counter()
-            result = engine.run(test.queries[q], k=10)
-            measured.append((time.perf_counter() - started) * 1000)
-            predicted.append(
-                result.stage_ms("encode") + result.stage_ms("retrieve") + cost.predict_ms("rerank", result.rerank_depth)
-            )
-        out[name] = {
-            "queries": len(qids),
-            "measured_mean_ms": round(float(np.mean(measured)), 1),
-            "predicted_mean_ms": round(float(np.mean(predicted)), 1),
-            "mean_abs_error_ms": round(float(np.mean(np.abs(np.array(measured) - predicted))), 1),
-        }
-    return out
-
-
-def plot(report: dict[str, Any], fixed: dict[int, dict[str, Any]], path: Path) -> None:
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """nDCG@10 against mean cost on test: fixed k, and adaptive (λ from dev) with its 95% CI of the
+    difference from fixed k drawn around the fixed-k point it was matched to."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    sweep = sorted(report["adaptive_sweep"], key=lambda r: r["mean_ms"])
-    oracle = sorted(report["oracle_sweep"], key=lambda r: r["mean_ms"])
-    for ax, key, label in ((axes[0], "mean_ms", "mean ms / query"), (axes[1], "p95_ms", "p95 ms / query")):
-        ax.plot([fixed[k][key] for k in KS], [fixed[k]["nDCG@10"] for k in KS], "o-", label="fixed k")
-        for k in KS:
-            ax.annotate(str(k), (fixed[k][key], fixed[k]["nDCG@10"]), textcoords="offset points", xytext=(3, -10))
-        ordered = sorted(sweep, key=operator.itemgetter(key))
-        ax.plot([r[key] for r in ordered], [r["nDCG@10"] for r in ordered], "s-", ms=3, label="adaptive (λ sweep)")
-        if key == "mean_ms":
-            ax.plot([r["mean_ms"] for r in oracle], [r["nDCG@10"] for r in oracle], ":", label="oracle k (bound)")
-        ax.set_xlabel(label)
-        ax.set_ylabel("nDCG@10")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    axes[2].plot([fixed[k]["tokens_per_query"] for k in KS], [fixed[k]["nDCG@10"] for k in KS], "o-", label="fixed k")
-    axes[2].plot([r["tokens_per_query"] for r in sweep], [r["nDCG@10"] for r in sweep], "s-", ms=3, label="adaptive")
-    axes[2].set_xlabel("reranker input tokens / query (money = tokens × price)")
-    axes[2].set_ylabel("nDCG@10")
-    axes[2].grid(alpha=0.3)
-    axes[2].legend()
-    fig.suptitle(f"SciFact test ({report['test_queries']} queries): SPLADE + cross-encoder, rerank depth policies")
+    fixed = [r for r in report["rows"] if r["policy"].startswith("fixed")]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.plot([r["mean_ms"] for r in fixed], [r["nDCG@10"] for r in fixed], "o-", label="fixed k (test)")
+    for c in report["comparisons"]:
+        a, q = c["test_adaptive"], c["nDCG@10_difference"]
+        base = c["test_fixed"]["nDCG@10"]
+        err = [[a["nDCG@10"] - (base + q["ci95"][0])], [(base + q["ci95"][1]) - a["nDCG@10"]]]
+        ax.errorbar([a["mean_ms"]], [a["nDCG@10"]], yerr=err, fmt="s", color="tab:red", capsize=3)
+        ax.annotate(f"k={c['fixed_k']}", (a["mean_ms"], a["nDCG@10"]), textcoords="offset points", xytext=(4, 4))
+    ax.plot([], [], "s", color="tab:red", label="adaptive, λ chosen on dev (bars: 95% CI vs fixed k)")
+    ax.set_xlabel("mean predicted rerank ms / query")
+    ax.set_ylabel("nDCG@10")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{Path(report['test_dataset']).name} test, {report['splits']['test']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path)
     plt.close(fig)
+    return path
+
+
+def markdown(report: dict[str, Any]) -> str:
+    label = "in-domain" if report["reranker"]["in_domain"] else "zero-shot"
+    s = report["splits"]
+    lines = [
+        f"{report['test_dataset']}: reranker {report['reranker']['name']} ({report['reranker']['model']}, {label}); "
+        f"fit {s['fit']}, dev {s['dev']}, test {s['test']}; cost: {report['cost']}",
+        "",
+        "| policy | nDCG@10 | mean k | mean ms | p95 ms |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['policy']} | {r['nDCG@10']:.4f} | {r['mean_k']:.2f} | {r['mean_ms']:.1f} | {r['p95_ms']:.1f} |"
+        for r in report["rows"]
+    ]
+    lines += [
+        "",
+        "| adaptive vs fixed k (test) | ΔnDCG@10 [95% CI] | p (Holm) | Δ mean ms [95% CI] |",
+        "|---|---|---|---|",
+    ]
+    for c in report["comparisons"]:
+        q, m = c["nDCG@10_difference"], c["ms_difference"]
+        lines.append(
+            f"| k={c['fixed_k']} | {q['delta']:+.4f} [{q['ci95'][0]:+.4f}, {q['ci95'][1]:+.4f}] | {q['p_holm']:.2g} "
+            f"| {m['delta']:+.1f} [{m['ci95'][0]:+.1f}, {m['ci95'][1]:+.1f}] |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"))
-    parser.add_argument("--index", type=Path, default=Path("var/scifact"))
-    parser.add_argument("--train-run", type=Path, default=Path("runs/train/first_stage.run"))
-    parser.add_argument("--test-run", type=Path, default=Path("runs/first_stage.run"))
-    parser.add_argument("--scores-dir", type=Path, default=Path("runs/ce-scores"))
-    parser.add_argument("--cost-model", type=Path, default=Path("runs/costmodel-cross-encoder.json"))
-    parser.add_argument("--model", default="bundled:ce-minilm-l6-scifact")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dataset", type=Path, default=Path("../shared/datasets/scifact"), help="fit/dev data")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--train-run", type=Path, required=True, help="first-stage TREC run of the train split")
+    parser.add_argument("--test-dataset", type=Path, default=None, help="default: --dataset")
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--test-run", type=Path, required=True)
+    parser.add_argument("--reranker", default="onnx-cross-encoder", help="a registered pointwise reranker")
+    parser.add_argument("--reranker-params", default=None, help='JSON, e.g. \'{"model": "...", "threads": 2}\'')
+    parser.add_argument("--ks", type=int, nargs="+", default=list(KS), help="candidate depths (0 is always added)")
+    parser.add_argument("--dev-fraction", type=float, default=0.3, help="share of train queries held out as dev")
+    parser.add_argument("--fit-queries", type=int, default=None, help="subsample: at most N fit queries")
+    parser.add_argument("--dev-queries", type=int, default=None, help="subsample: at most N dev queries")
+    parser.add_argument("--test-queries", type=int, default=None, help="subsample: N seeded test queries")
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--rel", type=int, default=1, help="lowest relevant grade for binary measures")
     parser.add_argument("--ridge", type=float, default=1.0)
-    parser.add_argument("--validate", type=int, default=0, help="re-run N test queries end to end")
-    parser.add_argument("--out", type=Path, default=Path("runs"))
+    parser.add_argument("--cost-model", type=Path, default=None, help="calibrated cost model (twostage calibrate)")
+    parser.add_argument("--scores-dir", type=Path, default=Path("runs/rerank-scores"))
+    parser.add_argument("--out", type=Path, default=Path("runs/cost-quality"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if not 0 <= args.dev_fraction < 1:
+        print("cost_quality: error: --dev-fraction must be in [0, 1)", file=sys.stderr)
+        return 2
     try:
         report = run(args)
-    except TwoStageError as exc:
+    except (TwoStageError, InputError) as exc:
         print(f"cost_quality: error: {exc}", file=sys.stderr)
         return 2
-    for row in report["rows"]:
-        name, nd, mean, p95, k = row["policy"], row["nDCG@10"], row["mean_ms"], row["p95_ms"], row["mean_k"]
-        print(f"{name:<42} nDCG@10 {nd:.4f}  mean {mean:8.1f} ms  p95 {p95:8.1f} ms  mean k {k:6.2f}")
-    for c in report["comparisons"]:
-        print(json.dumps(c))
-    if "validation" in report:
-        print(json.dumps(report["validation"]))
+    text = markdown(report)
+    (args.out / "cost_quality.md").write_text(text + "\n", encoding="utf-8")
+    plot(report, args.out / "cost_quality.png")
+    print(text)
     return 0
 
 

@@ -4,8 +4,9 @@
 
 Builds the index unless ``--index`` already holds one (``--rebuild`` forces it), then runs every
 query of the split through ``TwoStage(retriever, IdentityReranker)`` one at a time, as a service
-would, and reports nDCG@10, Recall@100, MRR@10 (ir-measures), query latency p50/p95/mean, and the
-index build throughput recorded in ``meta.json``. Writes a TREC run and a JSON report to ``--out``.
+would, and reports nDCG@10, Recall@100, MRR@10 (:mod:`benchmarks.evaluation`: ties by ``doc_id``, a
+document whose id is the query's dropped, queries without results scored 0), query latency p50/p95/mean,
+and the index build throughput recorded in ``meta.json``. Writes a TREC run and a JSON report to ``--out``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from twostage_search.benchmarks.evaluation import Ranking, evaluate, machine, mean, percentile, write_trec_run
 from twostage_search.engine.beir import count_docs, find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.errors import TwoStageError
 from twostage_search.engine.pipeline import TwoStage
@@ -30,16 +31,7 @@ log = logging.getLogger(__name__)
 MEASURES = ("nDCG@10", "R@100", "RR@10")
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method)."""
-    import numpy as np
-
-    return float(np.percentile(values, q))
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import ir_measures
-
     from twostage_search import indexes
     from twostage_search.engine.encoders import create_encoder
     from twostage_search.engine.models import DEFAULT_SPLADE
@@ -62,15 +54,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for q in queries[: args.warmup]:  # warm-up (JVM JIT, torch kernels), not timed
         pipeline.search(q, k=args.depth)
     latencies: list[float] = []
-    run_rows: list[Any] = []
+    rankings: dict[str, Ranking] = {}
     for q in queries:
         started = time.perf_counter()
         ranking = pipeline.search(q, k=args.depth)
         latencies.append((time.perf_counter() - started) * 1000)
-        run_rows.extend(ir_measures.ScoredDoc(q.query_id, h.doc_id, h.score) for h in ranking)
-    qrels_rows = [ir_measures.Qrel(qid, did, rel) for qid, docs in qrels.items() for did, rel in docs.items()]
-    parsed = [ir_measures.parse_measure(m) for m in MEASURES]
-    scores = ir_measures.calc_aggregate(parsed, qrels_rows, run_rows)
+        rankings[q.query_id] = [(h.doc_id, h.score) for h in ranking]
+    query_ids = [q.query_id for q in queries]
+    scores = {m: mean(v) for m, v in evaluate(qrels, query_ids, rankings, MEASURES, rel=args.rel).items()}
     build = meta.get("build_seconds", {})
     report = {
         "dataset": str(args.dataset),
@@ -92,21 +83,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "depth": args.depth,
         "warmup_queries": min(args.warmup, len(queries)),
-        "quality": {str(m): round(float(v), 4) for m, v in scores.items()},
-        "machine": {"python": platform.python_version(), "cpus": _cpus()},
+        "quality": {m: round(v, 4) for m, v in scores.items()},
+        "machine": machine(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "first_stage.run").open("w") as fh:
-        for row in sorted(run_rows, key=lambda r: (r.query_id, -r.score, r.doc_id)):
-            fh.write(f"{row.query_id} Q0 {row.doc_id} 0 {row.score:.6f} twostage-splade\n")
+    write_trec_run(args.out / "first_stage.run", query_ids, rankings, "twostage-splade")
     (args.out / "first_stage.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--depth", type=int, default=100, help="results per query (for Recall@100)")
     parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument("--rel", type=int, default=1, help="lowest relevant grade for binary measures")
     parser.add_argument("--warmup", type=int, default=50, help="untimed warm-up queries (default 50)")
     parser.add_argument("--out", type=Path, default=Path("runs"))
     args = parser.parse_args(argv)

@@ -26,6 +26,8 @@ class SystemRow:
     quality: dict[str, float]
     delta: dict[str, float] = field(default_factory=dict)
     p_value: dict[str, float | None] = field(default_factory=dict)
+    p_holm: dict[str, float | None] = field(default_factory=dict)
+    ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     docs_reranked: float = 0.0
     tokens_in: float = 0.0
@@ -33,6 +35,7 @@ class SystemRow:
     usd_per_query: float = 0.0
     usd_total: float = 0.0
     run_file: str = ""
+    in_domain: bool = False  # the reranker was trained on this dataset
 
 
 @dataclass
@@ -76,18 +79,20 @@ def stage_order(stages: Iterable[str]) -> list[str]:
 
 
 def markdown_table(report: BenchReport) -> str:
-    """The results table: quality (with p-values against the baseline) and costs, one row per system."""
+    """The results table: quality (difference from the baseline with its bootstrap 95% CI and Holm-adjusted
+    paired p-value) and costs, one row per system."""
     stages = stage_order(s for row in report.rows for s in row.latency_ms)
     head = ["system", *report.measures]
     head += [f"{s} ms (mean / p95)" for s in stages]
     head += ["total ms (mean / p95)", "docs reranked / q", "tokens / q", "$ / q"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report.rows:
-        cells = [row.name]
+        cells = [row.name + (" (in-domain)" if row.in_domain else "")]
         for m in report.measures:
             value = f"{row.quality[m]:.4f}"
-            if row.name != report.baseline:
-                value += f" (p={_fmt_p(row.p_value.get(m))})"
+            if row.name != report.baseline and m in row.delta:
+                lo, hi = row.ci95[m]
+                value += f" ({row.delta[m]:+.4f} [{lo:+.4f}, {hi:+.4f}], p_holm={_fmt_p(row.p_holm.get(m))})"
             cells.append(value)
         pass_through = row.reranker in PASS_THROUGH
         for s in stages:
@@ -106,8 +111,11 @@ def _markdown(report: BenchReport) -> str:
     parts = [
         f"# Benchmark: {ds['name']} ({ds['split']})",
         "",
-        f"{ds['queries']} queries, {ds['documents']:,} documents (`{ds['path']}`). Baseline for the paired "
-        f"t-tests (two-sided, per-query values): **{report.baseline}**. Latency is wall-clock per query, one "
+        f"{ds['queries']} queries, {ds['documents']:,} documents (`{ds['path']}`). Each measure of a system "
+        f"shows its difference from **{report.baseline}** with a paired bootstrap 95% CI and the two-sided "
+        f"paired {report.settings.get('test', 'randomisation')} test's p-value, Holm-corrected across every "
+        f"cell of the table; binary measures count grade ≥ {report.settings.get('rel', 1)} as relevant. "
+        "Latency is wall-clock per query, one "
         f"query at a time, after {report.settings.get('warmup')} untimed warm-up queries; a pass-through "
         "reranker (identity) has no rerank cost (–).",
         "",
@@ -120,6 +128,12 @@ def _markdown(report: BenchReport) -> str:
         parts.append(
             f"| {row.name} | {row.first_stage} | {row.reranker} | {row.depth} | {row.rerank_depth} | `{row.index}` |"
         )
+    if any(row.in_domain for row in report.rows):
+        parts += [
+            "",
+            "(in-domain): the reranker was fine-tuned on this dataset's train split, so its numbers here are not "
+            "zero-shot and are not comparable with published zero-shot figures.",
+        ]
     if report.published:
         parts += ["", "## Published figures on this dataset", ""]
         parts += ["| system | model | nDCG@10 | R@100 | R@1000 | source |", "|---|---|---|---|---|---|"]

@@ -115,3 +115,30 @@ def find_file(dataset: str | Path, stem: str) -> Path:
 def count_docs(path: str | Path) -> int:
     """Validate a corpus file completely and return its number of documents (a cheap first pass)."""
     return sum(1 for _ in read_corpus(path))
+
+
+def read_trec_run(path: str | Path) -> dict[str, list[tuple[str, float]]]:
+    """A TREC run file (``qid Q0 docid rank score tag``) → ``{query_id: [(doc_id, score), ...]}``.
+
+    Each query's list is in rank order: score descending, ties by ``doc_id`` ascending (the order every
+    ranking in this project follows; the file's rank column is not used). A repeated (query, document)
+    pair or a malformed line is an :class:`InputError` naming the line.
+    """
+    path = Path(path)
+    run: dict[str, dict[str, float]] = {}
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise InputError(f"{path}:{lineno}: expected 6 columns of a TREC run, got {len(parts)}")
+            try:
+                score = float(parts[4])
+            except ValueError:
+                raise InputError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
+            docs = run.setdefault(parts[0], {})
+            if parts[2] in docs:
+                raise InputError(f"{path}:{lineno}: document {parts[2]!r} repeats for query {parts[0]!r}")
+            docs[parts[2]] = score
+    return {q: sorted(docs.items(), key=lambda r: (-r[1], r[0])) for q, docs in run.items()}

@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import TINY
 from twostage_search.benchmarks.configs import load_system, load_systems, parse_system
 from twostage_search.benchmarks.datasets import available_splits, load_beir
-from twostage_search.benchmarks.evaluation import evaluate, paired_ttest
+from twostage_search.benchmarks.evaluation import bootstrap_ci, evaluate, holm, paired_ttest, randomisation_test
 from twostage_search.benchmarks.fetch import fetch_beir
 from twostage_search.benchmarks.runner import BenchSettings, run_benchmark
 from twostage_search.cli import main
@@ -105,7 +105,7 @@ def test_example_configs_are_valid():
     assert by_name["BM25"].first_stage.backend == "lucene-bm25" and by_name["BM25"].first_stage.encoder_name is None
     assert by_name["SPLADE"].first_stage.encoder_name == "splade"
     ce = by_name["SPLADE + CE@20"]
-    assert (ce.reranker.name, ce.depth, ce.effective_rerank_depth) == ("cross-encoder", 1000, 20)
+    assert (ce.reranker.name, ce.depth, ce.effective_rerank_depth) == ("onnx-cross-encoder", 1000, 20)
     assert by_name["SPLADE"].effective_rerank_depth == 0  # identity: no second stage
 
 
@@ -231,16 +231,36 @@ def test_significance_against_the_baseline(bench_report):
     report, _ = bench_report
     assert report.row("BM25").p_value == {}
     splade = report.row("SPLADE")
-    assert set(splade.p_value) == {"nDCG@10", "R@100", "R@1000", "RR@10"}
-    from scipy import stats as scipy_stats
+    measures = ("nDCG@10", "R@100", "R@1000", "RR@10")
+    assert set(splade.p_value) == set(measures)
+    exact = {}
+    for measure in measures:  # exact two-sided sign-flip test: all 2^n sign patterns of the differences
+        d = [a - b for a, b in zip(report.per_query["SPLADE"][measure], report.per_query["BM25"][measure], strict=True)]
+        observed = abs(sum(d))
+        flips = [abs(sum(x * (1 if (mask >> i) & 1 else -1) for i, x in enumerate(d))) for mask in range(2 ** len(d))]
+        exact[measure] = 1.0 if observed < 1e-12 else sum(f >= observed - 1e-12 for f in flips) / len(flips)
+        assert splade.p_value[measure] == pytest.approx(exact[measure], abs=0.02)  # 10,000 random flips
+        delta = splade.quality[measure] - report.row("BM25").quality[measure]
+        assert splade.delta[measure] == pytest.approx(delta, abs=2e-4)
+        lo, hi = splade.ci95[measure]
+        assert (
+            min(d) - 1e-9 <= lo <= splade.delta[measure] + 1e-4 and splade.delta[measure] - 1e-4 <= hi <= max(d) + 1e-9
+        )
+    # Holm across the row's four cells: the i-th smallest p times (4 - i), made monotone, capped at 1.
+    order = sorted(measures, key=lambda m: splade.p_value[m])
+    running = 0.0
+    for i, m in enumerate(order):
+        running = max(running, min(1.0, (4 - i) * splade.p_value[m]))
+        assert splade.p_holm[m] == pytest.approx(running)
 
-    for measure in ("nDCG@10", "RR@10"):  # a two-sided paired t-test over the same per-query values
-        ours, base = report.per_query["SPLADE"][measure], report.per_query["BM25"][measure]
-        same = all(abs(a - b) < 1e-12 for a, b in zip(ours, base, strict=True))
-        expected = 1.0 if same else float(scipy_stats.ttest_rel(ours, base).pvalue)
-        assert splade.p_value[measure] == pytest.approx(expected, rel=1e-6)
-    delta = splade.quality["nDCG@10"] - report.row("BM25").quality["nDCG@10"]
-    assert splade.delta["nDCG@10"] == pytest.approx(delta, abs=2e-4)
+
+def test_holm_and_bootstrap_by_hand():
+    assert holm([0.01, None])[1] is None
+    adjusted = holm([0.01, 0.04, 0.03])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06])  # 3·0.01, max(0.03, 2·0.03), max(0.06, 1·0.04)
+    lo, hi = bootstrap_ci([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+    assert (lo, hi) == (1.0, 1.0)  # every resample has the same mean difference
+    assert randomisation_test([0.5, 0.5], [0.5, 0.5]) == 1.0
 
 
 def test_files_written(bench_report):
@@ -252,7 +272,7 @@ def test_files_written(bench_report):
     assert payload["dataset"]["queries"] == 6 and payload["per_query"]["query_ids"][0] == "q1"
     assert len(payload["per_query"]["SPLADE"]["nDCG@10"]) == 6
     md = (out / "report.md").read_text()
-    assert "| BM25 | " in md and "| SPLADE | " in md and "(p=" in md
+    assert "| BM25 | " in md and "| SPLADE | " in md and "p_holm=" in md
     for png in ("cost_quality.png", "ndcg_delta_hist.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -39,11 +39,20 @@ RULESETS: dict[str, tuple[str, ...]] = {
         "L4 requires the abstract to report evidence that directly supports or refutes the claim.",
         "Judge only from the abstract; do not use outside knowledge about whether the claim is true.",
     ),
+    "web": (
+        "The query is a question or topic and the item is a web passage (TREC's four-point scale).",
+        "If the passage is about a different topic than the query, the label is L1.",
+        "If it is on the query's topic but does not answer it, the label is L2.",
+        "If it answers the query only in part, or the answer is unclear or buried in unrelated text, the label is L3.",
+        "L4 requires the passage to be dedicated to the query and to contain the exact answer.",
+        "Judge only from the passage's text.",
+    ),
 }
 
 DOMAINS: dict[str, str] = {
     "e-commerce": "e-commerce product search",
     "science": "scientific literature search (queries are claims, items are paper abstracts)",
+    "web": "web search (queries are questions or topics, items are passages)",
 }
 
 

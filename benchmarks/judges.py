@@ -176,7 +176,7 @@ def ce_judge_row(
     thresholds = fit_thresholds(dev_scores, [p.grade for p in dev], dataset.grades)
     scores, wall = ce_scores(model, dataset, test)
     grades = apply_thresholds(scores, thresholds, dataset.grades)
-    row = {"judge": name, "kind": "cross-encoder, thresholds on dev", "thresholds": thresholds}
+    row: dict[str, Any] = {"judge": name, "kind": "cross-encoder, thresholds on dev", "thresholds": thresholds}
     row |= agreement([p.grade for p in test], grades, dataset.grades, dataset.cut)
     row |= {"ms_per_pair": wall * 1000 / len(test), "pairs_per_s": len(test) / wall}
     row["scores"] = scores
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             judge = lore_judge(args)
             store = JudgementStore(args.judgements)
             judged, _ = run_lore(dataset, test, judge, store)
-            row = {"judge": f"lore ({args.backend}, {judge.prompt_id})", "kind": "LLM judge, zero-shot"}
+            row: dict[str, Any] = {"judge": f"lore ({args.backend}, {judge.prompt_id})", "kind": "LLM judge, zero-shot"}
             row |= agreement(human, lore_grades(dataset, judged), dataset.grades, dataset.cut)
             row |= cost_row(
                 [r["ms"] for r in judged], [r["tokens_in"] for r in judged], [r["tokens_out"] for r in judged]
@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 row["kappa_all_pairs"] = full["kappa"]
             subs.append(row)
-        subs.sort(key=lambda r: -r["kappa"])
+        subs.sort(key=lambda r: -float(r["kappa"]))
         place(rows, subs)
         report["submissions"] = subs
     report["load_after"] = os.getloadavg()[0]

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     taught, spent = run_lore(dataset, train, judge, store)
     log.info("teacher labelled %d train pairs (%.0fs new)", len(train), spent)
     held, _ = run_lore(dataset, test, judge, store)
-    teacher = {"grades": lore_grades(dataset, held), "expected": [float(r["expected"]) for r in held]}
+    teacher: dict[str, Any] = {"grades": lore_grades(dataset, held), "expected": [float(r["expected"]) for r in held]}
     report: dict[str, Any] = {
         "dataset": dataset.name,
         "split": {k: len(v) for k, v in dataset.splits.items()} | {"seed": 13},

@@ -326,13 +326,19 @@ class LoreReranker:
         return self.rerank_explained(query, candidates).ranking
 
 
+# Backend options that change how fast or how much a judgement costs, never what it says.
+_NEUTRAL_OPTIONS = frozenset({"threads", "pricing", "timeout", "max_concurrency", "retries", "backoff"})
+
+
 def _backend_identity(backend: LLMBackend | str, options: Mapping[str, Any] | None) -> list[Any]:
     """What names the model that judges, without loading it.
 
-    A registered name: the name and its options (e.g. ``model``, ``chat_template``); an instance: its
+    A registered name: the name and its options (e.g. ``model``, ``chat_template``; not those in
+    ``_NEUTRAL_OPTIONS`` such as ``threads``); an instance: its
     class, ``name`` and ``model``.
     """
     if isinstance(backend, str):
-        return [backend, sorted((k, repr(v)) for k, v in (options or {}).items())]
+        kept = sorted((k, repr(v)) for k, v in (options or {}).items() if k not in _NEUTRAL_OPTIONS)
+        return [backend, kept]
     kind = f"{type(backend).__module__}.{type(backend).__qualname__}"
     return [kind, getattr(backend, "name", ""), getattr(backend, "model", "")]

@@ -194,6 +194,12 @@ def place(rows: list[dict[str, Any]], submissions: list[dict[str, Any]]) -> None
 def run(args: argparse.Namespace) -> dict[str, Any]:
     dataset = load_graded(args.dataset, cut=args.cut)
     test = dataset.sample("test", args.test_pairs, args.per_query)
+    if args.only_judged:  # score every judge on the sampled pairs LORE has already judged (a stopped run)
+        stored = JudgementStore(args.judgements)
+        prompt_id = lore_judge(args).prompt_id
+        test = [p for p in test if stored.get(prompt_id, p.query_id, p.doc_id) is not None]
+        if not test:
+            raise InputError("--only-judged: no sampled test pair is in the judgement store")
     dev = dataset.sample("dev", args.dev_pairs, args.per_query)
     human = [p.grade for p in test]
     report: dict[str, Any] = {
@@ -203,6 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split": {k: len(v) for k, v in dataset.splits.items()} | {"seed": 13, "rule": "seeded shuffle of sorted ids"},
         "test_queries": sorted({p.query_id for p in test}),
         "test_pairs": len(test),
+        "only_judged": args.only_judged,
         "dev_pairs": len(dev),
         "human_grade_counts": {str(g): human.count(g) for g in dataset.grades},
         "load_before": os.getloadavg()[0],
@@ -294,6 +301,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default="e-commerce", help="LORE domain preset or description")
     p.add_argument("--examples", default=None, help="LORE few-shot examples: 'default' or a preset name")
     p.add_argument("--judgements", type=Path, default=None, help="JSONL store of LORE judgements (reused)")
+    p.add_argument(
+        "--only-judged", action="store_true", help="restrict the test sample to pairs in --judgements (all judges)"
+    )
     p.add_argument("--ce-model", default=DEFAULT_CROSS_ENCODER)
     p.add_argument("--ce-max-length", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)

@@ -49,7 +49,7 @@ from twostage_search.benchmarks.judges import (
     write_json,
 )
 from twostage_search.benchmarks.judges import parser as judges_parser
-from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.models import DEFAULT_CROSS_ENCODER
 from twostage_search.engine.optional import require
 
@@ -118,7 +118,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     test = dataset.sample("test", args.test_pairs, args.per_query)
     jargs = judges_parser().parse_args(["--dataset", str(args.dataset), "--threads", str(args.threads)])
     judge = lore_judge(jargs)
-    store = JudgementStore(args.judgements)
+    store = JudgementStore(args.judgements[0])  # new judgements are appended to the first file
+    for extra in args.judgements[1:]:
+        store.rows.update(JudgementStore(extra).rows)
+    if args.only_judged:  # use the sampled pairs the teacher has already judged (a stopped labelling run)
+        train = [p for p in train if store.get(judge.prompt_id, p.query_id, p.doc_id) is not None]
+        test = [p for p in test if store.get(judge.prompt_id, p.query_id, p.doc_id) is not None]
+        if not train or not test:
+            raise InputError("--only-judged: no sampled train or test pair is in the judgement stores")
     taught, spent = run_lore(dataset, train, judge, store)
     log.info("teacher labelled %d train pairs (%.0fs new)", len(train), spent)
     held, _ = run_lore(dataset, test, judge, store)
@@ -127,6 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": dataset.name,
         "split": {k: len(v) for k, v in dataset.splits.items()} | {"seed": 13},
         "pairs": {"train": len(train), "dev": len(dev), "test": len(test), "per_query": args.per_query},
+        "only_judged": args.only_judged,
         "teacher": f"lore label-only, {judge.prompt_id}, target E[L]",
         "base": args.base,
         "train_config": {"epochs": args.epochs, "batch_size": 16, "max_length": args.max_length, "loss": "pearson"},
@@ -197,8 +205,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--base", default=DEFAULT_CROSS_ENCODER, help="cross-encoder both assistants start from")
-    p.add_argument("--judgements", type=Path, default=Path("runs/lore-crowdflower.jsonl"))
+    p.add_argument(
+        "--judgements", type=Path, nargs="+", default=[Path("runs/lore-crowdflower.jsonl")], help="LORE stores to read"
+    )
     p.add_argument("--work", type=Path, default=Path("runs/teacher-assistant"), help="where the assistants are saved")
+    p.add_argument("--only-judged", action="store_true", help="keep only sampled pairs the stores hold")
     p.add_argument("--timing-pairs", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)

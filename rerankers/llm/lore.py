@@ -13,18 +13,21 @@ parsed, the model is asked to continue ``…\\nLabel: L`` for one token and the 
 A document's score is ``E[L]`` (or the parsed label) plus a tie-break below 0.001 from its first-stage
 rank, so equal labels keep first-stage order.
 
-Serving tiers, as in LORE: judgements are cached (bounded LRU keyed by model, prompt, query, document
-id and text hash) so repeated head queries cost nothing, and an ``is_hard(query, candidates)`` hook
+Serving tiers, as in LORE: judgements are cached (bounded LRU keyed by everything that changes a
+judgement: the backend's identity, the rendered instructions with their few-shot examples, the answer
+mode and log-probability setting, the budgets, the query and the item's title and text; building a
+key loads no model) so repeated head queries cost nothing, and an ``is_hard(query, candidates)`` hook
 decides which queries get the LLM in real time; the others are served from the cache when it holds
 every candidate, else by a cheaper ``fallback`` reranker (default: first-stage order).
+
+The prompt (label scale, rule presets, examples) lives in :mod:`.lore_prompts`, label reading and
+probabilities in :mod:`.lore_labels`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,165 +39,44 @@ from twostage_search.engine.errors import InputError
 from twostage_search.engine.protocols import ReportsCost, Reranker
 from twostage_search.engine.types import Candidate, Query, RankedList
 from twostage_search.rerankers.llm.backends import ChatPrompt, Completion, LazyBackend, LLMBackend
+from twostage_search.rerankers.llm.lore_labels import (
+    NEUTRAL,
+    Judgement,
+    JudgementCache,
+    label_position,
+    label_probabilities,
+    parse_label,
+    read_judgement,
+)
+from twostage_search.rerankers.llm.lore_prompts import (
+    DOMAINS,
+    EXAMPLES,
+    LABELS,
+    PROMPT_VERSION,
+    RULESETS,
+    Example,
+    example_answer,
+    item_text,
+    system_prompt,
+)
 
-PROMPT_VERSION = "lore-v1"
-
-LABELS: dict[int, str] = {
-    1: "L1 irrelevant: the item does not serve the query's core need (a different kind of item or topic).",
-    2: "L2 weakly relevant: same category or topic, but a key requirement of the query is contradicted, "
-    "or the item is only related (an accessory, a neighbouring topic).",
-    3: "L3 mostly relevant: the core need is met and nothing important is contradicted, but some requested "
-    "attributes are not stated or only partly met.",
-    4: "L4 fully relevant: the item satisfies every need of the query, each confirmed by its text.",
-}
-
-RULESETS: dict[str, tuple[str, ...]] = {
-    "e-commerce": (
-        "If the item's product type or category differs from what the query asks for, the label is L1.",
-        "An accessory, part or companion product of the requested item is at most L2.",
-        "If the type matches but an explicit attribute (brand, model, size, colour, material, gender or age "
-        "group, quantity, specification) is contradicted by the item, the label is at most L2.",
-        "If the type matches and nothing is contradicted but an explicit attribute is not stated, the label is L3.",
-        "L4 requires the type and every explicit attribute to be confirmed by the title, attributes or description.",
-        "Judge only from the item's text; do not assume attributes it does not state.",
-    ),
-    "science": (
-        "The query is a scientific claim and the item is a paper's title and abstract.",
-        "If the abstract is about a different subject (population, intervention, exposure, outcome or "
-        "entity) than the claim, the label is L1.",
-        "If it is about the same subject but does not study the relation the claim states, the label is L2.",
-        "If it studies the claim's relation but only indirectly or in part, the label is L3.",
-        "L4 requires the abstract to report evidence that directly supports or refutes the claim.",
-        "Judge only from the abstract; do not use outside knowledge about whether the claim is true.",
-    ),
-}
-
-DOMAINS: dict[str, str] = {
-    "e-commerce": "e-commerce product search",
-    "science": "scientific literature search (queries are claims, items are paper abstracts)",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    """A worked example shown to the model before the real item (few-shot)."""
-
-    query: str
-    title: str
-    description: str
-    answer: str  # in the output format, ending with "Label: Lx"
-
-
-EXAMPLES: dict[str, tuple[Example, ...]] = {
-    "e-commerce": (
-        Example(
-            "sony wireless noise cancelling headphones",
-            "Sony WH-1000XM4 Wireless Noise Canceling Over-Ear Headphones, Black",
-            "Industry-leading noise cancellation, Bluetooth 5.0, 30-hour battery life.",
-            "Needs: type headphones; brand Sony; wireless; noise cancelling.\n"
-            "Checks: headphones matched; Sony matched; wireless matched; noise cancelling matched.\n"
-            "Label: L4",
-        ),
-        Example(
-            "men's running shoes size 10",
-            "Women's Trail Running Shoe, Size 8",
-            "Lightweight trail runner with a grippy rubber outsole.",
-            "Needs: type running shoes; for men; size 10.\n"
-            "Checks: running shoes matched; men contradicted (women's); size 10 contradicted (size 8).\n"
-            "Label: L2",
-        ),
-        Example(
-            "electric coffee grinder",
-            "Ceramic Coffee Mug, 12 oz",
-            "Dishwasher-safe stoneware mug for coffee and tea.",
-            "Needs: type coffee grinder; electric.\nChecks: coffee grinder contradicted (a mug).\nLabel: L1",
-        ),
-    ),
-    "science": (
-        Example(
-            "Vitamin C supplementation shortens the duration of the common cold.",
-            "Vitamin C for preventing and treating the common cold",
-            "A meta-analysis of 31 placebo-controlled trials found that regular vitamin C supplementation "
-            "reduced the duration of colds by 8% in adults and 14% in children.",
-            "Needs: subject vitamin C supplementation; outcome duration of the common cold; relation shortens.\n"
-            "Checks: vitamin C supplementation matched; cold duration matched; direct evidence of shorter colds "
-            "matched.\nLabel: L4",
-        ),
-        Example(
-            "Aspirin use lowers the risk of colorectal cancer.",
-            "Effects of low-dose aspirin on platelet aggregation in healthy volunteers",
-            "We measured platelet aggregation in 40 healthy adults after two weeks of 81 mg aspirin daily.",
-            "Needs: subject aspirin use; outcome colorectal cancer risk; relation lowers.\n"
-            "Checks: aspirin matched; colorectal cancer not stated (platelet aggregation); relation not studied.\n"
-            "Label: L2",
-        ),
-    ),
-}
-
-_LABEL_RE = re.compile(r"label\s*[:：=]?\s*[*_`\"']*\s*L?\s*([1-4])\b", re.IGNORECASE)
-_LABEL_POSITION_RE = re.compile(r"label\s*[:：=]?\s*[*_`\"']*\s*L?\s*$", re.IGNORECASE)
-NEUTRAL = 2.5  # score of a document whose label could not be read at all
-
-
-def parse_label(text: str) -> int | None:
-    """The last ``Label: L<1-4>`` in ``text`` (case, spaces, markdown emphasis tolerated), or None."""
-    found = _LABEL_RE.findall(text)
-    return int(found[-1]) if found else None
-
-
-def label_probabilities(completion: Completion, prefix: str = "") -> tuple[float, float, float, float] | None:
-    """P(L1..L4) at the label position of a completion with top log-probabilities, or None.
-
-    The label position is the first generated token whose preceding text (``prefix`` + earlier tokens)
-    ends with ``Label: L`` (or ``Label:``); the probabilities of the tokens ``1``–``4`` (or ``L1``–``L4``)
-    among its alternatives are normalised over the four labels.
-    """
-    text = prefix
-    for token, top in zip(completion.tokens, completion.top_logprobs, strict=False):
-        if _LABEL_POSITION_RE.search(text) and top:
-            mass = [0.0, 0.0, 0.0, 0.0]
-            for alt, lp in top.items():
-                key = alt.strip().upper().removeprefix("L")
-                if key in ("1", "2", "3", "4"):
-                    mass[int(key) - 1] += math.exp(lp)
-            total = sum(mass)
-            if total > 0:
-                return (mass[0] / total, mass[1] / total, mass[2] / total, mass[3] / total)
-        text += token
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Judgement:
-    """The LORE judgement of one document.
-
-    Attributes:
-        doc_id: the document.
-        label: 1–4 (the parsed label, else the most probable one), or None if nothing could be read.
-        expected: the expected label ``Σ i·P(Li)`` when probabilities are known, else ``label``
-            (:data:`NEUTRAL` when unreadable).
-        probs: P(L1..L4) at the label position, when the backend gave log-probabilities.
-        reasoning: the model's answer (the path construction / following lines and the label line).
-        source: ``"parsed"`` (label read from the text), ``"logprobs"`` (text label + probabilities),
-            ``"continuation"`` (no label in the text; read from a one-token continuation), ``"unreadable"``.
-        cached: served from the judgement cache (cost nothing).
-        tokens_in, tokens_out: what this judgement cost (0 when cached).
-    """
-
-    doc_id: str
-    label: int | None
-    expected: float
-    probs: tuple[float, float, float, float] | None = None
-    reasoning: str = ""
-    source: str = "parsed"
-    cached: bool = False
-    tokens_in: int = 0
-    tokens_out: int = 0
-
-
-def JudgementCache(maxsize: int = 100_000) -> ResultCache[Judgement]:
-    """A bounded, thread-safe LRU of judgements, shareable between reranker instances (head queries)."""
-    return ResultCache(maxsize, ttl_s=None)
+__all__ = [
+    "DOMAINS",
+    "EXAMPLES",
+    "LABELS",
+    "NEUTRAL",
+    "PROMPT_VERSION",
+    "RULESETS",
+    "Example",
+    "HardPolicy",
+    "Judgement",
+    "JudgementCache",
+    "LoreReranker",
+    "LoreResult",
+    "label_position",
+    "label_probabilities",
+    "parse_label",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +174,7 @@ class LoreReranker:
         self.is_hard = is_hard
         self.fallback = fallback
         self._backend = LazyBackend(backend, backend_options)
+        self._backend_id = _backend_identity(backend, backend_options)
         self.prompt_id = self._prompt_id()
 
     # ------------------------------------------------------------------------------------ prompt
@@ -301,77 +184,45 @@ class LoreReranker:
         return self._backend.get()
 
     def _prompt_id(self) -> str:
-        config = [PROMPT_VERSION, self.domain, self.rules, [e.answer for e in self.examples], self.reasoning]
+        """A digest of everything except the pair that changes a judgement (no model is loaded for it).
+
+        The backend's identity; the instructions as rendered; every few-shot example whole; the answer
+        mode; the log-probability setting; the item and answer budgets.
+        """
+        examples = [[e.query, e.title, e.description, example_answer(e, self.reasoning)] for e in self.examples]
+        config = [self._backend_id, self.system_prompt(), examples, self.reasoning, self.logprobs]
         config += [self.max_item_tokens, self.max_reasoning_tokens]
-        return PROMPT_VERSION + ":" + hashlib.sha1(json.dumps(config).encode()).hexdigest()[:12]
+        return PROMPT_VERSION + ":" + hashlib.sha1(json.dumps(config).encode()).hexdigest()[:16]
 
     def system_prompt(self) -> str:
         """The instructions: the two reasoning steps, the rules, the label scale, the output format."""
-        rules = "\n".join(f"{i}. {r}" for i, r in enumerate(self.rules, start=1))
-        labels = "\n".join(LABELS[i] for i in (1, 2, 3, 4))
-        if self.reasoning:
-            steps = (
-                "Work in two steps.\n"
-                "Step 1, path construction: list what the query needs as concrete attributes of an item "
-                "(its type or subject first, then each explicit or implied requirement), using domain "
-                "knowledge to turn vague words into checkable attributes.\n"
-                "Step 2, path following: check each needed attribute against the item's title, attributes "
-                "and description, and say whether it is matched, contradicted or not stated. Then apply the "
-                "rules to choose the label.\n\n"
-            )
-            answer = (
-                "Answer in exactly this format, with no other text:\n"
-                "Needs: <the attributes, separated by semicolons>\n"
-                "Checks: <each attribute: matched, contradicted or not stated>\n"
-                "Label: <L1, L2, L3 or L4>"
-            )
-        else:
-            steps = ""
-            answer = "Answer with the label only, in exactly this format: Label: <L1, L2, L3 or L4>"
-        return (
-            f"You are a relevance judge for {self.domain}. Given a query and an item, decide how well the "
-            f"item satisfies the query.\n\n{steps}Rules:\n{rules}\n\nLabels:\n{labels}\n\n{answer}"
-        )
+        return system_prompt(self.domain, self.rules, self.reasoning)
 
     def _item(self, query: str, title: str, text: str) -> str:
-        description = self.backend.truncate(" ".join(text.split()), self.max_item_tokens)
-        lines = [f"Query: {query}"]
-        if title:
-            lines.append(f"Item title: {title}")
-        lines.append(f"Item description: {description}")
-        return "\n".join(lines)
+        return item_text(query, title, self.backend.truncate(" ".join(text.split()), self.max_item_tokens))
 
     def prompt(self, query: str, candidate: Candidate) -> ChatPrompt:
         """The chat prompt for one (query, item) pair. Shared text comes first (prefix caching)."""
         messages: list[tuple[str, str]] = [("system", self.system_prompt())]
         for ex in self.examples:
-            answer = ex.answer if self.reasoning else ex.answer.splitlines()[-1]
-            messages += [("user", self._item(ex.query, ex.title, ex.description)), ("assistant", answer)]
+            messages += [
+                ("user", self._item(ex.query, ex.title, ex.description)),
+                ("assistant", example_answer(ex, self.reasoning)),
+            ]
         messages.append(("user", self._item(query, candidate.title, candidate.text)))
         return ChatPrompt(tuple(messages), prefix="" if self.reasoning else "Label: L")
 
     # --------------------------------------------------------------------------------- judging
-    def _key(self, query: Query, c: Candidate) -> Hashable:
-        digest = hashlib.sha1(f"{c.title}\x00{c.text}".encode()).hexdigest()
-        return (self.backend.model, self.prompt_id, query.text, c.doc_id, digest)
+    def cache_key(self, query: Query, c: Candidate) -> Hashable:
+        """The judgement cache's key for a pair: :attr:`prompt_id`, the query and the item's title and text.
 
-    def _judge(self, completion: Completion, doc_id: str, prefix: str) -> Judgement:
-        answer = prefix + completion.text
-        probs = label_probabilities(completion, prefix) if self.logprobs else None
-        label = parse_label(answer)
-        if label is None and probs is not None:
-            label = 1 + max(range(4), key=lambda i: probs[i])
-        source = "unreadable" if label is None else ("logprobs" if probs is not None else "parsed")
-        return Judgement(
-            doc_id,
-            label,
-            _expected(label, probs),
-            probs,
-            answer.strip(),
-            source,
-            tokens_in=completion.tokens_in,
-            tokens_out=completion.tokens_out,
-        )
+        The document id is not part of it (the same item under two ids is one judgement).
+        """
+        digest = hashlib.sha1(f"{query.text}\x00{c.title}\x00{c.text}".encode()).hexdigest()
+        return (self.prompt_id, digest)
+
+    def _read(self, completion: Completion, doc_id: str, prefix: str) -> Judgement:
+        return read_judgement(completion, doc_id, prefix, logprobs=bool(self.logprobs))
 
     def judge(self, query: Query, candidates: Sequence[Candidate]) -> list[Judgement]:
         """Judge every candidate with the LLM (no cache, no policy), in input order."""
@@ -381,7 +232,7 @@ class LoreReranker:
         max_tokens = self.max_reasoning_tokens if self.reasoning else 1
         completions = self.backend.generate(prompts, max_tokens=max_tokens, logprobs=self.logprobs)
         out = [
-            self._judge(comp, c.doc_id, p.prefix) for comp, c, p in zip(completions, candidates, prompts, strict=True)
+            self._read(comp, c.doc_id, p.prefix) for comp, c, p in zip(completions, candidates, prompts, strict=True)
         ]
         # Fallback: no label in the text → continue "…\nLabel: L" for one token and read the label there.
         retry = [i for i, j in enumerate(out) if j.label is None]
@@ -391,7 +242,7 @@ class LoreReranker:
             ]
             extra = self.backend.generate(follow, max_tokens=1, logprobs=self.logprobs or 10)
             for i, p, comp in zip(retry, follow, extra, strict=True):
-                j = self._judge(comp, candidates[i].doc_id, p.prefix)
+                j = self._read(comp, candidates[i].doc_id, p.prefix)
                 out[i] = replace(
                     j,
                     reasoning=out[i].reasoning,
@@ -407,7 +258,7 @@ class LoreReranker:
         ``force=True`` ignores the ``is_hard`` policy (e.g. to pre-compute head queries into the cache).
         """
         started = time.perf_counter()
-        keys = [self._key(query, c) for c in candidates] if candidates else []
+        keys = [self.cache_key(query, c) for c in candidates] if candidates else []
         found = [self.cache.get(k) for k in keys]
         hard = force or self.is_hard is None or bool(self.is_hard(query, candidates))
         if not hard and any(j is None for j in found):
@@ -429,7 +280,7 @@ class LoreReranker:
         for i, key in enumerate(keys):
             cached = found[i]
             if cached is not None:
-                judgements.append(replace(cached, cached=True, tokens_in=0, tokens_out=0))
+                judgements.append(replace(cached, doc_id=candidates[i].doc_id, cached=True, tokens_in=0, tokens_out=0))
             else:
                 j = fresh_by_index[i]
                 self.cache.put(key, j)
@@ -475,7 +326,19 @@ class LoreReranker:
         return self.rerank_explained(query, candidates).ranking
 
 
-def _expected(label: int | None, probs: tuple[float, float, float, float] | None) -> float:
-    if probs is not None:
-        return sum((i + 1) * p for i, p in enumerate(probs))
-    return float(label) if label is not None else NEUTRAL
+# Backend options that change how fast or how much a judgement costs, never what it says.
+_NEUTRAL_OPTIONS = frozenset({"threads", "pricing", "timeout", "max_concurrency", "retries", "backoff"})
+
+
+def _backend_identity(backend: LLMBackend | str, options: Mapping[str, Any] | None) -> list[Any]:
+    """What names the model that judges, without loading it.
+
+    A registered name: the name and its options (e.g. ``model``, ``chat_template``; not those in
+    ``_NEUTRAL_OPTIONS`` such as ``threads``); an instance: its
+    class, ``name`` and ``model``.
+    """
+    if isinstance(backend, str):
+        kept = sorted((k, repr(v)) for k, v in (options or {}).items() if k not in _NEUTRAL_OPTIONS)
+        return [backend, kept]
+    kind = f"{type(backend).__module__}.{type(backend).__qualname__}"
+    return [kind, getattr(backend, "name", ""), getattr(backend, "model", "")]

@@ -83,7 +83,7 @@ class ApiError(Exception):
 def _unavailable_types() -> tuple[type[BaseException], ...]:
     """Exceptions meaning "backend down" (OpenSearch's and the LLM client's derive from the engine's)."""
     types: list[type[BaseException]] = [BackendUnavailableError]
-    llm = sys.modules.get("twostage_search.rerankers.llm.openai_http")
+    llm = sys.modules.get("twostage_search.rerankers.llm.backends.openai_http")
     if llm is not None and isinstance(getattr(llm, "LLMRequestError", None), type):
         types.append(llm.LLMRequestError)
     return tuple(types)

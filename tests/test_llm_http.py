@@ -20,8 +20,8 @@ import pytest
 from tests.helpers import need
 from twostage_search.engine.types import Candidate, Query
 from twostage_search.rerankers.llm.backends import ChatPrompt, Pricing
+from twostage_search.rerankers.llm.backends.openai_http import LLMRequestError, OpenAIBackend
 from twostage_search.rerankers.llm.lore import LoreReranker
-from twostage_search.rerankers.llm.openai_http import LLMRequestError, OpenAIBackend
 
 need("llama_cpp", "llm")
 need("uvicorn", "service")

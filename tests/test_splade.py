@@ -94,3 +94,23 @@ def test_invalid_limits():
         SpladeMLM(max_length=1)
     with pytest.raises(ValueError):
         SpladeMLM(top_n=0)
+
+
+def test_matches_the_plain_splade_formula_on_the_bundled_model(encoder, tiny_docs):
+    """Ours (max-pool first, project real tokens only) against the formula computed plainly: full MLM
+    logits of each text on its own, then max over its tokens of log1p(relu(logits))."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    path = resolve_model(DEFAULT_SPLADE)
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForMaskedLM.from_pretrained(path).eval()
+    texts = [d.full_text for d in tiny_docs[:4]]
+    ours = encoder.encode_docs(texts)
+    for text, vector in zip(texts, ours, strict=True):
+        enc = tokenizer(text, truncation=True, max_length=256, return_tensors="pt")
+        with torch.no_grad():
+            weights = torch.log1p(torch.relu(model(**enc).logits[0])).amax(dim=0)
+        expected = {tokenizer.convert_ids_to_tokens(int(i)): float(weights[i]) for i in weights.nonzero()[:, 0]}
+        got = vector.as_dict()
+        assert got.keys() == expected.keys()
+        assert max(abs(got[t] - expected[t]) for t in expected) < 1e-4

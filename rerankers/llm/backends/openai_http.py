@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.optional import require
-from twostage_search.rerankers.llm.backends import (
+from twostage_search.rerankers.llm.backends.base import (
     ChatPrompt,
     Completion,
     Pricing,
     Prompt,
-    _check_args,
+    check_args,
     render_plain,
 )
 
@@ -117,7 +117,7 @@ class OpenAIBackend:
         logprobs: int | None = None,
         stop: Sequence[str] | None = None,
     ) -> list[Completion]:
-        _check_args(max_tokens, temperature, logprobs)
+        check_args(max_tokens, temperature, logprobs)
         bodies = [self._body(p, max_tokens, temperature, logprobs, stop) for p in prompts]
         if len(bodies) <= 1:
             return [self._request(b) for b in bodies]

@@ -78,7 +78,8 @@ def deadline_reranker(reranker: Reranker, stage: str = "rerank", *, chunk: int =
 
     A reranker that honours deadlines (:class:`~twostage_search.engine.protocols.HonoursDeadline`) stops
     itself between its units of work. A :class:`~twostage_search.engine.protocols.PointwiseScorer`
-    without it is scored ``chunk`` candidates at a time while the deadline has not passed. Any other
+    without it is scored ``chunk`` candidates at a time while the next chunk is predicted (from the
+    chunks done) to finish before the deadline. Any other
     reranker runs whole if the deadline has not passed when it would start, else nothing is reranked.
     """
     if isinstance(reranker, HonoursDeadline):
@@ -90,11 +91,13 @@ def deadline_reranker(reranker: Reranker, stage: str = "rerank", *, chunk: int =
             scores: list[float] = []
             costs: list[StageCost] = []
             done = 0
-            while done < len(candidates) and not deadline.expired():
+            per_doc_s = 0.0  # measured on the chunks done; a chunk predicted to overrun is not started
+            while done < len(candidates) and deadline.remaining_s() > per_doc_s * chunk:
                 part, cost = scorer.score_candidates(query, candidates[done : done + chunk])
                 scores.extend(part)
                 costs.append(cost)
                 done += len(part)
+                per_doc_s = sum(c.wall_ms for c in costs) / 1000 / done
             ranking = RankedList.from_scores(query.query_id, candidates[:done], scores)
             return PartialRanking(ranking, (sum_costs(stage, costs),) if costs else (), tuple(candidates[done:]))
 

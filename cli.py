@@ -340,7 +340,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for path, what in ((settings.index, "index"), (settings.experiment, "experiment")):
         if not path.exists():
             raise InputError(f"{what} not found: {path}")
-    logging.getLogger("service").setLevel(logging.INFO)  # one access line per request
+    logging.getLogger("twostage_search.service").setLevel(logging.INFO)  # one access line per request
     uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False, log_level="info")
     return 0
 

@@ -83,7 +83,16 @@ def deadline_reranker(reranker: Reranker, stage: str = "rerank", *, chunk: int =
     reranker runs whole if the deadline has not passed when it would start, else nothing is reranked.
     """
     if isinstance(reranker, HonoursDeadline):
-        return reranker.rerank_until
+        until = reranker.rerank_until
+        if isinstance(reranker, ReportsStageCosts):  # multi-stage: keeps its own stage names
+            return until
+
+        def call_named(query: Query, candidates: Sequence[Candidate], deadline: Deadline) -> PartialRanking:
+            out = until(query, candidates, deadline)
+            costs = tuple(c if c.stage == stage else dataclasses.replace(c, stage=stage) for c in out.costs)
+            return dataclasses.replace(out, costs=costs)
+
+        return call_named
     if isinstance(reranker, PointwiseScorer):
         scorer = reranker
 

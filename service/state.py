@@ -72,21 +72,31 @@ def get_settings(state: StateDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 _bearer = HTTPBearer(auto_error=False, description="TWOSTAGE_ADMIN_TOKEN")
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def is_admin(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> bool:
-    """Whether the request carries the admin token (constant-time comparison)."""
-    if settings.admin_token is None or credentials is None:
+def optional_token(request: Request) -> str | None:
+    """The bearer token of a public endpoint, if any (optional there, so not declared in the schema)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+BearerDep = Annotated[str | None, Depends(optional_token)]
+
+
+def is_admin(settings: Settings, token: str | None) -> bool:
+    """Whether ``token`` is the admin token (constant-time comparison)."""
+    if settings.admin_token is None or token is None:
         return False
-    return secrets.compare_digest(credentials.credentials.encode(), settings.admin_token.get_secret_value().encode())
+    return secrets.compare_digest(token.encode(), settings.admin_token.get_secret_value().encode())
 
 
-def require_admin(settings: SettingsDep, credentials: BearerDep) -> None:
+def require_admin(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
     """Bearer-token check of the admin endpoints."""
     if settings.admin_token is None:
         raise ApiError(403, "admin_disabled", "admin endpoints are disabled (set TWOSTAGE_ADMIN_TOKEN)")
-    if not is_admin(settings, credentials):
+    if not is_admin(settings, credentials.credentials if credentials is not None else None):
         raise ApiError(401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
 
@@ -123,7 +133,7 @@ def pick_arm(
     reranker: str | None,
     user_id: str | None,
     settings: Settings,
-    credentials: HTTPAuthorizationCredentials | None,
+    credentials: str | None,
 ) -> str:
     """The arm serving this request; naming one needs the admin token or ``allow_overrides``."""
     if (arm is not None or reranker is not None) and not (settings.allow_overrides or is_admin(settings, credentials)):

@@ -148,9 +148,10 @@ async def search(
         raise ApiError(422, "invalid_request", f"rerank_depth: must be at most {max_depth} on arm {arm!r}")
     budget, budget_ms = capped_budget(body, config, settings)
     request.state.log["k"] = body.k
-    deadline = deadline_of(request, settings)
+    expires = deadline_of(request, settings)  # queued past it: not started (503)
+    deadline = expires  # the stages' deadline: the budget's when earlier, same cancel flag
     if math.isfinite(budget_ms):
-        deadline = deadline.earliest(deadline.after(budget_ms / 1000, start=request.state.arrived))
+        deadline = expires.earliest(expires.after(budget_ms / 1000, start=request.state.arrived))
     query = Query(request.state.request_id, body.query)
     deployment = state.store.acquire()  # this request finishes on this snapshot (and index), whatever swaps
     if arm not in deployment.pipelines:  # swapped between the two looks: serve the new assignment's arm
@@ -167,7 +168,7 @@ async def search(
         arm,
         deployment,
         lambda: served.run(query, body.k, rerank_depth=body.rerank_depth, budget=budget, deadline=deadline),
-        deadline,
+        expires,
     )
     took = (time.perf_counter() - started) * 1000
     m = state.metrics

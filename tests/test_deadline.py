@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.helpers import need
 from twostage_search.engine.costed import deadline_reranker
 from twostage_search.engine.deadline import Deadline, PartialRanking
 from twostage_search.engine.pipeline import TwoStage
@@ -17,7 +18,6 @@ from twostage_search.engine.protocols import HonoursDeadline
 from twostage_search.engine.types import Candidate, Query, RankedList
 from twostage_search.rerankers.cascade import CascadeReranker
 from twostage_search.rerankers.identity import IdentityReranker
-from tests.helpers import need
 
 SCORES = {f"d{i:02d}": float(20 - i) for i in range(1, 13)}  # d01 best ... d12 worst
 

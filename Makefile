@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 # Extras the demo needs (SPLADE encoder, embedded Lucene index, ONNX cross-encoder) and the full set.
 DEMO_EXTRAS := splade,lucene,rerank
-ALL_EXTRAS  := splade,lucene,opensearch,rerank,train,llm,bench,service,test
+ALL_EXTRAS  := splade,lucene,opensearch,rerank,export,train,llm,bench,service,test
 DEMO_STAMP  := $(VENV)/.demo-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ALL_STAMP   := $(VENV)/.all-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # strict editable install: a link tree of exactly what the wheel holds (twostage_search.*), which mypy reads.
@@ -45,8 +45,8 @@ $(INDEX)/meta.json: $(DATASET)/corpus.jsonl.gz | $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP) $(INDEX)/meta.json
 	$(BIN)/twostage search --index $(INDEX) --k 5 "Vitamin D deficiency is associated with multiple sclerosis"
-	$(BIN)/twostage search --index $(INDEX) --k 5 --reranker cross-encoder --rerank-depth 20 "Vitamin D deficiency is associated with multiple sclerosis"
-	$(BIN)/twostage search --index $(INDEX) --k 5 --reranker cross-encoder --rerank-depth 20 "Antibiotic resistance spreads between bacteria by horizontal gene transfer"
+	$(BIN)/twostage search --index $(INDEX) --k 5 --reranker onnx-cross-encoder --rerank-depth 20 "Vitamin D deficiency is associated with multiple sclerosis"
+	$(BIN)/twostage search --index $(INDEX) --k 5 --reranker onnx-cross-encoder --rerank-depth 20 "Antibiotic resistance spreads between bacteria by horizontal gene transfer"
 
 check: $(ALL_STAMP)
 	$(BIN)/ruff check .

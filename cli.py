@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("calibrate", help="measure retrieve/rerank cost on this machine and fit the cost model")
     c.add_argument("--index", required=True, type=Path)
-    c.add_argument("--reranker", default="cross-encoder", help="registered reranker (default: cross-encoder)")
+    c.add_argument("--reranker", default="onnx-cross-encoder", help="registered reranker (default: onnx-cross-encoder)")
     c.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"), help="BEIR dir for queries")
     c.add_argument("--queries", type=_positive, default=10, help="queries to measure (default 10)")
     c.add_argument("--ks", type=_positive, nargs="+", default=[5, 10, 20, 50], help="rerank depths to time")
@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--loss", choices=["bce", "pearson"], default="bce", help="bce (binary labels) or pearson (graded labels)"
     )
+
+    x = sub.add_parser("export-onnx", help="export a sentence-transformers cross-encoder to ONNX (INT8 or fp32)")
+    x.add_argument("model", help="bundled:NAME, a local model directory, or a hub name")
+    x.add_argument("out", type=Path, help="output directory (model.onnx + tokenizer.json; written atomically)")
+    x.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="int8: dynamic quantisation")
+    x.add_argument("--opset", type=_positive, default=17)
 
     ls = sub.add_parser("serve-llm", help="serve the local LLM over an OpenAI-compatible HTTP API (/v1)")
     ls.add_argument("--backend", default="llama-cpp", help="local LLM backend (llama-cpp, transformers)")
@@ -311,6 +317,15 @@ def cmd_train_cross_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from twostage_search.rerankers.onnx_export import export_cross_encoder
+
+    info = export_cross_encoder(args.model, args.out, precision=args.precision, opset=args.opset)
+    print(f"{args.out}: {info['precision']} ONNX, max |torch - ONNX| logit {info['max_abs_logit_diff']}")
+    print(f"use it with: --reranker onnx-cross-encoder (params: {{model: {args.out}}})")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from twostage_search.benchmarks.cli import bench
 
@@ -364,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "search": cmd_search,
         "calibrate": cmd_calibrate,
         "train-cross-encoder": cmd_train_cross_encoder,
+        "export-onnx": cmd_export_onnx,
     }
     commands.update({"bench": cmd_bench, "fetch-beir": cmd_fetch_beir})
     commands["serve"] = cmd_serve

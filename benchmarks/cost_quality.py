@@ -1,6 +1,6 @@
 """Cost–quality curve of rerank-depth policies: fixed k vs adaptive (and an oracle bound).
 
-    twostage calibrate --index var/scifact --reranker cross-encoder --out runs/costmodel-cross-encoder.json
+    twostage calibrate --index var/scifact --reranker onnx-cross-encoder --out runs/costmodel-cross-encoder.json
     python -m twostage_search.benchmarks.cost_quality --cost-model runs/costmodel-cross-encoder.json
 
 Method. Every query's top-100 first-stage candidates (``--train-run``/``--test-run`` TREC runs from
@@ -66,9 +66,9 @@ def score_all(
     """Cross-encoder scores of every query's top 100, cached in ``path``."""
     if path.is_file():
         return read_scores(path)
-    from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
+    from twostage_search.benchmarks.rerank import cross_encoder
 
-    ce = CrossEncoderReranker(args.model, device=args.device, threads=args.threads)
+    ce = cross_encoder(args.reranker, args.model, device=args.device, threads=args.threads)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as fh:
@@ -225,11 +225,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def validate(args: Any, test: Split, adaptive: AdaptiveDepth, cost: CostModel, matched: list[Any]) -> dict[str, Any]:
     """Measured end-to-end latency of N test queries vs the model's prediction (fixed k=20 and adaptive)."""
     from twostage_search import indexes
+    from twostage_search.benchmarks.rerank import cross_encoder
     from twostage_search.engine.pipeline import TwoStage
-    from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
 
     retriever = indexes.load(args.index).retriever()
-    ce = CrossEncoderReranker(args.model, threads=args.threads)
+    ce = cross_encoder(args.reranker, args.model, threads=args.threads)
     qids = list(test.queries)[: args.validate]
     target = cost.predict_ms("rerank", 20)
     policies: dict[str, DepthPolicy] = {"fixed k=20": FixedDepth(20)}
@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-run", type=Path, default=Path("runs/first_stage.run"))
     parser.add_argument("--scores-dir", type=Path, default=Path("runs/ce-scores"))
     parser.add_argument("--cost-model", type=Path, default=Path("runs/costmodel-cross-encoder.json"))
-    parser.add_argument("--model", default="bundled:ce-minilm-l6-scifact")
+    parser.add_argument("--reranker", default="onnx-cross-encoder", help="registered cross-encoder")
+    parser.add_argument("--model", default=None, help="model of the reranker (default: the reranker's own)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ridge", type=float, default=1.0)

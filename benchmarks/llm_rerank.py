@@ -35,7 +35,7 @@ from typing import Any
 from twostage_search.benchmarks.rerank import read_run
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.errors import InputError, TwoStageError
-from twostage_search.engine.models import DEFAULT_CROSS_ENCODER
+from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER
 from twostage_search.engine.types import Candidate, Document, Query
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Settings:
     lore_modes: tuple[str, ...] = ("reasoning", "label")
     domain: str = "science"
     examples: str | None = "default"  # LORE few-shot examples: the domain preset's ("default") or none
-    cross_encoder: str = DEFAULT_CROSS_ENCODER
+    cross_encoder: str = DEFAULT_ONNX_CROSS_ENCODER  # general (MS MARCO), zero-shot here
     listwise_queries: int = 20
     listwise_depth: int = 20
     window: int = 20
@@ -169,9 +169,9 @@ def run_lore(
 def run_cross_encoder(
     s: Settings, pairs: list[tuple[str, str, bool]], queries: dict[str, Query], corpus: dict[str, Document]
 ) -> dict[str, Any]:
-    from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
+    from twostage_search.rerankers.onnx_cross_encoder import OnnxCrossEncoderReranker
 
-    ce = CrossEncoderReranker(s.cross_encoder, threads=s.threads)
+    ce = OnnxCrossEncoderReranker(s.cross_encoder, threads=s.threads)
     started = time.perf_counter()
     scores = [ce.score(queries[q].text, [corpus[d].full_text])[0] for q, d, _ in pairs]
     seconds = time.perf_counter() - started

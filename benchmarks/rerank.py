@@ -8,7 +8,9 @@ for each depth k the top k are reordered by those scores and the rest keep first
 (the ``TwoStage`` cascade), then nDCG@10 / RR@10 / R@100 are computed with ir-measures, with a paired
 t-test of per-query nDCG@10 against the first stage. Speed: for each depth, ``--timing-queries``
 queries are reranked one at a time as a service would, giving documents scored per second and ms per
-query with ``--threads`` torch threads.
+query with ``--threads`` threads. ``--reranker`` picks the registered cross-encoder (default: the ONNX
+one with its bundled general model; ``--reranker cross-encoder --model bundled:ce-minilm-l6-scifact``
+for the in-domain torch one).
 """
 
 from __future__ import annotations
@@ -26,13 +28,26 @@ from typing import Any
 
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.errors import InputError, TwoStageError
-from twostage_search.engine.models import DEFAULT_CROSS_ENCODER
 from twostage_search.engine.pipeline import merge_cascade
+from twostage_search.engine.registry import rerankers
 from twostage_search.engine.types import Candidate, RankedList
 
 log = logging.getLogger(__name__)
 
 MEASURES = ("nDCG@10", "RR@10", "R@100")
+DEFAULT_RERANKER = "onnx-cross-encoder"
+
+
+def cross_encoder(name: str, model: str | None, **params: Any) -> Any:
+    """A registered cross-encoder (``name``) with ``model`` (``None``: its default) and ``params``.
+
+    ``device`` is dropped for rerankers other than the torch ``cross-encoder`` (ONNX runs on the CPU).
+    """
+    if name != "cross-encoder":
+        params.pop("device", None)
+    if model is not None:
+        params["model"] = model
+    return rerankers.get(name)(**params)
 
 
 def read_run(path: Path) -> dict[str, list[tuple[str, float]]]:
@@ -62,8 +77,6 @@ def evaluate(qrels: dict[str, dict[str, int]], rankings: dict[str, RankedList]) 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from scipy import stats
 
-    from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
-
     qrels = read_qrels(args.dataset / "qrels" / f"{args.split}.tsv")
     queries = {q.query_id: q for q in read_queries(find_file(args.dataset, "queries")) if q.query_id in qrels}
     first_run = read_run(args.run)
@@ -76,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         qid: [Candidate(d, s, corpus[d].text, corpus[d].title) for d, s in first_run[qid][:max_depth]]
         for qid in queries
     }
-    ce = CrossEncoderReranker(args.model, threads=args.threads, device=args.device, batch_size=args.batch_size)
+    ce = cross_encoder(args.reranker, args.model, threads=args.threads, device=args.device, batch_size=args.batch_size)
 
     first = {qid: RankedList.from_candidates(qid, first_run_cands) for qid, first_run_cands in candidates.items()}
     rows: list[dict[str, Any]] = []
@@ -131,7 +144,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split,
         "queries": len(queries),
         "first_stage_run": str(args.run),
-        "model": args.model,
+        "reranker": args.reranker,
+        "model": args.model or "default",
         "device": args.device,
         "threads": args.threads,
         "quality": rows,
@@ -148,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"))
     parser.add_argument("--split", default="test")
     parser.add_argument("--run", type=Path, default=Path("runs/first_stage.run"), help="first-stage TREC run")
-    parser.add_argument("--model", default=DEFAULT_CROSS_ENCODER)
+    parser.add_argument("--reranker", default=DEFAULT_RERANKER, help="registered cross-encoder")
+    parser.add_argument("--model", default=None, help="model of the reranker (default: the reranker's own)")
     parser.add_argument("--depths", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--timing-queries", type=int, default=20, help="queries timed per depth (0: skip)")
     parser.add_argument("--no-quality", action="store_true", help="only time, skip the full quality run")
     parser.add_argument("--out", type=Path, default=Path("runs"))

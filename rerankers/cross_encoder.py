@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.deadline import Deadline, PartialRanking
-from twostage_search.engine.models import DEFAULT_CROSS_ENCODER, resolve_model
+from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.models import resolve_model
 from twostage_search.engine.optional import require
 from twostage_search.engine.types import Candidate, Query, RankedList
 
@@ -25,14 +26,20 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
 
+# The hub name of the general cross-encoder that ``onnx-cross-encoder`` runs offline (as INT8 ONNX). The
+# torch backend needs its weights from the hub or a local copy; the offline in-domain option is
+# ``bundled:ce-minilm-l6-scifact`` (trained on SciFact train), chosen by name only.
+DEFAULT_TORCH_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L12-v2"
+
 
 class CrossEncoderReranker:
     """Scores (query, passage) pairs with a sentence-transformers ``CrossEncoder``.
 
     Args:
-        model: ``bundled:NAME`` (default: the cross-encoder trained here, see the README), a local
-            sentence-transformers/HF directory, or a hub name such as
-            ``cross-encoder/ms-marco-MiniLM-L6-v2`` where the hub is reachable.
+        model: a hub name (default ``cross-encoder/ms-marco-MiniLM-L12-v2``, where the hub or its cache is
+            reachable), a local sentence-transformers/HF directory, or ``bundled:ce-minilm-l6-scifact``
+            (trained here on SciFact train: in-domain on SciFact only). Offline, the general default is
+            the ``onnx-cross-encoder`` reranker.
         batch_size: pairs per forward pass.
         max_length: tokens per pair; longer pairs are truncated (the passage side first).
         use_title: prepend the candidate's title to its text.
@@ -45,7 +52,7 @@ class CrossEncoderReranker:
 
     def __init__(
         self,
-        model: str = DEFAULT_CROSS_ENCODER,
+        model: str = DEFAULT_TORCH_CROSS_ENCODER,
         *,
         batch_size: int = 32,
         max_length: int = 256,
@@ -68,9 +75,15 @@ class CrossEncoderReranker:
         self.use_title = use_title
         self.precision = precision
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # weights may be stored in fp16
-        self._model = st.CrossEncoder(
-            resolve_model(model), max_length=max_length, device=device, model_kwargs={"dtype": dtype}
-        )
+        try:
+            self._model = st.CrossEncoder(
+                resolve_model(model), max_length=max_length, device=device, model_kwargs={"dtype": dtype}
+            )
+        except OSError as exc:  # not on disk and the hub is unreachable (HF_HUB_OFFLINE) or has no such model
+            raise TwoStageError(
+                f"cross-encoder model {model!r} not found ({exc}); offline, use the `onnx-cross-encoder` reranker "
+                "or model='bundled:ce-minilm-l6-scifact' (in-domain on SciFact)"
+            ) from exc
         self._model.eval()
         self._tokenizer: Any = self._model.tokenizer
         self._torch = torch

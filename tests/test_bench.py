@@ -105,7 +105,7 @@ def test_example_configs_are_valid():
     assert by_name["BM25"].first_stage.backend == "lucene-bm25" and by_name["BM25"].first_stage.encoder_name is None
     assert by_name["SPLADE"].first_stage.encoder_name == "splade"
     ce = by_name["SPLADE + CE@20"]
-    assert (ce.reranker.name, ce.depth, ce.effective_rerank_depth) == ("cross-encoder", 1000, 20)
+    assert (ce.reranker.name, ce.depth, ce.effective_rerank_depth) == ("onnx-cross-encoder", 1000, 20)
     assert by_name["SPLADE"].effective_rerank_depth == 0  # identity: no second stage
 
 

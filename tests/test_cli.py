@@ -46,7 +46,7 @@ def test_search_json(cli_index, capsys):
 def test_search_with_cross_encoder_and_rerank_depth(cli_index, capsys):
     capsys.readouterr()
     args = ["search", "--index", str(cli_index), "ocean tides", "--k", "3", "--json"]
-    assert main([*args, "--reranker", "cross-encoder", "--rerank-depth", "4"]) == 0
+    assert main([*args, "--reranker", "onnx-cross-encoder", "--rerank-depth", "4"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["hits"][0]["doc_id"] == "d10"
     rerank = payload["costs"][2]

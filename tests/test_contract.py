@@ -60,9 +60,13 @@ def test_retriever_k_zero_and_no_matching_terms(retriever):
 
 
 # ------------------------------------------------------------------------------------- rerankers
+# Rerankers whose default model is not available offline get an offline one here.
+OFFLINE_PARAMS = {"cross-encoder": {"model": "bundled:ce-minilm-l6-scifact"}}
+
+
 @pytest.fixture(params=rerankers.names())
 def reranker(request) -> Reranker:
-    return rerankers.get(request.param)()
+    return rerankers.get(request.param)(**OFFLINE_PARAMS.get(request.param, {}))
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""The cross-encoder reranker with the real default model (trained here; see the README)."""
+"""The torch cross-encoder reranker with the real bundled in-domain model (trained here on SciFact train)."""
 
 import pytest
 
-from twostage_search.engine.models import DEFAULT_CROSS_ENCODER, resolve_model
+from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.models import SCIFACT_CROSS_ENCODER, resolve_model
 from twostage_search.engine.pipeline import TwoStage
 from twostage_search.engine.protocols import ReportsCost
 from twostage_search.engine.types import Candidate, Query, RankedList
@@ -11,12 +12,14 @@ from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
 
 @pytest.fixture(scope="module")
 def ce():
-    return CrossEncoderReranker()
+    return CrossEncoderReranker(SCIFACT_CROSS_ENCODER)
 
 
-def test_default_model_ships_with_the_package():
-    path = resolve_model(DEFAULT_CROSS_ENCODER)
+def test_in_domain_model_ships_with_the_package_and_is_no_silent_default():
+    path = resolve_model(SCIFACT_CROSS_ENCODER)
     assert path.endswith("rerankers/models/ce-minilm-l6-scifact")
+    with pytest.raises(TwoStageError, match="onnx-cross-encoder"):  # the hub default is unreachable offline
+        CrossEncoderReranker()
 
 
 def test_lifts_the_relevant_doc_the_first_stage_put_low(ce, tiny_docs):
@@ -33,7 +36,7 @@ def test_scores_are_deterministic_and_title_is_optional(ce, tiny_docs):
     cands = [Candidate(d.doc_id, 0.0, d.text, d.title) for d in tiny_docs[:4]]
     q = Query("q", "capital city of france")
     assert ce.rerank(q, cands) == ce.rerank(q, cands)
-    without_title = CrossEncoderReranker(use_title=False)
+    without_title = CrossEncoderReranker(SCIFACT_CROSS_ENCODER, use_title=False)
     assert without_title.rerank(q, cands).doc_ids[0] == "d01"
 
 
@@ -45,7 +48,7 @@ def test_reports_cost(ce, tiny_docs):
     assert cost.stage == "rerank" and cost.docs == 3 and cost.wall_ms > 0
     from transformers import AutoTokenizer  # the model's own tokenizer, outside the reranker's code
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_CROSS_ENCODER))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(SCIFACT_CROSS_ENCODER))
     passages = [f"{c.title} {c.text}" for c in cands]
     pairs = tokenizer(["tides"] * 3, passages, truncation="only_second", max_length=ce.max_length)
     assert cost.tokens_in == sum(len(ids) for ids in pairs["input_ids"])
@@ -54,7 +57,7 @@ def test_reports_cost(ce, tiny_docs):
 
 def test_truncation_and_bf16(tiny_docs):
     cands = [Candidate(d.doc_id, 0.0, d.text, d.title) for d in tiny_docs]
-    short = CrossEncoderReranker(max_length=16, precision="bf16", batch_size=4)
+    short = CrossEncoderReranker(SCIFACT_CROSS_ENCODER, max_length=16, precision="bf16", batch_size=4)
     ranking, cost = short.rerank_with_cost(Query("q", "capital of france"), cands)
     assert sorted(ranking.doc_ids) == sorted(c.doc_id for c in cands)
     assert cost.tokens_in <= 16 * len(cands)
@@ -62,9 +65,9 @@ def test_truncation_and_bf16(tiny_docs):
 
 def test_invalid_settings():
     with pytest.raises(ValueError):
-        CrossEncoderReranker(precision="fp8")  # type: ignore[arg-type]
+        CrossEncoderReranker(SCIFACT_CROSS_ENCODER, precision="fp8")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        CrossEncoderReranker(batch_size=0)
+        CrossEncoderReranker(SCIFACT_CROSS_ENCODER, batch_size=0)
 
 
 def test_two_stage_with_cross_encoder_end_to_end(lucene_retriever, ce, tiny_queries, tiny_qrels):

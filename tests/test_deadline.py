@@ -87,7 +87,7 @@ def ce():
     need("sentence_transformers", "rerank")
     from twostage_search.rerankers.cross_encoder import CrossEncoderReranker
 
-    return CrossEncoderReranker(batch_size=2)
+    return CrossEncoderReranker("bundled:ce-minilm-l6-scifact", batch_size=2)
 
 
 def _cands(tiny_docs, n=5) -> list[Candidate]:

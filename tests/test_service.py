@@ -65,7 +65,7 @@ def main_experiment(tmp_path_factory) -> Path:
         {
             "name": "ce",
             "weight": 0.5,
-            "reranker": {"name": "cross-encoder", "params": {"batch_size": 8}},
+            "reranker": {"name": "onnx-cross-encoder", "params": {"batch_size": 1}},
             "depth": 10,
             "rerank_depth": 3,
         },
@@ -168,12 +168,12 @@ def test_search_cross_encoder_arm_explain(client):
     rerank = [c for c in body["costs"] if c["stage"] == "rerank"]
     assert rerank and rerank[0]["docs"] == 3 and rerank[0]["tokens_in"] > 0
     assert body["explain"]["policy"] == "fixed" and body["explain"]["rerank_depth"] == 3
-    assert body["explain"]["arm_config"]["reranker"]["name"] == "cross-encoder"
+    assert body["explain"]["arm_config"]["reranker"]["name"] == "onnx-cross-encoder"
     assert len(body["hits"]) == 5
 
 
 def test_search_reranker_selects_arm_and_request_depth(client):
-    body = search(client, reranker="cross-encoder", rerank_depth=1, explain=True).json()
+    body = search(client, reranker="onnx-cross-encoder", rerank_depth=1, explain=True).json()
     assert body["arm"] == "ce" and body["rerank_depth"] == 1
     assert body["explain"]["policy"] == "request"
 
@@ -262,7 +262,7 @@ def test_rerank_identity_and_cross_encoder(client):
     assert [h["doc_id"] for h in body["hits"]] == ["a", "c", "b"] and body["reranker"] == "identity"
     body = client.post("/rerank", json={"query": "what causes ocean tides", "documents": DOCS, "arm": "ce", "k": 2})
     body = body.json()
-    assert body["reranker"] == "cross-encoder" and body["hits"][0]["doc_id"] == "b" and len(body["hits"]) == 2
+    assert body["reranker"] == "onnx-cross-encoder" and body["hits"][0]["doc_id"] == "b" and len(body["hits"]) == 2
     assert body["costs"][0]["docs"] == 3
 
 

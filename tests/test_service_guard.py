@@ -125,7 +125,7 @@ def test_caps_the_client_cannot_exceed(tmp_path, lucene_retriever):
 )
 def test_admin_experiment_allowlist(tmp_path, lucene_retriever, params, words):
     with app_with(tmp_path, lucene_retriever, [arm("a", 1.0)]) as c:
-        name = "cascade" if "second" in params else ("lore" if "backend" in str(params) else "cross-encoder")
+        name = "cascade" if "second" in params else ("lore" if "backend" in str(params) else "onnx-cross-encoder")
         bad = {"name": "bad", "arms": [{"name": "x", "weight": 1.0, "reranker": {"name": name, "params": params}}]}
         r = c.put("/admin/experiment", json=bad, headers=AUTH)
         assert r.status_code == 422 and words in r.json()["message"], r.text
@@ -137,7 +137,7 @@ def test_admin_allowlist_accepts_allowed_and_confines_cost_models(tmp_path, luce
         escape = {"name": "e", "arms": [{**arm("x", 1.0), "policy": "budget", "cost_model": "../../../etc/cost.json"}]}
         r = c.put("/admin/experiment", json=escape, headers=AUTH)
         assert r.status_code == 422 and "cost_model" in r.json()["message"]
-        ce = {"name": "ce", "arms": [arm("x", 1.0, "cross-encoder")]}
+        ce = {"name": "ce", "arms": [arm("x", 1.0, "onnx-cross-encoder")]}
         r = c.put("/admin/experiment", json=ce, headers=AUTH)
         assert r.status_code == 422 and "not allowed over HTTP" in r.json()["message"]
         ok = {"name": "ok", "arms": [arm("x", 0.5), arm("y", 0.5)]}
@@ -146,7 +146,7 @@ def test_admin_allowlist_accepts_allowed_and_confines_cost_models(tmp_path, luce
 
 # ------------------------------------------------------------------------------- relevance floor
 def test_relevance_floor_per_arm(tmp_path, lucene_retriever):
-    arms = [arm("floor", 1.0, "cross-encoder", rerank_depth=5, min_score=0.0)]
+    arms = [arm("floor", 1.0, "onnx-cross-encoder", rerank_depth=5, min_score=0.0)]
     with app_with(tmp_path, lucene_retriever, arms) as c:
         body = c.post("/search", json={"query": "what causes ocean tides", "k": 10}).json()
         reranked = [h for h in body["hits"] if h["stage"] == "rerank"]
@@ -187,7 +187,7 @@ def test_v1_rerank_with_the_cohere_sdk(tmp_path, lucene_retriever):
     cohere = need("cohere", "test")
     import httpx
 
-    exp = experiment(tmp_path / "exp.yaml", [arm("control", 0.0), arm("ce", 1.0, "cross-encoder")])
+    exp = experiment(tmp_path / "exp.yaml", [arm("control", 0.0), arm("ce", 1.0, "onnx-cross-encoder")])
     settings = Settings(index=tmp_path / "unused", experiment=exp, admin_token=TOKEN, warmup=False)
     docs = [
         "Volcanoes erupt lava and ash.",

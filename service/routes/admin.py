@@ -33,7 +33,7 @@ EXAMPLE_EXPERIMENT: dict[str, Any] = {
     "name": "ce-vs-identity",
     "arms": [
         {"name": "control", "weight": 0.5, "reranker": {"name": "identity"}, "depth": 100},
-        {"name": "ce20", "weight": 0.5, "reranker": {"name": "cross-encoder"}, "depth": 100, "rerank_depth": 20},
+        {"name": "ce20", "weight": 0.5, "reranker": {"name": "onnx-cross-encoder"}, "depth": 100, "rerank_depth": 20},
     ],
 }
 

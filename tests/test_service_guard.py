@@ -7,7 +7,6 @@ the test releases, so "full" and "free" are exact states, not races.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -212,13 +211,12 @@ def test_index_swap_under_load_loses_and_mixes_nothing(tmp_path, tiny_docs, enco
 
     from twostage_search.indexes.lucene_impact import LuceneImpactIndex
 
-    versions = {}
-    for v in ("v1", "v2"):
-        docs = [replace(d, title=f"{v} {d.title}") for d in tiny_docs]
-        LuceneImpactIndex.build(docs, tmp_path / f"idx.{v}", encoder=encoder, progress=False)
-        versions[v] = tmp_path / f"idx.{v}"
+    def titled(v: str) -> list:
+        return [replace(d, title=f"{v} {d.title}") for d in tiny_docs]
+
     live = tmp_path / "idx"
-    live.symlink_to(versions["v1"].name)
+    LuceneImpactIndex.build(titled("v1"), live, encoder=encoder, progress=False)  # idx -> idx.versions/<v1>
+    assert live.is_symlink()
     exp = experiment(tmp_path / "exp.yaml", [arm("a", 1.0)])
     settings = Settings(index=live, experiment=exp, admin_token=TOKEN, warmup=False, workers=2, queue=64)
     seen: list[tuple[int, set[str]]] = []
@@ -235,9 +233,9 @@ def test_index_swap_under_load_loses_and_mixes_nothing(tmp_path, tiny_docs, enco
             workers = [pool.submit(load) for _ in range(3)]
             while len(seen) < 6:
                 time.sleep(0.05)
-            tmp_link = tmp_path / "idx.tmp"
-            tmp_link.symlink_to(versions["v2"].name)
-            os.replace(tmp_link, live)  # the atomic flip a versioned build ends with
+            # rebuild under load: a new version, then one os.replace of the symlink; the server still
+            # serves v1 (opened at the resolved version) until reload-index swaps it in
+            LuceneImpactIndex.build(titled("v2"), live, encoder=encoder, progress=False)
             swapped = c.post("/admin/reload-index", headers=AUTH)
             assert swapped.status_code == 200, swapped.text
             after = len(seen)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,3 +60,43 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
         raise
     shutil.rmtree(old, ignore_errors=True)
     log.info("replaced %s", target)
+
+
+VERSIONS = ".versions"
+
+
+@contextlib.contextmanager
+def versioned_directory(target: str | Path, *, overwrite: bool = True, marker: str, keep: int = 2) -> Iterator[Path]:
+    """Build a new version beside ``target`` and flip the symlink ``target`` to it with one ``os.replace``.
+
+    Versions live in ``<target>.versions/<stamp>-<id>``; ``target`` is a relative symlink to the current
+    one. A reader that resolved ``target`` when it opened (the service does) keeps reading its version
+    — every file of it — until it reopens; readers that open ``target`` after the flip see only the new
+    one. The newest ``keep`` versions are kept (the one being served may still be read by requests in
+    flight), older ones removed. A ``target`` that is still a plain directory (built before versions)
+    is moved into the versions directory first. On failure nothing changes.
+    """
+    target = Path(target).absolute()
+    versions = target.parent / (target.name + VERSIONS)
+    if target.exists() or target.is_symlink():
+        current = target.resolve()
+        if not current.is_dir():
+            raise InputError(f"index path exists and is not a directory: {target}")
+        if any(current.iterdir()) and not (current / marker).is_file():
+            raise InputError(f"refusing to overwrite a directory twostage did not write (no {marker}): {target}")
+        if not overwrite:
+            raise InputError(f"index already exists: {target}")
+    versions.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    built = versions / f"{stamp}-{uuid.uuid4().hex[:8]}"
+    with atomic_directory(built, marker=marker) as tmp:
+        yield tmp
+    if target.exists() and not target.is_symlink():  # a plain directory from before versions: move it in
+        os.rename(target, versions / f"00000000T000000-{uuid.uuid4().hex[:8]}")
+    link = target.parent / f".{target.name}.link-{uuid.uuid4().hex[:8]}"
+    os.symlink(os.path.relpath(built, target.parent), link)
+    os.replace(link, target)
+    done = [p for p in versions.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    for old in sorted(done, key=lambda p: (p.stat().st_mtime, p.name))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("%s now points at %s", target, built.name)

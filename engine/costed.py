@@ -4,6 +4,7 @@ A reranker may account its own cost (:class:`~twostage_search.engine.protocols.R
 record per internal stage (:class:`~twostage_search.engine.protocols.ReportsStageCosts`, a cascade), or
 neither (then it is timed from outside). :func:`costed_reranker` looks once, at construction, and returns
 a callable with the same shape for all three, so the hot path never asks again.
+:func:`deadline_reranker` does the same for work under a :class:`~twostage_search.engine.deadline.Deadline`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 
 from twostage_search.engine.cost import StageCost
-from twostage_search.engine.protocols import ReportsCost, ReportsRetrievalCost, ReportsStageCosts, Reranker, Retriever
+from twostage_search.engine.deadline import Deadline, PartialRanking
+from twostage_search.engine.protocols import (
+    HonoursDeadline,
+    PointwiseScorer,
+    ReportsCost,
+    ReportsRetrievalCost,
+    ReportsStageCosts,
+    Reranker,
+    Retriever,
+)
 from twostage_search.engine.types import Candidate, Query, RankedList
 
 RerankCall = Callable[[Query, Sequence[Candidate]], tuple[RankedList, tuple[StageCost, ...]]]
@@ -58,3 +68,67 @@ def costed_retriever(retriever: Retriever) -> RetrieveCall:
         return ranking, (StageCost("retrieve", (time.perf_counter() - started) * 1000, docs=len(ranking)),)
 
     return call_timed
+
+
+DeadlineCall = Callable[[Query, Sequence[Candidate], Deadline], PartialRanking]
+
+
+def deadline_reranker(reranker: Reranker, stage: str = "rerank", *, chunk: int = 8) -> DeadlineCall:
+    """``call(query, candidates, deadline) -> PartialRanking`` for any reranker.
+
+    A reranker that honours deadlines (:class:`~twostage_search.engine.protocols.HonoursDeadline`) stops
+    itself between its units of work. A :class:`~twostage_search.engine.protocols.PointwiseScorer`
+    without it is scored ``chunk`` candidates at a time while the next chunk is predicted (from the
+    chunks done) to finish before the deadline. Any other
+    reranker runs whole if the deadline has not passed when it would start, else nothing is reranked.
+    """
+    if isinstance(reranker, HonoursDeadline):
+        until = reranker.rerank_until
+        if isinstance(reranker, ReportsStageCosts):  # multi-stage: keeps its own stage names
+            return until
+
+        def call_named(query: Query, candidates: Sequence[Candidate], deadline: Deadline) -> PartialRanking:
+            out = until(query, candidates, deadline)
+            costs = tuple(c if c.stage == stage else dataclasses.replace(c, stage=stage) for c in out.costs)
+            return dataclasses.replace(out, costs=costs)
+
+        return call_named
+    if isinstance(reranker, PointwiseScorer):
+        scorer = reranker
+
+        def call_chunked(query: Query, candidates: Sequence[Candidate], deadline: Deadline) -> PartialRanking:
+            scores: list[float] = []
+            costs: list[StageCost] = []
+            done = 0
+            per_doc_s = 0.0  # measured on the chunks done; a chunk predicted to overrun is not started
+            while done < len(candidates) and deadline.remaining_s() > per_doc_s * chunk:
+                part, cost = scorer.score_candidates(query, candidates[done : done + chunk])
+                scores.extend(part)
+                costs.append(cost)
+                done += len(part)
+                per_doc_s = sum(c.wall_ms for c in costs) / 1000 / done
+            ranking = RankedList.from_scores(query.query_id, candidates[:done], scores)
+            return PartialRanking(ranking, (sum_costs(stage, costs),) if costs else (), tuple(candidates[done:]))
+
+        return call_chunked
+    whole = costed_reranker(reranker, stage)
+
+    def call_whole(query: Query, candidates: Sequence[Candidate], deadline: Deadline) -> PartialRanking:
+        if deadline.expired() and candidates:
+            return PartialRanking(RankedList(query.query_id), (), tuple(candidates))
+        ranking, costs = whole(query, candidates)
+        return PartialRanking(ranking, costs)
+
+    return call_whole
+
+
+def sum_costs(stage: str, costs: Sequence[StageCost]) -> StageCost:
+    """One record adding up several records (chunks of one stage)."""
+    return StageCost(
+        stage,
+        sum(c.wall_ms for c in costs),
+        docs=sum(c.docs for c in costs),
+        tokens_in=sum(c.tokens_in for c in costs),
+        tokens_out=sum(c.tokens_out for c in costs),
+        usd=sum(c.usd for c in costs),
+    )

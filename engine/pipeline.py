@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Hashable
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from twostage_search.engine.cache import ResultCache
 from twostage_search.engine.cost import StageCost
-from twostage_search.engine.costed import costed_reranker, costed_retriever
+from twostage_search.engine.costed import costed_reranker, costed_retriever, deadline_reranker
 from twostage_search.engine.costmodel import CostModel, Observation
+from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.policy import Budget, Decision, DepthPolicy, FixedDepth
-from twostage_search.engine.protocols import PointwiseScorer, Reranker, Retriever
+from twostage_search.engine.protocols import Reranker, Retriever
 from twostage_search.engine.types import Candidate, Query, RankedList
 
 
@@ -28,7 +30,10 @@ class SearchResult:
     """A ranking with what each stage cost to produce it and how its rerank depth was chosen.
 
     ``degraded`` is set when the deadline ran out mid-rerank and part of the head was served in
-    first-stage order; ``cached`` when the result came from the result cache.
+    first-stage order; ``cached`` when the result came from the result cache. ``first_scores`` maps each
+    served document to its first-stage score and ``reranked_ids`` names the documents the reranker
+    ordered (the others are in first-stage order: their ``score`` only keeps the list sorted).
+    ``dropped`` counts reranked documents removed by the relevance floor.
     """
 
     ranking: RankedList
@@ -37,6 +42,13 @@ class SearchResult:
     decision: Decision | None = None
     degraded: bool = False
     cached: bool = False
+    first_scores: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    reranked_ids: frozenset[str] = frozenset()
+    dropped: int = 0
+
+    def stage_of(self, doc_id: str) -> str:
+        """``"rerank"`` if the reranker ordered ``doc_id``, else ``"first"`` (first-stage order)."""
+        return "rerank" if doc_id in self.reranked_ids else "first"
 
     @property
     def wall_ms(self) -> float:
@@ -67,24 +79,17 @@ def merge_cascade(query_id: str, reranked: RankedList, rest: list[Candidate]) ->
 
     The reranked block keeps the reranker's scores; each candidate below it gets a score strictly lower
     than everything above it (``min - 1``, ``min - 2``, ...), so the list stays sorted and the tail keeps its
-    first-stage order, as cascades are served.
+    first-stage order, as cascades are served. Those tail scores only order the list: keep the first-stage
+    scores beside them (``SearchResult.first_scores``). With nothing reranked the first-stage candidates are
+    returned as they are, scores unchanged.
     """
     if not rest:
         return reranked
+    if not reranked:
+        return RankedList.from_candidates(query_id, rest)
     floor = min((h.score for h in reranked), default=0.0)
     tail = [Candidate(c.doc_id, floor - 1.0 - i, c.text, c.title) for i, c in enumerate(rest)]
     return RankedList.from_candidates(query_id, [*reranked.candidates(), *tail])
-
-
-def _sum_costs(stage: str, costs: list[StageCost]) -> StageCost:
-    return StageCost(
-        stage,
-        sum(c.wall_ms for c in costs),
-        docs=sum(c.docs for c in costs),
-        tokens_in=sum(c.tokens_in for c in costs),
-        tokens_out=sum(c.tokens_out for c in costs),
-        usd=sum(c.usd for c in costs),
-    )
 
 
 class TwoStage:
@@ -99,7 +104,10 @@ class TwoStage:
         cost_model: stage cost models; observed timings update them online.
         budget: default per-query budget (a request's own budget replaces it).
         cache: result cache for head queries; ``cache_key`` names this configuration in its keys.
-        chunk: documents per chunk when a deadline is enforced on a pointwise reranker.
+        chunk: documents per chunk when a deadline is enforced on a pointwise reranker that does not
+            honour deadlines itself (:class:`~engine.protocols.HonoursDeadline`).
+        min_score: relevance floor: reranked documents scoring below it are dropped (and counted);
+            documents the reranker did not reach are kept. Meant for calibrated scores or judged grades.
     """
 
     def __init__(
@@ -115,6 +123,7 @@ class TwoStage:
         cache: ResultCache[SearchResult] | None = None,
         cache_key: Hashable = "",
         chunk: int = 8,
+        min_score: float | None = None,
     ) -> None:
         if depth < 1:
             raise InputError("depth must be at least 1")
@@ -127,7 +136,7 @@ class TwoStage:
         # Which cost protocol each stage speaks is decided once, here, not per query.
         self.retrieve_costed = costed_retriever(retriever)
         self.rerank_costed = costed_reranker(reranker)
-        self._pointwise = reranker if isinstance(reranker, PointwiseScorer) else None
+        self.rerank_until = deadline_reranker(reranker, chunk=chunk)
         self.depth = depth
         self.rerank_depth = depth if rerank_depth is None else rerank_depth
         self.policy: DepthPolicy = policy or FixedDepth(self.rerank_depth)
@@ -136,6 +145,7 @@ class TwoStage:
         self.cache = cache
         self.cache_key = cache_key
         self.chunk = chunk
+        self.min_score = min_score
 
     def search(self, query: Query | str, k: int = 10, **kwargs: object) -> RankedList:
         return self.run(query, k, **kwargs).ranking  # type: ignore[arg-type]
@@ -147,12 +157,16 @@ class TwoStage:
         *,
         rerank_depth: int | None = None,
         budget: Budget | None = None,
+        deadline: Deadline | None = None,
     ) -> SearchResult:
         """Search and account each stage's cost.
 
         ``rerank_depth`` overrides the policy for this request; ``budget`` replaces the configured one.
+        ``deadline`` (e.g. fixed when a request arrived) stops reranking cooperatively, like ``budget.ms``
+        counted from this call; the earlier of the two applies.
         """
         started = time.perf_counter()
+        arrived = time.monotonic()
         if isinstance(query, str):
             query = Query("q", query)
         if k < 1:
@@ -170,7 +184,10 @@ class TwoStage:
                 return dataclasses.replace(hit, ranking=ranking, costs=(StageCost("cache", ms),), cached=True)
 
         first, costs = self._retrieve(query, max(self.depth, k))
-        remaining = self._remaining(budget, started)
+        if budget is not None and budget.ms is not None:
+            own = Deadline.after(budget.ms / 1000, start=arrived)
+            deadline = own if deadline is None else deadline.earliest(own)
+        remaining = self._remaining(budget, deadline)
         if rerank_depth is not None:
             decision = Decision(min(rerank_depth, len(first)), "request", "rerank_depth given")
         else:
@@ -178,16 +195,34 @@ class TwoStage:
         candidates = first.candidates()
         head, rest = candidates[: decision.rerank_depth], candidates[decision.rerank_depth :]
         unscored: list[Candidate] = []
-        if head:
-            deadline = None if budget is None or budget.ms is None else started + budget.ms / 1000
-            reranked, rerank_costs, unscored = self._rerank(query, head, deadline)
+        cut = False
+        reranked = RankedList(query.query_id)
+        if head and deadline is None:
+            reranked, rerank_costs = self.rerank_costed(query, head)
             costs.extend(rerank_costs)
-        else:
-            reranked = RankedList(query.query_id)
+        elif head and deadline is not None:
+            partial = self.rerank_until(query, head, deadline)
+            reranked, unscored, cut = partial.ranking, list(partial.unscored), partial.degraded
+            costs.extend(partial.costs)
         self._observe(costs)
+        dropped = 0
+        if self.min_score is not None and reranked:
+            kept = [c for c in reranked.candidates() if c.score >= self.min_score]
+            dropped = len(reranked) - len(kept)
+            reranked = RankedList.from_candidates(query.query_id, kept)
         ranking = merge_cascade(query.query_id, reranked, unscored + rest).head(k)
-        degraded = bool(unscored)
-        result = SearchResult(ranking, tuple(costs), len(head) - len(unscored), decision, degraded)
+        degraded = cut or bool(unscored)
+        served = set(ranking.doc_ids)
+        result = SearchResult(
+            ranking,
+            tuple(costs),
+            len(head) - len(unscored),
+            decision,
+            degraded,
+            first_scores=MappingProxyType({h.doc_id: h.score for h in first if h.doc_id in served}),
+            reranked_ids=frozenset(reranked.doc_ids) & served,
+            dropped=dropped,
+        )
         if self.cache is not None and not degraded:
             self.cache.put(key, result)
         return result
@@ -198,49 +233,11 @@ class TwoStage:
         return first, list(costs)
 
     @staticmethod
-    def _remaining(budget: Budget | None, started: float) -> Budget | None:
-        if budget is None:
-            return None
-        if budget.ms is None:
+    def _remaining(budget: Budget | None, deadline: Deadline | None) -> Budget | None:
+        """What the depth policy may still spend: the money budget and the time left before the deadline."""
+        if deadline is None:
             return budget
-        left = budget.ms - (time.perf_counter() - started) * 1000
-        return Budget(ms=max(left, 1e-6), usd=budget.usd)
-
-    def _rerank(
-        self, query: Query, head: list[Candidate], deadline: float | None
-    ) -> tuple[RankedList, list[StageCost], list[Candidate]]:
-        """Rerank ``head``; returns the ranking, its costs and the candidates left unscored (deadline)."""
-        if deadline is not None and self._pointwise is not None:
-            return self._rerank_until(self._pointwise, query, head, deadline)
-        ranking, costs = self.rerank_costed(query, head)
-        return ranking, list(costs), []
-
-    def _rerank_until(
-        self, scorer: PointwiseScorer, query: Query, head: list[Candidate], deadline: float
-    ) -> tuple[RankedList, list[StageCost], list[Candidate]]:
-        """Score ``head`` chunk by chunk while the next chunk is predicted to finish before ``deadline``."""
-        scores: list[float] = []
-        chunk_costs: list[StageCost] = []
-        per_doc_ms = self._per_doc_ms()
-        done = 0
-        while done < len(head):
-            chunk = head[done : done + self.chunk]
-            now = time.perf_counter()
-            if now + per_doc_ms * len(chunk) / 1000 > deadline:
-                break
-            chunk_scores, cost = scorer.score_candidates(query, chunk)
-            scores.extend(chunk_scores)
-            chunk_costs.append(cost)
-            done += len(chunk)
-            per_doc_ms = sum(c.wall_ms for c in chunk_costs) / done
-        ranking = RankedList.from_scores(query.query_id, head[:done], scores)
-        return ranking, [_sum_costs("rerank", chunk_costs)] if chunk_costs else [], head[done:]
-
-    def _per_doc_ms(self) -> float:
-        model = self.cost_model.stage("rerank") if self.cost_model else None
-        if model is None:
-            return 0.0  # unknown: try the first chunk
-        return max(model.predict_ms(self.chunk) / self.chunk, 0.0)
+        return Budget(ms=max(deadline.remaining_s() * 1000, 1e-6), usd=budget.usd if budget else None)
 
     def _observe(self, costs: list[StageCost]) -> None:
         if self.cost_model is None:

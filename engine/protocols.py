@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from twostage_search.engine.cost import StageCost
+from twostage_search.engine.deadline import Deadline, PartialRanking
 from twostage_search.engine.types import Candidate, Query, RankedList, SparseVector
 
 
@@ -61,6 +62,28 @@ class PointwiseScorer(Protocol):
     """
 
     def score_candidates(self, query: Query, candidates: Sequence[Candidate]) -> tuple[list[float], StageCost]: ...
+
+
+@runtime_checkable
+class HonoursDeadline(Protocol):
+    """A reranker that stops cooperatively when a :class:`~twostage_search.engine.deadline.Deadline` passes.
+
+    Contract of ``rerank_until(query, candidates, deadline)``:
+
+    - check ``deadline.expired()`` before each unit of work (a model batch, an LLM window, one judged
+      pair) and start no unit once it is true; a unit already running finishes;
+    - return a :class:`~twostage_search.engine.deadline.PartialRanking`: ``ranking`` holds the candidates
+      that were ordered (scores comparable with each other), ``unscored`` the rest in input order, and
+      ``degraded`` is set when the deadline cut the work short;
+    - with time to spare the result equals ``rerank`` (same ranking, same scores);
+    - multi-stage rerankers split the remaining time (``deadline.share``) and report each stage's cost.
+
+    ``TwoStage`` and :func:`~twostage_search.engine.costed.deadline_reranker` use it when present; a
+    :class:`PointwiseScorer` without it is scored in chunks from outside, and any other reranker runs
+    whole when it is started before the deadline.
+    """
+
+    def rerank_until(self, query: Query, candidates: Sequence[Candidate], deadline: Deadline) -> PartialRanking: ...
 
 
 @runtime_checkable

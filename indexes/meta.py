@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from twostage_search.engine.atomic import atomic_directory
+from twostage_search.engine.atomic import versioned_directory
 from twostage_search.engine.errors import IndexLoadError
 
 META = "meta.json"
@@ -38,5 +38,7 @@ def write_meta(path: Path, meta: dict[str, Any]) -> None:
 
 
 def atomic_index(target: str | Path, *, overwrite: bool = True) -> contextlib.AbstractContextManager[Path]:
-    """:func:`~twostage_search.engine.atomic.atomic_directory` for an index: replaces only a twostage index."""
-    return atomic_directory(target, overwrite=overwrite, marker=META)
+    """:func:`~twostage_search.engine.atomic.versioned_directory` for an index: replaces only a twostage
+    index, as a new version behind the symlink ``target``, so a service serving the old version can
+    finish its requests on it and switch with ``POST /admin/reload-index``."""
+    return versioned_directory(target, overwrite=overwrite, marker=META)

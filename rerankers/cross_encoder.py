@@ -1,15 +1,22 @@
 """Cross-encoder reranker (sentence-transformers ``CrossEncoder``; Nogueira & Cho 2019, "Passage
 Re-ranking with BERT", arXiv:1901.04085): the query and each candidate are read together and scored.
+
+Thread-safe: a Hugging Face fast tokenizer keeps its truncation/padding settings on one shared Rust
+object, so two threads tokenising at once can corrupt each other's batch. Each batch is tokenised once,
+under a lock, and the forward pass (thread-safe in torch) runs outside it; the token count comes from
+the same encoding.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from twostage_search.engine.cost import StageCost
+from twostage_search.engine.deadline import Deadline, PartialRanking
 from twostage_search.engine.errors import TwoStageError
 from twostage_search.engine.models import resolve_model
 from twostage_search.engine.optional import require
@@ -79,43 +86,70 @@ class CrossEncoderReranker:
             ) from exc
         self._model.eval()
         self._tokenizer: Any = self._model.tokenizer
-        self._identity = torch.nn.Identity()
+        self._torch = torch
+        self._device = st.util.batch_to_device
+        self._tokenizer_lock = threading.Lock()
 
     def _passage(self, c: Candidate) -> str:
         return f"{c.title} {c.text}".strip() if self.use_title and c.title else c.text
 
+    def _score_batch(self, query: str, passages: Sequence[str]) -> tuple[list[float], int]:
+        """Raw logits of one batch of pairs and the input tokens they took (tokenised once, under the lock)."""
+        with self._tokenizer_lock:
+            features = self._model.preprocess([(query, p) for p in passages])
+        tokens = int(features["attention_mask"].sum())
+        features = self._device(features, self._model.device)
+        with self._torch.inference_mode():
+            scores = self._model(features)["scores"].float()  # raw logits: no sigmoid saturation near 1.0
+        if scores.ndim > 1:
+            scores = scores[:, 0]
+        return [float(x) for x in scores.cpu()], tokens
+
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """Raw relevance logits for (query, passage) pairs, in input order."""
-        if not passages:
-            return []
-        pairs = [(query, p) for p in passages]
-        scores = self._model.predict(
-            pairs,
-            batch_size=self.batch_size,
-            show_progress_bar=False,
-            convert_to_numpy=True,
-            activation_fn=self._identity,  # raw logits: no sigmoid saturation, no ties near 1.0
-        )
-        return [float(s) for s in scores]
+        out: list[float] = []
+        for start in range(0, len(passages), self.batch_size):
+            out.extend(self._score_batch(query, passages[start : start + self.batch_size])[0])
+        return out
 
     def count_tokens(self, query: str, passages: Sequence[str]) -> int:
         """Model input tokens the pairs occupy after truncation (what the cost model charges)."""
         if not passages:
             return 0
-        enc = self._tokenizer(
-            [query] * len(passages), list(passages), truncation="only_second", max_length=self.max_length
-        )
+        with self._tokenizer_lock:
+            enc = self._tokenizer(
+                [query] * len(passages), list(passages), truncation="only_second", max_length=self.max_length
+            )
         return sum(len(ids) for ids in enc["input_ids"])
 
     def score_candidates(self, query: Query, candidates: Sequence[Candidate]) -> tuple[list[float], StageCost]:
         """Logits for ``candidates`` (input order) and the cost of computing them."""
         started = time.perf_counter()
         passages = [self._passage(c) for c in candidates]
-        scores = self.score(query.text, passages)
-        tokens = self.count_tokens(query.text, passages)
+        scores: list[float] = []
+        tokens = 0
+        for start in range(0, len(passages), self.batch_size):
+            part, used = self._score_batch(query.text, passages[start : start + self.batch_size])
+            scores.extend(part)
+            tokens += used
         return scores, StageCost(
             "rerank", (time.perf_counter() - started) * 1000, docs=len(candidates), tokens_in=tokens
         )
+
+    def rerank_until(self, query: Query, candidates: Sequence[Candidate], deadline: Deadline) -> PartialRanking:
+        """Score batch by batch (``batch_size`` pairs) while ``deadline`` has not passed (HonoursDeadline)."""
+        started = time.perf_counter()
+        scores: list[float] = []
+        tokens = done = 0
+        while done < len(candidates) and not deadline.expired():
+            batch = candidates[done : done + self.batch_size]
+            part, used = self._score_batch(query.text, [self._passage(c) for c in batch])
+            scores.extend(part)
+            tokens += used
+            done += len(batch)
+        ranking = RankedList.from_scores(query.query_id, candidates[:done], scores)
+        cost = StageCost("rerank", (time.perf_counter() - started) * 1000, docs=done, tokens_in=tokens)
+        return PartialRanking(ranking, (cost,) if done else (), tuple(candidates[done:]))
 
     def rerank_with_cost(self, query: Query, candidates: Sequence[Candidate]) -> tuple[RankedList, StageCost]:
         scores, cost = self.score_candidates(query, candidates)

@@ -87,6 +87,16 @@ class ArmConfig(BaseModel):
     budget_ms: float | None = Field(default=None, gt=0, description="default latency budget of a request")
     budget_usd: float | None = Field(default=None, gt=0, description="default money budget of a request")
     cache: CacheConfig | None = Field(default=None, description="result cache (off when absent)")
+    max_rerank_depth: int | None = Field(
+        default=None, ge=0, description="largest rerank_depth a request may ask for (default: depth)"
+    )
+    max_budget_ms: float | None = Field(
+        default=None, gt=0, description="largest budget_ms a request may ask for (default: the request timeout)"
+    )
+    min_score: float | None = Field(
+        default=None,
+        description="relevance floor: reranked hits scoring below it are dropped (calibrated score or LORE grade)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ArmConfig:
@@ -212,6 +222,7 @@ class Deployment:
     version: int
     source: str
     loaded_at: float = field(default_factory=time.time)
+    retriever: Retriever | None = None
 
     def pick(self, *, arm: str | None, reranker: str | None, user_id: str) -> str:
         """The arm to serve: the named ``arm``; else the first arm using ``reranker``; else by user hash."""
@@ -266,6 +277,36 @@ class ExperimentStore:
         self._swap_lock = threading.Lock()  # one build at a time
         self._current: Deployment | None = None
         self._rerankers: dict[str, Reranker] = {}
+        self._users: dict[int, int] = {}  # id(retriever) → requests holding a deployment that uses it
+        self._retired: dict[int, Callable[[], None]] = {}  # id(retriever) → close it once unused
+
+    def acquire(self) -> Deployment:
+        """The current deployment, held until :meth:`release`: its retriever is not closed meanwhile."""
+        with self._lock:
+            if self._current is None:
+                raise ExperimentError("no experiment loaded")
+            key = id(self._current.retriever)
+            self._users[key] = self._users.get(key, 0) + 1
+            return self._current
+
+    def release(self, deployment: Deployment) -> None:
+        close = None
+        with self._lock:
+            key = id(deployment.retriever)
+            self._users[key] -= 1
+            if self._users[key] == 0:
+                del self._users[key]
+                close = self._retired.pop(key, None)
+        if close is not None:
+            close()
+
+    def retire(self, retriever: Retriever, close: Callable[[], None]) -> None:
+        """Call ``close`` once no request holds a deployment using ``retriever`` (at once if none does)."""
+        with self._lock:
+            if self._users.get(id(retriever), 0) > 0:
+                self._retired[id(retriever)] = close
+                return
+        close()
 
     def current(self) -> Deployment:
         with self._lock:
@@ -284,12 +325,16 @@ class ExperimentStore:
         *,
         source: str,
         prepare: Callable[[Mapping[str, TwoStage]], None] | None = None,
+        retriever: Retriever | None = None,
     ) -> Deployment:
         """Build pipelines for ``config`` and make them current; on any failure keep the old ones.
 
-        ``prepare`` (e.g. a warm-up) runs on the new pipelines before they serve.
+        ``prepare`` (e.g. a warm-up) runs on the new pipelines before they serve. ``retriever`` replaces
+        the first stage (an index reload) for this and later deployments; requests in flight finish on
+        the deployment, and so the index, they started with.
         """
         with self._swap_lock:
+            first = retriever if retriever is not None else self.retriever
             pool: dict[str, Reranker] = {}
             pipelines: dict[str, TwoStage] = {}
             try:
@@ -302,7 +347,7 @@ class ExperimentStore:
                     if arm.cache is not None:
                         cache = ResultCache(arm.cache.maxsize, arm.cache.ttl_s)
                     pipelines[arm.name] = TwoStage(
-                        self.retriever,
+                        first,
                         pool[key],
                         depth=arm.depth,
                         rerank_depth=arm.rerank_depth,
@@ -311,6 +356,7 @@ class ExperimentStore:
                         budget=arm.budget,
                         cache=cache,
                         cache_key=arm.name,
+                        min_score=arm.min_score,
                     )
             except TwoStageError as exc:
                 raise ExperimentError(f"cannot build experiment {config.name!r}: {exc}") from None
@@ -320,8 +366,9 @@ class ExperimentStore:
                 prepare(pipelines)
             with self._lock:
                 version = (self._current.version + 1) if self._current else 1
-                deployment = Deployment(config, pipelines, version, source)
+                deployment = Deployment(config, pipelines, version, source, retriever=first)
                 self._current = deployment
+                self.retriever = first
                 self._rerankers = pool  # rerankers no arm uses any more are dropped with the old deployment
             log.info(
                 "experiment %r v%d serving arms %s (from %s)",

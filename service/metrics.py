@@ -46,6 +46,15 @@ class Metrics:
             "twostage_degraded", "Searches whose reranking the deadline cut short", ["arm"], registry=r
         )
         self.errors = Counter("twostage_errors", "Error answers by endpoint and kind", ["endpoint", "kind"], registry=r)
+        self.rejected = Counter(
+            "twostage_rejected",
+            "Requests refused by admission control (overloaded, expired)",
+            ["arm", "reason"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "twostage_floor_dropped", "Hits removed by an arm's relevance floor", ["arm"], registry=r
+        )
         self.swaps = Counter("twostage_experiment_swaps", "Experiment changes by outcome", ["outcome"], registry=r)
         self.version = Gauge("twostage_experiment_version", "Version of the experiment being served", registry=r)
         self.weight = Gauge("twostage_arm_weight", "Traffic weight of each arm being served", ["arm"], registry=r)

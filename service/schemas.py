@@ -97,7 +97,12 @@ class RerankRequest(BaseModel):
 class Hit(BaseModel):
     rank: int
     doc_id: str
-    score: float
+    score: float = Field(
+        description="the ordering score: the reranker's where stage is 'rerank'; where stage is 'first' it "
+        "equals first_stage_score when nothing was reranked, else it only places the hit below the reranked ones"
+    )
+    first_stage_score: float | None = Field(default=None, description="the first stage's score of this document")
+    stage: str = Field(default="rerank", description="which stage ordered this hit: 'rerank' or 'first'")
     title: str = ""
     text: str = ""
 
@@ -152,6 +157,7 @@ class SearchResponse(BaseModel):
     k: int
     rerank_depth: int = Field(description="documents actually reranked")
     degraded: bool = Field(description="the deadline cut reranking short; the rest kept first-stage order")
+    dropped: int = Field(default=0, description="reranked hits removed by the arm's relevance floor")
     cached: bool
     took_ms: float
     hits: list[Hit]
@@ -167,6 +173,7 @@ class RerankResponse(BaseModel):
     arm: str
     reranker: str
     took_ms: float
+    degraded: bool = Field(default=False, description="the deadline cut reranking short")
     hits: list[Hit]
     costs: list[Cost]
 
@@ -193,3 +200,62 @@ class ExperimentInfo(BaseModel):
     source: str
     loaded_at: float
     config: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------ /v1/rerank (Cohere/Jina)
+class V1Document(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    text: str = Field(max_length=100_000)
+    title: str = Field(default="", max_length=10_000)
+
+
+class V1RerankRequest(BaseModel):
+    """The rerank request of Cohere, Jina, vLLM, TEI and Infinity: ``documents`` as strings or objects."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "ce20",
+                    "query": "vitamin D and multiple sclerosis",
+                    "documents": ["Low vitamin D raises MS risk.", "Tides are caused by the moon."],
+                    "top_n": 1,
+                    "return_documents": True,
+                }
+            ]
+        },
+    )
+
+    model: str | None = Field(default=None, max_length=MAX_ID_CHARS, description="an arm or reranker name")
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")
+    documents: list[str | V1Document] = Field(min_length=1, max_length=10_000)
+    top_n: int | None = Field(default=None, ge=1, le=MAX_K)
+    return_documents: bool = False
+    max_chunks_per_doc: int | None = Field(default=None, description="accepted and ignored (no chunking)")
+
+
+class V1Result(BaseModel):
+    index: int = Field(description="position of the document in the request")
+    relevance_score: float
+    document: dict[str, Any] | None = None
+
+
+class V1Usage(BaseModel):
+    search_units: int = 1
+    total_tokens: int = 0
+
+
+class V1Meta(BaseModel):
+    api_version: dict[str, Any] = Field(default_factory=lambda: {"version": "2"})
+    billed_units: dict[str, int] = Field(default_factory=lambda: {"search_units": 1})
+
+
+class V1RerankResponse(BaseModel):
+    id: str
+    model: str = Field(description="the arm that served the request")
+    results: list[V1Result]
+    usage: V1Usage
+    meta: V1Meta = Field(default_factory=V1Meta)
+    degraded: bool = Field(default=False, description="the deadline cut reranking short")

@@ -15,7 +15,11 @@ DEFAULT_EXPERIMENT = Path(__file__).parent / "experiments" / "default.yaml"
 
 
 class Settings(BaseSettings):
-    """Service configuration. Every field can be set as ``TWOSTAGE_<NAME>`` (e.g. ``TWOSTAGE_INDEX``)."""
+    """Service configuration. Every field can be set as ``TWOSTAGE_<NAME>`` (e.g. ``TWOSTAGE_INDEX``).
+
+    The admin token is root-equivalent within these limits: whoever holds it chooses which of the
+    allowed models and backends run, and reloads the index.
+    """
 
     model_config = SettingsConfigDict(env_prefix="TWOSTAGE_", extra="ignore", frozen=True)
 
@@ -25,7 +29,31 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(default=1000, ge=1, description="longest accepted query, in characters")
     k_max: int = Field(default=100, ge=1, description="largest k a request may ask for")
     max_rerank_docs: int = Field(default=200, ge=1, description="most documents one /rerank request may send")
-    request_timeout_s: float = Field(default=30.0, gt=0, description="hard cap on one request's search/rerank time")
-    workers: int = Field(default=4, ge=1, description="threads running searches (requests beyond them queue)")
-    retry_after_s: int = Field(default=5, ge=1, description="Retry-After seconds on 503 answers")
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="hard cap on one request's time, counted from its arrival"
+    )
+    workers: int = Field(default=2, ge=1, description="requests of one arm running at once (its worker threads)")
+    queue: int = Field(default=8, ge=0, description="requests of one arm waiting for a worker; beyond: 429")
+    retry_after_s: int = Field(default=5, ge=1, description="Retry-After seconds on 429/503 answers")
     warmup: bool = Field(default=True, description="run one query per arm at start-up before reporting ready")
+    # ------------------------------------------------------------------ caps the client cannot exceed
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body; beyond: 413")
+    max_doc_chars: int = Field(default=20_000, ge=1, description="longest document one rerank call may send")
+    max_rerank_chars: int = Field(default=400_000, ge=1, description="total characters of one rerank call")
+    max_filter_ids: int = Field(default=1_000, ge=0, description="longest include/exclude list of a search")
+    allow_overrides: bool = Field(
+        default=False, description="let any client pick its arm/reranker (debug); else only with the admin token"
+    )
+    # ------------------------------------------------------------------ what admin may configure over HTTP
+    allowed_rerankers: list[str] = Field(
+        default=["identity", "cross-encoder", "onnx-cross-encoder", "cascade", "lore", "listwise-llm"],
+        description="reranker names an experiment sent over HTTP may use",
+    )
+    allowed_models: list[str] = Field(
+        default=["bundled:*", "default"], description="model specs (fnmatch patterns) allowed over HTTP"
+    )
+    model_dirs: list[Path] = Field(default=[], description="directories whose models may be named by path over HTTP")
+    allowed_llm_backends: list[str] = Field(
+        default=["llama-cpp", "transformers"], description="LLM backends allowed over HTTP"
+    )
+    allowed_base_urls: list[str] = Field(default=[], description="base URLs an OpenAI backend may be pointed at")

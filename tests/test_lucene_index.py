@@ -105,7 +105,8 @@ def test_rebuild_over_existing_index_is_atomic(tmp_path, encoder, tiny_docs):
     with pytest.raises(RuntimeError, match="crash while encoding"):
         LuceneImpactIndex.build(_docs_then_fail(tiny_docs), path, encoder=encoder, progress=False)
     assert _snapshot(path) == before  # the old index is untouched
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temp dir left behind
+    assert _entries(tmp_path) == ["idx", "idx.versions"]  # no temp dir left behind
+    assert len(_entries(tmp_path / "idx.versions")) == 1
 
     with pytest.raises(InputError, match="empty"):
         LuceneImpactIndex.build([], path, encoder=encoder, progress=False)
@@ -114,7 +115,16 @@ def test_rebuild_over_existing_index_is_atomic(tmp_path, encoder, tiny_docs):
     rebuilt = LuceneImpactIndex.build(tiny_docs, path, encoder=encoder, progress=False)
     assert len(rebuilt) == len(tiny_docs)
     assert rebuilt.retriever(encoder).retrieve(Query("q", "ocean tides moon"), k=1).doc_ids == ["d10"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    assert _entries(tmp_path) == ["idx", "idx.versions"]
+    # a versioned build: idx is a symlink flipped to the new version; the previous one is kept for
+    # readers still on it (a serving process until its reload-index), older ones removed
+    assert path.is_symlink() and len(_entries(tmp_path / "idx.versions")) == 2
+    LuceneImpactIndex.build(tiny_docs[:3], path, encoder=encoder, progress=False)
+    assert len(_entries(tmp_path / "idx.versions")) == 2 and (path / "meta.json").is_file()
+
+
+def _entries(directory):
+    return sorted(p.name for p in directory.iterdir())
 
 
 def test_refuses_to_overwrite_a_directory_that_is_not_an_index(tmp_path, encoder, tiny_docs):

@@ -54,11 +54,11 @@ def write_experiment(path: Path, name: str, arms: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def main_experiment(tmp_path_factory) -> Path:
     """Identity vs the bundled cross-encoder on the top 3, a weight-0 arm with a result cache, and a
-    budget-policy arm whose cost model says 50 ms per reranked document."""
+    budget-policy arm whose cost model says 5 s per reranked document."""
     tmp = tmp_path_factory.mktemp("exp")
-    # Fitted on 1,000 observations of exactly 50 ms per document: a few fast identity reranks (warm-up)
-    # move the slope by well under 1 ms, so the budget decisions below are exact.
-    observed = [Observation(k, 50.0 * k) for k in range(1, 11)] * 100
+    # Fitted on 1,000 observations of exactly 5 s per document: a few fast identity reranks (warm-up)
+    # move the slope by well under 1 s, so the budget decisions below are exact on a loaded machine too.
+    observed = [Observation(k, 5000.0 * k) for k in range(1, 11)] * 100
     CostModel({"rerank": LinearCost.fit(observed, forget=1.0)}).save(tmp / "cost.json")
     arms = [
         {"name": "control", "weight": 0.5, "reranker": {"name": "identity"}, "depth": 10},
@@ -86,7 +86,12 @@ def main_experiment(tmp_path_factory) -> Path:
 def client(lucene_index, main_experiment):
     """The app as `twostage serve` builds it: index opened from its directory in the lifespan."""
     settings = Settings(
-        index=lucene_index.path, experiment=main_experiment, admin_token=TOKEN, max_query_chars=200, k_max=20
+        index=lucene_index.path,
+        experiment=main_experiment,
+        admin_token=TOKEN,
+        max_query_chars=200,
+        k_max=20,
+        allow_overrides=True,
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c
@@ -107,6 +112,7 @@ class FailingRetriever:
 
 def small_app(tmp_path: Path, retriever, *, arms: list[dict] | None = None, **settings) -> TestClient:
     exp = write_experiment(tmp_path / "exp.yaml", "small", arms or identity_arms("a1", "a2"))
+    settings.setdefault("allow_overrides", True)
     s = Settings(index=tmp_path / "unused", experiment=exp, admin_token=TOKEN, **settings)
     return TestClient(create_app(s, retriever=retriever), raise_server_exceptions=False)
 
@@ -173,15 +179,18 @@ def test_search_reranker_selects_arm_and_request_depth(client):
 
 
 def test_search_budget_policy_and_deadline(client):
-    body = search(client, arm="budget", budget_ms=120, explain=True).json()
+    body = search(client, arm="budget", budget_ms=12_000, explain=True).json()
     assert body["explain"]["policy"] == "budget" and "largest k within" in body["explain"]["reason"]
-    # ks 0..3 at 50 ms each: 2 documents (100 ms) fit the 120 ms left after retrieval, 3 (150 ms) do not
-    assert body["explain"]["budget_ms"] == 120 and body["rerank_depth"] == 2
+    # ks 0..3 at 5 s each: 2 documents (10 s) fit the ~12 s left after retrieval, 3 (15 s) do not
+    assert body["explain"]["budget_ms"] == 12_000 and body["rerank_depth"] == 2
     # a deadline that has passed before reranking starts: served in first-stage order, flagged
     late = search(client, arm="ce", budget_ms=0.001).json()
     first_stage = search(client, arm="control").json()
     assert late["degraded"] and late["rerank_depth"] == 0
     assert [h["doc_id"] for h in late["hits"]] == [h["doc_id"] for h in first_stage["hits"]]
+    # nothing reranked: the first stage's scores are served unchanged (no -1, -2, ...), stage "first"
+    assert [h["score"] for h in late["hits"]] == [h["score"] for h in first_stage["hits"]]
+    assert all(h["stage"] == "first" and h["first_stage_score"] == h["score"] for h in late["hits"])
 
 
 def test_search_sticky_assignment(client):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twostage_search.engine.cost import StageCost
+from twostage_search.engine.deadline import Deadline, PartialRanking
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Candidate, Query, RankedList
 from twostage_search.rerankers.llm.backends import ChatPrompt, Completion, LazyBackend, LLMBackend
@@ -181,8 +182,13 @@ class ListwiseLLMReranker:
         )
         return ChatPrompt((("system", SYSTEM), ("user", user)), prefix=self.prefill)
 
-    def rerank_explained(self, query: Query, candidates: Sequence[Candidate]) -> ListwiseResult:
-        """Rerank and return the windows (answers, repairs) and the cost."""
+    def rerank_explained(
+        self, query: Query, candidates: Sequence[Candidate], *, deadline: Deadline | None = None
+    ) -> ListwiseResult:
+        """Rerank and return the windows (answers, repairs) and the cost.
+
+        With a ``deadline``, no window starts after it has passed; the windows done so far keep their order.
+        """
         started = time.perf_counter()
         order = sorted(candidates, key=lambda c: (-c.score, c.doc_id))  # first-stage order
         n = len(order)
@@ -192,6 +198,8 @@ class ListwiseLLMReranker:
         if n > 1:
             passages = {c.doc_id: self._passage(c) for c in order}
             for start in window_starts(n, self.window, self.stride):
+                if deadline is not None and deadline.expired():
+                    break
                 block = order[start : start + self.window]
                 prompt = self.prompt(query.text, [passages[c.doc_id] for c in block])
                 completion: Completion = self.backend.generate([prompt], max_tokens=self.max_tokens)[0]
@@ -221,6 +229,15 @@ class ListwiseLLMReranker:
             usd=usd,
         )
         return ListwiseResult(ranking, tuple(windows), cost)
+
+    def rerank_until(self, query: Query, candidates: Sequence[Candidate], deadline: Deadline) -> PartialRanking:
+        """Check ``deadline`` between windows (HonoursDeadline); cut short, the answer is marked degraded.
+
+        Every candidate is in the ranking (windows not run leave their part in first-stage order).
+        """
+        result = self.rerank_explained(query, candidates, deadline=deadline)
+        planned = len(window_starts(len(candidates), self.window, self.stride)) if len(candidates) > 1 else 0
+        return PartialRanking(result.ranking, (result.cost,), degraded=len(result.windows) < planned)
 
     def rerank_with_cost(self, query: Query, candidates: Sequence[Candidate]) -> tuple[RankedList, StageCost]:
         result = self.rerank_explained(query, candidates)

@@ -35,6 +35,7 @@ from typing import Any
 
 from twostage_search.engine.cache import ResultCache
 from twostage_search.engine.cost import StageCost
+from twostage_search.engine.deadline import Deadline, PartialRanking
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.protocols import ReportsCost, Reranker
 from twostage_search.engine.types import Candidate, Query, RankedList
@@ -317,6 +318,46 @@ class LoreReranker:
     def precompute(self, queries: Sequence[tuple[Query, Sequence[Candidate]]]) -> int:
         """Judge head queries ahead of time into the cache; returns the number of new judgements."""
         return sum(self.rerank_explained(q, cands, force=True).judged for q, cands in queries)
+
+    def rerank_until(self, query: Query, candidates: Sequence[Candidate], deadline: Deadline) -> PartialRanking:
+        """Judge pointwise, one candidate at a time in first-stage order, while ``deadline`` has not passed.
+
+        Cached judgements are used at no cost; candidates not judged in time are returned as ``unscored``
+        (served below in first-stage order). Queries the ``is_hard`` policy rejects go to the fallback
+        whole, as in :meth:`rerank_explained`.
+        """
+        started = time.perf_counter()
+        hard = self.is_hard is None or bool(self.is_hard(query, candidates))
+        if not hard:
+            result = self.rerank_explained(query, candidates)
+            return PartialRanking(result.ranking, (result.cost,))
+        order = sorted(candidates, key=lambda c: (-c.score, c.doc_id))  # best first-stage candidates first
+        scored: list[Candidate] = []
+        judgements: list[Judgement] = []
+        unscored: list[Candidate] = []
+        fresh: list[Judgement] = []
+        for c in order:
+            key = self._key(query, c)
+            cached = self.cache.get(key)
+            if cached is not None:
+                judgements.append(replace(cached, cached=True, tokens_in=0, tokens_out=0))
+            elif deadline.expired():
+                unscored.append(c)
+                continue
+            else:
+                j = self.judge(query, [c])[0]
+                self.cache.put(key, j)
+                fresh.append(j)
+                judgements.append(j)
+            scored.append(c)
+        ranking = RankedList.from_scores(query.query_id, scored, self._scores(scored, judgements))
+        tokens_in = sum(j.tokens_in for j in fresh)
+        tokens_out = sum(j.tokens_out for j in fresh)
+        pricing = getattr(self.backend, "pricing", None) if fresh else None
+        usd = pricing.cost(tokens_in, tokens_out) if pricing is not None else 0.0
+        ms = (time.perf_counter() - started) * 1000
+        cost = StageCost("rerank", ms, docs=len(fresh), tokens_in=tokens_in, tokens_out=tokens_out, usd=usd)
+        return PartialRanking(ranking, (cost,), tuple(unscored))
 
     def rerank_with_cost(self, query: Query, candidates: Sequence[Candidate]) -> tuple[RankedList, StageCost]:
         result = self.rerank_explained(query, candidates)

@@ -144,6 +144,24 @@ def run_cell(dataset: Path, run: str, key: str, queries: int | None, depth: int,
     return Cell(dataset.name, run, key, len(report.query_ids), depth, base, ranked, ms, str(where / "report.md"))
 
 
+def load_cell(report_json: Path) -> Cell:
+    """A cell back from the ``report.json`` that :func:`run_cell` wrote (DIR/DATASET/RUN/KEY/report.json)."""
+    data = json.loads(report_json.read_text(encoding="utf-8"))
+    key, run, dataset = report_json.parent.name, report_json.parent.parent.name, report_json.parent.parent.parent.name
+    first, reranked = data["systems"][0], data["systems"][1]
+    return Cell(
+        dataset,
+        run,
+        key,
+        len(data["per_query"]["query_ids"]),
+        reranked["rerank_depth"],
+        data["per_query"][first["name"]]["nDCG@10"],
+        data["per_query"][reranked["name"]]["nDCG@10"],
+        reranked["latency_ms"]["total"]["mean"],
+        str(report_json.with_name("report.md")),
+    )
+
+
 def table(cells: list[Cell]) -> tuple[str, list[dict[str, Any]]]:
     """The Markdown table (ours beside published) and its rows as records."""
     comparisons = compare([(c.reranked, c.first) for c in cells])
@@ -205,12 +223,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", nargs="*", default=[], metavar="KEY=QUERIES:DEPTH", help="subsample a reranker")
     parser.add_argument("--threads", type=int, default=2, help="threads for cross-encoders")
     parser.add_argument("--out", type=Path, default=Path("runs/trec-dl"))
+    parser.add_argument(
+        "--collect",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="run nothing: table the cells already written under these --out directories (Holm across all)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         limits = _limits(args.limit)
-        cells = []
-        for dataset in args.datasets:
+        cells = [load_cell(p) for d in args.collect or [] for p in sorted(d.glob("*/*/*/report.json"))]
+        for dataset in args.datasets if args.collect is None else []:
             for run in args.runs:
                 for key in args.rerankers:
                     queries, depth = limits.get(key, (None, 100))

@@ -107,6 +107,9 @@ def test_example_configs_are_valid():
     ce = by_name["SPLADE + CE@20"]
     assert (ce.reranker.name, ce.depth, ce.effective_rerank_depth) == ("onnx-cross-encoder", 1000, 20)
     assert by_name["SPLADE"].effective_rerank_depth == 0  # identity: no second stage
+    dl = by_name["DL19 BM25 run + onnx-cross-encoder"]
+    assert dl.first_stage.run is not None and dl.first_stage.run.name == "bm25.top100.trec"
+    assert by_name["BM25@100"].depth == 100
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,7 @@ def test_trec_dl_cell_reranks_a_run_with_a_real_cross_encoder(tmp_path):
     need("sentence_transformers", "rerank")
     from sentence_transformers import CrossEncoder
 
-    from twostage_search.benchmarks.trec_dl import run_cell, table
+    from twostage_search.benchmarks.trec_dl import load_cell, run_cell, table
     from twostage_search.engine.beir import read_corpus, read_trec_run
     from twostage_search.engine.models import resolve_model
 
@@ -134,6 +134,8 @@ def test_trec_dl_cell_reranks_a_run_with_a_real_cross_encoder(tmp_path):
             out.append(dcg / sum(g / math.log2(i + 2) for i, g in enumerate(ideal)))
     assert cell.first == pytest.approx(expected_first, abs=1e-6)
     assert cell.reranked == pytest.approx(expected_reranked, abs=1e-4)
+    back = load_cell(tmp_path / "trec-dl-2019-passage" / "bm25" / "cross-encoder" / "report.json")
+    assert (back.first, back.reranked, back.queries, back.depth) == (cell.first, cell.reranked, 2, 5)
     text, records = table([cell])
     assert "zero-shot" in text and "(subsample)" in text and records[0]["published_first"] == 0.5058
 

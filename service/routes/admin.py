@@ -121,7 +121,12 @@ async def reload_index(_: AdminDep, state: StateDep) -> ExperimentInfo:
         raise ApiError(422, "invalid_index", f"cannot open the index: {exc}") from None
     old = state.store.retriever
     current = state.store.current().config
-    result = await run_in_threadpool(swap, state, lambda: current, f"index {path}", retriever)
+    try:
+        result = await run_in_threadpool(swap, state, lambda: current, f"index {path}", retriever)
+    except ApiError:
+        if isinstance(retriever, SupportsClose):
+            retriever.close()
+        raise
     if old in state.owned and isinstance(old, SupportsClose):
         state.owned.remove(old)
         state.store.retire(old, old.close)

@@ -337,7 +337,7 @@ class LoreReranker:
         unscored: list[Candidate] = []
         fresh: list[Judgement] = []
         for c in order:
-            key = self._key(query, c)
+            key = self.cache_key(query, c)
             cached = self.cache.get(key)
             if cached is not None:
                 judgements.append(replace(cached, cached=True, tokens_in=0, tokens_out=0))

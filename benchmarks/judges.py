@@ -43,7 +43,7 @@ from twostage_search.benchmarks.graded import (
     load_submissions,
 )
 from twostage_search.engine.errors import InputError, TwoStageError
-from twostage_search.engine.models import DEFAULT_CROSS_ENCODER
+from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
 from twostage_search.engine.types import Candidate
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only-judged", action="store_true", help="restrict the test sample to pairs in --judgements (all judges)"
     )
-    p.add_argument("--ce-model", default=DEFAULT_CROSS_ENCODER)
+    p.add_argument("--ce-model", default=SCIFACT_CROSS_ENCODER)
     p.add_argument("--ce-max-length", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")

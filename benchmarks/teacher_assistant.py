@@ -50,7 +50,7 @@ from twostage_search.benchmarks.judges import (
 )
 from twostage_search.benchmarks.judges import parser as judges_parser
 from twostage_search.engine.errors import InputError, TwoStageError
-from twostage_search.engine.models import DEFAULT_CROSS_ENCODER
+from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
 from twostage_search.engine.optional import require
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--per-query", type=int, default=10)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--base", default=DEFAULT_CROSS_ENCODER, help="cross-encoder both assistants start from")
+    p.add_argument("--base", default=SCIFACT_CROSS_ENCODER, help="cross-encoder both assistants start from")
     p.add_argument(
         "--judgements", type=Path, nargs="+", default=[Path("runs/lore-crowdflower.jsonl")], help="LORE stores to read"
     )

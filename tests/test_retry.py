@@ -32,3 +32,4 @@ def test_parse_retry_after():
     assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now=now) == 30.0
     assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now=now) == 0.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("0.5") == 0.5 and parse_retry_after("-3") == 0.0  # fractions and clamps

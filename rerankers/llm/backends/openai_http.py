@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.optional import require
+from twostage_search.engine.retry import backoff_delay, parse_retry_after
 from twostage_search.rerankers.llm.backends.base import (
     ChatPrompt,
     Completion,
@@ -171,14 +172,12 @@ class OpenAIBackend:
                         f"{self.base_url}{path} answered {response.status_code}: {response.text[:300]}"
                     )
                 problem = f"status {response.status_code}"
-                retry_after = _retry_after(response.headers.get("retry-after"))
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if attempt >= self.max_retries:
                 raise LLMRequestError(f"{self.base_url}{path} failed after {attempt + 1} tries ({problem})")
-            wait = min(self.backoff * 2**attempt, self.max_backoff)
-            if retry_after is not None:
-                wait = min(max(wait, retry_after), self.max_backoff)
+            wait = backoff_delay(attempt + 1, base=self.backoff, cap=self.max_backoff, retry_after=retry_after)
             log.warning("LLM request %s (try %d); retrying in %.2fs", problem, attempt + 1, wait)
             time.sleep(wait)
             attempt += 1
@@ -217,10 +216,3 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self._client.close()
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None

@@ -168,6 +168,25 @@ def opensearch_prefix(opensearch_url):
             client.indices.delete(index=name)
 
 
+@pytest.fixture
+def name(opensearch_prefix, request):
+    """A fresh OpenSearch alias name for this test, under the session prefix."""
+    counter = iter(range(100))
+
+    def make(suffix: str = "") -> str:
+        test = request.node.name.split("[")[0].replace("test_", "").replace("_", "-")[:40]
+        return f"{opensearch_prefix}-{test}{suffix}-{next(counter)}"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def os_index(built_indexes):
+    if "opensearch" not in built_indexes:
+        pytest.skip("opensearch backend not available")
+    return built_indexes["opensearch"]
+
+
 def backend_options(name: str, request: pytest.FixtureRequest) -> dict:
     """Build options a backend needs in tests (the cluster for ``opensearch``); none for embedded ones."""
     if name == "opensearch":

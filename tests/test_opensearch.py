@@ -1,22 +1,13 @@
 """The ``opensearch`` backend end to end through opensearch-py, against a real local OpenSearch node or $OPENSEARCH_URL.
 
-Fault cases go through :class:`FaultProxy`, a real HTTP proxy on 127.0.0.1 in front of the cluster that
-answers chosen bulk requests with 429/503 or drops every connection for a while (a server that is down).
+Fault cases (a server down mid-ingest, rejections, outages, bad credentials) are in test_opensearch_faults.py.
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
 import logging
 import os
-import socket
-import ssl
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,10 +22,7 @@ need("pydantic_settings", "opensearch")
 
 from twostage_search.indexes.opensearch import (
     MAX_CLAUSES,
-    OpenSearchError,
     OpenSearchIndex,
-    OpenSearchIndexMissingError,
-    OpenSearchUnavailableError,
     escape_term,
     resolve_settings,
     unescape_term,
@@ -50,147 +38,6 @@ FAST = {"retry_backoff": 0.02, "max_backoff": 0.1}
 
 
 # ------------------------------------------------------------------------------------- fixtures
-class FaultProxy:
-    """An HTTP proxy on 127.0.0.1 in front of the cluster that fails requests on purpose.
-
-    ``reject_bulk(n, status)`` answers the next ``n`` bulk requests with ``status`` instead of forwarding
-    them; ``go_down_at_bulk(k)`` drops every request (connection closed, no answer) from the ``k``-th
-    bulk request on, until :meth:`up`.
-    """
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = urlsplit(upstream)
-        self.lock = threading.Lock()
-        self.bulk_seen = 0
-        self.injected: list[int | str] = []
-        self._rejects: list[int] = []
-        self._down_at: int | None = None
-        self._drops_left: int | None = None
-        self._down = False
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def handle_one(self) -> None:
-                proxy.handle(self)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_one
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def reject_bulk(self, n: int, status: int) -> None:
-        with self.lock:
-            self._rejects.extend([status] * n)
-
-    def go_down_at_bulk(self, k: int, *, drops: int | None = None) -> None:
-        """Go down at the ``k``-th bulk request from now; with ``drops``, come back after that many."""
-        with self.lock:
-            self._down_at = self.bulk_seen + k
-            self._drops_left = drops
-
-    def up(self) -> None:
-        with self.lock:
-            self._down, self._down_at = False, None
-
-    def handle(self, h: BaseHTTPRequestHandler) -> None:
-        body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
-        is_bulk = "/_bulk" in h.path
-        with self.lock:
-            if is_bulk:
-                self.bulk_seen += 1
-                if self._down_at is not None and self.bulk_seen >= self._down_at:
-                    self._down = True
-            fault: int | str | None = "drop" if self._down else None
-            if fault is None and is_bulk and self._rejects:
-                fault = self._rejects.pop(0)
-            if fault is not None:
-                self.injected.append(fault)
-            if fault == "drop" and self._drops_left is not None:
-                self._drops_left -= 1
-                if self._drops_left <= 0:  # back up for the next request
-                    self._down, self._down_at, self._drops_left = False, None, None
-        if fault == "drop":
-            h.close_connection = True  # no answer at all: the client sees the connection die
-            return
-        if fault is not None:
-            kind = "es_rejected_execution_exception" if fault == 429 else "unavailable_shards_exception"
-            payload = json.dumps({"error": {"type": kind, "reason": "injected by the test"}, "status": fault})
-            self._reply(h, int(fault), {"content-type": "application/json"}, payload.encode())
-            return
-        self._forward(h, body)
-
-    def _forward(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
-        u = self.upstream
-        if u.scheme == "https":  # a real test cluster with its demo certificate
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                u.hostname or "", u.port, timeout=30, context=ssl._create_unverified_context()
-            )
-        else:
-            conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=30)
-        headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "connection", "content-length")}
-        if u.username:  # credentials in $OPENSEARCH_URL
-            token = base64.b64encode(f"{u.username}:{u.password or ''}".encode()).decode()
-            headers.setdefault("Authorization", f"Basic {token}")
-        try:
-            conn.request(h.command, h.path, body=body or None, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            keep = {k: v for k, v in resp.getheaders() if k.lower() not in ("transfer-encoding", "connection")}
-            keep.pop("content-length", None)
-            keep.pop("Content-Length", None)
-            self._reply(h, resp.status, keep, data)
-        finally:
-            conn.close()
-
-    @staticmethod
-    def _reply(h: BaseHTTPRequestHandler, status: int, headers: dict[str, str], data: bytes) -> None:
-        h.send_response(status)
-        for k, v in headers.items():
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        if h.command != "HEAD":
-            h.wfile.write(data)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def proxy(opensearch_url):
-    p = FaultProxy(opensearch_url)
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def name(opensearch_prefix, request):
-    """A fresh alias name for this test, under the session prefix."""
-    counter = iter(range(100))
-
-    def make(suffix: str = "") -> str:
-        test = request.node.name.split("[")[0].replace("test_", "").replace("_", "-")[:40]
-        return f"{opensearch_prefix}-{test}{suffix}-{next(counter)}"
-
-    return make
-
-
-@pytest.fixture(scope="module")
-def os_index(built_indexes):
-    if "opensearch" not in built_indexes:
-        pytest.skip("opensearch backend not available")
-    return built_indexes["opensearch"]
-
-
 @pytest.fixture(scope="module")
 def os_retriever(os_index, encoder):
     return os_index.retriever(encoder)
@@ -344,128 +191,6 @@ def test_failed_rebuild_keeps_the_live_index_then_resumes(tmp_path, encoder, tin
     assert not resumed.client.indices.exists(index=live_physical)
     top = resumed.retriever(encoder).retrieve(Query("q", "plants sunlight oxygen"), k=1)
     assert top[0].doc_id == "d03" and top[0].text == changed.text
-
-
-# ----------------------------------------------------------------------------------- fault cases
-def test_server_down_mid_ingest_then_resume_without_loss_or_duplicates(
-    tmp_path, encoder, tiny_docs, lucene_retriever, tiny_queries, proxy, name
-):
-    path, alias = tmp_path / "idx", name()
-    proxy.go_down_at_bulk(3)  # chunks 1 and 2 (4 documents) get in, then the server is gone
-    with pytest.raises(OpenSearchUnavailableError, match=r"cannot reach|bulk indexing failed") as exc:
-        _build(tiny_docs, path, encoder, proxy.url, alias, chunk_size=2, threads=1, max_retries=2, **FAST)
-    assert len(str(exc.value).splitlines()) == 1
-    assert "drop" in proxy.injected and not path.exists()
-
-    proxy.up()
-    index = _build(tiny_docs, path, encoder, proxy.url, alias, chunk_size=2, threads=1, max_retries=2, **FAST)
-    assert index.meta["opensearch"]["resumed_docs"] == 4
-    ids = list(all_ids(index.client, alias))
-    assert sorted(ids) == sorted(d.doc_id for d in tiny_docs)  # none lost, none twice
-    assert index.count() == len(tiny_docs)
-    retriever = index.retriever(encoder)
-    for q in tiny_queries:
-        assert retriever.retrieve(q, 12).doc_ids == lucene_retriever.retrieve(q, 12).doc_ids
-
-
-def test_short_outage_is_ridden_out_by_the_back_off(tmp_path, encoder, tiny_docs, proxy, name, caplog):
-    path, alias = tmp_path / "idx", name()
-    proxy.go_down_at_bulk(2, drops=8)  # gone for 8 requests (past the client's own retries), then back
-    with caplog.at_level(logging.WARNING, logger="twostage_search.indexes.opensearch"):
-        index = _build(tiny_docs, path, encoder, proxy.url, alias, chunk_size=3, threads=1, max_retries=10, **FAST)
-    assert "drop" in proxy.injected
-    assert "retry 1/10" in caplog.text
-    assert index.count() == len(tiny_docs) and index.meta["opensearch"]["resumed_docs"] == 0
-
-
-@pytest.mark.parametrize("status", [429, 503])
-def test_bulk_rejections_are_retried_with_back_off(tmp_path, encoder, tiny_docs, proxy, name, caplog, status):
-    path, alias = tmp_path / "idx", name()
-    proxy.reject_bulk(5, status)
-    started = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="twostage_search.indexes.opensearch"):
-        index = _build(
-            tiny_docs, path, encoder, proxy.url, alias, chunk_size=4, threads=1,
-            retry_backoff=0.05, max_backoff=1.0,
-        )  # fmt: skip
-    assert proxy.injected == [status] * 5
-    assert f"HTTP {status}" in caplog.text
-    assert index.count() == len(tiny_docs)
-    if status == 429:  # 503 is also retried at once by the transport; 429 only by our back-off
-        assert time.perf_counter() - started >= 0.05 + 0.1 + 0.2 + 0.4 + 0.8
-
-
-def test_retries_exhausted_is_a_clear_error(tmp_path, encoder, tiny_docs, proxy, name):
-    proxy.reject_bulk(100, 429)
-    with pytest.raises(OpenSearchUnavailableError, match=r"bulk indexing failed after 2 retries \(HTTP 429"):
-        _build(tiny_docs, tmp_path / "idx", encoder, proxy.url, name(), chunk_size=12, max_retries=2, **FAST)
-    assert not (tmp_path / "idx").exists()
-
-
-def test_rejected_document_fails_at_once(os_index):
-    bad = {"_op_type": "index", "_index": os_index.meta["opensearch"]["index"], "_id": "bad"}
-    bad["_source"] = {"doc_id": "bad", "splade": {"x": -1.0}}
-    with pytest.raises(OpenSearchError, match="rejected document 'bad'"):
-        bulk_index(os_index.client, [bad], os_index.settings)
-
-
-def test_missing_index_is_a_clear_error(tmp_path, encoder, tiny_docs, opensearch_url, name, capsys):
-    path = tmp_path / "idx"
-    index = _build(tiny_docs[:3], path, encoder, opensearch_url, name())
-    retriever = index.retriever(encoder)
-    index.client.indices.delete(index=index.meta["opensearch"]["index"])  # the alias goes with it
-    with pytest.raises(OpenSearchIndexMissingError, match="not found"):
-        OpenSearchIndex.open(path)
-    with pytest.raises(OpenSearchIndexMissingError, match="rebuild"):
-        retriever.retrieve(Query("q", "paris"), k=3)
-    capsys.readouterr()
-    assert main(["search", "--index", str(path), "paris"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("twostage: error: OpenSearch index") and len(err.splitlines()) == 1
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_unreachable_cluster_is_a_clear_error_without_credentials(tmp_path, encoder, tiny_docs, capsys):
-    url = f"http://127.0.0.1:{_closed_port()}"
-    for kwargs in ({"hosts": [url], "user": "admin", "password": "s3cret-pw"},
-                   {"hosts": [url.replace("//", "//admin:s3cret-pw@")]}):  # fmt: skip
-        with pytest.raises(OpenSearchUnavailableError) as exc:
-            OpenSearchIndex.build(tiny_docs, tmp_path / "idx", encoder=encoder, progress=False, **kwargs)
-        message = str(exc.value)
-        assert message.startswith(f"cannot reach OpenSearch at {url} while connecting")
-        assert "s3cret" not in message and len(message.splitlines()) == 1
-        assert not (tmp_path / "idx").exists()
-    corpus = str(TINY / "corpus.jsonl")
-    capsys.readouterr()
-    argv = ["index", corpus, "--index", str(tmp_path / "idx"), "--backend", "opensearch", "--opensearch-url", url]
-    assert main([*argv, "--no-progress"]) == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # (after the model loader's progress bar)
-    assert last.startswith(f"twostage: error: cannot reach OpenSearch at {url}")
-
-
-def test_no_credentials_in_logs_or_meta(tmp_path, encoder, tiny_docs, opensearch_url, name, caplog):
-    settings = resolve_settings(hosts=[opensearch_url])
-    if os.environ.get("OPENSEARCH_URL"):  # a real cluster: use its own credentials, if it has any
-        if settings.password is None:
-            pytest.skip("the cluster at $OPENSEARCH_URL takes no credentials")
-        user, password = settings.user, settings.password.get_secret_value()
-    else:  # the local node (no security plugin) and osmem accept any basic auth
-        user, password = "admin", "s3cret-pw"
-    secrets = [password, base64.b64encode(f"{user}:{password}".encode()).decode()]
-    path = tmp_path / "idx"
-    with caplog.at_level(logging.DEBUG):
-        index = OpenSearchIndex.build(
-            tiny_docs[:3], path, encoder=encoder, progress=False, index_name=name(),
-            hosts=[opensearch_url], user=user, password=password,
-        )  # fmt: skip
-        index.retriever(encoder).retrieve(Query("q", "paris"), k=2)
-    text = caplog.text + (path / "meta.json").read_text() + repr(index.settings)
-    assert all(s not in text for s in secrets)
 
 
 # ----------------------------------------------------------------------------- settings, queries

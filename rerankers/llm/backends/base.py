@@ -149,13 +149,16 @@ def log_softmax_top(logits: Any, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(x[i] - lse)) for i in idx]
 
 
-def check_args(max_tokens: int, temperature: float, logprobs: int | None) -> None:
+def check_args(max_tokens: int, temperature: float, logprobs: int | None, *, greedy_only: str | None = None) -> None:
+    """Validate ``generate``'s arguments; ``greedy_only`` names a backend that decodes greedily only."""
     if max_tokens < 1:
         raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
     if temperature < 0:
         raise InputError("temperature must be non-negative")
     if logprobs is not None and not 1 <= logprobs <= 20:
         raise InputError("logprobs must be between 1 and 20")
+    if greedy_only is not None and temperature > 0:
+        raise InputError(f"the {greedy_only} backend decodes greedily (temperature=0) only")
 
 
 class LazyBackend:

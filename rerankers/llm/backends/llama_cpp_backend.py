@@ -113,9 +113,7 @@ class LlamaCppBackend:
         logprobs: int | None = None,
         stop: Sequence[str] | None = None,
     ) -> list[Completion]:
-        check_args(max_tokens, temperature, logprobs)
-        if temperature > 0:
-            raise InputError("the llama-cpp backend decodes greedily (temperature=0) only")
+        check_args(max_tokens, temperature, logprobs, greedy_only="llama-cpp")
         return [self._generate_one(p, max_tokens, logprobs, stop) for p in prompts]
 
     def _generate_one(

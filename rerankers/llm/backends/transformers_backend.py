@@ -7,7 +7,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from twostage_search.engine.errors import InputError
 from twostage_search.engine.optional import require
 from twostage_search.rerankers.llm.backends.base import (
     Completion,
@@ -87,9 +86,7 @@ class TransformersBackend:
         logprobs: int | None = None,
         stop: Sequence[str] | None = None,
     ) -> list[Completion]:
-        check_args(max_tokens, temperature, logprobs)
-        if temperature > 0:
-            raise InputError("the transformers backend decodes greedily (temperature=0) only")
+        check_args(max_tokens, temperature, logprobs, greedy_only="transformers")
         return [self._generate_one(p, max_tokens, logprobs, stop) for p in prompts]
 
     def _generate_one(

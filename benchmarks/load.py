@@ -58,34 +58,59 @@ async def _wait_ready(client: Any, base: str, proc: subprocess.Popen[bytes], tim
     raise RuntimeError("server not ready in time")
 
 
-async def _level(
-    client: Any, base: str, queries: list[str], concurrency: int, n: int, max_seconds: float, k: int
-) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    next_i = 0
+async def closed_loop_requests(
+    client: Any,
+    base: str,
+    queries: list[str],
+    clients: int,
+    n: int,
+    max_seconds: float,
+    k: int,
+    *,
+    user_prefix: str,
+    pause_after_429_s: float = 0.0,
+) -> tuple[list[tuple[str, float]], float]:
+    """``clients`` closed loops POSTing ``/search`` until ``n`` requests or ``max_seconds``.
+
+    Returns each request's outcome (the HTTP status, or the exception's class name) with its latency in
+    ms, and the wall seconds of the whole run. ``pause_after_429_s`` makes a refused client wait a little.
+    """
+    outcomes: list[tuple[str, float]] = []
+    sent = 0
     stop_at = time.perf_counter() + max_seconds
 
-    async def worker() -> None:
-        nonlocal next_i
-        while next_i < n and time.perf_counter() < stop_at:
-            i = next_i
-            next_i += 1
-            body = {"query": queries[i % len(queries)], "k": k, "user_id": f"load-{concurrency}-{i}"}
+    async def loop() -> None:
+        nonlocal sent
+        while sent < n and time.perf_counter() < stop_at:
+            i = sent
+            sent += 1
+            body = {"query": queries[i % len(queries)], "k": k, "user_id": f"{user_prefix}{i}"}
             started = time.perf_counter()
             try:
                 resp = await client.post(f"{base}/search", json=body)
-                ok = resp.status_code == 200
-                kind = str(resp.status_code)
+                status = str(resp.status_code)
             except Exception as exc:
-                ok, kind = False, type(exc).__name__
-            latencies.append((time.perf_counter() - started) * 1000)
-            if not ok:
-                errors[kind] = errors.get(kind, 0) + 1
+                status = type(exc).__name__
+            outcomes.append((status, (time.perf_counter() - started) * 1000))
+            if status == "429" and pause_after_429_s:
+                await asyncio.sleep(pause_after_429_s)
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    seconds = time.perf_counter() - started
+    await asyncio.gather(*(loop() for _ in range(clients)))
+    return outcomes, time.perf_counter() - started
+
+
+async def _level(
+    client: Any, base: str, queries: list[str], concurrency: int, n: int, max_seconds: float, k: int
+) -> dict[str, Any]:
+    outcomes, seconds = await closed_loop_requests(
+        client, base, queries, concurrency, n, max_seconds, k, user_prefix=f"load-{concurrency}-"
+    )
+    latencies = [ms for _, ms in outcomes]
+    errors: dict[str, int] = {}
+    for kind, _ in outcomes:
+        if kind != "200":
+            errors[kind] = errors.get(kind, 0) + 1
     arr = np.array(latencies)
     return {
         "concurrency": concurrency,

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.load import _free_port, _wait_ready
+from twostage_search.benchmarks.load import _free_port, _wait_ready, closed_loop_requests
 from twostage_search.engine.beir import find_file, read_queries
 
 
@@ -76,34 +76,16 @@ def rss_mb(pid: int) -> float:
 async def closed_loop(
     client: Any, base: str, queries: list[str], clients: int, n: int, seconds: float, k: int
 ) -> dict[str, Any]:
-    """``clients`` concurrent loops until ``n`` requests or ``seconds``; statuses and latencies."""
-    statuses: Counter[str] = Counter()
-    ok_ms: list[float] = []
-    refused_ms: list[float] = []
-    sent = 0
-    stop_at = time.perf_counter() + seconds
+    """``clients`` concurrent loops until ``n`` requests or ``seconds``; statuses and latencies.
 
-    async def loop() -> None:
-        nonlocal sent
-        while sent < n and time.perf_counter() < stop_at:
-            i = sent
-            sent += 1
-            body = {"query": queries[i % len(queries)], "k": k, "user_id": f"u{i}"}
-            started = time.perf_counter()
-            try:
-                resp = await client.post(f"{base}/search", json=body)
-                status = str(resp.status_code)
-            except Exception as exc:
-                status = type(exc).__name__
-            ms = (time.perf_counter() - started) * 1000
-            statuses[status] += 1
-            (ok_ms if status == "200" else refused_ms).append(ms)
-            if status == "429":
-                await asyncio.sleep(0.05)  # a polite client backs off a little (not the full Retry-After)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(clients)))
-    took = time.perf_counter() - started
+    A refused client waits 50 ms before its next request (a polite back-off, not the full Retry-After).
+    """
+    outcomes, took = await closed_loop_requests(
+        client, base, queries, clients, n, seconds, k, user_prefix="u", pause_after_429_s=0.05
+    )
+    statuses: Counter[str] = Counter(status for status, _ in outcomes)
+    ok_ms = [ms for status, ms in outcomes if status == "200"]
+    refused_ms = [ms for status, ms in outcomes if status != "200"]
     return {
         "clients": clients,
         "requests": sum(statuses.values()),

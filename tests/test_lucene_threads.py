@@ -1,0 +1,54 @@
+"""The Lucene retrievers shared between threads: N threads get exactly the sequential answers (pyjnius is
+not thread-safe; without the process-wide JNI lock query maps get mixed up). Also query-term pruning and
+text-less retrieval."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from twostage_search.engine.types import Query
+
+
+def _queries(tiny_queries):
+    extra = ["insulin", "volcano eruption lava", "capital city of france", "protein folding", "ocean tides moon"]
+    return [*tiny_queries, *(Query(f"x{i}", t) for i, t in enumerate(extra))] * 4
+
+
+@pytest.mark.parametrize("backend", ["lucene-impact", "lucene-bm25"])
+def test_threads_get_the_sequential_answers(built_indexes, encoder, tiny_queries, backend):
+    index = built_indexes[backend]
+    retriever = index.retriever(encoder)
+    queries = _queries(tiny_queries)
+    fresh = index.retriever(encoder)  # a new searcher, first used by 8 threads at once
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda q: fresh.retrieve(q, 5), queries))
+    sequential = [retriever.retrieve(q, 5) for q in queries]
+    assert [(r.doc_ids, [h.score for h in r]) for r in concurrent] == [
+        (r.doc_ids, [h.score for h in r]) for r in sequential
+    ]
+    assert any(len(r) for r in sequential)
+
+
+@pytest.mark.parametrize("backend", ["lucene-impact", "lucene-bm25"])
+def test_texts_are_fetched_only_when_asked(built_indexes, encoder, tiny_queries, tiny_docs, backend):
+    retriever = built_indexes[backend].retriever(encoder)
+    by_id = {d.doc_id: d for d in tiny_docs}
+    for q in tiny_queries:
+        full = retriever.retrieve(q, 5)
+        bare = retriever.retrieve(q, 5, texts=False)
+        assert bare.doc_ids == full.doc_ids and [h.score for h in bare] == [h.score for h in full]
+        assert all(h.text == "" and h.title == "" for h in bare)
+        filled = retriever.with_texts(bare.head(2))
+        assert [(h.text, h.title) for h in filled] == [(by_id[d].text, by_id[d].title) for d in full.doc_ids[:2]]
+
+
+def test_query_pruning_searches_the_heaviest_terms(lucene_index, encoder, tiny_queries):
+    pruned = lucene_index.retriever(encoder, query_top_n=2)
+    full = lucene_index.retriever(encoder)
+    for q in tiny_queries:
+        (vector,) = encoder.encode_queries([q.text])
+        heaviest = dict(zip(vector.terms[:2], vector.weights[:2], strict=True))
+        expected = full.search_impacts({t: round(w * lucene_index.scale) for t, w in heaviest.items()}, 5)
+        assert pruned.retrieve(q, 5).doc_ids == [d for d, _ in expected]
+    with pytest.raises(Exception, match="query_top_n"):
+        lucene_index.retriever(encoder, query_top_n=0)

@@ -161,9 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     report = run(args)
     print(f"{report['dataset']} {report['split']}: {report['queries']} queries, depth {report['depth']}")
-    print(
-        f"{'variant':<14} {'p50 ms':>7} {'p95 ms':>7} {'×BM25':>6} {'enc ms':>7} {'terms':>5} {'nDCG@10':>8} {'R@100':>6}  Δ nDCG@10 [95% CI] p_holm"
-    )
+    head = f"{'p50 ms':>7} {'p95 ms':>7} {'×BM25':>6} {'enc ms':>7} {'terms':>5} {'nDCG@10':>8} {'R@100':>6}"
+    print(f"{'variant':<14} {head}  Δ nDCG@10 [95% CI] p_holm")
     for name, row in report["variants"].items():
         lat, qual = row["latency_ms"], row["quality"]
         delta = row.get("vs_unpruned", {}).get("nDCG@10")

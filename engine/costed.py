@@ -10,6 +10,7 @@ a callable with the same shape for all three, so the hot path never asks again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -56,11 +57,17 @@ def costed_reranker(reranker: Reranker, stage: str = "rerank") -> RerankCall:
     return call_timed
 
 
-def costed_retriever(retriever: Retriever) -> RetrieveCall:
-    """``call(query, k) -> (ranking, costs)`` for any retriever (timed as ``retrieve`` when it does not split)."""
+def costed_retriever(retriever: Retriever, *, texts: bool = True) -> RetrieveCall:
+    """``call(query, k) -> (ranking, costs)`` for any retriever (timed as ``retrieve`` when it does not split).
+
+    ``texts=False`` (only for a :class:`~engine.protocols.FetchesTextsLater` retriever) asks for ids and
+    scores without document texts.
+    """
     if isinstance(retriever, ReportsRetrievalCost):
-        return retriever.retrieve_with_cost
-    plain = retriever.retrieve
+        return (
+            functools.partial(retriever.retrieve_with_cost, texts=False) if not texts else retriever.retrieve_with_cost
+        )
+    plain = functools.partial(retriever.retrieve, texts=False) if not texts else retriever.retrieve
 
     def call_timed(query: Query, k: int) -> tuple[RankedList, tuple[StageCost, ...]]:
         started = time.perf_counter()

@@ -52,3 +52,26 @@ def test_query_pruning_searches_the_heaviest_terms(lucene_index, encoder, tiny_q
         assert pruned.retrieve(q, 5).doc_ids == [d for d, _ in expected]
     with pytest.raises(Exception, match="query_top_n"):
         lucene_index.retriever(encoder, query_top_n=0)
+
+
+def test_pipeline_fetches_texts_only_for_reranked_or_returned(lucene_index, encoder, tiny_queries, tiny_docs):
+    from twostage_search.engine.pipeline import TwoStage
+    from twostage_search.indexes.lucene_impact import LuceneImpactRetriever
+    from twostage_search.rerankers.identity import IdentityReranker
+
+    class Counting(LuceneImpactRetriever):
+        fetched: list[int] = []
+
+        def with_texts(self, ranking):
+            self.fetched.append(len(ranking))
+            return super().with_texts(ranking)
+
+    retriever = Counting(lucene_index, encoder)
+    by_id = {d.doc_id: d for d in tiny_docs}
+    pipeline = TwoStage(retriever, IdentityReranker(), depth=10, rerank_depth=2)
+    for q in tiny_queries:
+        result = pipeline.run(q, k=3)
+        assert result.ranking.doc_ids == retriever.retrieve(q, 10).doc_ids[:3]
+        assert all(h.text == by_id[h.doc_id].text and h.title == by_id[h.doc_id].title for h in result.ranking)
+        assert result.cost("retrieve") is not None and result.cost("encode") is not None
+    assert retriever.fetched == [5] * len(tiny_queries)  # rerank_depth + k of the 10 retrieved

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.deadline import Deadline, PartialRanking
 from twostage_search.engine.protocols import (
+    FetchesTextsLater,
     HonoursDeadline,
     PointwiseScorer,
     ReportsCost,
@@ -63,11 +64,15 @@ def costed_retriever(retriever: Retriever, *, texts: bool = True) -> RetrieveCal
     ``texts=False`` (only for a :class:`~engine.protocols.FetchesTextsLater` retriever) asks for ids and
     scores without document texts.
     """
+    if not texts and not isinstance(retriever, FetchesTextsLater):
+        raise TypeError(f"{type(retriever).__name__} cannot leave texts out (no with_texts)")
     if isinstance(retriever, ReportsRetrievalCost):
-        return (
-            functools.partial(retriever.retrieve_with_cost, texts=False) if not texts else retriever.retrieve_with_cost
-        )
-    plain = functools.partial(retriever.retrieve, texts=False) if not texts else retriever.retrieve
+        if texts:
+            return retriever.retrieve_with_cost
+        return functools.partial(retriever.retrieve_with_cost, texts=False)  # type: ignore[call-arg]
+    plain: Callable[[Query, int], RankedList] = (
+        retriever.retrieve if texts else functools.partial(retriever.retrieve, texts=False)  # type: ignore[call-arg]
+    )
 
     def call_timed(query: Query, k: int) -> tuple[RankedList, tuple[StageCost, ...]]:
         started = time.perf_counter()

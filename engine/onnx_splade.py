@@ -72,7 +72,7 @@ def export_dir(model: str) -> Path:
 class _SpladeHead:  # built lazily so that torch is imported only when exporting
     @staticmethod
     def module(model: Any, torch: Any) -> Any:
-        class Splade(torch.nn.Module):  # type: ignore[misc,name-defined]
+        class Splade(torch.nn.Module):  # type: ignore[misc]
             def __init__(self) -> None:
                 super().__init__()
                 self.mlm = model

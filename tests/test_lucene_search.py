@@ -59,11 +59,11 @@ def test_pipeline_fetches_texts_only_for_reranked_or_returned(lucene_index, enco
     from twostage_search.indexes.lucene_impact import LuceneImpactRetriever
     from twostage_search.rerankers.identity import IdentityReranker
 
-    class Counting(LuceneImpactRetriever):
-        fetched: list[int] = []
+    fetched = []
 
+    class Counting(LuceneImpactRetriever):
         def with_texts(self, ranking):
-            self.fetched.append(len(ranking))
+            fetched.append(len(ranking))
             return super().with_texts(ranking)
 
     retriever = Counting(lucene_index, encoder)
@@ -74,4 +74,4 @@ def test_pipeline_fetches_texts_only_for_reranked_or_returned(lucene_index, enco
         assert result.ranking.doc_ids == retriever.retrieve(q, 10).doc_ids[:3]
         assert all(h.text == by_id[h.doc_id].text and h.title == by_id[h.doc_id].title for h in result.ranking)
         assert result.cost("retrieve") is not None and result.cost("encode") is not None
-    assert retriever.fetched == [5] * len(tiny_queries)  # rerank_depth + k of the 10 retrieved
+    assert fetched == [5] * len(tiny_queries)  # rerank_depth + k of the 10 retrieved

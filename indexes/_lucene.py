@@ -81,7 +81,7 @@ def top_k_with_ties(search: Callable[[int], list[tuple[str, S]]], k: int) -> lis
     """
     if k <= 0:
         return []
-    fetch = k
+    fetch = k + 1  # one more than asked: the tie check then needs no second search in the common case
     while True:
         hits = search(fetch)
         if len(hits) < fetch or hits[-1][1] != hits[k - 1][1]:

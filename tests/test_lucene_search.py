@@ -75,3 +75,20 @@ def test_pipeline_fetches_texts_only_for_reranked_or_returned(lucene_index, enco
         assert all(h.text == by_id[h.doc_id].text and h.title == by_id[h.doc_id].title for h in result.ranking)
         assert result.cost("retrieve") is not None and result.cost("encode") is not None
     assert fetched == [5] * len(tiny_queries)  # rerank_depth + k of the 10 retrieved
+
+
+def test_top_k_with_ties_searches_once_unless_the_cutoff_is_tied():
+    from twostage_search.indexes._lucene import top_k_with_ties
+
+    hits = [("d9", 9), ("d1", 5), ("d7", 5), ("d3", 5), ("d2", 1), ("d5", 1)]  # engine order: ties unsorted
+    calls = []
+
+    def search(n):
+        calls.append(n)
+        return hits[:n]
+
+    assert top_k_with_ties(search, 1) == [("d9", 9)] and calls == [2]
+    calls.clear()
+    assert top_k_with_ties(search, 2) == [("d9", 9), ("d1", 5)] and calls == [3, 6]  # the tie group is read whole
+    calls.clear()
+    assert top_k_with_ties(search, 4) == [("d9", 9), ("d1", 5), ("d3", 5), ("d7", 5)] and calls == [5]

@@ -46,10 +46,11 @@ def _plain_formula(texts, max_length=256):
     return out
 
 
-def test_onnx_matches_the_plain_formula(onnx_side, tiny_docs):
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_both_backends_match_the_plain_formula(backend, onnx_side, torch_side, tiny_docs):
     texts = [*TEXTS, *(d.full_text for d in tiny_docs[:3])]
     expected = _plain_formula(texts)
-    got = onnx_side.encode(texts)  # one padded, length-sorted batch
+    got = (onnx_side if backend == "onnx" else torch_side).encode(texts)  # one padded, length-sorted batch
     for vector, want in zip(got, expected, strict=True):
         have = vector.as_dict()
         assert have.keys() == want.keys()

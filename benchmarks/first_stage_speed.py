@@ -11,7 +11,8 @@ variants see the same machine load. A variant's time is the first stage end to e
 (SPLADE), search of the top ``--depth`` and the document texts of the top ``--texts`` (what a pipeline
 reranks or returns; default all 100). ``--warmup`` queries run first, untimed.
 
-Splits: ``test`` is the dataset's test qrels; ``dev`` is the first ``--dev-queries`` (default 300) query
+``--extra-index NAME=PATH`` adds another SPLADE index (e.g. documents at 512 tokens) as a variant,
+compared with the main one like the pruning levels. Splits: ``test`` is the dataset's test qrels; ``dev`` is the first ``--dev-queries`` (default 300) query
 ids of ``qrels/train.tsv`` in file order — choose settings there, report test. Quality: nDCG@10 and R@100
 per variant, each pruning level against unpruned SPLADE (difference, bootstrap 95% CI, paired
 randomisation test, Holm over levels). Writes ``--out/first_stage_speed-<split>.json``.
@@ -73,6 +74,8 @@ def latency(values: list[float]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from twostage_search import indexes
+
     queries, qrels = split_queries(args.dataset, args.split, args.dev_queries)
     if args.max_queries:
         queries = queries[: args.max_queries]
@@ -82,7 +85,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants: dict[str, Any] = {"bm25": bm25_index.retriever()}
     for n in levels:
         variants[f"splade-top{n}" if n else "splade"] = splade_index.retriever(encoder, query_top_n=n or None)
+    extra = {}
+    for spec in args.extra_index:  # NAME=PATH: another SPLADE index (e.g. built at 512 tokens), unpruned
+        label, _, path = spec.partition("=")
+        extra[label] = indexes.load(path)
+        variants[label] = extra[label].retriever()
     names = list(variants)
+    if "splade" not in names:
+        raise SystemExit("--prune must include 0 (unpruned SPLADE, the baseline of the comparisons)")
     for q in queries[: args.warmup]:  # JIT, ONNX Runtime arenas, SQLite page cache
         for name in names:
             variants[name].with_texts(variants[name].retrieve(q, args.depth, texts=False).head(args.texts))
@@ -112,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     query_ids = [q.query_id for q in queries]
     per_query = {n: evaluate(qrels, query_ids, rankings[n], MEASURES) for n in names}
     base = "splade"
-    pruned = [n for n in names if n.startswith("splade-top")]
+    pruned = [n for n in names if n.startswith("splade-top") or n in extra]
     comparisons = {
         m: dict(zip(pruned, compare([(per_query[n][m], per_query[base][m]) for n in pruned]), strict=True))
         for m in MEASURES
@@ -127,6 +137,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_queries": min(args.warmup, len(queries)),
         "splade_encoder": splade_index.meta["encoder"],
         "splade_mean_doc_terms": round(splade_index.meta.get("mean_doc_terms", 0.0), 1),
+        "extra_indexes": {
+            k: {"encoder": v.meta["encoder"], "mean_doc_terms": round(v.meta["mean_doc_terms"], 1)}
+            for k, v in extra.items()
+        },
         "variants": {},
         "machine": machine(),
     }
@@ -156,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bm25-index", type=Path, default=Path("var/scifact-bm25"))
     parser.add_argument("--max-length", type=int, default=256, help="document tokens when building SPLADE")
     parser.add_argument("--encoder-backend", default="onnx", choices=("onnx", "torch"))
+    parser.add_argument("--extra-index", action="append", default=[], help="NAME=PATH: another SPLADE index")
     parser.add_argument("--prune", default="0,8,12,16,24,32", help="query_top_n levels, 0 = all terms")
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--texts", type=int, default=100, help="fetch the texts of the top N (default 100)")

@@ -15,7 +15,8 @@ reranks or returns; default all 100). ``--warmup`` queries run first, untimed.
 compared with the main one like the pruning levels. Splits: ``test`` is the dataset's test qrels;
 ``dev`` is the first ``--dev-queries`` (default 300) query ids of ``qrels/train.tsv`` in file order:
 choose settings there, report test. Quality: nDCG@10 and R@100 per variant, each pruning level (and
-extra index) against unpruned SPLADE (difference, bootstrap 95% CI, paired randomisation test, Holm). Writes ``--out/first_stage_speed-<split>.json``.
+extra index) against unpruned SPLADE (difference, bootstrap 95% CI, paired randomisation test, Holm).
+Writes ``--out/first_stage_speed-<split>.json``.
 """
 
 from __future__ import annotations

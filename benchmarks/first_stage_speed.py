@@ -11,6 +11,7 @@ variants see the same machine load. A variant's time is the first stage end to e
 (SPLADE), search of the top ``--depth`` and the document texts of the top ``--texts`` (what a pipeline
 reranks or returns; default all 100). ``--warmup`` queries run first, untimed.
 
+``--int8-prune`` adds variants whose queries are encoded with INT8 ONNX Runtime (``query_precision``).
 ``--extra-index NAME=PATH`` adds another SPLADE index (e.g. documents at 512 tokens) as a variant,
 compared with the main one like the pruning levels. Splits: ``test`` is the dataset's test qrels;
 ``dev`` is the first ``--dev-queries`` (default 300) query ids of ``qrels/train.tsv`` in file order:
@@ -86,6 +87,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants: dict[str, Any] = {"bm25": bm25_index.retriever()}
     for n in levels:
         variants[f"splade-top{n}" if n else "splade"] = splade_index.retriever(encoder, query_top_n=n or None)
+    if args.int8_prune:  # the same index searched with INT8-encoded queries
+        from twostage_search.engine.encoders import encoder_from_meta
+
+        encoder8 = encoder_from_meta(splade_index.meta["encoder"], query_precision="int8")
+        for n in (int(x) for x in args.int8_prune.split(",")):
+            variants[f"splade-q8-top{n}" if n else "splade-q8"] = splade_index.retriever(
+                encoder8, query_top_n=n or None
+            )
     extra = {}
     for spec in args.extra_index:  # NAME=PATH: another SPLADE index (e.g. built at 512 tokens), unpruned
         label, _, path = spec.partition("=")
@@ -123,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     query_ids = [q.query_id for q in queries]
     per_query = {n: evaluate(qrels, query_ids, rankings[n], MEASURES) for n in names}
     base = "splade"
-    pruned = [n for n in names if n.startswith("splade-top") or n in extra]
+    pruned = [n for n in names if n.startswith(("splade-top", "splade-q8")) or n in extra]
     comparisons = {
         m: dict(zip(pruned, compare([(per_query[n][m], per_query[base][m]) for n in pruned]), strict=True))
         for m in MEASURES
@@ -171,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bm25-index", type=Path, default=Path("var/scifact-bm25"))
     parser.add_argument("--max-length", type=int, default=256, help="document tokens when building SPLADE")
     parser.add_argument("--encoder-backend", default="onnx", choices=("onnx", "torch"))
+    parser.add_argument("--int8-prune", default="", help="query_top_n levels with INT8 query encoding")
     parser.add_argument("--extra-index", action="append", default=[], help="NAME=PATH: another SPLADE index")
     parser.add_argument("--prune", default="0,8,12,16,24,32", help="query_top_n levels, 0 = all terms")
     parser.add_argument("--depth", type=int, default=100)

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--torch-batch", type=int, default=32)
     parser.add_argument("--onnx-batch", default="4,8,16")
+    parser.add_argument("--int8-batch", type=int, default=0, help="also time INT8 ONNX at this batch size")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     for bs in (int(x) for x in args.onnx_batch.split(",")):
         variants[f"onnx bs{bs}"] = OnnxSplade(
             args.model, max_length=args.max_length, batch_size=bs, threads=args.threads
+        )
+    if args.int8_batch:  # INT8 document encoding: faster, approximate (weights differ; see the impacts column)
+        variants[f"onnx-int8 bs{args.int8_batch}"] = OnnxSplade(
+            args.model, max_length=args.max_length, batch_size=args.int8_batch, threads=args.threads, precision="int8"
         )
     for encoder in variants.values():  # warm-up: allocator arenas, kernels
         encoder.encode(docs[:16])

@@ -110,3 +110,16 @@ def test_bad_backend_is_a_clear_error():
         create_encoder("splade", backend="tensorflow")
     with pytest.raises(ValueError, match="CPU"):
         create_encoder("splade", backend="onnx", device="cuda")
+
+
+def test_int8_query_side_is_close_to_fp32(encoder):
+    enc8 = create_encoder("splade", query_precision="int8")
+    assert enc8.config()["query"]["precision"] == "int8" and enc8.config()["doc"]["precision"] == "fp32"
+    for text in TEXTS:
+        (exact,) = encoder.encode_queries([text])
+        (approx,) = enc8.encode_queries([text])
+        assert set(exact.terms[:3]) <= set(approx.terms[:6]), (exact.terms[:6], approx.terms[:6])
+        weights = approx.as_dict()
+        assert max(abs(weights.get(t, 0.0) - w) for t, w in exact.as_dict().items()) < 0.75
+    with pytest.raises(ValueError, match="onnx"):
+        create_encoder("splade", backend="torch", query_precision="int8")

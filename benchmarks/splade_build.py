@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--torch-batch", type=int, default=32)
     parser.add_argument("--onnx-batch", default="4,8,16")
+    parser.add_argument("--also-max-length", type=int, action="append", default=[], help="ONNX at this length too")
     parser.add_argument("--int8-batch", type=int, default=0, help="also time INT8 ONNX at this batch size")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         variants[f"onnx bs{bs}"] = OnnxSplade(
             args.model, max_length=args.max_length, batch_size=bs, threads=args.threads
         )
+    for length in args.also_max_length:  # the document side at another length (e.g. 512), ONNX
+        for bs in (int(x) for x in args.onnx_batch.split(",")):
+            variants[f"onnx {length}t bs{bs}"] = OnnxSplade(
+                args.model, max_length=length, batch_size=bs, threads=args.threads
+            )
     if args.int8_batch:  # INT8 document encoding: faster, approximate (weights differ; see the impacts column)
         variants[f"onnx-int8 bs{args.int8_batch}"] = OnnxSplade(
             args.model, max_length=args.max_length, batch_size=args.int8_batch, threads=args.threads, precision="int8"

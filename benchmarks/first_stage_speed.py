@@ -82,15 +82,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_queries:
         queries = queries[: args.max_queries]
     splade_index, bm25_index = ensure_indexes(args)
-    encoder = splade_index.encoder()
+    from twostage_search.engine.encoders import encoder_from_meta
+
+    # All query terms out of the encoder; each variant prunes at search time (query_top_n below).
+    encoder = encoder_from_meta(splade_index.meta["encoder"], query_top_n=None)
     levels = [int(x) for x in args.prune.split(",")]
     variants: dict[str, Any] = {"bm25": bm25_index.retriever()}
     for n in levels:
         variants[f"splade-top{n}" if n else "splade"] = splade_index.retriever(encoder, query_top_n=n or None)
     if args.int8_prune:  # the same index searched with INT8-encoded queries
-        from twostage_search.engine.encoders import encoder_from_meta
-
-        encoder8 = encoder_from_meta(splade_index.meta["encoder"], query_precision="int8")
+        encoder8 = encoder_from_meta(splade_index.meta["encoder"], query_top_n=None, query_precision="int8")
         for n in (int(x) for x in args.int8_prune.split(",")):
             variants[f"splade-q8-top{n}" if n else "splade-q8"] = splade_index.retriever(
                 encoder8, query_top_n=n or None
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for spec in args.extra_index:  # NAME=PATH: another SPLADE index (e.g. built at 512 tokens), unpruned
         label, _, path = spec.partition("=")
         extra[label] = indexes.load(path)
-        variants[label] = extra[label].retriever()
+        variants[label] = extra[label].retriever(encoder_from_meta(extra[label].meta["encoder"], query_top_n=None))
     names = list(variants)
     if "splade" not in names:
         raise SystemExit("--prune must include 0 (unpruned SPLADE, the baseline of the comparisons)")

@@ -216,6 +216,9 @@ BACKENDS = ("onnx", "torch")
 # Texts per forward pass when not given: ONNX pads each batch to its longest text and materialises the
 # (batch, tokens, vocab) logits, so it prefers small length-sorted batches; torch projects real tokens only.
 DEFAULT_BATCH = {"onnx": 8, "torch": 32}
+# Query terms searched by default: the 24 heaviest. Chosen on a SciFact dev split (the first 300 train
+# queries): nDCG@10 +0.003 [95% CI -0.006, +0.011] against all terms (median 47), ~1 ms faster per query.
+DEFAULT_QUERY_TOP_N = 24
 
 
 def _mlm_side(
@@ -249,7 +252,7 @@ def splade(
     query_max_length: int = 64,
     batch_size: int | None = None,
     top_n: int | None = None,
-    query_top_n: int | None = None,
+    query_top_n: int | None = DEFAULT_QUERY_TOP_N,
     device: str = "cpu",
     backend: Backend = "onnx",
     threads: int | None = None,
@@ -260,7 +263,7 @@ def splade(
     ``backend``: ``onnx`` (ONNX Runtime, the default; exported from the torch model on first use) or
     ``torch``. Both compute the same weights (to float rounding). ``threads``: ONNX Runtime intra-op
     threads (``None``: one per physical core). ``query_top_n`` keeps the heaviest query terms only
-    (faster search at some quality; see docs/first-stage.md). ``query_precision="int8"`` encodes queries
+    (default 24; ``None`` keeps all; see docs/first-stage.md). ``query_precision="int8"`` encodes queries
     with ONNX Runtime's dynamic INT8 quantisation (faster, approximate; onnx backend only).
     """
     params = dict(locals())

@@ -58,7 +58,9 @@ def ensure_indexes(args: argparse.Namespace) -> tuple[Any, Any]:
 
     corpus = find_file(args.dataset, "corpus")
     if not (args.splade_index / "meta.json").is_file():
-        encoder = create_encoder("splade", max_length=args.max_length, backend=args.encoder_backend)
+        encoder = create_encoder(
+            "splade", max_length=args.max_length, backend=args.encoder_backend, precision=args.precision
+        )
         index_backends.get("lucene-impact").build(
             read_corpus(corpus), args.splade_index, encoder=encoder, total=count_docs(corpus), progress=False
         )
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-backend", default="onnx", choices=("onnx", "torch"))
     parser.add_argument("--int8-prune", default="", help="query_top_n levels with INT8 query encoding")
     parser.add_argument("--extra-index", action="append", default=[], help="NAME=PATH: another SPLADE index")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="documents, when building")
     parser.add_argument("--prune", default="0,8,12,16,24,32", help="query_top_n levels, 0 = all terms")
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--texts", type=int, default=100, help="fetch the texts of the top N (default 100)")

@@ -257,6 +257,7 @@ def splade(
     backend: Backend = "onnx",
     threads: int | None = None,
     query_precision: str = "fp32",
+    precision: str = "fp32",
 ) -> SparseEncoder:
     """SPLADE with a masked-LM on both sides; one loaded model serves both unless ``query_model`` differs.
 
@@ -264,20 +265,19 @@ def splade(
     ``torch``. Both compute the same weights (to float rounding). ``threads``: ONNX Runtime intra-op
     threads (``None``: one per physical core). ``query_top_n`` keeps the heaviest query terms only
     (default 24; ``None`` keeps all; see docs/first-stage.md). ``query_precision="int8"`` encodes queries
-    with ONNX Runtime's dynamic INT8 quantisation (faster, approximate; onnx backend only).
+    with ONNX Runtime's dynamic INT8 quantisation (faster, approximate; onnx backend only); ``precision``
+    does the same for documents.
     """
     params = dict(locals())
     side = dict(batch_size=batch_size, device=device, threads=threads)
-    doc = _mlm_side(model, backend, max_length=max_length, top_n=top_n, **side)  # type: ignore[arg-type]
-    if query_precision != "fp32":
+    doc = _mlm_side(model, backend, max_length=max_length, top_n=top_n, precision=precision, **side)  # type: ignore[arg-type]
+    if (query_model is None or query_model == model) and query_precision == precision:
+        query = doc.with_limits(max_length=query_max_length, top_n=query_top_n)
+    else:
         query = _mlm_side(
             query_model or model, backend, max_length=query_max_length, top_n=query_top_n,
             precision=query_precision, **side,  # type: ignore[arg-type]
         )  # fmt: skip
-    elif query_model is None or query_model == model:
-        query = doc.with_limits(max_length=query_max_length, top_n=query_top_n)
-    else:
-        query = _mlm_side(query_model, backend, max_length=query_max_length, top_n=query_top_n, **side)  # type: ignore[arg-type]
     return SparseEncoder("splade", query, doc, params)
 
 

@@ -123,3 +123,6 @@ def test_int8_query_side_is_close_to_fp32(encoder):
         assert max(abs(weights.get(t, 0.0) - w) for t, w in exact.as_dict().items()) < 0.75
     with pytest.raises(ValueError, match="onnx"):
         create_encoder("splade", backend="torch", query_precision="int8")
+    docs8 = create_encoder("splade", precision="int8")  # INT8 documents, exact (fp32) queries
+    assert docs8.config()["doc"]["precision"] == "int8" and docs8.config()["query"]["precision"] == "fp32"
+    assert docs8.encode_queries(TEXTS) == encoder.encode_queries(TEXTS)

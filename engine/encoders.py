@@ -266,7 +266,8 @@ def splade(
     threads (``None``: one per physical core). ``query_top_n`` keeps the heaviest query terms only
     (default 24; ``None`` keeps all; see docs/first-stage.md). ``query_precision="int8"`` encodes queries
     with ONNX Runtime's dynamic INT8 quantisation (faster, approximate; onnx backend only); ``precision``
-    does the same for documents.
+    does the same for documents (activations are quantised per batch, so a document's vector then depends
+    slightly on its batch: not the default).
     """
     params = dict(locals())
     side = dict(batch_size=batch_size, device=device, threads=threads)
@@ -319,5 +320,7 @@ def encoder_from_meta(cfg: Mapping[str, Any], **overrides: Any) -> SparseEncoder
     params = dict(cfg.get("params", {}))
     if cfg["name"] in ("splade", "splade-doc"):
         params.setdefault("backend", "torch")
+    if cfg["name"] == "splade":
+        params.setdefault("query_top_n", None)  # recorded by every build; kept explicit for hand-written metas
     params.update(overrides)
     return create_encoder(cfg["name"], **params)

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive, default=256, help="document tokens (default 256)")
     p.add_argument("--top-n", type=_positive, default=None, help="keep the N heaviest terms per document")
     p.add_argument("--scale", type=_positive_float, default=100.0, help="impact quantisation scale (default 100)")
-    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--batch-size", type=_positive, default=None, help="texts per pass (default 8 onnx, 32 torch)")
+    p.add_argument("--encoder-backend", choices=("onnx", "torch"), default="onnx", help="SPLADE runtime (default onnx)")
     p.add_argument("--threads", type=_positive, default=2, help="indexing threads (default 2)")
     p.add_argument("--limit", type=_positive, default=None, help="index only the first N documents")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -197,6 +198,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         top_n=args.top_n,
         batch_size=args.batch_size,
+        backend=args.encoder_backend,
     )
     started = time.perf_counter()
     index = backend.build(

@@ -10,12 +10,14 @@ a callable with the same shape for all three, so the hot path never asks again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.deadline import Deadline, PartialRanking
 from twostage_search.engine.protocols import (
+    FetchesTextsLater,
     HonoursDeadline,
     PointwiseScorer,
     ReportsCost,
@@ -56,11 +58,21 @@ def costed_reranker(reranker: Reranker, stage: str = "rerank") -> RerankCall:
     return call_timed
 
 
-def costed_retriever(retriever: Retriever) -> RetrieveCall:
-    """``call(query, k) -> (ranking, costs)`` for any retriever (timed as ``retrieve`` when it does not split)."""
+def costed_retriever(retriever: Retriever, *, texts: bool = True) -> RetrieveCall:
+    """``call(query, k) -> (ranking, costs)`` for any retriever (timed as ``retrieve`` when it does not split).
+
+    ``texts=False`` (only for a :class:`~engine.protocols.FetchesTextsLater` retriever) asks for ids and
+    scores without document texts.
+    """
+    if not texts and not isinstance(retriever, FetchesTextsLater):
+        raise TypeError(f"{type(retriever).__name__} cannot leave texts out (no with_texts)")
     if isinstance(retriever, ReportsRetrievalCost):
-        return retriever.retrieve_with_cost
-    plain = retriever.retrieve
+        if texts:
+            return retriever.retrieve_with_cost
+        return functools.partial(retriever.retrieve_with_cost, texts=False)  # type: ignore[call-arg]
+    plain: Callable[[Query, int], RankedList] = (
+        retriever.retrieve if texts else functools.partial(retriever.retrieve, texts=False)  # type: ignore[call-arg]
+    )
 
     def call_timed(query: Query, k: int) -> tuple[RankedList, tuple[StageCost, ...]]:
         started = time.perf_counter()

@@ -16,9 +16,10 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from twostage_search.engine.models import DEFAULT_SPLADE, resolve_model
+from twostage_search.engine.onnx_splade import OnnxSplade
 from twostage_search.engine.optional import require
 from twostage_search.engine.registry import encoders
 from twostage_search.engine.types import SparseVector
@@ -100,7 +101,13 @@ class SpladeMLM:
         return other
 
     def config(self) -> dict[str, Any]:
-        return {"kind": "splade-mlm", "model": self.model_spec, "max_length": self.max_length, "top_n": self.top_n}
+        return {
+            "kind": "splade-mlm",
+            "backend": "torch",
+            "model": self.model_spec,
+            "max_length": self.max_length,
+            "top_n": self.top_n,
+        }
 
     def _pooled(self, batch: Mapping[str, Any]) -> Any:
         """Max-pooled logits over real tokens, shape (batch, vocab)."""
@@ -204,26 +211,74 @@ class SparseEncoder:
         return {"name": self.name, "params": self.params, "query": self.query.config(), "doc": self.doc.config()}
 
 
+Backend = Literal["onnx", "torch"]
+BACKENDS = ("onnx", "torch")
+# Texts per forward pass when not given: ONNX pads each batch to its longest text and materialises the
+# (batch, tokens, vocab) logits, so it prefers small length-sorted batches; torch projects real tokens only.
+DEFAULT_BATCH = {"onnx": 8, "torch": 32}
+# Query terms searched by default: the 24 heaviest. Chosen on a SciFact dev split (the first 300 train
+# queries): nDCG@10 +0.003 [95% CI -0.006, +0.011] against all terms (median 47), ~1 ms faster per query.
+DEFAULT_QUERY_TOP_N = 24
+
+
+def _mlm_side(
+    model: str, backend: str, *, max_length: int, batch_size: int | None, top_n: int | None, device: str,
+    threads: int | None, precision: str = "fp32",
+) -> SpladeMLM | OnnxSplade:  # fmt: skip
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    batch = batch_size or DEFAULT_BATCH[backend]
+    if backend == "onnx":
+        if device != "cpu":
+            raise ValueError("the onnx backend runs on the CPU; use backend='torch' for another device")
+        return OnnxSplade(
+            model,
+            max_length=max_length,
+            batch_size=batch,
+            top_n=top_n,
+            threads=threads,
+            precision=precision,  # type: ignore[arg-type]
+        )
+    if precision != "fp32":
+        raise ValueError("int8 precision needs backend='onnx'")
+    return SpladeMLM(model, max_length=max_length, batch_size=batch, top_n=top_n, device=device)
+
+
 def splade(
     model: str = DEFAULT_SPLADE,
     *,
     query_model: str | None = None,
     max_length: int = 256,
     query_max_length: int = 64,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     top_n: int | None = None,
-    query_top_n: int | None = None,
+    query_top_n: int | None = DEFAULT_QUERY_TOP_N,
     device: str = "cpu",
+    backend: Backend = "onnx",
+    threads: int | None = None,
+    query_precision: str = "fp32",
+    precision: str = "fp32",
 ) -> SparseEncoder:
-    """SPLADE with a masked-LM on both sides; one loaded model serves both unless ``query_model`` differs."""
+    """SPLADE with a masked-LM on both sides; one loaded model serves both unless ``query_model`` differs.
+
+    ``backend``: ``onnx`` (ONNX Runtime, the default; exported from the torch model on first use) or
+    ``torch``. Both compute the same weights (to float rounding). ``threads``: ONNX Runtime intra-op
+    threads (``None``: one per physical core). ``query_top_n`` keeps the heaviest query terms only
+    (default 24; ``None`` keeps all; see docs/first-stage.md). ``query_precision="int8"`` encodes queries
+    with ONNX Runtime's dynamic INT8 quantisation (faster, approximate; onnx backend only); ``precision``
+    does the same for documents (activations are quantised per batch, so a document's vector then depends
+    slightly on its batch: not the default).
+    """
     params = dict(locals())
-    doc = SpladeMLM(model, max_length=max_length, batch_size=batch_size, top_n=top_n, device=device)
-    if query_model is None or query_model == model:
+    side = dict(batch_size=batch_size, device=device, threads=threads)
+    doc = _mlm_side(model, backend, max_length=max_length, top_n=top_n, precision=precision, **side)  # type: ignore[arg-type]
+    if (query_model is None or query_model == model) and query_precision == precision:
         query = doc.with_limits(max_length=query_max_length, top_n=query_top_n)
     else:
-        query = SpladeMLM(
-            query_model, max_length=query_max_length, batch_size=batch_size, top_n=query_top_n, device=device
-        )
+        query = _mlm_side(
+            query_model or model, backend, max_length=query_max_length, top_n=query_top_n,
+            precision=query_precision, **side,  # type: ignore[arg-type]
+        )  # fmt: skip
     return SparseEncoder("splade", query, doc, params)
 
 
@@ -233,13 +288,17 @@ def splade_doc(
     query_weights: str | None = None,
     max_length: int = 256,
     query_max_length: int = 64,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     top_n: int | None = None,
     device: str = "cpu",
+    backend: Backend = "onnx",
+    threads: int | None = None,
 ) -> SparseEncoder:
-    """Inference-free SPLADE: masked-LM on documents, token-weight lookup on queries."""
+    """Inference-free SPLADE: masked-LM on documents (``backend`` as for :func:`splade`), token lookup on queries."""
     params = dict(locals())
-    doc = SpladeMLM(model, max_length=max_length, batch_size=batch_size, top_n=top_n, device=device)
+    doc = _mlm_side(
+        model, backend, max_length=max_length, batch_size=batch_size, top_n=top_n, device=device, threads=threads
+    )
     query = TokenWeightLookup(model, weights=query_weights, max_length=query_max_length)
     return SparseEncoder("splade-doc", query, doc, params)
 
@@ -251,3 +310,17 @@ def create_encoder(name: str, **params: Any) -> SparseEncoder:
     if not isinstance(encoder, SparseEncoder):  # pragma: no cover - registry misuse
         raise TypeError(f"encoder {name!r} did not build a SparseEncoder")
     return encoder
+
+
+def encoder_from_meta(cfg: Mapping[str, Any], **overrides: Any) -> SparseEncoder:
+    """Re-create the encoder an index recorded (``meta.json``'s ``encoder``), with optional ``overrides``.
+
+    Indexes written before the ``backend`` parameter existed were encoded by torch and keep it.
+    """
+    params = dict(cfg.get("params", {}))
+    if cfg["name"] in ("splade", "splade-doc"):
+        params.setdefault("backend", "torch")
+    if cfg["name"] == "splade":
+        params.setdefault("query_top_n", None)  # recorded by every build; kept explicit for hand-written metas
+    params.update(overrides)
+    return create_encoder(cfg["name"], **params)

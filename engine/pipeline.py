@@ -21,7 +21,7 @@ from twostage_search.engine.costmodel import CostModel, Observation
 from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.policy import Budget, Decision, DepthPolicy, FixedDepth
-from twostage_search.engine.protocols import Reranker, Retriever
+from twostage_search.engine.protocols import FetchesTextsLater, Reranker, Retriever
 from twostage_search.engine.types import Candidate, Query, RankedList
 
 
@@ -134,7 +134,9 @@ class TwoStage:
         self.retriever = retriever
         self.reranker = reranker
         # Which cost protocol each stage speaks is decided once, here, not per query.
-        self.retrieve_costed = costed_retriever(retriever)
+        # A retriever that can fetch texts later leaves them out; run() fetches the ones reranked or returned.
+        self.lazy_texts = isinstance(retriever, FetchesTextsLater)
+        self.retrieve_costed = costed_retriever(retriever, texts=not self.lazy_texts)
         self.rerank_costed = costed_reranker(reranker)
         self.rerank_until = deadline_reranker(reranker, chunk=chunk)
         self.depth = depth
@@ -192,6 +194,8 @@ class TwoStage:
             decision = Decision(min(rerank_depth, len(first)), "request", "rerank_depth given")
         else:
             decision = self.policy.decide(query, first, remaining)
+        if self.lazy_texts:
+            first, costs = self._fill_texts(first, decision.rerank_depth + k, costs)
         candidates = first.candidates()
         head, rest = candidates[: decision.rerank_depth], candidates[decision.rerank_depth :]
         unscored: list[Candidate] = []
@@ -231,6 +235,19 @@ class TwoStage:
     def _retrieve(self, query: Query, depth: int) -> tuple[RankedList, list[StageCost]]:
         first, costs = self.retrieve_costed(query, depth)
         return first, list(costs)
+
+    def _fill_texts(self, first: RankedList, n: int, costs: list[StageCost]) -> tuple[RankedList, list[StageCost]]:
+        """Texts for the first ``n`` candidates (all that can be reranked or served), timed as ``retrieve``."""
+        started = time.perf_counter()
+        head = self.retriever.with_texts(first.head(n))  # type: ignore[attr-defined]
+        ranking = RankedList(first.query_id, head.items + first.items[n:])
+        ms = (time.perf_counter() - started) * 1000
+        stage = next((i for i, c in enumerate(costs) if c.stage == "retrieve"), None)
+        if stage is None:
+            return ranking, [*costs, StageCost("retrieve", ms, docs=len(first))]
+        costs = list(costs)
+        costs[stage] = dataclasses.replace(costs[stage], wall_ms=costs[stage].wall_ms + ms)
+        return ranking, costs
 
     @staticmethod
     def _remaining(budget: Budget | None, deadline: Deadline | None) -> Budget | None:

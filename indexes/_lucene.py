@@ -81,7 +81,7 @@ def top_k_with_ties(search: Callable[[int], list[tuple[str, S]]], k: int) -> lis
     """
     if k <= 0:
         return []
-    fetch = k
+    fetch = k + 1  # one more than asked: the tie check then needs no second search in the common case
     while True:
         hits = search(fetch)
         if len(hits) < fetch or hits[-1][1] != hits[k - 1][1]:
@@ -89,6 +89,54 @@ def top_k_with_ties(search: Callable[[int], list[tuple[str, S]]], k: int) -> lis
         fetch *= 2
     hits.sort(key=lambda h: (-h[1], h[0]))
     return hits[:k]
+
+
+class ImpactQuerySearcher:
+    """Weighted bag-of-words search on a Lucene index through Lucene's own ``IndexSearcher``.
+
+    Anserini's ``SimpleImpactSearcher.search`` sorts every matching document by (score, ``id`` field) and
+    runs a reranker cascade on the result; this keeps Lucene's score-only top-k collection, which can skip
+    non-competitive documents (block-max MaxScore/WAND), and reads the ids of the top hits in one call
+    (``ScoredDocs.fromTopDocs``). Ties at the cut-off are settled by :func:`top_k_with_ties`. The query
+    is Anserini's ``BagOfWordsQueryGenerator`` over the ``contents`` field: each term's posting impact
+    times its query weight (with ``ImpactSimilarity``). One instance serves any number of threads:
+    Lucene's ``IndexSearcher`` is thread-safe, but pyjnius is not, so each search holds
+    :data:`_jvm.JNI_LOCK` while it talks to Java.
+    """
+
+    def __init__(self, index_dir: Path, similarity: str = "io.anserini.search.similarity.ImpactSimilarity") -> None:
+        jnius = _jvm.require_jnius()
+        with _jvm.JNI_LOCK:
+            self._open(jnius, index_dir, similarity)
+
+    def _open(self, jnius: Any, index_dir: Path, similarity: str) -> None:
+        directory = _jvm.autoclass("org.apache.lucene.store.FSDirectory").open(
+            _jvm.autoclass("java.nio.file.Paths").get(str(index_dir))
+        )
+        self._reader = _jvm.autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+        searcher = _jvm.autoclass("org.apache.lucene.search.IndexSearcher")(
+            jnius.cast("org.apache.lucene.index.IndexReader", self._reader)
+        )
+        searcher.setSimilarity(_jvm.autoclass(similarity)())
+        self._searcher = searcher
+        self._generator = _jvm.autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+        self._scored_docs = _jvm.autoclass("io.anserini.search.ScoredDocs")
+        self._hashmap = _jvm.autoclass("java.util.HashMap")
+        self._float = _jvm.autoclass("java.lang.Float")
+
+    def search(self, weights: dict[str, float], n: int) -> list[tuple[str, float]]:
+        """Lucene's top ``n`` (doc_id, score) for the weighted terms, score descending."""
+        with _jvm.JNI_LOCK:
+            query_map = self._hashmap()
+            for term, weight in weights.items():
+                query_map.put(term, self._float(float(weight)))
+            query = self._generator.buildQuery("contents", query_map)
+            hits = self._scored_docs.fromTopDocs(self._searcher.search(query, n), self._searcher)
+            return list(zip(hits.docids, hits.scores, strict=True))
+
+    def close(self) -> None:
+        with _jvm.JNI_LOCK:
+            self._reader.close()
 
 
 def open_meta(path: Path, backend: str, lucene_dir: str) -> dict[str, Any]:

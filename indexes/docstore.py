@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from twostage_search.engine.errors import InputError
-from twostage_search.engine.types import Document
+from twostage_search.engine.types import Document, RankedList
 
 FILENAME = "docs.sqlite"
 
@@ -62,6 +63,19 @@ class DocStore:
             ):
                 out[doc_id] = Document(doc_id, text, title)
         return out
+
+    def with_texts(self, ranking: RankedList) -> RankedList:
+        """``ranking`` (same ids, scores and order) with each document's stored text and title."""
+        docs = self.get_many(ranking.doc_ids)
+        return RankedList(
+            ranking.query_id,
+            tuple(
+                dataclasses.replace(item, text=docs[item.doc_id].text, title=docs[item.doc_id].title)
+                if item.doc_id in docs
+                else item
+                for item in ranking
+            ),
+        )
 
     def __len__(self) -> int:
         return int(self._con().execute("SELECT COUNT(*) FROM docs").fetchone()[0])

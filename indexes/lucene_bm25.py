@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -170,15 +169,18 @@ class BM25Retriever:
         self.index = index
         self.k1 = k1
         self.b = b
-        self._searcher = _jvm.autoclass("io.anserini.search.SimpleSearcher")(str(index.path / LUCENE_DIR))
-        self._searcher.set_bm25(float(k1), float(b))
+        with _jvm.JNI_LOCK:
+            self._searcher = _jvm.autoclass("io.anserini.search.SimpleSearcher")(str(index.path / LUCENE_DIR))
+            self._searcher.set_bm25(float(k1), float(b))
         self._docs = DocStore(index.path)
-        self._lock = threading.Lock()
 
-    def retrieve(self, query: Query, k: int) -> RankedList:
+    def retrieve(self, query: Query, k: int, *, texts: bool = True) -> RankedList:
+        """Top ``k`` for ``query``; ``texts=False`` skips the document store (ids and scores only)."""
         if k < 0:
             raise InputError(f"k must be non-negative, got {k}")
         hits = self.search_text(query.text, k)
+        if not texts:
+            return RankedList.from_candidates(query.query_id, (Candidate(d, s) for d, s in hits))
         docs = self._docs.get_many([doc_id for doc_id, _ in hits])
         return RankedList.from_candidates(
             query.query_id,
@@ -199,9 +201,13 @@ class BM25Retriever:
         """
         if k == 0 or not text.strip():
             return []
-        with self._lock:
+        with _jvm.JNI_LOCK:  # pyjnius is not thread-safe (see indexes._jvm)
             return [(h.docid, float(h.score)) for h in self._searcher.search(text, k)]
 
+    def with_texts(self, ranking: RankedList) -> RankedList:
+        """``ranking`` with each document's text and title from the document store."""
+        return self._docs.with_texts(ranking)
+
     def close(self) -> None:
-        with self._lock:
+        with _jvm.JNI_LOCK:
             self._searcher.close()

@@ -3,18 +3,18 @@
 Build: documents are encoded with the SPLADE encoder, quantised to integer impacts
 (``round(w * scale)``), written as Anserini ``JsonVectorCollection`` files and indexed by
 ``io.anserini.index.IndexCollection -impact -pretokenized`` in a child JVM. Search runs in-process
-through ``io.anserini.search.SimpleImpactSearcher`` (the Java class behind pyserini's
-``LuceneImpactSearcher``) with the query's integer impacts, so a document's score is the exact integer
-dot product of the two quantised vectors. We call the Java class directly rather than pyserini's
+with the query's integer impacts, so a document's score is the exact integer
+dot product of the two quantised vectors. We call the Java classes directly rather than pyserini's
 Python wrapper: the wrapper's import pulls in torch/onnx/openai (~11 s) and drops query terms whose
-idf is not positive, which would break the exact dot product.
+idf is not positive, which would break the exact dot product. Searching goes through Lucene's
+``IndexSearcher`` with Anserini's ``ImpactSimilarity`` (:class:`_lucene.ImpactQuerySearcher`): score-only top-k
+collection, not ``SimpleImpactSearcher.search``'s sort of every match by (score, id).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.cost import StageCost
-from twostage_search.engine.encoders import SparseEncoder, create_encoder
+from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
 from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes import _jvm, _lucene
@@ -146,12 +146,16 @@ class LuceneImpactIndex:
 
     def encoder(self) -> SparseEncoder:
         """The encoder this index was built with, re-created from ``meta.json``."""
-        cfg = self.meta["encoder"]
-        return create_encoder(cfg["name"], **cfg.get("params", {}))
+        return encoder_from_meta(self.meta["encoder"])
 
-    def retriever(self, encoder: SparseEncoder | None = None) -> LuceneImpactRetriever:
-        """A searcher over this index; pass ``encoder`` to share an already loaded one."""
-        return LuceneImpactRetriever(self, encoder or self.encoder())
+    def retriever(
+        self, encoder: SparseEncoder | None = None, *, query_top_n: int | None = None
+    ) -> LuceneImpactRetriever:
+        """A searcher over this index; pass ``encoder`` to share an already loaded one.
+
+        ``query_top_n``: search with the query's heaviest terms only (see :class:`LuceneImpactRetriever`).
+        """
+        return LuceneImpactRetriever(self, encoder or self.encoder(), query_top_n=query_top_n)
 
 
 class LuceneImpactRetriever:
@@ -160,38 +164,55 @@ class LuceneImpactRetriever:
     Scores are the integer dot products divided by ``scale**2`` (≈ the float SPLADE dot product).
     Ties are broken by ``doc_id`` and the whole tied group at the cut-off is fetched, so results do
     not depend on Lucene's internal document order.
+
+    ``query_top_n`` keeps only the query's heaviest terms (query-term pruning: fewer posting lists to
+    score, a slightly different ranking); ``None`` uses every term. Safe to share between threads: query
+    encoding runs concurrently; the Java calls of a search are serialised process-wide (pyjnius is not
+    thread-safe, see :mod:`indexes._jvm`) and take a couple of milliseconds.
     """
 
-    def __init__(self, index: LuceneImpactIndex, encoder: SparseEncoder) -> None:
+    def __init__(self, index: LuceneImpactIndex, encoder: SparseEncoder, *, query_top_n: int | None = None) -> None:
+        if query_top_n is not None and query_top_n < 1:
+            raise InputError("query_top_n must be positive or None")
         self.index = index
         self.encoder = encoder
-        self._searcher = _jvm.autoclass("io.anserini.search.SimpleImpactSearcher")(str(index.path / LUCENE_DIR))
-        self._hashmap = _jvm.autoclass("java.util.HashMap")
-        self._jint = _jvm.autoclass("java.lang.Integer")
+        self.query_top_n = query_top_n
+        self._searcher = _lucene.ImpactQuerySearcher(index.path / LUCENE_DIR)
         self._docs = DocStore(index.path)
-        self._lock = threading.Lock()
 
-    def retrieve(self, query: Query, k: int) -> RankedList:
-        return self.retrieve_with_cost(query, k)[0]
+    def retrieve(self, query: Query, k: int, *, texts: bool = True) -> RankedList:
+        return self.retrieve_with_cost(query, k, texts=texts)[0]
 
-    def retrieve_with_cost(self, query: Query, k: int) -> tuple[RankedList, tuple[StageCost, ...]]:
-        """The ranking and its cost split into ``encode`` (SPLADE query) and ``retrieve`` (search + texts)."""
+    def retrieve_with_cost(
+        self, query: Query, k: int, *, texts: bool = True
+    ) -> tuple[RankedList, tuple[StageCost, ...]]:
+        """The ranking and its cost split into ``encode`` (SPLADE query) and ``retrieve`` (search + texts).
+
+        ``texts=False`` skips the document store: candidates carry ids and scores only (fill the ones
+        you rerank or return with :meth:`with_texts`).
+        """
         if k < 0:
             raise InputError(f"k must be non-negative, got {k}")
         started = time.perf_counter()
         (vector,) = self.encoder.encode_queries([query.text])
         encoded = time.perf_counter()
-        ranking = self._search(query, vector.quantize(self.index.scale), k)
+        ranking = self._search(query, vector.top(self.query_top_n).quantize(self.index.scale), k, texts)
         done = time.perf_counter()
         return ranking, (
             StageCost("encode", (encoded - started) * 1000, docs=0),
             StageCost("retrieve", (done - encoded) * 1000, docs=len(ranking)),
         )
 
-    def _search(self, query: Query, impacts: dict[str, int], k: int) -> RankedList:
+    def with_texts(self, ranking: RankedList) -> RankedList:
+        """``ranking`` with each document's text and title from the document store."""
+        return self._docs.with_texts(ranking)
+
+    def _search(self, query: Query, impacts: dict[str, int], k: int, texts: bool = True) -> RankedList:
         hits = self.search_impacts(impacts, k)
-        docs = self._docs.get_many([doc_id for doc_id, _ in hits])
         norm = self.index.scale**2
+        if not texts:
+            return RankedList.from_candidates(query.query_id, (Candidate(d, score / norm) for d, score in hits))
+        docs = self._docs.get_many([doc_id for doc_id, _ in hits])
         return RankedList.from_candidates(
             query.query_id,
             (
@@ -205,16 +226,13 @@ class LuceneImpactRetriever:
         """Top ``k`` (doc_id, integer score) for integer query impacts, ties by doc_id."""
         if k == 0 or not impacts:
             return []
-        jquery = self._hashmap()
-        for term, weight in impacts.items():
-            jquery.put(term, self._jint(int(weight)))
+        weights = {term: float(w) for term, w in impacts.items()}
 
         def search(n: int) -> list[tuple[str, int]]:
-            with self._lock:
-                return [(h.docid, round(h.score)) for h in self._searcher.search(jquery, n)]
+            # Integer impacts times integer weights: Lucene's float sums are exact below 2**24.
+            return [(doc_id, round(score)) for doc_id, score in self._searcher.search(weights, n)]
 
         return _lucene.top_k_with_ties(search, k)
 
     def close(self) -> None:
-        with self._lock:
-            self._searcher.close()
+        self._searcher.close()

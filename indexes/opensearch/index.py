@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twostage_search.engine.encoders import SparseEncoder, create_encoder
+from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.types import Document
 from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
@@ -204,7 +204,7 @@ class OpenSearchIndex:
     def encoder(self) -> SparseEncoder:
         """The encoder this index was built with, re-created from ``meta.json``."""
         cfg = self.meta["encoder"]
-        return create_encoder(cfg["name"], **cfg.get("params", {}))
+        return encoder_from_meta(cfg)
 
     def retriever(
         self,

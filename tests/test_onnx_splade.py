@@ -1,0 +1,128 @@
+"""SPLADE on ONNX Runtime (the default backend) against the plain formula and the torch path, on the real
+bundled model; the export cache; and indexes written before the ``backend`` parameter existed."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import need
+from twostage_search.engine.encoders import SpladeMLM, create_encoder, encoder_from_meta
+from twostage_search.engine.models import DEFAULT_SPLADE, resolve_model
+
+TEXTS = [
+    "what is the capital of france",
+    "0-dimensional biomaterials show inductive properties.",
+    "Insulin injections lower blood glucose; volcanoes erupt lava and ash over the island.",
+]
+
+
+@pytest.fixture(scope="module")
+def torch_side():
+    return SpladeMLM(DEFAULT_SPLADE, max_length=256)
+
+
+@pytest.fixture(scope="module")
+def onnx_side(encoder):
+    need("onnxruntime", "splade")
+    assert encoder.config()["doc"]["backend"] == "onnx"  # the default
+    return encoder.doc
+
+
+def _plain_formula(texts, max_length=256):
+    """Max over each text's real tokens of log1p(relu(MLM logits)), each text on its own (no batching)."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    path = resolve_model(DEFAULT_SPLADE)
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForMaskedLM.from_pretrained(path).eval()
+    out = []
+    for text in texts:
+        enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.no_grad():
+            weights = torch.log1p(torch.relu(model(**enc).logits[0])).amax(dim=0)
+        out.append({tokenizer.convert_ids_to_tokens(int(i)): float(weights[i]) for i in weights.nonzero()[:, 0]})
+    return out
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_both_backends_match_the_plain_formula(backend, onnx_side, torch_side, tiny_docs):
+    texts = [*TEXTS, *(d.full_text for d in tiny_docs[:3])]
+    expected = _plain_formula(texts)
+    got = (onnx_side if backend == "onnx" else torch_side).encode(texts)  # one padded, length-sorted batch
+    for vector, want in zip(got, expected, strict=True):
+        have = vector.as_dict()
+        assert have.keys() == want.keys()
+        assert max(abs(have[t] - want[t]) for t in want) < 1e-4
+
+
+def test_onnx_and_torch_give_the_same_impacts(onnx_side, torch_side, tiny_docs):
+    """Quantised impacts agree except where a weight × scale lies within float error of a rounding edge."""
+    texts = [*TEXTS, *(d.full_text for d in tiny_docs)]
+    for a, b in zip(onnx_side.encode(texts), torch_side.encode(texts), strict=True):
+        qa, qb = a.quantize(100), b.quantize(100)
+        differ = {t for t in qa.keys() | qb.keys() if qa.get(t) != qb.get(t)}
+        wa = a.as_dict()
+        for t in differ:
+            assert abs(math.modf(wa.get(t, 0.0) * 100)[0] - 0.5) < 1e-3, (t, qa.get(t), qb.get(t))
+        assert len(differ) <= 1
+
+
+def test_truncation_matches_the_hf_tokenizer(onnx_side, torch_side):
+    long_text = " ".join(["insulin glucose pancreas"] * 200)
+    short = onnx_side.with_limits(max_length=16, top_n=None)
+    (a,) = short.encode([long_text])
+    (b,) = torch_side.with_limits(max_length=16, top_n=None).encode([long_text])
+    assert a.terms[:5] == b.terms[:5]
+    assert max(abs(a.as_dict()[t] - w) for t, w in b.as_dict().items()) < 1e-4
+    assert short.max_length == 16 and onnx_side.max_length == 256  # with_limits leaves the original alone
+
+
+def test_top_n_keeps_the_heaviest_terms(onnx_side):
+    (full,) = onnx_side.encode([TEXTS[2]])
+    (top,) = onnx_side.with_limits(max_length=256, top_n=5).encode([TEXTS[2]])
+    assert top.terms == full.terms[:5]
+
+
+def test_export_is_cached_and_described(onnx_side):
+    from twostage_search.engine.onnx_splade import MARKER, export_dir, export_splade, model_digest
+
+    folder = export_dir(DEFAULT_SPLADE)
+    info = json.loads((folder / MARKER).read_text())
+    assert info["model"] == DEFAULT_SPLADE and info["max_abs_weight_diff"] < 1e-4
+    assert folder.name == f"splade-{model_digest(Path(resolve_model(DEFAULT_SPLADE)))[:16]}"
+    before = (folder / "model.onnx").stat().st_mtime_ns
+    assert export_splade(DEFAULT_SPLADE) == folder  # reused, not rewritten
+    assert (folder / "model.onnx").stat().st_mtime_ns == before
+
+
+def test_old_meta_without_backend_reopens_with_torch():
+    old = {"name": "splade", "params": {"model": DEFAULT_SPLADE, "max_length": 256, "batch_size": 32}}
+    enc = encoder_from_meta(old)
+    assert enc.config()["doc"]["backend"] == "torch" and enc.config()["query"]["backend"] == "torch"
+    new = encoder_from_meta({"name": "splade", "params": {"backend": "onnx"}})
+    assert new.config()["query"]["backend"] == "onnx"
+
+
+def test_bad_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="backend"):
+        create_encoder("splade", backend="tensorflow")
+    with pytest.raises(ValueError, match="CPU"):
+        create_encoder("splade", backend="onnx", device="cuda")
+
+
+def test_int8_query_side_is_close_to_fp32(encoder):
+    enc8 = create_encoder("splade", query_precision="int8")
+    assert enc8.config()["query"]["precision"] == "int8" and enc8.config()["doc"]["precision"] == "fp32"
+    for text in TEXTS:
+        (exact,) = encoder.encode_queries([text])
+        (approx,) = enc8.encode_queries([text])
+        assert set(exact.terms[:3]) <= set(approx.terms[:6]), (exact.terms[:6], approx.terms[:6])
+        weights = approx.as_dict()
+        assert max(abs(weights.get(t, 0.0) - w) for t, w in exact.as_dict().items()) < 0.75
+    with pytest.raises(ValueError, match="onnx"):
+        create_encoder("splade", backend="torch", query_precision="int8")
+    docs8 = create_encoder("splade", precision="int8")  # INT8 documents, exact (fp32) queries
+    assert docs8.config()["doc"]["precision"] == "int8" and docs8.config()["query"]["precision"] == "fp32"
+    assert docs8.encode_queries(TEXTS) == encoder.encode_queries(TEXTS)

@@ -37,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, type=Path, help="index directory to create or replace")
     p.add_argument("--backend", default="lucene-impact", help="index backend (default: lucene-impact)")
     p.add_argument("--encoder", default="splade", help="registered encoder (splade, splade-doc)")
-    p.add_argument("--model", default=None, help="bundled:NAME, a local HF directory or a hub name")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="bundled:NAME, a local HF directory or a hub name (the SPLADE model; for dense-flat the dense model)",
+    )
+    p.add_argument("--dense-model", default=None, help="dense model of --backend hybrid (default: bge-small INT8)")
     p.add_argument("--max-length", type=_positive, default=256, help="document tokens (default 256)")
     p.add_argument("--top-n", type=_positive, default=None, help="keep the N heaviest terms per document")
     p.add_argument("--scale", type=_positive_float, default=100.0, help="impact quantisation scale (default 100)")
@@ -50,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--opensearch-url", action="append", metavar="URL", help="cluster URL (repeat for more hosts)")
     o.add_argument("--opensearch-index", metavar="NAME", help="alias that searches use (default: from --index)")
+    h = p.add_argument_group("--backend hybrid (builds SPLADE, BM25 and dense indexes inside --index)")
+    _add_fusion_arguments(h)
+
+    hy = sub.add_parser("hybrid", help="combine existing indexes of one corpus into a hybrid (fused) index")
+    hy.add_argument("--index", required=True, type=Path, help="hybrid index directory to create or replace")
+    hy.add_argument(
+        "--component",
+        required=True,
+        action="append",
+        metavar="NAME=PATH[:WEIGHT]",
+        help="a component index (repeat; e.g. splade=var/scifact:1 dense=var/scifact-dense:1.5)",
+    )
+    _add_fusion_arguments(hy)
 
     s = sub.add_parser("search", help="search an index and print the ranking")
     s.add_argument("query", help="query text")
@@ -126,6 +144,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_fusion_arguments(p: Any) -> None:
+    p.add_argument("--fusion", choices=("rrf", "minmax", "zscore"), default="rrf", help="fusion method (default rrf)")
+    p.add_argument("--rrf-k", type=_positive_float, default=60.0, help="RRF k (default 60)")
+    p.add_argument("--fusion-depth", type=_positive, default=100, help="candidates per component (default 100)")
+    p.add_argument("--weight", action="append", default=[], metavar="NAME=W", help="component weight (default 1)")
+
+
+def _fusion(args: argparse.Namespace) -> Any:
+    from twostage_search.indexes.hybrid import Fusion
+
+    return Fusion(method=args.fusion, k=args.rrf_k, depth=args.fusion_depth)
+
+
+def _weights(values: Sequence[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for value in values:
+        name, sep, weight = value.partition("=")
+        try:
+            out[name.strip()] = float(weight)
+        except ValueError:
+            raise InputError(f"--weight takes NAME=NUMBER, got {value!r}") from None
+        if not sep or not name.strip():
+            raise InputError(f"--weight takes NAME=NUMBER, got {value!r}")
+    return out
+
+
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, type=Path, help="BEIR directory (corpus, queries, qrels/SPLIT.tsv)")
     p.add_argument("--systems", required=True, nargs="+", type=Path, metavar="YAML", help="system config files")
@@ -191,13 +235,28 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise InputError(f"{args.corpus}: corpus is empty")
     if args.limit:
         total = min(total, args.limit)
-    encoder = create_encoder(
-        args.encoder,
-        model=args.model or DEFAULT_SPLADE,
-        max_length=args.max_length,
-        top_n=args.top_n,
-        batch_size=args.batch_size,
-    )
+    if args.backend == "hybrid":
+        options["fusion"] = _fusion(args)
+        options["weights"] = _weights(args.weight)
+        if args.dense_model:
+            from twostage_search.indexes.dense import DenseFlatIndex
+
+            options["dense_encoder"] = DenseFlatIndex.create_encoder(model=args.dense_model, max_length=args.max_length)
+    elif args.weight or args.dense_model:
+        raise InputError("--weight and --dense-model apply only to --backend hybrid")
+    own_encoder = getattr(backend, "create_encoder", None)
+    if own_encoder is not None:  # a backend with its own kind of encoder (dense-flat)
+        encoder = own_encoder(model=args.model, max_length=args.max_length)
+    elif getattr(backend, "needs_encoder", True):
+        encoder = create_encoder(
+            args.encoder,
+            model=args.model or DEFAULT_SPLADE,
+            max_length=args.max_length,
+            top_n=args.top_n,
+            batch_size=args.batch_size,
+        )
+    else:
+        encoder = None
     started = time.perf_counter()
     index = backend.build(
         islice(read_corpus(args.corpus), total),
@@ -211,6 +270,27 @@ def cmd_index(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - started
     print(f"indexed {len(index)} documents into {args.index} in {seconds:.1f}s ({len(index) / seconds:.1f} docs/s)")
+    return 0
+
+
+def cmd_hybrid(args: argparse.Namespace) -> int:
+    from twostage_search.indexes.hybrid import Component, HybridIndex
+
+    weights = _weights(args.weight)
+    parts = []
+    for value in args.component:
+        name, sep, rest = value.partition("=")
+        path, _, weight = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        if not sep or not name or not path:
+            raise InputError(f"--component takes NAME=PATH[:WEIGHT], got {value!r}")
+        try:
+            w = float(weight) if weight else weights.get(name, 1.0)
+        except ValueError:
+            raise InputError(f"--component weight must be a number, got {value!r}") from None
+        parts.append(Component(name, path, w))
+    index = HybridIndex.compose(args.index, parts, _fusion(args))
+    described = ", ".join(f"{n} ×{w:g}" for n, w in index.weights.items())
+    print(f"hybrid {args.index}: {described}; {index.fusion.method} fusion over the top {index.fusion.depth}")
     return 0
 
 
@@ -392,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "calibrate": cmd_calibrate,
         "train-cross-encoder": cmd_train_cross_encoder,
         "export-onnx": cmd_export_onnx,
+        "hybrid": cmd_hybrid,
     }
     commands.update({"bench": cmd_bench, "fetch-beir": cmd_fetch_beir})
     commands["serve"] = cmd_serve

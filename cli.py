@@ -55,19 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--opensearch-url", action="append", metavar="URL", help="cluster URL (repeat for more hosts)")
     o.add_argument("--opensearch-index", metavar="NAME", help="alias that searches use (default: from --index)")
-    h = p.add_argument_group("--backend hybrid (builds SPLADE, BM25 and dense indexes inside --index)")
-    _add_fusion_arguments(h)
+    from twostage_search.indexes.hybrid_cli import add_compose_parser, add_fusion_arguments
 
-    hy = sub.add_parser("hybrid", help="combine existing indexes of one corpus into a hybrid (fused) index")
-    hy.add_argument("--index", required=True, type=Path, help="hybrid index directory to create or replace")
-    hy.add_argument(
-        "--component",
-        required=True,
-        action="append",
-        metavar="NAME=PATH[:WEIGHT]",
-        help="a component index (repeat; e.g. splade=var/scifact:1 dense=var/scifact-dense:1.5)",
+    add_fusion_arguments(
+        p.add_argument_group("--backend hybrid (builds SPLADE, BM25 and dense indexes inside --index)")
     )
-    _add_fusion_arguments(hy)
+    add_compose_parser(sub)
 
     s = sub.add_parser("search", help="search an index and print the ranking")
     s.add_argument("query", help="query text")
@@ -144,32 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_fusion_arguments(p: Any) -> None:
-    p.add_argument("--fusion", choices=("rrf", "minmax", "zscore"), default="rrf", help="fusion method (default rrf)")
-    p.add_argument("--rrf-k", type=_positive_float, default=60.0, help="RRF k (default 60)")
-    p.add_argument("--fusion-depth", type=_positive, default=100, help="candidates per component (default 100)")
-    p.add_argument("--weight", action="append", default=[], metavar="NAME=W", help="component weight (default 1)")
-
-
-def _fusion(args: argparse.Namespace) -> Any:
-    from twostage_search.indexes.hybrid import Fusion
-
-    return Fusion(method=args.fusion, k=args.rrf_k, depth=args.fusion_depth)
-
-
-def _weights(values: Sequence[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for value in values:
-        name, sep, weight = value.partition("=")
-        try:
-            out[name.strip()] = float(weight)
-        except ValueError:
-            raise InputError(f"--weight takes NAME=NUMBER, got {value!r}") from None
-        if not sep or not name.strip():
-            raise InputError(f"--weight takes NAME=NUMBER, got {value!r}")
-    return out
-
-
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, type=Path, help="BEIR directory (corpus, queries, qrels/SPLIT.tsv)")
     p.add_argument("--systems", required=True, nargs="+", type=Path, metavar="YAML", help="system config files")
@@ -235,15 +202,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise InputError(f"{args.corpus}: corpus is empty")
     if args.limit:
         total = min(total, args.limit)
-    if args.backend == "hybrid":
-        options["fusion"] = _fusion(args)
-        options["weights"] = _weights(args.weight)
-        if args.dense_model:
-            from twostage_search.indexes.dense import DenseFlatIndex
+    from twostage_search.indexes.hybrid_cli import build_options
 
-            options["dense_encoder"] = DenseFlatIndex.create_encoder(model=args.dense_model, max_length=args.max_length)
-    elif args.weight or args.dense_model:
-        raise InputError("--weight and --dense-model apply only to --backend hybrid")
+    options.update(build_options(args))
     own_encoder = getattr(backend, "create_encoder", None)
     if own_encoder is not None:  # a backend with its own kind of encoder (dense-flat)
         encoder = own_encoder(model=args.model, max_length=args.max_length)
@@ -274,24 +235,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_hybrid(args: argparse.Namespace) -> int:
-    from twostage_search.indexes.hybrid import Component, HybridIndex
+    from twostage_search.indexes.hybrid_cli import compose
 
-    weights = _weights(args.weight)
-    parts = []
-    for value in args.component:
-        name, sep, rest = value.partition("=")
-        path, _, weight = rest.rpartition(":") if ":" in rest else (rest, "", "")
-        if not sep or not name or not path:
-            raise InputError(f"--component takes NAME=PATH[:WEIGHT], got {value!r}")
-        try:
-            w = float(weight) if weight else weights.get(name, 1.0)
-        except ValueError:
-            raise InputError(f"--component weight must be a number, got {value!r}") from None
-        parts.append(Component(name, path, w))
-    index = HybridIndex.compose(args.index, parts, _fusion(args))
-    described = ", ".join(f"{n} ×{w:g}" for n, w in index.weights.items())
-    print(f"hybrid {args.index}: {described}; {index.fusion.method} fusion over the top {index.fusion.depth}")
-    return 0
+    return compose(args)
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -58,7 +58,9 @@ class DenseEncoder:
         pooling: ``cls`` (bge) or ``mean``.
         query_prefix: prepended to every query (default: bge's retrieval instruction).
         max_length: tokens per text (longer texts are truncated).
-        batch_size: documents per forward pass (queries always go one at a time, see the module docstring).
+        batch_size: documents per forward pass (queries always go one at a time). The default, 1, keeps each
+            vector independent of the others (see the module docstring) and was also the fastest on a 2-core
+            CPU (30 docs/s against 14-22 docs/s at batch 8-32, SciFact abstracts at 256 tokens).
         threads: ONNX Runtime intra-op threads (``None``: ONNX Runtime's default, one per physical core).
     """
 
@@ -69,7 +71,7 @@ class DenseEncoder:
         pooling: str = "cls",
         query_prefix: str = BGE_QUERY_PREFIX,
         max_length: int = 256,
-        batch_size: int = 16,
+        batch_size: int = 1,
         threads: int | None = None,
     ) -> None:
         if pooling not in POOLINGS:

@@ -43,9 +43,9 @@ def _sorted(scores: Mapping[str, float]) -> list[tuple[str, float]]:
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
 
-def rrf(rankings: Sequence[Ranking], weights: Sequence[float] | None = None, *, k: float = DEFAULT_RRF_K) -> list[
-    tuple[str, float]
-]:
+def rrf(
+    rankings: Sequence[Ranking], weights: Sequence[float] | None = None, *, k: float = DEFAULT_RRF_K
+) -> list[tuple[str, float]]:
     """Weighted reciprocal-rank fusion: ``Σ_i w_i / (k + rank_i(d))``, ranks counted from 1 in the order given."""
     if k < 0 or not math.isfinite(k):
         raise ValueError(f"RRF k must be finite and ≥ 0, got {k}")
@@ -71,9 +71,9 @@ def normalise(scores: Sequence[float], method: str) -> list[float]:
     raise ValueError(f"unknown normalisation {method!r} ({MINMAX}, {ZSCORE})")
 
 
-def score_fusion(rankings: Sequence[Ranking], weights: Sequence[float] | None = None, *, method: str = MINMAX) -> list[
-    tuple[str, float]
-]:
+def score_fusion(
+    rankings: Sequence[Ranking], weights: Sequence[float] | None = None, *, method: str = MINMAX
+) -> list[tuple[str, float]]:
     """Weighted sum of per-ranking normalised scores; a missing document gets that ranking's lowest."""
     ws = _check(rankings, weights)
     normed: list[dict[str, float]] = []

@@ -218,7 +218,9 @@ class HybridRetriever:
 
     name = "hybrid"
 
-    def __init__(self, components: dict[str, Any], weights: dict[str, float], fusion: Fusion, *, parallel: bool) -> None:
+    def __init__(
+        self, components: dict[str, Any], weights: dict[str, float], fusion: Fusion, *, parallel: bool
+    ) -> None:
         if not components:
             raise InputError("a hybrid retriever needs at least one component with weight > 0")
         self.components = components

@@ -111,7 +111,9 @@ def ensure_index(dataset: Path, prefix: str, backend: str) -> Any:
     return indexes.load(path)
 
 
-def run_interleaved(systems: Mapping[str, Any], queries: Sequence[Query], warmup: int) -> tuple[dict[str, Run], dict]:
+def run_interleaved(
+    systems: Mapping[str, Any], queries: Sequence[Query], warmup: int
+) -> tuple[dict[str, Run], dict[str, list[float]]]:
     """Every query through every system (order rotating per query): rankings and wall ms per query."""
     calls = {name: costed_retriever(r) for name, r in systems.items()}
     names = list(calls)

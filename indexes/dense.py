@@ -56,6 +56,7 @@ class DenseFlatIndex:
     """Unit vectors of every document in one memory-mapped matrix, with doc ids, document store and ``meta.json``."""
 
     backend = "dense-flat"
+    needs_encoder = False  # no SPLADE encoder: it brings its own (``create_encoder``, recorded in meta.json)
 
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path

@@ -130,6 +130,9 @@ class HybridIndex:
         """
         components = components or DEFAULT_COMPONENTS
         weights = weights or {}
+        unknown = sorted(set(weights) - set(components))
+        if unknown:
+            raise InputError(f"no component named {', '.join(unknown)} (components: {', '.join(components)})")
         parts = [Component(name, name, float(weights.get(name, 1.0))) for name in components]
         _check_components(parts)
         fusion = fusion or Fusion()
@@ -201,6 +204,9 @@ class HybridIndex:
 
         ``encoder`` is handed to every component (the SPLADE one uses it; the others ignore what they can't use).
         """
+        unknown = sorted(set(weights or {}) - set(self.weights))
+        if unknown:
+            raise InputError(f"no component named {', '.join(unknown)} (components: {', '.join(self.weights)})")
         ws = {**self.weights, **(weights or {})}
         parts = {name: index.retriever(encoder) for name, index in self.components.items() if ws.get(name, 0) > 0}
         return HybridRetriever(parts, {n: ws[n] for n in parts}, fusion or self.fusion, parallel=parallel)

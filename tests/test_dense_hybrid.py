@@ -145,6 +145,8 @@ def test_hybrid_parallel_equals_sequential_and_zero_weight_skips(built_indexes, 
     finally:
         parallel.close()
     assert set(hybrid.retriever(encoder, weights={"splade": 0}).components) == {"bm25", "dense"}
+    with pytest.raises(InputError, match="no component named colbert"):
+        hybrid.retriever(encoder, weights={"colbert": 1.0})
 
 
 def test_compose_existing_indexes_and_errors(built_indexes, dense_index, tmp_path, tiny_docs, encoder):

@@ -52,6 +52,7 @@ WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 RRF_KS = (10.0, 30.0, 60.0, 100.0)
 DEPTH = 100
 MEASURES = ("nDCG@10", "R@100")
+NO_SPLADE = "bm25+dense"  # the best fusion without SPLADE (any method): a cheaper candidate
 
 Run = dict[str, list[tuple[str, float]]]  # query id → ranking
 
@@ -169,8 +170,10 @@ def choose(split: Split, runs: Mapping[str, Run]) -> tuple[dict[str, FusionConfi
     best: dict[str, FusionConfig] = {}
     best_score: dict[str, float] = {}
     for score, config in scored:
-        if score > best_score.get(config.method, -1.0):
-            best[config.method], best_score[config.method] = config, score
+        families = [config.method] + ([NO_SPLADE] if config.weights[0] == 0 else [])
+        for family in families:
+            if score > best_score.get(family, -1.0):
+                best[family], best_score[family] = config, score
     table = [{"config": c.label, "nDCG@10": round(s, 4)} for s, c in sorted(scored, key=lambda sc: -sc[0])]
     return best, table
 
@@ -204,13 +207,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     chosen_name = max(fusions, key=lambda n: (mean(dev_scores[n]["nDCG@10"]), n == "rrf k=60 equal"))
     chosen = fusions[chosen_name]
 
-    def hybrid(parallel: bool) -> HybridRetriever:
-        weights = dict(zip(COMPONENTS, chosen.weights, strict=True))
+    def hybrid(config: FusionConfig, parallel: bool) -> HybridRetriever:
+        weights = dict(zip(COMPONENTS, config.weights, strict=True))
         parts = {n: r for n, r in retrievers.items() if weights[n] > 0}
-        fusion = Fusion(method=chosen.method, k=chosen.k, depth=DEPTH)
+        fusion = Fusion(method=config.method, k=config.k, depth=DEPTH)
         return HybridRetriever(parts, {n: weights[n] for n in parts}, fusion, parallel=parallel)
 
-    systems = {**retrievers, "hybrid (sequential)": hybrid(False), "hybrid (parallel)": hybrid(True)}
+    systems = {
+        **retrievers,
+        "hybrid (sequential)": hybrid(chosen, False),
+        "hybrid (parallel)": hybrid(chosen, True),
+        f"{NO_SPLADE} (dev-tuned, sequential)": hybrid(best[NO_SPLADE], False),
+    }
     test_runs, test_ms = run_interleaved(systems, test.queries, args.warmup)
     test_ids = [q.query_id for q in test.queries]
     offline = fused_run(test_runs, chosen, test_ids)
@@ -233,6 +241,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for n in [BASELINE, *rows]
     }
     dev_vs = compare([(dev_scores[chosen_name][m], dev_scores[BASELINE][m]) for m in MEASURES], seed=0)
+    cheap = f"{NO_SPLADE} (dev-tuned)"
+    dev_cheap = compare([(dev_scores[cheap][m], dev_scores[chosen_name][m]) for m in MEASURES], seed=0)
     return {
         "dataset": str(args.dataset),
         "splits": how,
@@ -247,6 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             **chosen.as_dict(),
             "dev_vs_splade": dict(zip(MEASURES, (c.as_dict() for c in dev_vs), strict=True)),
         },
+        "dev_bm25_dense_vs_chosen": dict(zip(MEASURES, (c.as_dict() for c in dev_cheap), strict=True)),
         "dev_grid_top10": dev_table[:10],
         "grid_size": len(grid()),
         "latency_ms_test": {
@@ -291,6 +302,7 @@ def render(report: dict[str, Any]) -> str:
     lines.append(
         f"chosen on dev: {c['name']} {c['weights']} k={c['k']:g}; dev vs SPLADE: {json.dumps(c['dev_vs_splade'])}"
     )
+    lines.append(f"dev, best bm25+dense vs chosen: {json.dumps(report['dev_bm25_dense_vs_chosen'])}")
     lines.append(f"hybrid retriever vs offline fusion mismatches: {report['hybrid_offline_mismatches']}")
     return "\n".join(lines)
 

@@ -259,6 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "dev_bm25_dense_vs_chosen": dict(zip(MEASURES, (c.as_dict() for c in dev_cheap), strict=True)),
         "dev_grid_top10": dev_table[:10],
+        "dev_grid": dev_table,
         "grid_size": len(grid()),
         "latency_ms_test": {
             n: {"p50": round(percentile(v, 50), 2), "p95": round(percentile(v, 95), 2)} for n, v in test_ms.items()

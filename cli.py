@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     from twostage_search.indexes.hybrid_cli import add_compose_parser, add_fusion_arguments
 
     add_fusion_arguments(
-        p.add_argument_group("--backend hybrid (builds SPLADE, BM25 and dense indexes inside --index)")
+        build=True, p=p.add_argument_group("--backend hybrid (builds its component indexes inside --index)")
     )
     add_compose_parser(sub)
 

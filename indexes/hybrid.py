@@ -40,8 +40,12 @@ from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
-# name → backend of the components `twostage index --backend hybrid` builds.
-DEFAULT_COMPONENTS = {"splade": "lucene-impact", "bm25": "lucene-bm25", "dense": "dense-flat"}
+# The components a hybrid can build (name → backend), and what `twostage index --backend hybrid` builds
+# by default: components, weights and fusion chosen on dev splits (docs/first-stage.md).
+KNOWN_COMPONENTS = {"splade": "lucene-impact", "bm25": "lucene-bm25", "dense": "dense-flat"}
+DEFAULT_COMPONENTS = ("splade", "bm25", "dense")
+DEFAULT_WEIGHTS = {"splade": 1.0, "bm25": 1.0, "dense": 1.0}
+DEFAULT_METHOD = RRF
 DEFAULT_DEPTH = 100
 
 
@@ -58,7 +62,7 @@ class Component:
 class Fusion:
     """How rankings are fused: ``method`` (rrf, minmax, zscore), RRF's ``k``, and candidates per component."""
 
-    method: str = RRF
+    method: str = DEFAULT_METHOD
     k: float = DEFAULT_RRF_K
     depth: int = DEFAULT_DEPTH
 
@@ -86,6 +90,7 @@ class HybridIndex:
     """Component indexes plus fusion settings; hands out a :class:`HybridRetriever`."""
 
     backend = "hybrid"
+    needs_encoder = "splade" in DEFAULT_COMPONENTS  # `twostage index` hands it a SPLADE encoder only then
 
     def __init__(self, path: Path, meta: dict[str, Any], components: dict[str, Any]) -> None:
         self.path = path
@@ -114,7 +119,7 @@ class HybridIndex:
         *,
         encoder: object = None,
         dense_encoder: object = None,
-        components: dict[str, str] | None = None,
+        components: Sequence[str] | None = None,
         weights: dict[str, float] | None = None,
         fusion: Fusion | None = None,
         threads: int = 2,
@@ -123,20 +128,24 @@ class HybridIndex:
         overwrite: bool = True,
         scale: float | None = None,
     ) -> HybridIndex:
-        """Build every component (``name → backend``, default SPLADE + BM25 + dense) inside ``path``, atomically.
+        """Build the ``components`` (names of :data:`KNOWN_COMPONENTS`; default :data:`DEFAULT_COMPONENTS`)
+        inside ``path``, atomically, with ``weights`` (default :data:`DEFAULT_WEIGHTS`, else 1).
 
         ``encoder`` is the SPLADE encoder (for ``lucene-impact``), ``dense_encoder`` the dense one (default:
         the backend's). The documents are held in memory once, to feed each component.
         """
-        components = components or DEFAULT_COMPONENTS
+        names = list(components or DEFAULT_COMPONENTS)
+        bad = sorted(set(names) - set(KNOWN_COMPONENTS))
+        if bad:
+            raise InputError(f"unknown hybrid component {', '.join(bad)} (known: {', '.join(KNOWN_COMPONENTS)})")
         weights = weights or {}
-        unknown = sorted(set(weights) - set(components))
+        unknown = sorted(set(weights) - set(names))
         if unknown:
-            raise InputError(f"no component named {', '.join(unknown)} (components: {', '.join(components)})")
-        parts = [Component(name, name, float(weights.get(name, 1.0))) for name in components]
+            raise InputError(f"no component named {', '.join(unknown)} (components: {', '.join(names)})")
+        parts = [Component(n, n, float(weights.get(n, DEFAULT_WEIGHTS.get(n, 1.0)))) for n in names]
         _check_components(parts)
         fusion = fusion or Fusion()
-        if encoder is None and "lucene-impact" in components.values():
+        if encoder is None and "splade" in names:
             from twostage_search.engine.encoders import create_encoder
 
             encoder = create_encoder("splade")
@@ -145,7 +154,7 @@ class HybridIndex:
         with atomic_index(path, overwrite=overwrite) as tmp:
             seconds = {}
             for part in parts:
-                backend = components[part.name]
+                backend = KNOWN_COMPONENTS[part.name]
                 factory = index_backends.get(backend)
                 own = dense_encoder if backend == "dense-flat" and dense_encoder is not None else encoder
                 options: dict[str, Any] = {"threads": threads, "total": total, "progress": progress}

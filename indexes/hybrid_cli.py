@@ -10,11 +10,21 @@ from typing import Any
 
 from twostage_search.engine.argtypes import positive_float, positive_int
 from twostage_search.engine.errors import InputError
-from twostage_search.engine.fusion import METHODS, RRF
+from twostage_search.engine.fusion import METHODS
+from twostage_search.indexes.hybrid import DEFAULT_COMPONENTS, DEFAULT_METHOD, KNOWN_COMPONENTS
 
 
-def add_fusion_arguments(p: Any) -> None:
-    p.add_argument("--fusion", choices=METHODS, default=RRF, help="fusion method (default rrf)")
+def add_fusion_arguments(p: Any, *, build: bool = False) -> None:
+    if build:
+        p.add_argument(
+            "--components",
+            default=None,
+            help=f"comma-separated components to build (default {','.join(DEFAULT_COMPONENTS)}; known: "
+            f"{','.join(KNOWN_COMPONENTS)})",
+        )
+    p.add_argument(
+        "--fusion", choices=METHODS, default=DEFAULT_METHOD, help=f"fusion method (default {DEFAULT_METHOD})"
+    )
     p.add_argument("--rrf-k", type=positive_float, default=60.0, help="RRF k (default 60)")
     p.add_argument("--fusion-depth", type=positive_int, default=100, help="candidates per component (default 100)")
     p.add_argument("--weight", action="append", default=[], metavar="NAME=W", help="component weight (default 1)")
@@ -55,10 +65,12 @@ def weights(values: Sequence[str]) -> dict[str, float]:
 def build_options(args: argparse.Namespace) -> dict[str, Any]:
     """Extra ``build`` options of ``twostage index`` for ``--backend hybrid`` (none for other backends)."""
     if args.backend != "hybrid":
-        if args.weight or args.dense_model:
-            raise InputError("--weight and --dense-model apply only to --backend hybrid")
+        if args.weight or args.dense_model or args.components:
+            raise InputError("--components, --weight and --dense-model apply only to --backend hybrid")
         return {}
     options: dict[str, Any] = {"fusion": fusion(args), "weights": weights(args.weight)}
+    if args.components:
+        options["components"] = [c.strip() for c in args.components.split(",") if c.strip()]
     if args.dense_model:
         from twostage_search.indexes.dense import DenseFlatIndex
 

@@ -26,6 +26,7 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     from twostage_search.engine import __version__
+    from twostage_search.indexes import DEFAULT_BACKEND
 
     parser = argparse.ArgumentParser(prog="twostage", description="SPLADE retrieve-and-rerank search engine.")
     parser.add_argument("--version", action="version", version=f"twostage {__version__}")
@@ -35,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="encode a BEIR corpus.jsonl and build an index (atomically)")
     p.add_argument("corpus", type=Path, help="BEIR corpus.jsonl (or .jsonl.gz)")
     p.add_argument("--index", required=True, type=Path, help="index directory to create or replace")
-    p.add_argument("--backend", default="lucene-impact", help="index backend (default: lucene-impact)")
+    p.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        help=f"index backend (default: {DEFAULT_BACKEND}: BM25 + dense, fused; lucene-impact: SPLADE)",
+    )
     p.add_argument("--encoder", default="splade", help="registered encoder (splade, splade-doc)")
     p.add_argument(
         "--model",
@@ -208,7 +213,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     own_encoder = getattr(backend, "create_encoder", None)
     if own_encoder is not None:  # a backend with its own kind of encoder (dense-flat)
         encoder = own_encoder(model=args.model, max_length=args.max_length)
-    elif getattr(backend, "needs_encoder", True):
+    elif getattr(backend, "needs_encoder", True) or "splade" in (args.components or "").replace(" ", "").split(","):
         encoder = create_encoder(
             args.encoder,
             model=args.model or DEFAULT_SPLADE,

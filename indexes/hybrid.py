@@ -32,7 +32,7 @@ from typing import Any
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.costed import RetrieveCall, costed_retriever
 from twostage_search.engine.errors import IndexLoadError, InputError
-from twostage_search.engine.fusion import DEFAULT_RRF_K, METHODS, RRF, fuse
+from twostage_search.engine.fusion import DEFAULT_RRF_K, METHODS, MINMAX, fuse
 from twostage_search.engine.registry import index_backends
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes import load
@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 # The components a hybrid can build (name → backend), and what `twostage index --backend hybrid` builds
 # by default: components, weights and fusion chosen on dev splits (docs/first-stage.md).
 KNOWN_COMPONENTS = {"splade": "lucene-impact", "bm25": "lucene-bm25", "dense": "dense-flat"}
-DEFAULT_COMPONENTS = ("splade", "bm25", "dense")
-DEFAULT_WEIGHTS = {"splade": 1.0, "bm25": 1.0, "dense": 1.0}
-DEFAULT_METHOD = RRF
+DEFAULT_COMPONENTS = ("bm25", "dense")
+DEFAULT_WEIGHTS = {"splade": 1.0, "bm25": 1.0, "dense": 2.0}
+DEFAULT_METHOD = MINMAX
 DEFAULT_DEPTH = 100
 
 
@@ -145,10 +145,20 @@ class HybridIndex:
         parts = [Component(n, n, float(weights.get(n, DEFAULT_WEIGHTS.get(n, 1.0)))) for n in names]
         _check_components(parts)
         fusion = fusion or Fusion()
+        # Dependencies and models first: a missing extra fails before anything is written.
+        if {"splade", "bm25"} & set(names):
+            from twostage_search.indexes import _jvm
+
+            _jvm.java_executable()
+            _jvm.anserini_jar()
         if encoder is None and "splade" in names:
             from twostage_search.engine.encoders import create_encoder
 
             encoder = create_encoder("splade")
+        if dense_encoder is None and "dense" in names:
+            from twostage_search.indexes.dense import DenseFlatIndex
+
+            dense_encoder = DenseFlatIndex.create_encoder()
         docs = list(docs)
         started = time.perf_counter()
         with atomic_index(path, overwrite=overwrite) as tmp:

@@ -119,20 +119,42 @@ def test_dense_float16_and_corrupt_index(tmp_path, tiny_docs, dense, dense_index
     assert not (tmp_path / "empty").exists()
 
 
+def test_default_hybrid_is_bm25_plus_dense_minmax(built_indexes):
+    from twostage_search.cli import build_parser
+
+    meta = built_indexes["hybrid"].meta
+    assert [(c["name"], c["weight"]) for c in meta["components"]] == [("bm25", 1.0), ("dense", 2.0)]
+    assert meta["fusion"] == {"method": "minmax", "k": 60.0, "depth": 100}
+    assert build_parser().parse_args(["index", "c.jsonl", "--index", "i"]).backend == "hybrid"
+
+
 def test_hybrid_equals_fusion_of_its_components(built_indexes, encoder, tiny_queries):
     hybrid = built_indexes["hybrid"]
-    assert [c["name"] for c in hybrid.meta["components"]] == ["splade", "bm25", "dense"]
     retriever = hybrid.retriever(encoder, weights={"bm25": 0.5}, fusion=Fusion("zscore", depth=5))
     parts = {n: i.retriever(encoder) for n, i in hybrid.components.items()}
     for q in tiny_queries:
         expected = fuse(
-            [[(h.doc_id, h.score) for h in parts[n].retrieve(q, 5)] for n in ("splade", "bm25", "dense")],
-            [1.0, 0.5, 1.0],
+            [[(h.doc_id, h.score) for h in parts[n].retrieve(q, 5)] for n in ("bm25", "dense")],
+            [0.5, 2.0],
             method="zscore",
         )[:4]
         ranking, costs = retriever.retrieve_with_cost(q, 4)
         assert [(h.doc_id, h.score) for h in ranking] == [(d, pytest.approx(s)) for d, s in expected]
         assert [c.stage for c in costs] == ["encode", "retrieve"]
+
+
+def test_cli_hybrid_with_splade_component(tmp_path, capsys):
+    path = tmp_path / "h"
+    argv = ["index", str(TINY / "corpus.jsonl"), "--index", str(path), "--no-progress"]
+    assert main([*argv, "--components", "splade,dense", "--weight", "dense=2", "--fusion", "rrf"]) == 0
+    meta = json.loads((path / "meta.json").read_text())
+    assert [(c["name"], c["weight"]) for c in meta["components"]] == [("splade", 1.0), ("dense", 2.0)]
+    assert meta["fusion"]["method"] == "rrf"
+    assert load(path).retriever().retrieve(Query("q3", "hormone that controls blood sugar in diabetes"), 1).doc_ids == [
+        "d04"
+    ]
+    assert main([*argv, "--components", "colbert"]) == 2
+    assert "unknown hybrid component colbert" in capsys.readouterr().err
 
 
 def test_hybrid_parallel_equals_sequential_and_zero_weight_skips(built_indexes, encoder, tiny_queries):
@@ -144,7 +166,7 @@ def test_hybrid_parallel_equals_sequential_and_zero_weight_skips(built_indexes, 
             assert parallel.retrieve(q, 5) == sequential.retrieve(q, 5)
     finally:
         parallel.close()
-    assert set(hybrid.retriever(encoder, weights={"splade": 0}).components) == {"bm25", "dense"}
+    assert set(hybrid.retriever(encoder, weights={"bm25": 0}).components) == {"dense"}
     with pytest.raises(InputError, match="no component named colbert"):
         hybrid.retriever(encoder, weights={"colbert": 1.0})
 

@@ -23,5 +23,7 @@ for ds, prefix, off, rel in (
     d = evaluate(test.qrels, ids, runs["dense"], MEASURES, rel=rel)
     cs = compare([(s[m], b[m]) for m in MEASURES] + [(s[m], d[m]) for m in MEASURES], seed=0)
     print(ds, {m: round(mean(s[m]), 4) for m in MEASURES})
-    for (label, m), c in zip([("vs splade", m) for m in MEASURES] + [("vs dense", m) for m in MEASURES], cs):
+    for (label, m), c in zip(
+        [("vs splade", m) for m in MEASURES] + [("vs dense", m) for m in MEASURES], cs, strict=True
+    ):
         print(" ", label, m, c.as_dict())

@@ -26,6 +26,7 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     from twostage_search.engine import __version__
+    from twostage_search.indexes import DEFAULT_BACKEND
 
     parser = argparse.ArgumentParser(prog="twostage", description="SPLADE retrieve-and-rerank search engine.")
     parser.add_argument("--version", action="version", version=f"twostage {__version__}")
@@ -35,9 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="encode a BEIR corpus.jsonl and build an index (atomically)")
     p.add_argument("corpus", type=Path, help="BEIR corpus.jsonl (or .jsonl.gz)")
     p.add_argument("--index", required=True, type=Path, help="index directory to create or replace")
-    p.add_argument("--backend", default="lucene-impact", help="index backend (default: lucene-impact)")
+    p.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        help=f"index backend (default: {DEFAULT_BACKEND}: BM25 + dense, fused; lucene-impact: SPLADE)",
+    )
     p.add_argument("--encoder", default="splade", help="registered encoder (splade, splade-doc)")
-    p.add_argument("--model", default=None, help="bundled:NAME, a local HF directory or a hub name")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="bundled:NAME, a local HF directory or a hub name (the SPLADE model; for dense-flat the dense model)",
+    )
+    p.add_argument("--dense-model", default=None, help="dense model of --backend hybrid (default: bge-small INT8)")
     p.add_argument("--max-length", type=_positive, default=256, help="document tokens (default 256)")
     p.add_argument("--top-n", type=_positive, default=None, help="keep the N heaviest terms per document")
     p.add_argument("--scale", type=_positive_float, default=100.0, help="impact quantisation scale (default 100)")
@@ -51,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--opensearch-url", action="append", metavar="URL", help="cluster URL (repeat for more hosts)")
     o.add_argument("--opensearch-index", metavar="NAME", help="alias that searches use (default: from --index)")
+    from twostage_search.indexes.hybrid_cli import add_compose_parser, add_fusion_arguments
+
+    add_fusion_arguments(
+        build=True, p=p.add_argument_group("--backend hybrid (builds its component indexes inside --index)")
+    )
+    add_compose_parser(sub)
 
     s = sub.add_parser("search", help="search an index and print the ranking")
     s.add_argument("query", help="query text")
@@ -192,14 +208,23 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise InputError(f"{args.corpus}: corpus is empty")
     if args.limit:
         total = min(total, args.limit)
-    encoder = create_encoder(
-        args.encoder,
-        model=args.model or DEFAULT_SPLADE,
-        max_length=args.max_length,
-        top_n=args.top_n,
-        batch_size=args.batch_size,
-        backend=args.encoder_backend,
-    )
+    from twostage_search.indexes.hybrid_cli import build_options
+
+    options.update(build_options(args))
+    own_encoder = getattr(backend, "create_encoder", None)
+    if own_encoder is not None:  # a backend with its own kind of encoder (dense-flat)
+        encoder = own_encoder(model=args.model, max_length=args.max_length)
+    elif getattr(backend, "needs_encoder", True) or "splade" in (args.components or "").replace(" ", "").split(","):
+        encoder = create_encoder(
+            args.encoder,
+            model=args.model or DEFAULT_SPLADE,
+            max_length=args.max_length,
+            top_n=args.top_n,
+            batch_size=args.batch_size,
+            backend=args.encoder_backend,
+        )
+    else:
+        encoder = None
     started = time.perf_counter()
     index = backend.build(
         islice(read_corpus(args.corpus), total),
@@ -214,6 +239,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     print(f"indexed {len(index)} documents into {args.index} in {seconds:.1f}s ({len(index) / seconds:.1f} docs/s)")
     return 0
+
+
+def cmd_hybrid(args: argparse.Namespace) -> int:
+    from twostage_search.indexes.hybrid_cli import compose
+
+    return compose(args)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -394,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "calibrate": cmd_calibrate,
         "train-cross-encoder": cmd_train_cross_encoder,
         "export-onnx": cmd_export_onnx,
+        "hybrid": cmd_hybrid,
     }
     commands.update({"bench": cmd_bench, "fetch-beir": cmd_fetch_beir})
     commands["serve"] = cmd_serve

@@ -11,7 +11,9 @@ from typing import Any
 from twostage_search.engine.registry import index_backends
 from twostage_search.indexes.meta import read_meta
 
-DEFAULT_BACKEND = "lucene-impact"
+# What `twostage index` builds unless told otherwise: BM25 + dense (bge-small) fused by min-max scores,
+# chosen on the SciFact and CrowdFlower dev splits (docs/first-stage.md, "Dense and hybrid first stages").
+DEFAULT_BACKEND = "hybrid"
 
 
 def load(path: str | Path) -> Any:

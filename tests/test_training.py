@@ -53,3 +53,14 @@ def test_train_writes_a_loadable_cross_encoder(tmp_path, tiny_docs):
     assert len(reranker.score("capital of france", ["Paris", "coffee"])) == 2
     with pytest.raises(InputError):
         train_cross_encoder([], tmp_path / "empty")
+
+
+def test_cli_exclusion_applies_to_mined_pairs_only(tmp_path, capsys):
+    from twostage_search.cli import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"query": "q", "passage": "p", "label": 1}\n')
+    args = ["train-cross-encoder", "--pairs", str(pairs), "--exclude-relevant-to", "test", "--out", str(tmp_path / "m")]
+    code = main(args)
+    assert code == 2 and "--exclude-relevant-to" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

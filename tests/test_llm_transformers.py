@@ -29,6 +29,11 @@ def test_transformers_backend_agrees_with_llama_cpp(hf, llm):
     assert out.text == ref.text and out.text.startswith("Paris")
     assert out.tokens_in == ref.tokens_in and out.tokens_out == ref.tokens_out
     assert out.top_logprobs[0]["Paris"] == pytest.approx(ref.top_logprobs[0]["Paris"], abs=0.1)  # Q4 vs bf16
+    # An answer ended by end-of-answer reports that step's alternatives last, as llama.cpp does.
+    assert out.finish_reason == ref.finish_reason == "stop"
+    assert len(out.top_logprobs) == len(ref.top_logprobs) == out.tokens_out + 1
+    last = out.top_logprobs[-1]
+    assert max(last, key=last.__getitem__) == max(ref.top_logprobs[-1], key=ref.top_logprobs[-1].__getitem__)
     assert hf.render(QUESTION) == local.render(QUESTION)  # the same chat template
 
 

@@ -114,3 +114,23 @@ def test_cache_key_covers_what_changes_a_judgement_without_loading_a_model():
     assert same.cache_key(q, Candidate("other-id", 0.0, c.text, c.title)) == base  # ids don't change a judgement
     assert same.cache_key(q, Candidate("d1", 1.0, c.text + "!", c.title)) != base
     assert same.cache_key(Query("q", "red shoe"), c) != base
+
+
+def test_the_real_backend_reports_the_end_of_answer_step(llm):
+    from twostage_search.rerankers.llm.backends import ChatPrompt
+
+    prompt = ChatPrompt((("user", "Reply with exactly: Label: L3"),), prefix="Label: L")
+    (completion,) = llm.generate([prompt], max_tokens=6, logprobs=5)
+    assert completion.finish_reason == "stop" and completion.tokens_out == len(completion.tokens) < 6
+    # One entry per generated token, then the step whose best token ended the answer.
+    assert len(completion.top_logprobs) == len(completion.tokens) + 1
+    last = completion.top_logprobs[-1]
+    assert max(last, key=last.__getitem__) in {"<|im_end|>", "<|endoftext|>"}
+    assert all(v <= 0 for v in last.values()) and sum(math.exp(v) for v in last.values()) <= 1 + 1e-9
+    # Continuing the answer from its text, the first step is that same end-of-answer step.
+    again = ChatPrompt(prompt.messages, prefix=prompt.prefix + completion.text)
+    (rest,) = llm.generate([again], max_tokens=2, logprobs=5)
+    assert rest.tokens == () and rest.text == ""
+    first = rest.top_logprobs[0]
+    assert list(first)[:3] == list(last)[:3]  # best first (the tail may differ: other batching, same text)
+    assert [first[t] for t in list(last)[:3]] == pytest.approx([last[t] for t in list(last)[:3]], abs=0.2)

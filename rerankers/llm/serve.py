@@ -31,6 +31,11 @@ def _stop_list(stop: str | list[str] | None) -> list[str] | None:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
+def _token_steps(c: Completion) -> list[tuple[str, dict[str, float]]]:
+    """(token, alternatives) per generated token; the OpenAI format has no entry for the end-of-answer step."""
+    return list(zip(c.tokens, c.top_logprobs[: len(c.tokens)], strict=True))
+
+
 def _usage(c: Completion) -> dict[str, int]:
     return {"prompt_tokens": c.tokens_in, "completion_tokens": c.tokens_out, "total_tokens": c.tokens_in + c.tokens_out}
 
@@ -144,8 +149,8 @@ def create_app(backend: LLMBackend, *, model_name: str | None = None, fault_inje
             if req.logprobs:
                 lp = {
                     "tokens": list(c.tokens),
-                    "token_logprobs": [top.get(t) for t, top in zip(c.tokens, c.top_logprobs, strict=True)],
-                    "top_logprobs": [dict(top) for top in c.top_logprobs],
+                    "token_logprobs": [top.get(t) for t, top in _token_steps(c)],
+                    "top_logprobs": [dict(top) for _, top in _token_steps(c)],
                 }
             choices.append({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
         usage = {k: sum(_usage(c)[k] for c in outs) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
@@ -187,7 +192,7 @@ def create_app(backend: LLMBackend, *, model_name: str | None = None, fault_inje
                         "logprob": top.get(t, min(top.values(), default=0.0)),
                         "top_logprobs": [{"token": a, "logprob": v} for a, v in top.items()],
                     }
-                    for t, top in zip(c.tokens, c.top_logprobs, strict=True)
+                    for t, top in _token_steps(c)
                 ]
             }
         return {

@@ -68,7 +68,9 @@ class Completion:
         tokens_in: prompt tokens processed (as the backend or the server's ``usage`` counts them).
         tokens_out: tokens generated.
         tokens: the generated tokens' text, when ``logprobs`` was asked for.
-        top_logprobs: per generated token, the ``logprobs`` most likely tokens → natural-log probability.
+        top_logprobs: per generated token, the ``logprobs`` most likely tokens → natural-log probability;
+            local backends add a last entry, without a token, for the step whose best token ended the
+            answer (its alternatives can still hold the answer's label).
         finish_reason: ``"stop"`` (end of answer or a stop string) or ``"length"`` (``max_tokens`` hit).
         wall_ms: wall-clock milliseconds of this generation (of the batch, for batched backends).
         usd: money, from the backend's :class:`Pricing`.

@@ -70,6 +70,7 @@ class LlamaCppBackend:
             model_path=resolve_gguf(spec),
             n_ctx=n_ctx,
             n_threads=threads,
+            n_threads_batch=threads,
             n_gpu_layers=n_gpu_layers,
             seed=seed,
             logits_all=False,
@@ -156,11 +157,12 @@ class LlamaCppBackend:
                 # Logits of the last evaluated position (without logits_all only that one is kept).
                 logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,)).copy()
                 best = int(logits.argmax())
+                if logprobs:  # an end-of-answer step keeps its alternatives (a last entry without a token)
+                    tops.append({self._detok([i]): lp for i, lp in log_softmax_top(logits, logprobs)})
                 if best in self._eos:
                     finish = "stop"
                     break
                 if logprobs:
-                    tops.append({self._detok([i]): lp for i, lp in log_softmax_top(logits, logprobs)})
                     tokens.append(self._detok([best]))
                 out_ids.append(best)
                 generated += llm.detokenize([best], prev_tokens=out_ids[:-1])

@@ -109,13 +109,14 @@ class TransformersBackend:
                 past = out.past_key_values
                 logits = out.logits[0, -1].float()
                 best = int(logits.argmax())
+                if logprobs:  # an end-of-answer step keeps its alternatives (a last entry without a token)
+                    lp = torch.log_softmax(logits, dim=-1)
+                    values, indices = lp.topk(logprobs)
+                    tops.append({self._tok.decode([int(i)]): float(v) for v, i in zip(values, indices, strict=True)})
                 if best in self._eos:
                     finish = "stop"
                     break
                 if logprobs:
-                    lp = torch.log_softmax(logits, dim=-1)
-                    values, indices = lp.topk(logprobs)
-                    tops.append({self._tok.decode([int(i)]): float(v) for v, i in zip(values, indices, strict=True)})
                     tokens.append(self._tok.decode([best]))
                 out_ids.append(best)
                 if stop and apply_stop(self._tok.decode(out_ids), stop)[1]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.models import resolve_model
+from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class DenseEncoder:
             raise InputError("batch_size must be ≥ 1 and max_length ≥ 8")
         if threads is not None and threads < 1:
             raise InputError("threads must be ≥ 1")
-        ort = require("onnxruntime", "dense")
+        require("onnxruntime", "dense")  # fail before any work when the extra is missing
         tokenizers = require("tokenizers", "dense")
         model_path, tokenizer_path = dense_model_files(model)
         self.model_spec = model
@@ -95,12 +96,7 @@ class DenseEncoder:
         self._tokenizer = tokenizer
         pad = tokenizer.token_to_id("[PAD]")
         self._pad_id = int(pad) if pad is not None else 0
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session: Any = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self._session: Any = cpu_session(model_path, threads=threads, extra="dense")
         self._inputs = {i.name for i in self._session.get_inputs()}
         if not {"input_ids", "attention_mask"} <= self._inputs:
             raise TwoStageError(f"{model_path} lacks the inputs input_ids/attention_mask of a BERT-style encoder")

@@ -30,6 +30,7 @@ import numpy as np
 from twostage_search.engine.atomic import atomic_directory
 from twostage_search.engine.errors import TwoStageError
 from twostage_search.engine.models import resolve_model
+from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
 from twostage_search.engine.types import SparseVector
 
@@ -204,7 +205,7 @@ class OnnxSplade:
             raise ValueError("top_n must be positive or None")
         if threads is not None and threads < 1:
             raise ValueError("threads must be ≥ 1")
-        ort = require("onnxruntime", "splade")
+        require("onnxruntime", "splade")  # fail before any work when the extra is missing
         tokenizers = require("tokenizers", "splade")
         self.model_spec = model
         self.max_length = max_length
@@ -219,12 +220,7 @@ class OnnxSplade:
         self._tokenizer_file = folder / "tokenizer.json"
         self._tokenizer = self._load_tokenizer(tokenizers)
         self._vocab = [self._tokenizer.id_to_token(i) or "" for i in range(int(info["vocab_size"]))]
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session: Any = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self._session: Any = cpu_session(graph, threads=threads, extra="splade")
 
     def _load_tokenizer(self, tokenizers: Any) -> Any:
         # Configured once, here, and never mutated afterwards: encoding is then thread-safe.

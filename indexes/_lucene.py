@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twostage_search.engine.errors import IndexLoadError, TwoStageError
+from twostage_search.engine.errors import TwoStageError
 from twostage_search.engine.types import Document
 from twostage_search.indexes import _jvm
 from twostage_search.indexes.meta import read_meta
@@ -141,9 +141,4 @@ class ImpactQuerySearcher:
 
 def open_meta(path: Path, backend: str, lucene_dir: str) -> dict[str, Any]:
     """``meta.json`` of a Lucene-backed index at ``path``, checked to be ``backend`` and complete."""
-    meta = read_meta(path)
-    if meta["backend"] != backend:
-        raise IndexLoadError(f"{path} is a {meta['backend']!r} index, not {backend!r}")
-    if not (path / lucene_dir).is_dir():
-        raise IndexLoadError(f"incomplete index (no {lucene_dir}/): {path}")
-    return meta
+    return read_meta(path, backend=backend, dirs=(lucene_dir,))

@@ -138,12 +138,7 @@ class DenseFlatIndex:
     @classmethod
     def open(cls, path: str | Path) -> DenseFlatIndex:
         path = Path(path)
-        meta = read_meta(path)
-        if meta["backend"] != cls.backend:
-            raise IndexLoadError(f"{path} is a {meta['backend']!r} index, not {cls.backend!r}")
-        for name in (VECTORS, DOC_IDS):
-            if not (path / name).is_file():
-                raise IndexLoadError(f"incomplete index (no {name}): {path}")
+        meta = read_meta(path, backend=cls.backend, files=(VECTORS, DOC_IDS))
         expected = int(meta["doc_count"]) * int(meta["dim"]) * np.dtype(meta["dtype"]).itemsize
         if (path / VECTORS).stat().st_size != expected:
             raise IndexLoadError(f"corrupt index: {path / VECTORS} is not {meta['doc_count']}×{meta['dim']}")

@@ -196,9 +196,7 @@ class HybridIndex:
     @classmethod
     def open(cls, path: str | Path) -> HybridIndex:
         path = Path(path)
-        meta = read_meta(path)
-        if meta["backend"] != cls.backend:
-            raise IndexLoadError(f"{path} is a {meta['backend']!r} index, not {cls.backend!r}")
+        meta = read_meta(path, backend=cls.backend)
         components = {}
         for c in meta.get("components", []):
             where = Path(c["path"]) if os.path.isabs(c["path"]) else path / c["path"]

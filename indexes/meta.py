@@ -14,8 +14,10 @@ META = "meta.json"
 FORMAT_VERSION = 1
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """Read and check an index's ``meta.json``."""
+def read_meta(
+    path: str | Path, *, backend: str | None = None, files: tuple[str, ...] = (), dirs: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Read and check an index's ``meta.json``: written by ``backend`` (if given), with ``files``/``dirs`` present."""
     path = Path(path)
     meta_path = path / META
     if not path.is_dir():
@@ -30,6 +32,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise IndexLoadError(f"corrupt {meta_path}: no 'backend'")
     if meta.get("format") != FORMAT_VERSION:
         raise IndexLoadError(f"{meta_path}: index format {meta.get('format')!r}, this version reads {FORMAT_VERSION}")
+    if backend is not None and meta["backend"] != backend:
+        raise IndexLoadError(f"{path} is a {meta['backend']!r} index, not {backend!r}")
+    for name in files:
+        if not (path / name).is_file():
+            raise IndexLoadError(f"incomplete index (no {name}): {path}")
+    for name in dirs:
+        if not (path / name).is_dir():
+            raise IndexLoadError(f"incomplete index (no {name}/): {path}")
     return meta
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.errors import TwoStageError
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER, resolve_model
+from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
 from twostage_search.engine.types import Candidate, Query, RankedList
 
@@ -79,7 +80,7 @@ class OnnxCrossEncoderReranker:
             raise ValueError("batch_size must be ≥ 1 and max_length ≥ 8")
         if threads is not None and threads < 1:
             raise ValueError("threads must be ≥ 1")
-        ort = require("onnxruntime", "rerank")
+        require("onnxruntime", "rerank")  # fail before any work when the extra is missing
         tokenizers = require("tokenizers", "rerank")
         model_path, tokenizer_path = onnx_model_files(model)
         self.model_spec = model
@@ -93,12 +94,7 @@ class OnnxCrossEncoderReranker:
         tokenizer.no_padding()
         self._tokenizer = tokenizer
         self._pad_id = _pad_id(tokenizer)
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session: Any = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self._session: Any = cpu_session(model_path, threads=threads, extra="rerank")
         self._inputs = {i.name for i in self._session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
-from twostage_search.engine.errors import IndexLoadError, InputError
+from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Document
 from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
 from twostage_search.indexes.opensearch.client import (
@@ -166,9 +166,7 @@ class OpenSearchIndex:
         :class:`OpenSearchIndexMissingError` when it no longer has the alias.
         """
         path = Path(path)
-        meta = read_meta(path)
-        if meta["backend"] != cls.backend:
-            raise IndexLoadError(f"{path} is a {meta['backend']!r} index, not {cls.backend!r}")
+        meta = read_meta(path, backend=cls.backend)
         settings = resolve_settings(settings, **connection)
         if "hosts" not in settings.model_fields_set and meta["opensearch"].get("hosts"):
             settings = resolve_settings(settings, hosts=meta["opensearch"]["hosts"])

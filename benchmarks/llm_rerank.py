@@ -224,7 +224,7 @@ def run_listwise(
     b, a = [before[q] for q in chosen], [after[q] for q in chosen]
     t = stats.ttest_rel(a, b)
     return [
-        {"system": "first stage (SPLADE)", "queries": len(chosen), "nDCG@10": round(statistics.fmean(b), 4)},
+        {"system": f"first stage ({s.run.name})", "queries": len(chosen), "nDCG@10": round(statistics.fmean(b), 4)},
         {
             "system": f"+ listwise LLM @{s.listwise_depth} (window {s.window}, stride {s.stride})",
             "queries": len(chosen),

@@ -1,6 +1,6 @@
 """SPLADE first stage vs BM25, side by side in one process: latency, and quality per query-pruning level.
 
-    flock /work/wt/heavy.lock nice -n 5 python -m twostage_search.benchmarks.first_stage_speed \\
+    python -m twostage_search.benchmarks.first_stage_speed \\
         --dataset ../shared/datasets/scifact --split dev --prune 0,8,12,16,24,32
 
 Both indexes are built first unless they exist (``--splade-index``, ``--bm25-index``; SPLADE with the
@@ -12,6 +12,8 @@ variants see the same machine load. A variant's time is the first stage end to e
 reranks or returns; default all 100). ``--warmup`` queries run first, untimed.
 
 ``--int8-prune`` adds variants whose queries are encoded with INT8 ONNX Runtime (``query_precision``).
+``--full-vocabulary-prune`` adds variants that encode queries onto the model's whole vocabulary
+(``index_terms_only=False``) instead of the index's terms.
 ``--extra-index NAME=PATH`` adds another SPLADE index (e.g. documents at 512 tokens) as a variant,
 compared with the main one like the pruning levels. Splits: ``test`` is the dataset's test qrels;
 ``dev`` is the first ``--dev-queries`` (default 300) query ids of ``qrels/train.tsv`` in file order:
@@ -92,6 +94,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants: dict[str, Any] = {"bm25": bm25_index.retriever()}
     for n in levels:
         variants[f"splade-top{n}" if n else "splade"] = splade_index.retriever(encoder, query_top_n=n or None)
+    for n in (int(x) for x in args.full_vocabulary_prune.split(",") if x):  # as before index_terms_only
+        name = f"splade-fullvocab-top{n}" if n else "splade-fullvocab"
+        variants[name] = splade_index.retriever(encoder, query_top_n=n or None, index_terms_only=False)
     if args.int8_prune:  # the same index searched with INT8-encoded queries
         encoder8 = encoder_from_meta(splade_index.meta["encoder"], query_top_n=None, query_precision="int8")
         for n in (int(x) for x in args.int8_prune.split(",")):
@@ -129,13 +134,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rankings[name][q.query_id] = ranking.doc_ids
     for name in terms:  # terms searched per query (after pruning), outside the timed loop
         top = variants[name].query_top_n
-        terms[name] = [
-            len(v.top(top).quantize(splade_index.scale)) for v in encoder.encode_queries([q.text for q in queries])
-        ]
+        vectors = variants[name].encoder.encode_queries([q.text for q in queries])
+        terms[name] = [len(v.top(top).quantize(splade_index.scale)) for v in vectors]
     query_ids = [q.query_id for q in queries]
     per_query = {n: evaluate(qrels, query_ids, rankings[n], MEASURES) for n in names}
     base = "splade"
-    pruned = [n for n in names if n.startswith(("splade-top", "splade-q8")) or n in extra]
+    pruned = [n for n in names if n.startswith(("splade-top", "splade-q8", "splade-fullvocab")) or n in extra]
     comparisons = {
         m: dict(zip(pruned, compare([(per_query[n][m], per_query[base][m]) for n in pruned]), strict=True))
         for m in MEASURES
@@ -184,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=256, help="document tokens when building SPLADE")
     parser.add_argument("--encoder-backend", default="onnx", choices=("onnx", "torch"))
     parser.add_argument("--int8-prune", default="", help="query_top_n levels with INT8 query encoding")
+    parser.add_argument(
+        "--full-vocabulary-prune", default="", help="query_top_n levels encoding onto the whole vocabulary"
+    )
     parser.add_argument("--extra-index", action="append", default=[], help="NAME=PATH: another SPLADE index")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="documents, when building")
     parser.add_argument("--prune", default="0,8,12,16,24,32", help="query_top_n levels, 0 = all terms")

@@ -1,6 +1,6 @@
 """SPLADE document encoding throughput, torch vs ONNX Runtime, on the same texts in one process.
 
-    flock /work/wt/heavy.lock nice -n 5 python -m twostage_search.benchmarks.splade_build \\
+    python -m twostage_search.benchmarks.splade_build \\
         --dataset ../shared/datasets/scifact --docs 256 --onnx-batch 4,8,16 --rounds 2
 
 The first ``--docs`` corpus documents (title + abstract, file order) at ``--max-length`` tokens are encoded
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx-batch", default="4,8,16")
     parser.add_argument("--also-max-length", type=int, action="append", default=[], help="ONNX at this length too")
     parser.add_argument("--int8-batch", type=int, default=0, help="also time INT8 ONNX at this batch size")
+    parser.add_argument("--one-graph-batch", type=int, default=0, help="also time the one-graph ONNX export")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     for bs in (int(x) for x in args.onnx_batch.split(",")):
         variants[f"onnx bs{bs}"] = OnnxSplade(
             args.model, max_length=args.max_length, batch_size=bs, threads=args.threads
+        )
+    if args.one_graph_batch:  # the one-graph export (projects padding too), as before the split
+        variants[f"onnx one-graph bs{args.one_graph_batch}"] = OnnxSplade(
+            args.model, max_length=args.max_length, batch_size=args.one_graph_batch, threads=args.threads, split=False
         )
     for length in args.also_max_length:  # the document side at another length (e.g. 512), ONNX
         for bs in (int(x) for x in args.onnx_batch.split(",")):

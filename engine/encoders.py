@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -78,6 +78,8 @@ class SpladeMLM:
         self.model = transformers.AutoModelForMaskedLM.from_pretrained(path).to(device).eval()
         self._torch = torch
         self._vocab = self.tokenizer.convert_ids_to_tokens(list(range(self.model.config.vocab_size)))
+        self._keep: Any = None  # vocabulary ids the output is limited to (None: all); see restricted()
+        self._out_vocab = self._vocab
         self._split_head()
 
     def _split_head(self) -> None:
@@ -98,6 +100,16 @@ class SpladeMLM:
         """The same loaded model with other length/pruning limits (e.g. for the query side)."""
         other = copy.copy(self)
         other.max_length, other.top_n = max_length, top_n
+        return other
+
+    def restricted(self, terms: Collection[str]) -> SpladeMLM:
+        """The same model with its output limited to ``terms`` (as :meth:`OnnxSplade.restricted`)."""
+        wanted = set(terms)
+        current = range(len(self._vocab)) if self._keep is None else self._keep.tolist()
+        keep = [i for i in current if self._vocab[i] in wanted]
+        other = copy.copy(self)
+        other._keep = self._torch.tensor(keep, dtype=self._torch.long)
+        other._out_vocab = [self._vocab[i] for i in keep]
         return other
 
     def config(self) -> dict[str, Any]:
@@ -140,6 +152,8 @@ class SpladeMLM:
                     return_tensors="pt",
                 ).to(self.device)
                 weights = torch.log1p(torch.relu(self._pooled(batch))).float().cpu()
+                if self._keep is not None:
+                    weights = weights[:, self._keep]
                 for row, i in zip(weights, idx, strict=True):
                     out[i] = self._to_sparse(row)
         return [v for v in out if v is not None]
@@ -150,7 +164,7 @@ class SpladeMLM:
         if self.top_n is not None and len(nz) > self.top_n:
             values, pos = values.topk(self.top_n)
             nz = nz[pos]
-        return SparseVector.from_dict({self._vocab[int(t)]: float(w) for t, w in zip(nz, values, strict=True)})
+        return SparseVector.from_dict({self._out_vocab[int(t)]: float(w) for t, w in zip(nz, values, strict=True)})
 
 
 class TokenWeightLookup:
@@ -206,6 +220,19 @@ class SparseEncoder:
     def encode_docs(self, texts: Sequence[str]) -> list[SparseVector]:
         return self.doc.encode(texts)
 
+    def with_query_vocabulary(self, terms: Collection[str]) -> SparseEncoder:
+        """This encoder with query vectors limited to ``terms``, e.g. the terms an index holds.
+
+        A search of that index finds the same documents with the same scores from the whole query vector
+        and from the limited one, and a query side that projects onto the vocabulary (SPLADE) computes only
+        those columns: faster. ``top_n`` pruning then keeps the heaviest terms the index has. A query side
+        that cannot be limited (a token lookup) is kept as it is.
+        """
+        restrict = getattr(self.query, "restricted", None)
+        if restrict is None:
+            return self
+        return SparseEncoder(self.name, restrict(terms), self.doc, self.params)
+
     def config(self) -> dict[str, Any]:
         """What ``meta.json`` records: ``create_encoder(name, **params)`` re-creates this encoder."""
         return {"name": self.name, "params": self.params, "query": self.query.config(), "doc": self.doc.config()}
@@ -219,6 +246,9 @@ DEFAULT_BATCH = {"onnx": 8, "torch": 32}
 # Query terms searched by default: the 24 heaviest. Chosen on a SciFact dev split (the first 300 train
 # queries): nDCG@10 +0.003 [95% CI -0.006, +0.011] against all terms (median 47), ~1 ms faster per query.
 DEFAULT_QUERY_TOP_N = 24
+# ONNX Runtime threads per query unless ``threads`` is given: a query is a few dozen tokens, too small to
+# gain from splitting across cores, and a server encodes several queries at once.
+QUERY_THREADS = 1
 
 
 def _mlm_side(
@@ -263,18 +293,23 @@ def splade(
 
     ``backend``: ``onnx`` (ONNX Runtime, the default; exported from the torch model on first use) or
     ``torch``. Both compute the same weights (to float rounding). ``threads``: ONNX Runtime intra-op
-    threads (``None``: one per physical core). ``query_top_n`` keeps the heaviest query terms only
-    (default 24; ``None`` keeps all; see docs/first-stage.md). ``query_precision="int8"`` encodes queries
-    with ONNX Runtime's dynamic INT8 quantisation (faster, approximate; onnx backend only); ``precision``
-    does the same for documents (activations are quantised per batch, so a document's vector then depends
-    slightly on its batch: not the default).
+    threads (``None``: one per physical core for documents, one per query). ``query_top_n`` keeps the
+    heaviest query terms only (default 24; ``None`` keeps all; see docs/first-stage.md).
+    ``query_precision="int8"`` encodes queries with ONNX Runtime's dynamic INT8 quantisation (approximate;
+    onnx backend only); ``precision`` does the same for documents (activations are quantised per batch, so
+    a document's vector then depends slightly on its batch: not the default).
     """
     params = dict(locals())
     side = dict(batch_size=batch_size, device=device, threads=threads)
     doc = _mlm_side(model, backend, max_length=max_length, top_n=top_n, precision=precision, **side)  # type: ignore[arg-type]
     if (query_model is None or query_model == model) and query_precision == precision:
-        query = doc.with_limits(max_length=query_max_length, top_n=query_top_n)
+        query = (
+            doc.with_limits(max_length=query_max_length, top_n=query_top_n, threads=threads or QUERY_THREADS)
+            if isinstance(doc, OnnxSplade)
+            else doc.with_limits(max_length=query_max_length, top_n=query_top_n)
+        )
     else:
+        side["threads"] = threads or QUERY_THREADS
         query = _mlm_side(
             query_model or model, backend, max_length=query_max_length, top_n=query_top_n,
             precision=query_precision, **side,  # type: ignore[arg-type]

@@ -11,15 +11,19 @@ from typing import Any
 from twostage_search.engine.optional import require
 
 
-def cpu_session(path: str | Path, *, threads: int | None, extra: str) -> Any:
+def cpu_session(path: str | Path, *, threads: int | None, extra: str, spin: bool = True) -> Any:
     """A CPU session on ``path`` with all graph optimisations; ``threads`` caps the intra-op pool.
 
-    ``extra`` names the twostage extra that installs onnxruntime, for the install hint.
+    ``extra`` names the twostage extra that installs onnxruntime, for the install hint. ``spin=False``
+    stops the pool's threads from busy-waiting for the next run: slower back-to-back runs, but the cores
+    stay free for what the caller does in between (numpy, Lucene).
     """
     ort = require("onnxruntime", extra)
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -91,6 +91,14 @@ def top_k_with_ties(search: Callable[[int], list[tuple[str, S]]], k: int) -> lis
     return hits[:k]
 
 
+FIELD = "contents"  # where Anserini's generators put the (impact) terms
+
+
+def _quote(term: str) -> str:
+    """``term`` inside a query-parser phrase: only ``\\`` and ``"`` are special there."""
+    return term.replace("\\", "\\\\").replace('"', '\\"')
+
+
 class ImpactQuerySearcher:
     """Weighted bag-of-words search on a Lucene index through Lucene's own ``IndexSearcher``.
 
@@ -98,8 +106,9 @@ class ImpactQuerySearcher:
     runs a reranker cascade on the result; this keeps Lucene's score-only top-k collection, which can skip
     non-competitive documents (block-max MaxScore/WAND), and reads the ids of the top hits in one call
     (``ScoredDocs.fromTopDocs``). Ties at the cut-off are settled by :func:`top_k_with_ties`. The query
-    is Anserini's ``BagOfWordsQueryGenerator`` over the ``contents`` field: each term's posting impact
-    times its query weight (with ``ImpactSimilarity``). One instance serves any number of threads:
+    is a disjunction of boosted term queries over the ``contents`` field, built by Lucene's query parser
+    in one call: each term's posting impact times its query weight (with ``ImpactSimilarity``). One
+    instance serves any number of threads:
     Lucene's ``IndexSearcher`` is thread-safe, but pyjnius is not, so each search holds
     :data:`_jvm.JNI_LOCK` while it talks to Java.
     """
@@ -119,20 +128,41 @@ class ImpactQuerySearcher:
         )
         searcher.setSimilarity(_jvm.autoclass(similarity)())
         self._searcher = searcher
-        self._generator = _jvm.autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+        self._jnius = jnius
+        self._parser = _jvm.autoclass("org.apache.lucene.queryparser.classic.QueryParser")(
+            FIELD, _jvm.autoclass("org.apache.lucene.analysis.core.WhitespaceAnalyzer")()
+        )
         self._scored_docs = _jvm.autoclass("io.anserini.search.ScoredDocs")
-        self._hashmap = _jvm.autoclass("java.util.HashMap")
-        self._float = _jvm.autoclass("java.lang.Float")
 
     def search(self, weights: dict[str, float], n: int) -> list[tuple[str, float]]:
         """Lucene's top ``n`` (doc_id, score) for the weighted terms, score descending."""
+        # One call into Java builds the whole query: each term is a quoted (so never an operator), boosted
+        # single-term query, i.e. a TermQuery whose score is the posting's impact times the weight. A term
+        # with white space in it cannot be an indexed term (Anserini splits them there): it matches nothing.
+        text = " ".join(
+            f'"{_quote(term)}"^{float(weight)!r}'
+            for term, weight in weights.items()
+            if weight > 0 and term and not any(c.isspace() for c in term)
+        )
+        if not text:
+            return []
         with _jvm.JNI_LOCK:
-            query_map = self._hashmap()
-            for term, weight in weights.items():
-                query_map.put(term, self._float(float(weight)))
-            query = self._generator.buildQuery("contents", query_map)
+            query = self._parser.parse(text)
             hits = self._scored_docs.fromTopDocs(self._searcher.search(query, n), self._searcher)
             return list(zip(hits.docids, hits.scores, strict=True))
+
+    def terms(self) -> list[str]:
+        """Every term of the index's ``contents`` field, in Lucene's (byte) order."""
+        out: list[str] = []
+        with _jvm.JNI_LOCK:
+            reader = self._jnius.cast("org.apache.lucene.index.IndexReader", self._reader)
+            terms = _jvm.autoclass("org.apache.lucene.index.MultiTerms").getTerms(reader, FIELD)
+            if terms is None:
+                return out
+            it = terms.iterator()
+            while (term := it.next()) is not None:
+                out.append(term.utf8ToString())
+        return out
 
     def close(self) -> None:
         with _jvm.JNI_LOCK:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +45,18 @@ class LuceneImpactIndex:
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
         self.meta = meta
+        # Query encoders limited to this index's terms, one per encoder: retrievers opened on the same
+        # encoder share its (vocabulary-sized) projection instead of each holding a copy.
+        self._limited: weakref.WeakKeyDictionary[SparseEncoder, SparseEncoder] = weakref.WeakKeyDictionary()
+        self._limited_lock = threading.Lock()
+
+    def query_encoder(self, encoder: SparseEncoder, searcher: _lucene.ImpactQuerySearcher) -> SparseEncoder:
+        """``encoder`` with its query side limited to the terms of this index (shared across retrievers)."""
+        with self._limited_lock:
+            limited = self._limited.get(encoder)
+            if limited is None:
+                limited = self._limited[encoder] = encoder.with_query_vocabulary(searcher.terms())
+            return limited
 
     # ----------------------------------------------------------------------------------- build
     @classmethod
@@ -149,13 +163,15 @@ class LuceneImpactIndex:
         return encoder_from_meta(self.meta["encoder"])
 
     def retriever(
-        self, encoder: SparseEncoder | None = None, *, query_top_n: int | None = None
+        self, encoder: SparseEncoder | None = None, *, query_top_n: int | None = None, index_terms_only: bool = True
     ) -> LuceneImpactRetriever:
         """A searcher over this index; pass ``encoder`` to share an already loaded one.
 
-        ``query_top_n``: search with the query's heaviest terms only (see :class:`LuceneImpactRetriever`).
+        ``query_top_n``, ``index_terms_only``: see :class:`LuceneImpactRetriever`.
         """
-        return LuceneImpactRetriever(self, encoder or self.encoder(), query_top_n=query_top_n)
+        return LuceneImpactRetriever(
+            self, encoder or self.encoder(), query_top_n=query_top_n, index_terms_only=index_terms_only
+        )
 
 
 class LuceneImpactRetriever:
@@ -166,18 +182,29 @@ class LuceneImpactRetriever:
     not depend on Lucene's internal document order.
 
     ``query_top_n`` keeps only the query's heaviest terms (query-term pruning: fewer posting lists to
-    score, a slightly different ranking); ``None`` uses every term. Safe to share between threads: query
+    score, a slightly different ranking); ``None`` uses every term. With ``index_terms_only`` (the
+    default) the query is encoded onto the terms the index holds (read from Lucene when the retriever
+    opens): a term the index lacks would match nothing, so an unpruned search ranks exactly as with the
+    whole vocabulary, a SPLADE query costs a fraction of the projection, and pruning keeps the heaviest
+    terms that can match. ``False`` encodes onto the model's whole vocabulary. Safe to share between threads: query
     encoding runs concurrently; the Java calls of a search are serialised process-wide (pyjnius is not
     thread-safe, see :mod:`indexes._jvm`) and take a couple of milliseconds.
     """
 
-    def __init__(self, index: LuceneImpactIndex, encoder: SparseEncoder, *, query_top_n: int | None = None) -> None:
+    def __init__(
+        self,
+        index: LuceneImpactIndex,
+        encoder: SparseEncoder,
+        *,
+        query_top_n: int | None = None,
+        index_terms_only: bool = True,
+    ) -> None:
         if query_top_n is not None and query_top_n < 1:
             raise InputError("query_top_n must be positive or None")
         self.index = index
-        self.encoder = encoder
         self.query_top_n = query_top_n
         self._searcher = _lucene.ImpactQuerySearcher(index.path / LUCENE_DIR)
+        self.encoder = index.query_encoder(encoder, self._searcher) if index_terms_only else encoder
         self._docs = DocStore(index.path)
 
     def retrieve(self, query: Query, k: int, *, texts: bool = True) -> RankedList:

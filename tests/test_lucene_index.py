@@ -12,8 +12,8 @@ from twostage_search.engine.types import Document, Query
 from twostage_search.indexes.lucene_impact import LuceneImpactIndex
 
 
-def _brute_force(encoder, docs, queries, scale):
-    """Expected rankings computed independently: scipy sparse matrix of quantised impacts."""
+def _doc_matrix(encoder, docs, scale):
+    """Quantised document impacts as a scipy sparse matrix, and its vocabulary (the index's terms)."""
     doc_vecs = [v.quantize(scale) for v in encoder.encode_docs([d.full_text for d in docs])]
     vocab = sorted({t for v in doc_vecs for t in v})
     col = {t: i for i, t in enumerate(vocab)}
@@ -23,14 +23,27 @@ def _brute_force(encoder, docs, queries, scale):
             rows.append(r)
             cols.append(col[t])
             vals.append(w)
-    matrix = sp.csr_matrix((vals, (rows, cols)), shape=(len(docs), len(vocab)), dtype=np.int64)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(len(docs), len(vocab)), dtype=np.int64), col
+
+
+def _query_impacts(encoder, text, col, scale):
+    """The query's ``top_n`` heaviest terms among the index's terms (``col``), quantised: all its terms are
+    weighed (no pruning), those the index lacks dropped, then the heaviest kept (ties by term)."""
+    side = encoder.query.with_limits(max_length=encoder.query.max_length, top_n=None)
+    (full,) = side.encode([text])
+    present = sorted(((w, t) for t, w in full.as_dict().items() if t in col), key=lambda wt: (-wt[0], wt[1]))
+    n = encoder.query.top_n or len(present)
+    return {t: round(w * scale) for w, t in present[:n] if round(w * scale) > 0}
+
+
+def _brute_force(encoder, docs, queries, scale):
+    """Expected rankings computed independently: scipy sparse matrix of quantised impacts."""
+    matrix, col = _doc_matrix(encoder, docs, scale)
     expected = {}
     for q in queries:
-        (qv,) = encoder.encode_queries([q.text])
-        qvec = np.zeros(len(vocab), dtype=np.int64)
-        for t, w in qv.quantize(scale).items():
-            if t in col:
-                qvec[col[t]] = w
+        qvec = np.zeros(len(col), dtype=np.int64)
+        for t, w in _query_impacts(encoder, q.text, col, scale).items():
+            qvec[col[t]] = w
         scores = matrix @ qvec
         order = sorted((i for i in range(len(docs)) if scores[i] > 0), key=lambda i: (-scores[i], docs[i].doc_id))
         expected[q.query_id] = [(docs[i].doc_id, int(scores[i])) for i in order]
@@ -39,13 +52,35 @@ def _brute_force(encoder, docs, queries, scale):
 
 def test_search_equals_brute_force_dot_product(lucene_index, lucene_retriever, encoder, tiny_docs, tiny_queries):
     expected = _brute_force(encoder, tiny_docs, tiny_queries, lucene_index.scale)
+    _, col = _doc_matrix(encoder, tiny_docs, lucene_index.scale)
     for q in tiny_queries:
-        (qv,) = encoder.encode_queries([q.text])
-        got = lucene_retriever.search_impacts(qv.quantize(lucene_index.scale), k=len(tiny_docs))
+        impacts = _query_impacts(encoder, q.text, col, lucene_index.scale)
+        got = lucene_retriever.search_impacts(impacts, k=len(tiny_docs))
         assert got == expected[q.query_id], q.text
         ranking = lucene_retriever.retrieve(q, k=len(tiny_docs))
         assert ranking.doc_ids == [d for d, _ in expected[q.query_id]]
         assert [h.score for h in ranking] == pytest.approx([s / lucene_index.scale**2 for _, s in expected[q.query_id]])
+
+
+def test_query_side_projects_onto_the_index_terms_only(lucene_index, lucene_retriever, encoder, tiny_docs):
+    _, col = _doc_matrix(encoder, tiny_docs, lucene_index.scale)
+    assert set(lucene_retriever.encoder.query.vocabulary) == set(col)
+    text = "insulin and blood glucose in diabetes"
+    (vector,) = lucene_retriever.encoder.encode_queries([text])
+    assert vector.quantize(lucene_index.scale) == _query_impacts(encoder, text, col, lucene_index.scale)
+
+
+def test_terms_that_are_query_syntax_are_searched_as_terms(lucene_index, lucene_retriever, encoder, tiny_docs):
+    """Punctuation terms (quotes, brackets, operators) match exactly the documents that hold them."""
+    matrix, col = _doc_matrix(encoder, tiny_docs, lucene_index.scale)
+    odd = [t for t in col if not t.replace("#", "").isalnum()]
+    assert odd  # the fixture has some
+    for term in [*odd, "AND", "a b", ""]:
+        got = lucene_retriever.search_impacts({term: 3}, k=len(tiny_docs))
+        column = matrix[:, col[term]].toarray().ravel() * 3 if term in col else np.zeros(len(tiny_docs))
+        hits = [(tiny_docs[i].doc_id, int(column[i])) for i in np.flatnonzero(column)]
+        want = sorted(hits, key=lambda h: (-h[1], h[0]))
+        assert got == want, term
 
 
 def test_relevant_doc_ranks_first(lucene_retriever, tiny_queries, tiny_qrels):

@@ -1,10 +1,12 @@
 """SPLADE on ONNX Runtime (the default backend) against the plain formula and the torch path, on the real
 bundled model; the export cache; and indexes written before the ``backend`` parameter existed."""
 
+import copy
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import need
@@ -86,7 +88,7 @@ def test_top_n_keeps_the_heaviest_terms(onnx_side):
 
 
 def test_export_is_cached_and_described(onnx_side):
-    from twostage_search.engine.onnx_splade import MARKER, export_dir, export_splade, model_digest
+    from twostage_search.engine.splade_export import MARKER, export_dir, export_splade, model_digest
 
     folder = export_dir(DEFAULT_SPLADE)
     info = json.loads((folder / MARKER).read_text())
@@ -126,3 +128,34 @@ def test_int8_query_side_is_close_to_fp32(encoder):
     docs8 = create_encoder("splade", precision="int8")  # INT8 documents, exact (fp32) queries
     assert docs8.config()["doc"]["precision"] == "int8" and docs8.config()["query"]["precision"] == "fp32"
     assert docs8.encode_queries(TEXTS) == encoder.encode_queries(TEXTS)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_restricted_output_is_the_full_output_limited_to_the_terms(backend, onnx_side, torch_side):
+    side = (onnx_side if backend == "onnx" else torch_side).with_limits(max_length=256, top_n=None)
+    full = side.encode(TEXTS)
+    terms = {t for v in full for t in v.terms[::2]} | {"not-a-vocabulary-term"}
+    limited = side.restricted(terms)
+    for want, got in zip(full, limited.encode(TEXTS), strict=True):
+        kept = {t: w for t, w in want.as_dict().items() if t in terms}
+        assert got.as_dict().keys() == kept.keys()
+        assert max(abs(got.as_dict()[t] - w) for t, w in kept.items()) < 1e-5
+    top3 = side.with_limits(max_length=256, top_n=3).restricted(terms).encode(TEXTS)
+    for want, got in zip(full, top3, strict=True):
+        assert got.terms == tuple(t for t in want.terms if t in terms)[:3]
+    twice = limited.restricted({full[0].terms[0], full[0].terms[2], full[0].terms[1]})
+    assert set(twice.encode(TEXTS[:1])[0].terms) == {full[0].terms[0], full[0].terms[2]}  # [1] was dropped
+
+
+def test_onnx_head_and_one_graph_agree(onnx_side):
+    """The split export (trunk + numpy projection, the default) against the one-graph export."""
+    from twostage_search.engine.onnx_session import cpu_session
+    from twostage_search.engine.splade_export import export_dir
+
+    folder = export_dir(DEFAULT_SPLADE)
+    assert json.loads((folder / "export.json").read_text())["head"] is True
+    assert onnx_side._graph.name == "trunk.onnx"
+    whole = copy.copy(onnx_side)
+    whole._head, whole._session = None, cpu_session(folder / "model.onnx", threads=1, extra="splade")
+    texts = [*TEXTS, " ".join(["insulin glucose pancreas"] * 100)]
+    assert np.abs(onnx_side.weights(texts) - whole.weights(texts)).max() < 1e-4

@@ -7,6 +7,7 @@ machines (no absolute site-packages path is recorded).
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +117,9 @@ def resolve_model(spec: str) -> str:
             raise TwoStageError(f"bundled model {name!r} is incomplete: {path} has no {model.marker}")
         return str(path)
     return spec
+
+
+def cache_dir() -> Path:
+    """Where files made from bundled models are kept (ONNX exports, joined GGUF files):
+    ``$TWOSTAGE_CACHE_DIR``, else ``~/.cache/twostage``."""
+    return Path(os.environ.get("TWOSTAGE_CACHE_DIR") or Path.home() / ".cache" / "twostage")

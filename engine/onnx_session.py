@@ -11,12 +11,13 @@ from typing import Any
 from twostage_search.engine.optional import require
 
 
-def cpu_session(path: str | Path, *, threads: int | None, extra: str, spin: bool = True) -> Any:
-    """A CPU session on ``path`` with all graph optimisations; ``threads`` caps the intra-op pool.
+def cpu_session(path: str | Path | bytes, *, threads: int | None, extra: str, spin: bool = True) -> Any:
+    """A CPU session on ``path`` (or a serialised model) with all graph optimisations; ``threads`` caps the
+    intra-op pool.
 
     ``extra`` names the twostage extra that installs onnxruntime, for the install hint. ``spin=False``
     stops the pool's threads from busy-waiting for the next run: slower back-to-back runs, but the cores
-    stay free for what the caller does in between (numpy, Lucene).
+    stay free for what the caller does in between (a Lucene search).
     """
     ort = require("onnxruntime", extra)
     options = ort.SessionOptions()
@@ -26,4 +27,5 @@ def cpu_session(path: str | Path, *, threads: int | None, extra: str, spin: bool
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

@@ -1,14 +1,15 @@
-"""SPLADE on ONNX Runtime: the masked LM's trunk in ONNX Runtime, the vocabulary projection in numpy.
+"""SPLADE on ONNX Runtime: the masked LM's trunk, then the vocabulary projection of real tokens only.
 
 A text's weights are ``w_j = log1p(relu(max_i logit_ij))`` over its real (unpadded) tokens ``i`` — the same
 formula as :class:`~engine.encoders.SpladeMLM` (max-pooling first is exact because ``log1p(relu(·))`` is
-monotone). ONNX Runtime computes the hidden states that enter the projection (``trunk.onnx``); numpy then
-projects each text's real tokens only, and only onto the terms asked for: :meth:`OnnxSplade.restricted`
-limits the projection to a vocabulary (e.g. the terms an index holds), which makes a query several times
-cheaper to encode and changes nothing for a search of that index. ``precision="int8"`` runs the whole
-model as one dynamically quantised graph instead. See :mod:`engine.splade_export` for the export and its
-cache. Once exported, encoding needs only ``onnxruntime``, ``tokenizers`` and numpy; ``InferenceSession.run``
-and numpy may be called from many threads at once.
+monotone). One ONNX Runtime session computes the hidden states that enter the projection (``trunk.onnx``,
+a padded batch); a second (:func:`head_session`) projects each text's real tokens only, and only onto the
+terms asked for: :meth:`OnnxSplade.restricted` limits the projection to a vocabulary (e.g. the terms an
+index holds), which makes a query cheaper to encode and changes nothing for a search of that index.
+``precision="int8"`` runs the whole model as one dynamically quantised graph instead. See
+:mod:`engine.splade_export` for the export and its cache. Once exported, encoding needs only
+``onnxruntime``, ``onnx`` (to build the projection's graph), ``tokenizers`` and numpy;
+``InferenceSession.run`` may be called from many threads at once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
-from twostage_search.engine.splade_export import MARKER, export_splade, int8_model, pooled_head
+from twostage_search.engine.splade_export import MARKER, export_splade, int8_model
 from twostage_search.engine.types import SparseVector
 
 Precision = Literal["fp32", "int8"]
@@ -40,9 +41,9 @@ class OnnxSplade:
         threads: ONNX Runtime intra-op threads (``None``: one per physical core).
         precision: ``fp32`` (the exported graph, same weights as torch) or ``int8`` (dynamic quantisation:
             several times faster on CPUs with VNNI, weights differ by up to a few tenths).
-        split: fp32 only: run the trunk in ONNX Runtime and the projection in numpy, each text's real tokens
-            only (the default, when the export could split the model) or ``False``: the one-graph export,
-            which projects padding too.
+        split: fp32 only: run the trunk, then the projection of each text's real tokens only (the default,
+            when the export could split the model) or ``False``: the one-graph export, which projects
+            padding too.
     """
 
     def __init__(
@@ -82,17 +83,19 @@ class OnnxSplade:
         self._vocab = [self._tokenizer.id_to_token(i) or "" for i in range(int(info["vocab_size"]))]
         self._keep: np.ndarray | None = None  # vocabulary ids the output is limited to (None: all)
         self._out_vocab = self._vocab  # the terms of the output columns
-        # fp32 with a separable projection: trunk in ONNX Runtime, projection per text in numpy (``_head``:
-        # the columns in use of ``_projection``). Otherwise one graph. Spinning ORT threads would starve
-        # numpy's and Java's between calls: off.
+        # fp32 with a separable projection: the trunk, then the projection of each text's real tokens, in
+        # two ONNX Runtime sessions (``_head`` projects onto the columns in use of ``_projection``).
+        # Otherwise one graph. Spinning pool threads would take the cores from the search between
+        # queries: off (also why the projection is not numpy's: OpenBLAS's threads spin).
         self._projection: tuple[np.ndarray, np.ndarray] | None = None
+        self._head: Any = None
         if precision == "fp32" and split and info.get("head"):
             graph = folder / "trunk.onnx"
             with np.load(folder / "head.npz") as arrays:
                 self._projection = (arrays["weight"], arrays["bias"])
+            self._head = head_session(*self._projection)
         else:
             graph = folder / "model.onnx" if precision == "fp32" else int8_model(folder)
-        self._head = self._projection
         self._graph = graph
         self._session: Any = cpu_session(graph, threads=threads, extra="splade", spin=False)
 
@@ -130,7 +133,7 @@ class OnnxSplade:
         other._out_vocab = [self._vocab[int(i)] for i in keep]
         if self._projection is not None:
             weight, bias = self._projection
-            other._head = (np.ascontiguousarray(weight[:, keep]), bias[keep])
+            other._head = head_session(np.ascontiguousarray(weight[:, keep]), bias[keep])
         return other
 
     @property
@@ -169,15 +172,39 @@ class OnnxSplade:
             if self._head is None:
                 out[idx] = result if self._keep is None else result[:, self._keep]
                 continue
-            weight, bias = self._head
             for row, i in enumerate(idx):  # real tokens only: no padding projected
-                out[i] = pooled_head(result[row, : len(encoded[i][0])], weight, bias)
+                out[i] = self._head.run(None, {"hidden": result[row, : len(encoded[i][0])]})[0]
+        if self._head is not None:  # the head returns max logits: w = log1p(relu(·))
+            np.maximum(out, 0.0, out=out)
+            np.log1p(out, out=out)
         return out
 
     def encode(self, texts: Sequence[str]) -> list[SparseVector]:
         if not texts:
             return []
         return [sparse_from_dense(row, self._out_vocab, self.top_n) for row in self.weights(texts)]
+
+
+def head_session(weight: np.ndarray, bias: np.ndarray) -> Any:
+    """An ONNX Runtime session projecting one text's hidden states ``(tokens, hidden)`` onto ``weight``'s
+    columns: ``max`` over tokens of ``hidden @ weight``, plus ``bias`` (adding it after the max is exact).
+    Its threads (one per core) sleep between runs."""
+    require("onnx", "splade")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["hidden", "weight"], ["logits"]),
+            helper.make_node("ReduceMax", ["logits"], ["max"], axes=[0], keepdims=0),
+            helper.make_node("Add", ["max", "bias"], ["scores"]),
+        ],
+        "splade-head",
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["tokens", weight.shape[0]])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [weight.shape[1]])],
+        [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return cpu_session(model.SerializeToString(), threads=None, extra="splade", spin=False)
 
 
 def sparse_from_dense(row: np.ndarray, vocab: Sequence[str], top_n: int | None = None) -> SparseVector:

@@ -4,8 +4,8 @@ An export directory holds:
 
 - ``trunk.onnx``: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where the model has them) to the
   hidden states that enter the vocabulary projection, shape ``(batch, tokens, hidden)``;
-- ``head.npz``: that projection, ``weight`` ``(hidden, vocab)`` and ``bias`` ``(vocab,)``, applied with numpy
-  to each text's real tokens only (see :class:`~engine.onnx_splade.OnnxSplade`);
+- ``head.npz``: that projection, ``weight`` ``(hidden, vocab)`` and ``bias`` ``(vocab,)``, applied to each
+  text's real tokens only, by a graph built from these arrays (see :class:`~engine.onnx_splade.OnnxSplade`);
 - ``model.onnx``: the whole model in one graph, returning the SPLADE weights ``(batch, vocab)``:
   ``w_j = log1p(relu(max_i logit_ij))`` over the tokens ``i`` whose mask is 1. It is what INT8
   quantisation starts from, and what runs when a model's projection cannot be split off;
@@ -32,7 +32,7 @@ import numpy as np
 
 from twostage_search.engine.atomic import atomic_directory
 from twostage_search.engine.errors import TwoStageError
-from twostage_search.engine.models import resolve_model
+from twostage_search.engine.models import cache_dir, resolve_model
 from twostage_search.engine.optional import require
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ CHECK_TEXTS = (
     "volcano",
 )
 _export_lock = threading.Lock()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TWOSTAGE_CACHE_DIR") or Path.home() / ".cache" / "twostage")
 
 
 def model_digest(model_path: Path) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from twostage_search.engine.errors import MissingDependencyError, TwoStageError
+from twostage_search.engine.models import cache_dir
 from twostage_search.rerankers.llm import gguf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +51,7 @@ def test_wrong_checksum_fails_and_writes_nothing(fake_parts: tuple[str, ...], mo
     _register(monkeypatch, fake_parts, "0" * 64)
     with pytest.raises(TwoStageError, match="SHA-256"):
         gguf.resolve_gguf("bundled:fake")
-    assert not any((gguf.cache_dir() / "models").iterdir())
+    assert not any((cache_dir() / "models").iterdir())
 
 
 def test_missing_part_package_names_the_extra(fake_parts: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:

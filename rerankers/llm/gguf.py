@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twostage_search.engine.errors import MissingDependencyError, TwoStageError
+from twostage_search.engine.models import cache_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +64,6 @@ BUNDLED_GGUF: dict[str, BundledGGUF] = {
 DEFAULT_LLM = "bundled:qwen2.5-coder-0.5b-instruct-q4km"
 
 _join_lock = threading.Lock()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TWOSTAGE_CACHE_DIR") or Path.home() / ".cache" / "twostage")
 
 
 def _part_files(name: str, model: BundledGGUF) -> list[Path]:

@@ -199,6 +199,7 @@ def train_cross_encoder(
         }
     )
     torch = require("torch", "rerank")
+    require("transformers", "train").set_seed(config.seed)  # the new classifier head's initial weights too
     model = st.CrossEncoder(
         resolve_model(config.base_model),
         num_labels=1,

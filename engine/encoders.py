@@ -22,6 +22,7 @@ from twostage_search.engine.models import DEFAULT_SPLADE, resolve_model
 from twostage_search.engine.onnx_splade import OnnxSplade
 from twostage_search.engine.optional import require
 from twostage_search.engine.registry import encoders
+from twostage_search.engine.splade_side import check_limits, vocabulary_subset
 from twostage_search.engine.types import SparseVector
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,7 @@ class SpladeMLM:
         top_n: int | None = None,
         device: str = "cpu",
     ) -> None:
-        if max_length < 2:
-            raise ValueError("max_length must be at least 2")
-        if batch_size < 1:
-            raise ValueError("batch_size must be positive")
-        if top_n is not None and top_n < 1:
-            raise ValueError("top_n must be positive or None")
+        check_limits(max_length=max_length, batch_size=batch_size, top_n=top_n)
         torch = require("torch", "splade")
         transformers = require("transformers", "splade")
         self.model_spec = model
@@ -104,12 +100,11 @@ class SpladeMLM:
 
     def restricted(self, terms: Collection[str]) -> SpladeMLM:
         """The same model with its output limited to ``terms`` (as :meth:`OnnxSplade.restricted`)."""
-        wanted = set(terms)
-        current = range(len(self._vocab)) if self._keep is None else self._keep.tolist()
-        keep = [i for i in current if self._vocab[i] in wanted]
+        current = None if self._keep is None else self._keep.tolist()
+        keep, out_vocab = vocabulary_subset(self._vocab, current, terms)
         other = copy.copy(self)
         other._keep = self._torch.tensor(keep, dtype=self._torch.long)
-        other._out_vocab = [self._vocab[i] for i in keep]
+        other._out_vocab = out_vocab
         return other
 
     def config(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import numpy as np
 from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
 from twostage_search.engine.splade_export import MARKER, export_splade, int8_model
+from twostage_search.engine.splade_side import check_limits, vocabulary_subset
 from twostage_search.engine.types import SparseVector
 
 Precision = Literal["fp32", "int8"]
@@ -59,12 +60,7 @@ class OnnxSplade:
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if max_length < 2:
-            raise ValueError("max_length must be at least 2")
-        if batch_size < 1:
-            raise ValueError("batch_size must be positive")
-        if top_n is not None and top_n < 1:
-            raise ValueError("top_n must be positive or None")
+        check_limits(max_length=max_length, batch_size=batch_size, top_n=top_n)
         if threads is not None and threads < 1:
             raise ValueError("threads must be ≥ 1")
         require("onnxruntime", "splade")  # fail before any work when the extra is missing
@@ -124,13 +120,12 @@ class OnnxSplade:
         term the index lacks matches nothing. ``top_n`` then keeps the heaviest of ``terms``. Terms outside
         the model's vocabulary are ignored.
         """
-        wanted = set(terms)
-        keep = np.array([i for i, t in enumerate(self._vocab) if t in wanted], dtype=np.int64)
-        if self._keep is not None:
-            keep = np.intersect1d(keep, self._keep)
+        current = None if self._keep is None else self._keep.tolist()
+        ids, out_vocab = vocabulary_subset(self._vocab, current, terms)
+        keep = np.array(ids, dtype=np.int64)
         other = copy.copy(self)
         other._keep = keep
-        other._out_vocab = [self._vocab[int(i)] for i in keep]
+        other._out_vocab = out_vocab
         if self._projection is not None:
             weight, bias = self._projection
             other._head = head_session(np.ascontiguousarray(weight[:, keep]), bias[keep])

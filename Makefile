@@ -13,7 +13,9 @@ ALL_EXTRAS  := splade,lucene,opensearch,dense,rerank,export,train,llm,bench,serv
 DEMO_STAMP  := $(VENV)/.demo-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ALL_STAMP   := $(VENV)/.all-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # strict editable install: a link tree of exactly what the wheel holds (twostage_search.*), which mypy reads.
+# setuptools announces the link tree with an "information only" warning box on every install: not shown.
 PIP_EDITABLE := --config-settings editable_mode=strict
+PIP_QUIET    := PYTHONWARNINGS="ignore:Editable installation"
 LINK_TREE = $(firstword $(wildcard build/__editable__.twostage_search-*))
 
 # The link tree lists files, so a new module needs a re-install: the stamps depend on the sources too.
@@ -31,11 +33,11 @@ $(VENV)/bin/python:
 	$(BIN)/pip install -q torch==2.13.0
 
 $(DEMO_STAMP): pyproject.toml $(SOURCES) | $(VENV)/bin/python
-	$(BIN)/pip install -q $(PIP_EDITABLE) -e '.[$(DEMO_EXTRAS)]'
+	$(PIP_QUIET) $(BIN)/pip install -q $(PIP_EDITABLE) -e '.[$(DEMO_EXTRAS)]'
 	touch $(DEMO_STAMP)
 
 $(ALL_STAMP): pyproject.toml $(SOURCES) | $(VENV)/bin/python
-	$(BIN)/pip install -q $(PIP_EDITABLE) -e '.[$(ALL_EXTRAS)]'
+	$(PIP_QUIET) $(BIN)/pip install -q $(PIP_EDITABLE) -e '.[$(ALL_EXTRAS)]'
 	touch $(ALL_STAMP) $(DEMO_STAMP)
 
 install-demo: $(DEMO_STAMP)

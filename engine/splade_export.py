@@ -33,6 +33,7 @@ import numpy as np
 from twostage_search.engine.atomic import atomic_directory
 from twostage_search.engine.errors import TwoStageError
 from twostage_search.engine.models import cache_dir, resolve_model
+from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def export_splade(model: str, out: str | Path | None = None, *, tolerance: float
         torch = require("torch", "splade")
         transformers = require("transformers", "splade")
         require("onnx", "splade")
-        ort = require("onnxruntime", "splade")
+        require("onnxruntime", "splade")
         path = resolve_model(model)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         if not getattr(tokenizer, "is_fast", False):
@@ -164,7 +165,7 @@ def export_splade(model: str, out: str | Path | None = None, *, tolerance: float
             tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
 
             def session(name: str) -> Any:
-                return ort.InferenceSession(str(tmp / name), providers=["CPUExecutionProvider"])
+                return cpu_session(tmp / name, threads=None, extra="splade")
 
             got = session("model.onnx").run(None, feed)[0]  # padded batch: masking must work
             diff = max(float(np.abs(got[i] - want).max()) for i, want in enumerate(expected))

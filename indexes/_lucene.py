@@ -48,7 +48,7 @@ def run_index_collection(
     """
     cmd = [
         _jvm.java_executable(),
-        *_jvm.JVM_OPTIONS,
+        *_jvm.jvm_options(),
         "-cp",
         _jvm.anserini_jar(),
         "io.anserini.index.IndexCollection",

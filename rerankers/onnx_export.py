@@ -16,6 +16,7 @@ from typing import Any, Literal
 from twostage_search.engine.atomic import atomic_directory
 from twostage_search.engine.errors import TwoStageError
 from twostage_search.engine.models import resolve_model
+from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def export_cross_encoder(
     torch = require("torch", "export")
     st = require("sentence_transformers", "export")
     require("onnx", "export")
-    ort = require("onnxruntime", "export")
+    require("onnxruntime", "export")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     ce = st.CrossEncoder(resolve_model(model), device="cpu")
@@ -74,7 +75,7 @@ def export_cross_encoder(
             quantize_dynamic(str(fp32), str(tmp / "model.onnx"), weight_type=QuantType.QInt8)
             fp32.unlink()
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+        session = cpu_session(tmp / "model.onnx", threads=None, extra="export")  # exact INT8 on every x86 CPU
         diff = 0.0
         for row, want in enumerate(expected):  # one pair per run, unpadded, as the reranker scores by default
             length = int(enc["attention_mask"][row].sum())

@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import TINY, need, use_osmem
+from tests.helpers import NEEDS_NODE, TINY, need, use_osmem
 from twostage_search.engine.beir import read_corpus, read_qrels, read_queries
 from twostage_search.engine.types import Document, Query
 
@@ -47,12 +47,14 @@ def pytest_runtest_makereport(item, call):
     """In CI (every extra installed, every server started) a skipped test is a failure.
 
     Only tests marked ``external`` (they need something CI does not run, e.g. $OPENSEARCH_URL with
-    credentials) may skip there.
+    credentials) may skip there, and OpenSearch tests when the local node did not start: then the one test
+    that starts it (test_opensearch_node.py) fails with the reason, instead of every OpenSearch test.
     """
     outcome = yield
     report = outcome.get_result()
     external = item.get_closest_marker("external")
-    if os.environ.get("CI") and report.skipped and not external and not hasattr(report, "wasxfail"):
+    failed_elsewhere = report.skipped and NEEDS_NODE in str(report.longrepr)  # test_opensearch_node.py fails
+    if os.environ.get("CI") and report.skipped and not (external or failed_elsewhere or hasattr(report, "wasxfail")):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where nothing may be: {report.longrepr}"
 
@@ -130,9 +132,24 @@ def _opensearch_available() -> bool:
 
 
 @pytest.fixture(scope="session")
-def opensearch_url(tmp_path_factory):
-    """The cluster the OpenSearch tests use: $OPENSEARCH_URL when set, else a real single OpenSearch node
-    started here (indexes/opensearch/local.py; fetched once from Maven Central)."""
+def opensearch_node(tmp_path_factory):
+    """A real single OpenSearch node started here (indexes/opensearch/local.py; fetched once from Maven Central),
+    or the error that kept it from starting: only ``test_opensearch_node.py`` reports that error; every other
+    OpenSearch test then skips with a pointer to it (see :func:`opensearch_url`)."""
+    from twostage_search.indexes.opensearch.local import LocalCluster, LocalOpenSearchError
+
+    try:
+        node = LocalCluster.start(1, workdir=tmp_path_factory.mktemp("opensearch-node"))
+    except LocalOpenSearchError as exc:
+        yield exc
+        return
+    with node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def opensearch_url(request):
+    """The cluster the OpenSearch tests use: $OPENSEARCH_URL when set, else a real local node."""
     if not _opensearch_available():
         reason = "opensearch-py, pydantic-settings or mvn missing: pip install -e '.[opensearch,test]'"
         if os.environ.get("CI"):
@@ -149,10 +166,10 @@ def opensearch_url(tmp_path_factory):
         finally:
             stop_osmem(proc)
         return
-    from twostage_search.indexes.opensearch.local import LocalCluster
-
-    with LocalCluster.start(1, workdir=tmp_path_factory.mktemp("opensearch-node")) as node:
-        yield node.url
+    node = request.getfixturevalue("opensearch_node")
+    if isinstance(node, Exception):
+        pytest.skip(f"{NEEDS_NODE} OpenSearch did not start: tests/test_opensearch_node.py reports why")
+    yield node.url
 
 
 @pytest.fixture(scope="session")
@@ -181,36 +198,28 @@ def name(opensearch_prefix, request):
 
 
 @pytest.fixture(scope="session")
-def os_index(built_indexes):
-    if "opensearch" not in built_indexes:
-        pytest.skip("opensearch backend not available")
-    return built_indexes["opensearch"]
+def os_index(tmp_path_factory, tiny_docs, encoder, opensearch_url, opensearch_prefix):
+    """The tiny corpus on the OpenSearch backend, built once per session."""
+    from twostage_search.engine.registry import index_backends
 
-
-def backend_options(name: str, request: pytest.FixtureRequest) -> dict:
-    """Build options a backend needs in tests (the cluster for ``opensearch``); none for embedded ones."""
-    if name == "opensearch":
-        url = request.getfixturevalue("opensearch_url")
-        prefix = request.getfixturevalue("opensearch_prefix")
-        return {"hosts": [url], "index_name": f"{prefix}-contract"}
-    return {}
+    path = tmp_path_factory.mktemp("idx") / "opensearch"
+    options = {"hosts": [opensearch_url], "index_name": f"{opensearch_prefix}-contract"}
+    return index_backends.get("opensearch").build(tiny_docs, path, encoder=encoder, progress=False, **options)
 
 
 @pytest.fixture(scope="session")
-def built_indexes(request, tmp_path_factory, tiny_docs, encoder):
-    """One index of the tiny corpus per registered index backend, built once per session.
+def built_indexes(tmp_path_factory, tiny_docs, encoder):
+    """One index of the tiny corpus per embedded index backend (no server), built once per session.
 
-    A backend whose optional dependencies are missing here is left out (its contract tests skip).
+    The ``opensearch`` backend is :func:`os_index`: tests that do not need a cluster do not wait for one.
     """
     from twostage_search.engine.registry import index_backends
 
     built = {}
     for name in index_backends.names():
-        if name == "opensearch" and not _opensearch_available():
-            continue
-        path = tmp_path_factory.mktemp("idx") / name
-        options = backend_options(name, request)
-        built[name] = index_backends.get(name).build(tiny_docs, path, encoder=encoder, progress=False, **options)
+        if name != "opensearch":
+            path = tmp_path_factory.mktemp("idx") / name
+            built[name] = index_backends.get(name).build(tiny_docs, path, encoder=encoder, progress=False)
     return built
 
 

@@ -11,6 +11,8 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny"
+NEEDS_NODE = "[needs the local OpenSearch node]"
+"""Prefix of the skip reason of OpenSearch tests when the node did not start (test_opensearch_node.py fails)."""
 
 
 def need(module: str, extra: str) -> ModuleType:
@@ -31,3 +33,30 @@ def use_osmem() -> bool:
     """``TWOSTAGE_TEST_OPENSEARCH=osmem``: run the OpenSearch tests on the osmem-server emulator (a fast local
     loop; not proof of correctness) instead of a real local node. $OPENSEARCH_URL wins over both."""
     return os.environ.get("TWOSTAGE_TEST_OPENSEARCH") == "osmem" and not os.environ.get("OPENSEARCH_URL")
+
+
+def plain_session(model_path: str | Path):
+    """A plain ONNX Runtime CPU session on ``model_path``, set up as the engine's are for INT8 models: exact
+    8-bit products (``session.x64quantprecision``), so its answers are the same on AVX2 and VNNI CPUs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def reference_run(model_path: str | Path, feed: dict) -> list:
+    """The outputs of an ONNX model computed by ONNX's own reference evaluator (plain numpy, no CPU-specific
+    kernels): an independent answer to hold ONNX Runtime's INT8 output against on any machine.
+
+    The graph is converted to opset 21 first (the evaluator implements ``DequantizeLinear`` from opset 19).
+    """
+    import onnx
+    from onnx import version_converter
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(str(model_path))
+    if max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 21:
+        model = version_converter.convert_version(model, 21)
+    wanted = {i.name for i in model.graph.input}
+    return ReferenceEvaluator(model).run(None, {k: v for k, v in feed.items() if k in wanted})

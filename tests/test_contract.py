@@ -22,6 +22,8 @@ def _assert_valid(ranking: RankedList, query_id: str) -> None:
 # ------------------------------------------------------------------------------------ retrievers
 @pytest.fixture(params=index_backends.names())
 def retriever(request, built_indexes, encoder) -> Retriever:
+    if request.param == "opensearch":
+        return request.getfixturevalue("os_index").retriever(encoder)
     if request.param not in built_indexes:
         pytest.skip(f"index backend {request.param!r}: its optional dependencies are not installed")
     return built_indexes[request.param].retriever(encoder)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import TINY, need
+from tests.helpers import TINY, need, plain_session
 
 need("onnxruntime", "dense")
 need("tokenizers", "dense")
@@ -33,13 +33,12 @@ def dense_index(tmp_path_factory, tiny_docs, dense):
 
 def _reference_cls(text: str) -> np.ndarray:
     """bge's embedding computed directly: tokenizer.json + model.onnx, CLS hidden state, L2-normalised."""
-    import onnxruntime as ort
     from tokenizers import Tokenizer
 
     model, tokenizer_file = dense_model_files("bundled:bge-small-en-int8")
     enc = Tokenizer.from_file(str(tokenizer_file)).encode(text)
     ids = np.array([enc.ids], dtype=np.int64)
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    session = plain_session(model)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     cls = session.run(None, feed)[0][0, 0]
     return cls / np.linalg.norm(cls)

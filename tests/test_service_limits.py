@@ -74,238 +74,111 @@ def ids(n: int, chars: int = 4) -> list[str]:
     return [f"{i:0{chars}d}" for i in range(n)]
 
 
-def name_case(path: str, body: dict[str, Any], field: str, case_id: str) -> Any:
-    """A name at the limit gets past the limit (and names nothing: 422 unknown_arm); one over it does not."""
-    at, over = {**body, field: x(ID_CHARS)}, {**body, field: x(ID_CHARS + 1)}
-    return pytest.param(path, at, over, "unknown_arm", field, id=case_id)
+def case(case_id: str, path: str, base: dict, field: str, at: Any, over: Any, words: str = "", kind_at=None) -> Any:
+    """``field`` just at its limit (200, or ``kind_at``: past the limit, stopped for what the value means)
+    and just over it (422 invalid_request naming ``words``)."""
+    at_body, over_body = {**base, field: at}, {**base, field: over}
+    return pytest.param(path, at_body, over_body, kind_at, words or field, id=case_id)
 
 
+S, R, V = "/search", "/rerank", "/v1/rerank"
 Q = {"query": "tides"}
-S = "/search"
-R = "/rerank"
-V = "/v1/rerank"
-ONE = docs("a doc")
-ONE_V1 = ["a doc"]
+DEEP_Q = {**Q, "arm": "deep"}
+RQ = {**Q, "documents": docs("a doc")}
+VQ = {**Q, "documents": ["a doc"]}
+FULL = [x(DOC_CHARS)] * (RERANK_CHARS // DOC_CHARS)  # exactly RERANK_CHARS characters in all
+FORMS = [("str", str), ("obj", lambda t: {"text": t})]  # the two forms of a /v1/rerank document
+AT_ID, OVER_ID = x(ID_CHARS), x(ID_CHARS + 1)
+TOO_LONG = (x(DOC_CHARS + 1), x(CEIL_DOC_CHARS + 1), "word " * 40000)
 
-# (path, body just at the limit, body just over it, kind at the limit (None: 200), words of the 422 message)
 CASES = [
     # ------------------------------------------------------------------ /search
-    pytest.param(S, {"query": x(QUERY_CHARS)}, {"query": x(QUERY_CHARS + 1)}, None, "query", id="search-query"),
-    pytest.param(
-        S, {"query": x(QUERY_CHARS)}, {"query": x(CEIL_QUERY_CHARS + 1)}, None, "query", id="search-query-ceil"
-    ),
-    pytest.param(S, {**Q, "k": K_MAX}, {**Q, "k": K_MAX + 1}, None, "k", id="search-k"),
-    pytest.param(S, {**Q, "k": K_MAX}, {**Q, "k": DEPTH + 1}, None, "k", id="search-k-ceil"),
-    pytest.param(
-        S, {**Q, "user_id": x(ID_CHARS)}, {**Q, "user_id": x(ID_CHARS + 1)}, None, "user_id", id="search-user"
-    ),
-    *[name_case(S, Q, f, f"search-{f}") for f in ("arm", "reranker")],
-    pytest.param(S, {**Q, "rerank_depth": 10}, {**Q, "rerank_depth": 11}, None, "rerank_depth", id="search-depth-arm"),
-    pytest.param(
-        S,
-        {**Q, "arm": "deep", "rerank_depth": DEPTH},
-        {**Q, "arm": "deep", "rerank_depth": DEPTH + 1},
-        None,
-        "rerank_depth",
-        id="search-depth",
-    ),
-    pytest.param(
-        S,
-        {**Q, "budget_ms": BUDGET_MS_DEFAULT},
-        {**Q, "budget_ms": BUDGET_MS_DEFAULT + 0.5},
-        None,
-        "budget_ms",
-        id="search-budget-ms-arm",
-    ),
-    pytest.param(
-        S,
-        {**Q, "arm": "deep", "budget_ms": BUDGET_MS},
-        {**Q, "arm": "deep", "budget_ms": BUDGET_MS + 0.5},
-        None,
-        "budget_ms",
-        id="search-budget-ms",
-    ),
-    pytest.param(
-        S, {**Q, "budget_usd": BUDGET_USD}, {**Q, "budget_usd": BUDGET_USD + 0.5}, None, "budget_usd", id="search-usd"
-    ),
+    case("search-query", S, {}, "query", x(QUERY_CHARS), x(QUERY_CHARS + 1)),
+    case("search-query-ceil", S, {}, "query", x(QUERY_CHARS), x(CEIL_QUERY_CHARS + 1)),
+    case("search-k", S, Q, "k", K_MAX, K_MAX + 1),
+    case("search-k-ceil", S, Q, "k", K_MAX, DEPTH + 1),
+    case("search-user", S, Q, "user_id", AT_ID, OVER_ID),
+    *[case(f"search-{f}", S, Q, f, AT_ID, OVER_ID, kind_at="unknown_arm") for f in ("arm", "reranker")],
+    case("search-depth-arm", S, Q, "rerank_depth", 10, 11),  # arm a: max_rerank_depth = its depth
+    case("search-depth", S, DEEP_Q, "rerank_depth", DEPTH, DEPTH + 1),
+    case("search-budget-ms-arm", S, Q, "budget_ms", BUDGET_MS_DEFAULT, BUDGET_MS_DEFAULT + 0.5),
+    case("search-budget-ms", S, DEEP_Q, "budget_ms", BUDGET_MS, BUDGET_MS + 0.5),
+    case("search-usd", S, Q, "budget_usd", BUDGET_USD, BUDGET_USD + 0.5),
     *[
-        pytest.param(S, {**Q, "filters": {f: ids(at)}}, {**Q, "filters": {f: ids(over)}}, None, f, id=f"search-{f}-{t}")
+        case(f"search-{f}-{t}", S, Q, "filters", {f: at}, {f: over}, f)
         for f in ("include_doc_ids", "exclude_doc_ids")
-        for t, at, over in (("n", FILTER_IDS, FILTER_IDS + 1), ("ceil", FILTER_IDS, CEIL_FILTER_IDS + 1))
-    ],
-    *[
-        pytest.param(
-            S,
-            {**Q, "filters": {f: [x(ID_CHARS)]}},
-            {**Q, "filters": {f: [x(ID_CHARS + 1)]}},
-            None,
-            f,
-            id=f"search-{f}-chars",
+        for t, at, over in (
+            ("count", ids(FILTER_IDS), ids(FILTER_IDS + 1)),
+            ("ceil", ids(FILTER_IDS), ids(CEIL_FILTER_IDS + 1)),
+            ("chars", [AT_ID], [OVER_ID]),
         )
-        for f in ("include_doc_ids", "exclude_doc_ids")
     ],
     # ------------------------------------------------------------------ /rerank (object documents)
-    pytest.param(
+    case("rerank-query", R, RQ, "query", x(QUERY_CHARS), x(QUERY_CHARS + 1)),
+    *[
+        case(f"rerank-count-{n}", R, Q, "documents", docs(*["t"] * RERANK_DOCS), docs(*["t"] * n))
+        for n in (RERANK_DOCS + 1, CEIL_DOCS + 1)
+    ],
+    *[case(f"rerank-text-{len(t)}", R, Q, "documents", docs(x(DOC_CHARS)), docs(t)) for t in TOO_LONG],
+    case(
+        "rerank-title-and-text",
         R,
-        {"query": x(QUERY_CHARS), "documents": ONE},
-        {"query": x(QUERY_CHARS + 1), "documents": ONE},
-        None,
-        "query",
-        id="rerank-query",
-    ),
-    pytest.param(
-        R,
-        {**Q, "documents": docs(*["t"] * RERANK_DOCS)},
-        {**Q, "documents": docs(*["t"] * (RERANK_DOCS + 1))},
-        None,
+        Q,
         "documents",
-        id="rerank-count",
+        docs(x(DOC_CHARS - TITLE_CHARS), title=x(TITLE_CHARS)),
+        docs(x(DOC_CHARS - TITLE_CHARS + 1), title=x(TITLE_CHARS)),
     ),
-    pytest.param(
+    case(
+        "rerank-title", R, Q, "documents", docs("t", title=x(TITLE_CHARS)), docs("t", title=x(TITLE_CHARS + 1)), "title"
+    ),
+    case(
+        "rerank-doc-id",
         R,
-        {**Q, "documents": docs(*["t"] * RERANK_DOCS)},
-        {**Q, "documents": docs(*["t"] * (CEIL_DOCS + 1))},
-        None,
+        Q,
         "documents",
-        id="rerank-count-ceil",
-    ),
-    pytest.param(
-        R,
-        {**Q, "documents": docs(x(DOC_CHARS))},
-        {**Q, "documents": docs(x(DOC_CHARS + 1))},
-        None,
-        "documents",
-        id="rerank-text",
-    ),
-    pytest.param(
-        R,
-        {**Q, "documents": docs(x(DOC_CHARS))},
-        {**Q, "documents": docs(x(CEIL_DOC_CHARS + 1))},
-        None,
-        "documents",
-        id="rerank-text-ceil",
-    ),
-    pytest.param(
-        R,
-        {**Q, "documents": docs(x(DOC_CHARS))},
-        {**Q, "documents": docs("word " * 40000)},
-        None,
-        "documents",
-        id="rerank-text-200k",
-    ),
-    pytest.param(
-        R,
-        {**Q, "documents": docs(x(DOC_CHARS - TITLE_CHARS), title=x(TITLE_CHARS))},
-        {**Q, "documents": docs(x(DOC_CHARS - TITLE_CHARS + 1), title=x(TITLE_CHARS))},
-        None,
-        "documents",
-        id="rerank-title-and-text",
-    ),
-    pytest.param(
-        R,
-        {**Q, "documents": docs("t", title=x(TITLE_CHARS))},
-        {**Q, "documents": docs("t", title=x(TITLE_CHARS + 1))},
-        None,
-        "title",
-        id="rerank-title",
-    ),
-    pytest.param(
-        R,
-        {**Q, "documents": [{"doc_id": x(ID_CHARS), "text": "t"}]},
-        {**Q, "documents": [{"doc_id": x(ID_CHARS + 1), "text": "t"}]},
-        None,
+        [{"doc_id": AT_ID, "text": "t"}],
+        [{"doc_id": OVER_ID, "text": "t"}],
         "doc_id",
-        id="rerank-doc-id",
     ),
-    pytest.param(
-        R,
-        {**Q, "documents": docs(*[x(DOC_CHARS)] * (RERANK_CHARS // DOC_CHARS))},
-        {**Q, "documents": docs(*[x(DOC_CHARS)] * (RERANK_CHARS // DOC_CHARS), "x")},
-        None,
-        "in all",
-        id="rerank-total",
-    ),
-    pytest.param(
-        R, {**Q, "documents": ONE, "k": DEPTH}, {**Q, "documents": ONE, "k": DEPTH + 1}, None, "k", id="rerank-k"
-    ),
-    pytest.param(
-        R,
-        {**Q, "documents": ONE, "user_id": x(ID_CHARS)},
-        {**Q, "documents": ONE, "user_id": x(ID_CHARS + 1)},
-        None,
-        "user_id",
-        id="rerank-user",
-    ),
-    *[name_case(R, {**Q, "documents": ONE}, f, f"rerank-{f}") for f in ("arm", "reranker")],
+    case("rerank-total", R, Q, "documents", docs(*FULL), docs(*FULL, "x"), "in all"),
+    case("rerank-k", R, RQ, "k", DEPTH, DEPTH + 1),
+    case("rerank-user", R, RQ, "user_id", AT_ID, OVER_ID),
+    *[case(f"rerank-{f}", R, RQ, f, AT_ID, OVER_ID, kind_at="unknown_arm") for f in ("arm", "reranker")],
     # ------------------------------------------------------------------ /v1/rerank (string and object documents)
-    pytest.param(
-        V,
-        {"query": x(QUERY_CHARS), "documents": ONE_V1},
-        {"query": x(QUERY_CHARS + 1), "documents": ONE_V1},
-        None,
-        "query",
-        id="v1-query",
-    ),
+    case("v1-query", V, VQ, "query", x(QUERY_CHARS), x(QUERY_CHARS + 1)),
     *[
-        pytest.param(
-            V,
-            {**Q, "documents": [make("t")] * RERANK_DOCS},
-            {**Q, "documents": [make("t")] * over},
-            None,
-            "documents",
-            id=f"v1-count-{form}-{over}",
-        )
-        for form, make in (("str", str), ("obj", lambda t: {"text": t}))
-        for over in (RERANK_DOCS + 1, CEIL_DOCS + 1)
+        case(f"v1-count-{form}-{n}", V, Q, "documents", [make("t")] * RERANK_DOCS, [make("t")] * n)
+        for form, make in FORMS
+        for n in (RERANK_DOCS + 1, CEIL_DOCS + 1)
     ],
     *[
-        pytest.param(
-            V,
-            {**Q, "documents": [make(x(DOC_CHARS))]},
-            {**Q, "documents": [make(over)]},
-            None,
-            "documents",
-            id=f"v1-text-{form}-{len(over)}",
-        )
-        for form, make in (("str", str), ("obj", lambda t: {"text": t}))
-        for over in (x(DOC_CHARS + 1), x(CEIL_DOC_CHARS + 1), "word " * 40000)
+        case(f"v1-text-{form}-{len(t)}", V, Q, "documents", [make(x(DOC_CHARS))], [make(t)])
+        for form, make in FORMS
+        for t in TOO_LONG
     ],
-    pytest.param(
+    *[
+        case(f"v1-total-{form}", V, Q, "documents", [make(t) for t in FULL], [make(t) for t in [*FULL, "x"]], "in all")
+        for form, make in FORMS
+    ],
+    case(
+        "v1-title-and-text",
         V,
-        {**Q, "documents": [{"text": x(DOC_CHARS - TITLE_CHARS), "title": x(TITLE_CHARS)}]},
-        {**Q, "documents": [{"text": x(DOC_CHARS - TITLE_CHARS + 1), "title": x(TITLE_CHARS)}]},
-        None,
+        Q,
         "documents",
-        id="v1-title-and-text",
+        [{"text": x(DOC_CHARS - TITLE_CHARS), "title": x(TITLE_CHARS)}],
+        [{"text": x(DOC_CHARS - TITLE_CHARS + 1), "title": x(TITLE_CHARS)}],
     ),
-    pytest.param(
+    case(
+        "v1-title",
         V,
-        {**Q, "documents": [{"text": "t", "title": x(TITLE_CHARS)}]},
-        {**Q, "documents": [{"text": "t", "title": x(TITLE_CHARS + 1)}]},
-        None,
+        Q,
+        "documents",
+        [{"text": "t", "title": x(TITLE_CHARS)}],
+        [{"text": "t", "title": x(TITLE_CHARS + 1)}],
         "title",
-        id="v1-title",
     ),
-    *[
-        pytest.param(
-            V,
-            {**Q, "documents": [make(x(DOC_CHARS))] * (RERANK_CHARS // DOC_CHARS)},
-            {**Q, "documents": [make(x(DOC_CHARS))] * (RERANK_CHARS // DOC_CHARS) + [make("x")]},
-            None,
-            "in all",
-            id=f"v1-total-{form}",
-        )
-        for form, make in (("str", str), ("obj", lambda t: {"text": t}))
-    ],
-    pytest.param(
-        V,
-        {**Q, "documents": ONE_V1, "top_n": DEPTH},
-        {**Q, "documents": ONE_V1, "top_n": DEPTH + 1},
-        None,
-        "top_n",
-        id="v1-top-n",
-    ),
-    name_case(V, {**Q, "documents": ONE_V1}, "model", "v1-model"),
+    case("v1-top-n", V, VQ, "top_n", DEPTH, DEPTH + 1),
+    case("v1-model", V, VQ, "model", AT_ID, OVER_ID, kind_at="unknown_arm"),
 ]
 
 

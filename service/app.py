@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,9 +32,11 @@ from twostage_search.service.experiment import (
     ExperimentStore,
     RerankerFactory,
     default_reranker_factory,
+    format_validation_error,
     load_experiment,
 )
 from twostage_search.service.metrics import Metrics
+from twostage_search.service.openapi import service_openapi
 from twostage_search.service.routes import admin, ops, rerank, search
 from twostage_search.service.schemas import ErrorResponse
 from twostage_search.service.settings import Settings
@@ -137,17 +140,8 @@ def create_app(
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
-        """The generated schema with this configuration's limits (k, query length, documents)."""
-        if app.openapi_schema is None:
-            schema = FastAPI.openapi(app)
-            models = schema["components"]["schemas"]
-            for name in ("SearchRequest", "RerankRequest", "V1RerankRequest"):
-                models[name]["properties"]["query"]["maxLength"] = settings.max_query_chars
-            models["SearchRequest"]["properties"]["k"]["maximum"] = settings.k_max
-            for name in ("RerankRequest", "V1RerankRequest"):
-                models[name]["properties"]["documents"]["maxItems"] = settings.max_rerank_docs
-            app.openapi_schema = schema
-        return app.openapi_schema
+        """The generated schema with this configuration's limits (k, query length, documents, …)."""
+        return service_openapi(app, settings)
 
     app.openapi = openapi  # type: ignore[method-assign]
 
@@ -199,6 +193,17 @@ def create_app(
             msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
             parts.append(f"{loc}: {msg}" if loc else msg)
         return _error(request, 422, "invalid_request", "; ".join(parts) or "invalid request", {})
+
+    @app.exception_handler(ValidationError)
+    async def invalid_inside(request: Request, exc: ValidationError) -> JSONResponse:
+        # A model built from request data inside an endpoint: still the client's input, still a 422.
+        log.warning("validation error inside %s: %s", request.url.path, exc.title)
+        return _error(request, 422, "invalid_request", format_validation_error(exc) or "invalid request", {})
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        # Last resort (Starlette re-raises it after this answer, so it is logged): JSON, never plain text.
+        return _error(request, 500, "internal", "internal error", {})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

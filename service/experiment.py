@@ -52,6 +52,7 @@ from twostage_search.rerankers.config import RerankerConfig
 log = logging.getLogger(__name__)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$"
+NAME_CHARS = 64
 
 
 class ExperimentError(TwoStageError):
@@ -72,7 +73,9 @@ class ArmConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=NAME_PATTERN, description="arm name, logged with every request it serves")
+    name: str = Field(
+        max_length=NAME_CHARS, pattern=NAME_PATTERN, description="arm name, logged with every request it serves"
+    )
     weight: float = Field(ge=0.0, le=1.0, description="share of traffic; all arms' weights sum to 1")
     reranker: RerankerConfig = Field(default_factory=lambda: RerankerConfig())
     depth: int = Field(default=100, ge=1, le=10_000, description="first-stage candidates per query")
@@ -125,7 +128,9 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=NAME_PATTERN, description="experiment name; salts the user → arm hash")
+    name: str = Field(
+        max_length=NAME_CHARS, pattern=NAME_PATTERN, description="experiment name; salts the user → arm hash"
+    )
     arms: list[ArmConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -1,19 +1,31 @@
 """Request and response bodies of the HTTP API (pydantic), with the examples shown in the OpenAPI docs.
 
-Limits that depend on :class:`service.settings.Settings` (query length, k) are checked by the endpoints
-and answered with the same 422 shape as schema violations.
+Every field a client sends is bounded here (length, count, range), in every accepted form of it. The
+constants below are absolute ceilings; limits that :class:`service.settings.Settings` configures (query
+length, k, documents and their length, filter ids) may only be lower, are checked by the endpoints with
+the same 422 shape as schema violations, and replace these bounds in the served OpenAPI document
+(:mod:`twostage_search.service.openapi`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-# Absolute ceilings; the configured limits (Settings) are usually lower.
+# Absolute ceilings; the configured limits (Settings) are at most these, and usually lower.
 MAX_QUERY_CHARS = 10_000
 MAX_K = 10_000
 MAX_ID_CHARS = 256
+MAX_DOCS = 10_000
+MAX_DOC_CHARS = 100_000
+MAX_TITLE_CHARS = 10_000
+MAX_FILTER_IDS = 10_000
+
+DocId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+DocText = Annotated[
+    str, Field(max_length=MAX_DOC_CHARS, description="document text (title + text: at most max_doc_chars)")
+]
 
 
 class Filters(BaseModel):
@@ -26,8 +38,8 @@ class Filters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    include_doc_ids: list[str] | None = Field(default=None, max_length=10_000)
-    exclude_doc_ids: list[str] | None = Field(default=None, max_length=10_000)
+    include_doc_ids: list[DocId] | None = Field(default=None, max_length=MAX_FILTER_IDS)
+    exclude_doc_ids: list[DocId] | None = Field(default=None, max_length=MAX_FILTER_IDS)
 
 
 class SearchRequest(BaseModel):
@@ -51,8 +63,12 @@ class SearchRequest(BaseModel):
     )
     arm: str | None = Field(default=None, max_length=MAX_ID_CHARS, description="serve this arm (testing override)")
     reranker: str | None = Field(default=None, max_length=MAX_ID_CHARS, description="serve the first arm using it")
-    rerank_depth: int | None = Field(default=None, ge=0, le=MAX_K, description="override the arm's rerank depth")
-    budget_ms: float | None = Field(default=None, gt=0, le=3_600_000, description="latency budget (ms)")
+    rerank_depth: int | None = Field(
+        default=None, ge=0, le=MAX_K, description="override the arm's rerank depth (at most its max_rerank_depth)"
+    )
+    budget_ms: float | None = Field(
+        default=None, gt=0, le=3_600_000, description="latency budget (ms; at most the arm's max_budget_ms)"
+    )
     budget_usd: float | None = Field(default=None, gt=0, le=1_000, description="money budget (USD)")
     filters: Filters | None = None
     explain: bool = Field(default=False, description="include how the rerank depth was chosen and the arm config")
@@ -61,9 +77,9 @@ class SearchRequest(BaseModel):
 class RerankDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    doc_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
-    text: str = Field(max_length=100_000)
-    title: str = Field(default="", max_length=10_000)
+    doc_id: DocId
+    text: DocText
+    title: str = Field(default="", max_length=MAX_TITLE_CHARS)
     score: float = Field(
         default=0.0, allow_inf_nan=False, description="incoming score (the identity reranker keeps it)"
     )
@@ -87,7 +103,7 @@ class RerankRequest(BaseModel):
     )
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")
-    documents: list[RerankDocument] = Field(min_length=1, max_length=10_000)
+    documents: list[RerankDocument] = Field(min_length=1, max_length=MAX_DOCS)
     k: int | None = Field(default=None, ge=1, le=MAX_K, description="return the top k (default: all)")
     user_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     arm: str | None = Field(default=None, max_length=MAX_ID_CHARS)
@@ -206,8 +222,25 @@ class ExperimentInfo(BaseModel):
 class V1Document(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    text: str = Field(max_length=100_000)
-    title: str = Field(default="", max_length=10_000)
+    text: DocText
+    title: str = Field(default="", max_length=MAX_TITLE_CHARS)
+
+
+def _document_form(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "string"
+    return "object" if isinstance(value, dict | V1Document) else None
+
+
+V1Input = Annotated[
+    Annotated[DocText, Tag("string")] | Annotated[V1Document, Tag("object")],
+    Discriminator(
+        _document_form,
+        custom_error_type="invalid_document",
+        custom_error_message="a document is a string or an object with text",
+    ),
+]
+"""A document of /v1/rerank, either form with the same bounds; errors name the form (``documents.0.string``)."""
 
 
 class V1RerankRequest(BaseModel):
@@ -230,7 +263,7 @@ class V1RerankRequest(BaseModel):
 
     model: str | None = Field(default=None, max_length=MAX_ID_CHARS, description="an arm or reranker name")
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")
-    documents: list[str | V1Document] = Field(min_length=1, max_length=10_000)
+    documents: list[V1Input] = Field(min_length=1, max_length=MAX_DOCS)
     top_n: int | None = Field(default=None, ge=1, le=MAX_K)
     return_documents: bool = False
     max_chunks_per_doc: int | None = Field(default=None, description="accepted and ignored (no chunking)")

@@ -11,11 +11,16 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from twostage_search.service.schemas import MAX_DOC_CHARS, MAX_DOCS, MAX_FILTER_IDS, MAX_K, MAX_QUERY_CHARS
+
 DEFAULT_EXPERIMENT = Path(__file__).parent / "experiments" / "default.yaml"
 
 
 class Settings(BaseSettings):
     """Service configuration. Every field can be set as ``TWOSTAGE_<NAME>`` (e.g. ``TWOSTAGE_INDEX``).
+
+    The request caps may be set up to the absolute ceilings of :mod:`twostage_search.service.schemas`;
+    the served OpenAPI document states the configured values.
 
     The admin token is root-equivalent within these limits: whoever holds it chooses which of the
     allowed models and backends run, and reloads the index.
@@ -26,9 +31,13 @@ class Settings(BaseSettings):
     index: Path = Field(default=Path("var/scifact"), description="index directory (any backend; see indexes.load)")
     experiment: Path = Field(default=DEFAULT_EXPERIMENT, description="experiment file (YAML or JSON) with the arms")
     admin_token: SecretStr | None = Field(default=None, description="bearer token of /admin/*; unset disables them")
-    max_query_chars: int = Field(default=1000, ge=1, description="longest accepted query, in characters")
-    k_max: int = Field(default=100, ge=1, description="largest k a request may ask for")
-    max_rerank_docs: int = Field(default=200, ge=1, description="most documents one /rerank request may send")
+    max_query_chars: int = Field(
+        default=1000, ge=1, le=MAX_QUERY_CHARS, description="longest accepted query, in characters"
+    )
+    k_max: int = Field(default=100, ge=1, le=MAX_K, description="largest k a /search request may ask for")
+    max_rerank_docs: int = Field(
+        default=200, ge=1, le=MAX_DOCS, description="most documents one rerank request may send"
+    )
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="hard cap on one request's time, counted from its arrival"
     )
@@ -38,9 +47,13 @@ class Settings(BaseSettings):
     warmup: bool = Field(default=True, description="run one query per arm at start-up before reporting ready")
     # ------------------------------------------------------------------ caps the client cannot exceed
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body; beyond: 413")
-    max_doc_chars: int = Field(default=20_000, ge=1, description="longest document one rerank call may send")
+    max_doc_chars: int = Field(
+        default=20_000, ge=1, le=MAX_DOC_CHARS, description="longest document (title + text) a rerank call may send"
+    )
     max_rerank_chars: int = Field(default=400_000, ge=1, description="total characters of one rerank call")
-    max_filter_ids: int = Field(default=1_000, ge=0, description="longest include/exclude list of a search")
+    max_filter_ids: int = Field(
+        default=1_000, ge=0, le=MAX_FILTER_IDS, description="longest include/exclude list of a search"
+    )
     allow_overrides: bool = Field(
         default=False, description="let any client pick its arm/reranker (debug); else only with the admin token"
     )

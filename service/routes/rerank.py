@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -147,8 +148,11 @@ async def v1_rerank(
     documents the deadline left unscored come last, in input order, with scores below every scored one.
     """
     check_query(body.query, settings)
-    objects = [d if isinstance(d, V1Document) else V1Document(text=d) for d in body.documents]
-    check_documents([d.title + d.text for d in objects], settings)
+    # The string form is bounded by the schema like the object's text; no model is built from input here.
+    objects: list[dict[str, Any]] = [
+        d.model_dump() if isinstance(d, V1Document) else {"text": d, "title": ""} for d in body.documents
+    ]
+    check_documents([d["title"] + d["text"] for d in objects], settings)
     current = state.store.current()
     named_arm, named_reranker = _model_arm(current, body.model)
     arm = pick_arm(
@@ -162,7 +166,7 @@ async def v1_rerank(
     )
     # Input order is the "first stage": ties and unscored documents keep it.
     n = len(objects)
-    docs = [Candidate(str(i), float(n - i), d.text, d.title) for i, d in enumerate(objects)]
+    docs = [Candidate(str(i), float(n - i), d["text"], d["title"]) for i, d in enumerate(objects)]
     request.state.query = body.query
     _, partial = await rerank_docs(state, request, arm, docs)
     # Scored documents by score; unscored ones (deadline) after them in input order, at the lowest score.
@@ -178,7 +182,7 @@ async def v1_rerank(
             V1Result(
                 index=i,
                 relevance_score=score,
-                document=objects[i].model_dump() if body.return_documents else None,
+                document=objects[i] if body.return_documents else None,
             )
             for i, score in top
         ],

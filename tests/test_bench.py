@@ -403,7 +403,7 @@ def test_fetch_errors_offline_and_bad_input(tmp_path, capsys):
         "--url",
         "http://127.0.0.1:9/s.zip",
     ]
-    assert main(argv) == 2
+    assert main(argv) == 1  # a failed download is a failure at run time, not bad usage
     err = _one_line_error(capsys)
     assert "cannot download http://127.0.0.1:9/s.zip" in err and "needs network access" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip"]  # no partial directories left

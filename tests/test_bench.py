@@ -279,6 +279,7 @@ def test_files_written(bench_report):
     for png in ("cost_quality.png", "ndcg_delta_hist.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert "matplotlib.pyplot" not in sys.modules  # drawn on Figure objects: no pyplot state, no backend switch
 
 
 def test_cli_bench_reuses_cached_indexes(bench_report, bench_dataset, tmp_path, capsys):

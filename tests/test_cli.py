@@ -27,18 +27,6 @@ from twostage_search.engine.errors import (
 from twostage_search.engine.logs import HANDLER_NAME, level_for, setup_logging
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() configures the root logger as an entry point does; leave the next test as this one found it."""
-    root, opensearch = logging.getLogger(), logging.getLogger("opensearch")
-    levels = root.level, opensearch.level
-    yield
-    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
-        root.removeHandler(handler)
-    root.setLevel(levels[0])
-    opensearch.setLevel(levels[1])
-
-
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err

@@ -50,7 +50,8 @@ def exit_status(exc: BaseException) -> int:
     """The exit status of a command that failed with ``exc``: 2 for bad usage, 1 for a failure at run time.
 
     Bad usage is a :class:`UsageError` or a path the caller named that is missing, not a directory, a
-    directory where a file belongs, or not readable.
+    directory where a file belongs, or not accessible. Any other error (another :class:`TwoStageError`,
+    a network or disk :class:`OSError`) is a failure at run time.
     """
     usage = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
     return EXIT_USAGE if isinstance(exc, usage) else EXIT_FAILURE

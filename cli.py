@@ -1,6 +1,9 @@
 """``twostage`` command line: ``index`` a BEIR corpus, ``search`` an index.
 
-Errors the user can fix print one line ``twostage: error: …`` and exit with status 2.
+A failure prints one line ``twostage: error: …`` on stderr and exits with status 2 for bad usage (a bad
+argument, a missing file, malformed input) or 1 for a failure at run time (an unreachable cluster, a
+failed download): :func:`twostage_search.engine.errors.exit_status`. Logs go to stderr too; stdout holds
+only the command's output.
 """
 
 from __future__ import annotations
@@ -17,20 +20,29 @@ from typing import Any
 
 from twostage_search.engine.argtypes import positive_float as _positive_float
 from twostage_search.engine.argtypes import positive_int as _positive
-from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.logs import add_verbosity_arguments, setup_logging, verbosity
 
 log = logging.getLogger("twostage")
 
-EXIT_USAGE = 2
+EPILOG = """\
+exit status: 0 on success, 2 for bad usage (a bad argument, a missing file, malformed input),
+1 for a failure at run time (an unreachable cluster or model server, a failed download, a missing extra).
+Logs and errors go to stderr; stdout holds only the command's output (e.g. --json)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from twostage_search.engine import __version__
     from twostage_search.indexes import DEFAULT_BACKEND
 
-    parser = argparse.ArgumentParser(prog="twostage", description="SPLADE retrieve-and-rerank search engine.")
+    parser = argparse.ArgumentParser(
+        prog="twostage",
+        description="SPLADE retrieve-and-rerank search engine.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"twostage {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    add_verbosity_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="encode a BEIR corpus.jsonl and build an index (atomically)")
@@ -372,8 +384,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for path, what in ((settings.index, "index"), (settings.experiment, "experiment")):
         if not path.exists():
             raise InputError(f"{what} not found: {path}")
-    logging.getLogger("twostage_search.service").setLevel(logging.INFO)  # one access line per request
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False, log_level="info")
+    quiet = verbosity(args) < 0
+    if not quiet:
+        logging.getLogger("twostage_search.service").setLevel(logging.INFO)  # one access line per request
+    log_level = "error" if quiet else "info"
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False, log_level=log_level)
     return 0
 
 
@@ -386,11 +401,7 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
-    )
-    # opensearch-py logs each failed request with a traceback; our error line says what went wrong.
-    logging.getLogger("opensearch").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
+    setup_logging(verbosity(args))
     commands = {
         "index": cmd_index,
         "search": cmd_search,
@@ -404,9 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands["serve-llm"] = cmd_serve_llm
     try:
         return commands[args.command](args)
-    except (TwoStageError, FileNotFoundError, PermissionError) as exc:
+    except (TwoStageError, OSError) as exc:
+        log.debug("%s failed", args.command, exc_info=True)  # -vv: the traceback above the one-line error
         print(f"twostage: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_status(exc)
     except KeyboardInterrupt:
         print("twostage: interrupted", file=sys.stderr)
         return 130

@@ -43,7 +43,8 @@ import numpy as np
 from twostage_search.benchmarks.evaluation import compare, evaluate, mean, read_run
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.costmodel import CostModel, LinearCost
-from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import trained_on
 from twostage_search.engine.pipeline import merge_cascade
 from twostage_search.engine.policy import AdaptiveDepth, DepthPolicy, FixedDepth, first_stage_features
@@ -277,13 +278,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def plot(report: dict[str, Any], path: Path) -> Path:
     """nDCG@10 against mean cost on test: fixed k, and adaptive (λ from dev) with its 95% CI of the
     difference from fixed k drawn around the fixed-k point it was matched to."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global figure registry, no backend switch
 
     fixed = [r for r in report["rows"] if r["policy"].startswith("fixed")]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.subplots()
     ax.plot([r["mean_ms"] for r in fixed], [r["nDCG@10"] for r in fixed], "o-", label="fixed k (test)")
     for c in report["comparisons"]:
         a, q = c["test_adaptive"], c["nDCG@10_difference"]
@@ -299,7 +298,6 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"{Path(report['test_dataset']).name} test, {report['splits']['test']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -353,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scores-dir", type=Path, default=Path("runs/rerank-scores"))
     parser.add_argument("--out", type=Path, default=Path("runs/cost-quality"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(1)
     if not 0 <= args.dev_fraction < 1:
         print("cost_quality: error: --dev-fraction must be in [0, 1)", file=sys.stderr)
         return 2
@@ -361,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run(args)
     except (TwoStageError, InputError) as exc:
         print(f"cost_quality: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     text = markdown(report)
     (args.out / "cost_quality.md").write_text(text + "\n", encoding="utf-8")
     plot(report, args.out / "cost_quality.png")

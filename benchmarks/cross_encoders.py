@@ -27,6 +27,7 @@ from typing import Any
 
 from twostage_search.benchmarks.evaluation import evaluate, mean, paired_ttest
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Candidate, Query
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/cross_encoders.json"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    setup_logging(1)
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

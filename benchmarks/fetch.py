@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from twostage_search.benchmarks.datasets import available_splits, load_beir
-from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.errors import InputError, MissingDependencyError, TwoStageError, exit_status
+from twostage_search.engine.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def _from_ir_datasets(name: str, dest: Path) -> None:
     """Write ``beir/NAME`` from ir_datasets as BEIR files (its docs, queries and each split's qrels)."""
     ir_datasets = _ir_datasets()
     if ir_datasets is None:
-        raise TwoStageError("ir_datasets is not installed: pip install ir-datasets (or use --source zip)")
+        raise MissingDependencyError("ir_datasets is not installed: pip install ir-datasets (or use --source zip)")
     try:
         base = ir_datasets.load(f"beir/{name}")
         with (dest / "corpus.jsonl").open("w", encoding="utf-8") as fh:
@@ -186,12 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(1)
     try:
         run(args)
     except TwoStageError as exc:
         print(f"fetch: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     return 0
 
 

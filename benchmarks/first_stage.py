@@ -22,7 +22,8 @@ from typing import Any
 
 from twostage_search.benchmarks.evaluation import Ranking, evaluate, machine, mean, percentile, write_trec_run
 from twostage_search.engine.beir import count_docs, find_file, read_corpus, read_qrels, read_queries
-from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.errors import TwoStageError, exit_status
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.pipeline import TwoStage
 from twostage_search.rerankers.identity import IdentityReranker
 
@@ -108,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=50, help="untimed warm-up queries (default 50)")
     parser.add_argument("--out", type=Path, default=Path("runs"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(1)
     try:
         report = run(args)
     except TwoStageError as exc:
         print(f"first_stage: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     q, lat, b = report["quality"], report["latency_ms"], report["build_docs_per_s"]
     print(
         f"{report['dataset']} ({report['split']}, {report['queries']} queries, {report['docs']} docs): "

@@ -38,6 +38,7 @@ from typing import Any
 
 from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, percentile
 from twostage_search.engine.beir import count_docs, find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Query
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queries", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(0)
     report = run(args)
     print(
         f"{report['dataset']} {report['split']}: {report['queries']} queries, depth {report['depth']}, "

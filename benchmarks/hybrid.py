@@ -42,6 +42,7 @@ from twostage_search.benchmarks.graded import split_queries
 from twostage_search.engine.beir import find_file, read_qrels, read_queries
 from twostage_search.engine.costed import costed_retriever
 from twostage_search.engine.fusion import MINMAX, RRF, ZSCORE, fuse
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Query
 
 log = logging.getLogger(__name__)
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads of the dense encoder")
     parser.add_argument("--out", type=Path, default=Path("runs/hybrid"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(0)
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.dataset.name

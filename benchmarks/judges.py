@@ -42,7 +42,8 @@ from twostage_search.benchmarks.graded import (
     load_graded,
     load_submissions,
 )
-from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
 from twostage_search.engine.types import Candidate
 
@@ -312,7 +313,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    setup_logging(1)
     args = parser().parse_args(argv)
     if not args.judge and args.submissions is None:
         print("error: give --judge and/or --submissions", file=sys.stderr)
@@ -321,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run(args)
     except (TwoStageError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     print(f"{report['dataset']}: {report['test_pairs']} test pairs ({report['cut']}); load {report['load_before']:.2f}")
     print(table(report))
     if args.out is not None:

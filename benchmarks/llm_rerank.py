@@ -34,7 +34,8 @@ from typing import Any
 
 from twostage_search.benchmarks.evaluation import evaluate, read_run
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
-from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER
 from twostage_search.engine.types import Candidate, Document, Query
 
@@ -298,12 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         lore_modes=tuple(args.lore_modes),
         skip=tuple(args.skip),
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(1)
     try:
         report = run(settings)
     except TwoStageError as exc:
         print(f"llm_rerank: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     for row in report["judge"]["rows"]:
         print(json.dumps(row))
     for row in report.get("listwise", []):

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from twostage_search.engine.beir import find_file, read_queries
+from twostage_search.engine.logs import setup_logging
 
 
 def _free_port() -> int:
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--swap-every", type=float, default=0.0, help="hot-swap the experiment every S seconds")
     p.add_argument("--out", type=Path, default=Path("runs"))
     args = p.parse_args(argv)
+    setup_logging(0)
     if not (args.index / "meta.json").exists():
         print(f"load: no index at {args.index} (run `make demo` first)", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from typing import Any
 from twostage_search.benchmarks.datasets import load_beir
 from twostage_search.benchmarks.evaluation import evaluate, mean, paired_ttest, percentile
 from twostage_search.engine.encoders import SparseEncoder, create_encoder
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Document, Query, SparseVector
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--scale", type=float, default=100.0)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging(1)
     k = 100
     test, dev = load_beir(args.dataset, "test"), load_beir(args.dataset, "train").head(args.dev_queries)
     judged = {d for qrels in (test.qrels, dev.qrels) for docs in qrels.values() for d in docs}

@@ -37,6 +37,7 @@ import numpy as np
 
 from twostage_search.benchmarks.load import _free_port, _wait_ready, closed_loop_requests
 from twostage_search.engine.beir import find_file, read_queries
+from twostage_search.engine.logs import setup_logging
 
 
 def experiment(name: str, onnx_weight: float, depth: int) -> dict[str, Any]:
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--out", type=Path, default=Path("runs"))
     args = p.parse_args(argv)
+    setup_logging(0)
     if not (args.index / "meta.json").exists():
         print(f"overload: no index at {args.index}", file=sys.stderr)
         return 2

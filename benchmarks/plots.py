@@ -1,4 +1,4 @@
-"""PNG plots of a benchmark report (matplotlib, Agg backend: no display needed)."""
+"""PNG plots of a benchmark report (matplotlib's object API: no pyplot, no display, no backend switch)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from twostage_search.benchmarks.report import BenchReport
 
 QUALITY = "nDCG@10"
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(**kwargs: Any) -> Figure:
+    """A figure of its own: ``Figure.savefig`` renders a PNG without pyplot's global state."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _published_lines(published: list[dict[str, Any]], ys: list[float]) -> list[tuple[float, str]]:
@@ -40,8 +40,8 @@ def cost_quality_plot(report: BenchReport, path: Path) -> Path:
 
     Published nDCG@10 figures for the dataset (no latency known) are drawn as dashed horizontal lines.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = _figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     xs = [max(r.latency_ms["total"]["mean"], 1e-3) for r in report.rows]
     ys = [r.quality.get(QUALITY, 0.0) for r in report.rows]
     ax.scatter(xs, ys, s=40, zorder=3)
@@ -62,7 +62,6 @@ def cost_quality_plot(report: BenchReport, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -74,11 +73,11 @@ def delta_histogram(report: BenchReport, path: Path) -> Path | None:
     others = [r for r in report.rows if r.name != report.baseline]
     if not others or QUALITY not in report.measures:
         return None
-    plt = _pyplot()
     import numpy as np
 
     base = np.asarray(report.per_query[report.baseline][QUALITY])
-    fig, axes = plt.subplots(len(others), 1, figsize=(7, 2.6 * len(others)), dpi=120, squeeze=False)
+    fig = _figure(figsize=(7, 2.6 * len(others)), dpi=120)
+    axes = fig.subplots(len(others), 1, squeeze=False)
     bins = np.linspace(-1.025, 1.025, 42)  # 0.05 wide, one centred on 0
     for ax, row in zip(axes[:, 0], others, strict=True):
         delta = np.asarray(report.per_query[row.name][QUALITY]) - base
@@ -96,5 +95,4 @@ def delta_histogram(report: BenchReport, path: Path) -> Path | None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path

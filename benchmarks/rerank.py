@@ -28,7 +28,8 @@ from typing import Any
 
 from twostage_search.benchmarks.evaluation import compare, evaluate, mean, read_run
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
-from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.pipeline import merge_cascade
 from twostage_search.engine.registry import rerankers
 from twostage_search.engine.types import Candidate, RankedList
@@ -153,12 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-quality", action="store_true", help="only time, skip the full quality run")
     parser.add_argument("--out", type=Path, default=Path("runs"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(1)
     try:
         report = run(args)
     except TwoStageError as exc:
         print(f"rerank: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     for row in report["quality"]:
         print(json.dumps(row))
     for row in report["timing"]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from twostage_search.benchmarks.evaluation import machine
 from twostage_search.engine.beir import find_file, read_corpus
+from twostage_search.engine.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    setup_logging(0)
     import torch
 
     from twostage_search.engine.encoders import SpladeMLM

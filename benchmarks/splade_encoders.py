@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.beir import find_file, read_corpus, read_queries
+from twostage_search.engine.logs import setup_logging
 
 
 def st_sparse(model: str, max_length: int) -> Any:
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    setup_logging(0)
     import torch
 
     from twostage_search.engine.encoders import SpladeMLM

@@ -49,7 +49,8 @@ from twostage_search.benchmarks.judges import (
     write_json,
 )
 from twostage_search.benchmarks.judges import parser as judges_parser
-from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
 from twostage_search.engine.optional import require
 
@@ -217,13 +218,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    setup_logging(1)
     args = parser().parse_args(argv)
     try:
         report = run(args)
     except (TwoStageError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     print(f"{report['dataset']}: {report['pairs']}; load {report['load_before']:.2f} → {report['load_after']:.2f}")
     print(table(report))
     if "cost" in report:

@@ -29,7 +29,8 @@ from typing import Any
 from twostage_search.benchmarks.configs import parse_system
 from twostage_search.benchmarks.evaluation import compare, mean
 from twostage_search.benchmarks.published import published_dl
-from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run nothing: table the cells already written under these --out directories (Holm across all)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(1)
     try:
         limits = _limits(args.limit)
         cells = [load_cell(p) for d in args.collect or [] for p in sorted(d.glob("*/*/*/report.json"))]
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         text, records = table(cells)
     except TwoStageError as exc:
         print(f"trec_dl: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "trec_dl.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     (args.out / "trec_dl.md").write_text(text + "\n\nPublished figures:\n\n" + other_published() + "\n", "utf-8")

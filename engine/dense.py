@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.errors import InputError
 from twostage_search.engine.models import resolve_model
 from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
@@ -46,7 +46,7 @@ def dense_model_files(spec: str) -> tuple[Path, Path]:
     tokenizer = model.parent / TOKENIZER_FILE
     for needed in (model, tokenizer):
         if not needed.is_file():
-            raise TwoStageError(f"dense model {spec!r}: {needed} not found")
+            raise InputError(f"dense model {spec!r}: {needed} not found")
     return model, tokenizer
 
 
@@ -99,7 +99,7 @@ class DenseEncoder:
         self._session: Any = cpu_session(model_path, threads=threads, extra="dense")
         self._inputs = {i.name for i in self._session.get_inputs()}
         if not {"input_ids", "attention_mask"} <= self._inputs:
-            raise TwoStageError(f"{model_path} lacks the inputs input_ids/attention_mask of a BERT-style encoder")
+            raise InputError(f"{model_path} lacks the inputs input_ids/attention_mask of a BERT-style encoder")
         self.dim = int(self._session.get_outputs()[0].shape[-1])
         log.info("dense encoder %s (%s), %s pooling, max_length=%d", model, model_path, pooling, max_length)
 

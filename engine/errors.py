@@ -1,17 +1,30 @@
-"""Exceptions raised by twostage. Every user-facing failure is a :class:`TwoStageError`."""
+"""Exceptions raised by twostage. Every user-facing failure is a :class:`TwoStageError`.
+
+Two kinds, told apart by class: a :class:`UsageError` is the caller's to fix (a bad argument, a missing
+file, malformed input; CLI exit status 2, HTTP 4xx); any other :class:`TwoStageError` is a failure at run
+time of something the command was right to ask for (an unreachable cluster, a failed download, a backend
+down, a missing extra; exit status 1). :func:`exit_status` maps one to the other.
+"""
 
 from __future__ import annotations
 
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
 
 class TwoStageError(Exception):
-    """Base class for errors that are the caller's to fix (bad input, missing files, missing extras)."""
+    """Base class of the errors twostage reports in one line (a CLI error line, an HTTP error body)."""
 
 
-class InputError(TwoStageError, ValueError):
+class UsageError(TwoStageError):
+    """The caller's to fix: run the command again with other arguments or input."""
+
+
+class InputError(UsageError, ValueError):
     """Malformed or invalid input: a bad JSONL line, an empty query, an out-of-range parameter."""
 
 
-class UnknownBackendError(TwoStageError, KeyError):
+class UnknownBackendError(UsageError, KeyError):
     """A name that is not in a registry (reranker, index backend, encoder)."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
@@ -22,7 +35,7 @@ class MissingDependencyError(TwoStageError, ImportError):
     """An optional dependency is not installed; the message names the extra that provides it."""
 
 
-class IndexLoadError(TwoStageError):
+class IndexLoadError(UsageError):
     """An index directory is missing, incomplete or of an unknown backend."""
 
 
@@ -31,3 +44,14 @@ class BackendUnavailableError(TwoStageError):
 
     The service answers it with 503 and ``Retry-After``.
     """
+
+
+def exit_status(exc: BaseException) -> int:
+    """The exit status of a command that failed with ``exc``: 2 for bad usage, 1 for a failure at run time.
+
+    Bad usage is a :class:`UsageError` or a path the caller named that is missing, not a directory, a
+    directory where a file belongs, or not accessible. Any other error (another :class:`TwoStageError`,
+    a network or disk :class:`OSError`) is a failure at run time.
+    """
+    usage = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+    return EXIT_USAGE if isinstance(exc, usage) else EXIT_FAILURE

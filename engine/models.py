@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from twostage_search.engine.errors import MissingDependencyError, TwoStageError
+from twostage_search.engine.errors import InputError, MissingDependencyError, TwoStageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,7 @@ def resolve_model(spec: str) -> str:
         try:
             model = BUNDLED[name]
         except KeyError:
-            raise TwoStageError(f"unknown bundled model {name!r} (known: {', '.join(BUNDLED)})") from None
+            raise InputError(f"unknown bundled model {name!r} (known: {', '.join(BUNDLED)})") from None
         found = importlib.util.find_spec(model.package)
         if found is None or not found.submodule_search_locations:
             raise MissingDependencyError(
@@ -121,5 +121,11 @@ def resolve_model(spec: str) -> str:
 
 def cache_dir() -> Path:
     """Where files made from bundled models are kept (ONNX exports, joined GGUF files):
-    ``$TWOSTAGE_CACHE_DIR``, else ``~/.cache/twostage``."""
-    return Path(os.environ.get("TWOSTAGE_CACHE_DIR") or Path.home() / ".cache" / "twostage")
+    ``$TWOSTAGE_CACHE_DIR``, else the user's cache directory (platformdirs): ``$XDG_CACHE_HOME/twostage``
+    on Linux, ``~/.cache/twostage`` when ``XDG_CACHE_HOME`` is unset."""
+    override = os.environ.get("TWOSTAGE_CACHE_DIR")
+    if override:
+        return Path(override)
+    from platformdirs import user_cache_path
+
+    return user_cache_path("twostage", appauthor=False)

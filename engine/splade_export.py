@@ -11,10 +11,11 @@ An export directory holds:
   quantisation starts from, and what runs when a model's projection cannot be split off;
 - ``tokenizer.json`` and ``export.json`` (what was exported, and how close it came to torch).
 
-The export runs once per model and is cached in ``$TWOSTAGE_CACHE_DIR/onnx/splade-<digest>/`` (default
-``~/.cache/twostage``), where ``<digest>`` hashes the model's files and the export recipe, so a changed
-checkpoint gets a new export. It is written atomically and checked against torch before it is kept;
-:func:`export_splade` is the explicit step (e.g. in a Docker build). Only this module imports torch.
+The export runs once per model and is cached in ``$TWOSTAGE_CACHE_DIR/onnx/splade-<digest>/`` (default: the
+user cache directory, ``$XDG_CACHE_HOME/twostage`` or ``~/.cache/twostage``), where ``<digest>`` hashes the
+model's files and the export recipe, so a changed checkpoint gets a new export. It is written atomically and
+checked against torch before it is kept; :func:`export_splade` is the explicit step (e.g. in a Docker build).
+Only this module imports torch.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from twostage_search.engine.atomic import atomic_directory
-from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.models import cache_dir, resolve_model
 from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
@@ -64,7 +65,7 @@ def export_dir(model: str) -> Path:
     """Where the ONNX export of ``model`` lives (it may not exist yet)."""
     path = Path(resolve_model(model))
     if not path.is_dir():
-        raise TwoStageError(f"ONNX SPLADE needs a local model directory, got {model!r} ({path})")
+        raise InputError(f"ONNX SPLADE needs a local model directory, got {model!r} ({path})")
     return cache_dir() / "onnx" / f"splade-{model_digest(path)[:16]}"
 
 
@@ -139,7 +140,7 @@ def export_splade(model: str, out: str | Path | None = None, *, tolerance: float
         path = resolve_model(model)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         if not getattr(tokenizer, "is_fast", False):
-            raise TwoStageError(f"{model!r} has no fast tokenizer: ONNX SPLADE needs its tokenizer.json")
+            raise InputError(f"{model!r} has no fast tokenizer: ONNX SPLADE needs its tokenizer.json")
         mlm = transformers.AutoModelForMaskedLM.from_pretrained(path).eval()
         whole, trunk = _modules(mlm, torch)
         enc = tokenizer(list(CHECK_TEXTS), padding=True, return_tensors="pt")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from twostage_search.engine.cost import StageCost
-from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER, resolve_model
 from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
@@ -41,7 +41,7 @@ def onnx_model_files(spec: str) -> tuple[Path, Path]:
     tokenizer = model.parent / TOKENIZER_FILE
     for needed in (model, tokenizer):
         if not needed.is_file():
-            raise TwoStageError(
+            raise InputError(
                 f"ONNX cross-encoder {spec!r}: {needed} not found (export one with `twostage export-onnx`)"
             )
     return model, tokenizer
@@ -98,7 +98,7 @@ class OnnxCrossEncoderReranker:
         self._inputs = {i.name for i in self._session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:
-            raise TwoStageError(f"{model_path} lacks the inputs {sorted(missing)} of a BERT-style cross-encoder")
+            raise InputError(f"{model_path} lacks the inputs {sorted(missing)} of a BERT-style cross-encoder")
         log.info("ONNX cross-encoder %s (%s), max_length=%d", model, model_path, max_length)
 
     def _passage(self, c: Candidate) -> str:

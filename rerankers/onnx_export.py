@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from twostage_search.engine.atomic import atomic_directory
-from twostage_search.engine.errors import TwoStageError
+from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.models import resolve_model
 from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
@@ -51,7 +51,7 @@ def export_cross_encoder(
     ce = st.CrossEncoder(resolve_model(model), device="cpu")
     hf_model, tokenizer = ce.model.eval(), ce.tokenizer
     if not getattr(tokenizer, "is_fast", False):
-        raise TwoStageError(f"{model!r} has no fast tokenizer: ONNX reranking needs its tokenizer.json")
+        raise InputError(f"{model!r} has no fast tokenizer: ONNX reranking needs its tokenizer.json")
     queries, passages = zip(*CHECK_PAIRS, strict=True)
     enc = tokenizer(list(queries), list(passages), padding=True, truncation=True, return_tensors="pt")
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]

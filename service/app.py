@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from twostage_search.engine import __version__
 from twostage_search.engine.protocols import Retriever, SupportsClose
 from twostage_search.service.admission import Admission
 from twostage_search.service.experiment import (
@@ -132,7 +133,7 @@ def create_app(
 
     app = FastAPI(
         title="twostage",
-        version="0.1.0",
+        version=__version__,
         summary="SPLADE retrieve-and-rerank search with A/B experiments over rerankers.",
         lifespan=lifespan,
     )

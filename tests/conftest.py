@@ -12,6 +12,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import importlib.abc
 import importlib.util
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 
 from tests.helpers import NEEDS_NODE, TINY, need, use_osmem
 from twostage_search.engine.beir import read_corpus, read_qrels, read_queries
+from twostage_search.engine.logs import HANDLER_NAME
 from twostage_search.engine.types import Document, Query
 
 
@@ -57,6 +59,19 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get("CI") and report.skipped and not (external or failed_elsewhere or hasattr(report, "wasxfail")):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where nothing may be: {report.longrepr}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """An entry point's main() configures the root logger, as it should in its own process; leave the
+    next test the logging this one found (no handler of ours, the same levels)."""
+    root, opensearch = logging.getLogger(), logging.getLogger("opensearch")
+    levels = root.level, opensearch.level
+    yield
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(handler)
+    root.setLevel(levels[0])
+    opensearch.setLevel(levels[1])
 
 
 @pytest.fixture(scope="session")

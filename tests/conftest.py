@@ -57,6 +57,14 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped in CI, where nothing may be: {report.longrepr}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def service_data_dir(tmp_path_factory):
+    """Services the tests start keep their data (the query and event log) in a temporary directory."""
+    path = tmp_path_factory.mktemp("service-data")
+    os.environ.setdefault("TWOSTAGE_DATA_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_docs() -> list[Document]:
     return list(read_corpus(TINY / "corpus.jsonl"))

@@ -96,7 +96,7 @@ def open_log(settings: Settings, store: LogStore | None, metrics: Metrics) -> Lo
     return LogWriter(
         store,
         maxsize=settings.log_queue,
-        max_age=timedelta(days=days) if days is not None else None,
+        max_age=timedelta(days=days) if days > 0 else None,
         on_lost=metrics.log_dropped.labels("query").inc,
     )
 

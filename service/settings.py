@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     log_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL", description="SQLite fsync at every commit (FULL) or only at checkpoints (NORMAL)"
     )
-    log_max_age_days: float | None = Field(
-        default=90.0, gt=0, description="records older than this are purged (hourly); unset: kept"
+    log_max_age_days: float = Field(
+        default=90.0, ge=0, description="records older than this many days are purged (hourly); 0: kept for ever"
     )
     event_batch_max: int = Field(default=500, ge=1, le=MAX_EVENTS, description="most events in one POST /events")
     event_actions: list[str] = Field(

@@ -23,6 +23,7 @@ from tests.service_helpers import TOKEN, assert_error, identity_arms, search, sm
 from twostage_search.engine.types import Candidate, Query, RankedList
 from twostage_search.service.app import create_app
 from twostage_search.service.settings import Settings
+from twostage_search.service.ubi.records import QueryRecord
 from twostage_search.service.ubi.sqlite import SQLiteLogStore
 
 DOCS = {"d1": 5.0, "d2": 4.0, "d3": 3.0, "d4": 2.0, "d5": 1.0}
@@ -236,3 +237,17 @@ def test_logging_off(tmp_path):
         assert search(c).json()["query_id"]
         assert_error(c.post("/events", json=[event()]), 503, "log_disabled")
     assert not data.exists()
+
+
+@pytest.mark.parametrize(("max_age_days", "kept"), [(30, ["recent"]), (0, ["old", "recent"])])
+def test_service_purges_by_its_max_age(tmp_path, max_age_days, kept):
+    data = tmp_path / "data"
+    now = datetime.now(UTC)
+    store = SQLiteLogStore(data)
+    store.write(
+        [QueryRecord(q, "x", None, now - timedelta(days=d), "r", ()) for q, d in (("old", 40), ("recent", 1))], []
+    )
+    store.close()
+    with small_app(tmp_path, FiveDocs(), data_dir=data, log_max_age_days=max_age_days) as c:
+        assert c.get("/readyz").status_code == 200
+    assert [q.query_id for q in SQLiteLogStore(data).queries()] == kept

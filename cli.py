@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
 
+    from twostage_search.service.ubi.cli import add_log_parser
+
+    add_log_parser(sub)
+
     x = sub.add_parser("export-onnx", help="export a sentence-transformers cross-encoder to ONNX (INT8 or fp32)")
     x.add_argument("model", help="bundled:NAME, a local model directory, or a hub name")
     x.add_argument("out", type=Path, help="output directory (model.onnx + tokenizer.json; written atomically)")
@@ -346,6 +350,12 @@ def cmd_train_cross_encoder(args: argparse.Namespace) -> int:
     return train_from_args(args, _mine_pairs)
 
 
+def cmd_log(args: argparse.Namespace) -> int:
+    from twostage_search.service.ubi.cli import log_from_args
+
+    return log_from_args(args)
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from twostage_search.rerankers.onnx_export import export_cross_encoder
 
@@ -413,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.update({"bench": cmd_bench, "fetch-beir": cmd_fetch_beir})
     commands["serve"] = cmd_serve
     commands["serve-llm"] = cmd_serve_llm
+    commands["log"] = cmd_log
     try:
         return commands[args.command](args)
     except (TwoStageError, OSError) as exc:

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -38,10 +39,12 @@ from twostage_search.service.experiment import (
 )
 from twostage_search.service.metrics import Metrics
 from twostage_search.service.openapi import service_openapi
-from twostage_search.service.routes import admin, ops, rerank, search
+from twostage_search.service.routes import admin, events, ops, rerank, search
 from twostage_search.service.schemas import ErrorResponse
 from twostage_search.service.settings import Settings
 from twostage_search.service.state import ApiError, ServiceState
+from twostage_search.service.ubi.records import LogStore
+from twostage_search.service.ubi.writer import LogWriter
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("twostage_search.service.access")
@@ -87,11 +90,27 @@ class _TooLarge(Exception):
     pass
 
 
+def open_log(settings: Settings, store: LogStore | None, metrics: Metrics) -> LogWriter:
+    """The log writer over ``store`` (default: SQLite in ``settings.data_dir``, created on first use)."""
+    if store is None:
+        from twostage_search.service.ubi.sqlite import SQLiteLogStore
+
+        store = SQLiteLogStore(settings.data_dir, synchronous=settings.log_synchronous)
+    days = settings.log_max_age_days
+    return LogWriter(
+        store,
+        maxsize=settings.log_queue,
+        max_age=timedelta(days=days) if days > 0 else None,
+        on_lost=metrics.log_dropped.labels("query").inc,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
     retriever: Retriever | None = None,
     reranker_factory: RerankerFactory = default_reranker_factory,
+    log_store: LogStore | None = None,
 ) -> FastAPI:
     """The service app.
 
@@ -99,6 +118,7 @@ def create_app(
         settings: configuration (default: ``Settings()`` from the environment).
         retriever: serve this first stage instead of opening ``settings.index`` (embedding, tests).
         reranker_factory: creates each arm's reranker from its config (default: the registry).
+        log_store: where the query and event log goes (default: SQLite in ``settings.data_dir``).
     """
     settings = settings or Settings()
 
@@ -120,6 +140,9 @@ def create_app(
         metrics.serving(deployment)
         admission = Admission(settings.workers, settings.queue)
         state = ServiceState(settings, store, metrics, admission, ready=True, owned=owned)
+        if settings.log_enabled:
+            state.log = await run_in_threadpool(open_log, settings, log_store, metrics)
+            owned.append(state.log)  # closed after the searches: it writes what they queued
         app.state.service = state
         log.info("serving %s on index %s", settings.experiment, settings.index)
         try:
@@ -137,11 +160,11 @@ def create_app(
         summary="SPLADE retrieve-and-rerank search with A/B experiments over rerankers.",
         lifespan=lifespan,
     )
-    for module in (search, rerank, ops, admin):
+    for module in (search, rerank, events, ops, admin):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
-        """The generated schema with this configuration's limits (k, query length, documents, …)."""
+        """The generated schema with this configuration's limits (k, query length, documents, events, …)."""
         return service_openapi(app, settings)
 
     app.openapi = openapi  # type: ignore[method-assign]

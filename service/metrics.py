@@ -57,6 +57,10 @@ class Metrics:
         )
         self.swaps = Counter("twostage_experiment_swaps", "Experiment changes by outcome", ["outcome"], registry=r)
         self.version = Gauge("twostage_experiment_version", "Version of the experiment being served", registry=r)
+        self.log_dropped = Counter(
+            "twostage_log_dropped", "Log records dropped: the log writer's queue was full", ["kind"], registry=r
+        )
+        self.events = Counter("twostage_events", "UBI events stored, by action_name", ["action"], registry=r)
         self.weight = Gauge("twostage_arm_weight", "Traffic weight of each arm being served", ["arm"], registry=r)
 
     def observe_costs(self, arm: str, costs: tuple[StageCost, ...] | list[StageCost]) -> None:

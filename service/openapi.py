@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from twostage_search.service.experiment import ExperimentConfig
+from twostage_search.service.routes import events
 from twostage_search.service.settings import Settings
 
 CONFIGURED: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
@@ -73,5 +74,6 @@ def service_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
             if not _set_bound(_field(schema, component, path), keyword, getattr(settings, setting)):
                 raise RuntimeError(f"OpenAPI: {component}.{'.'.join(path)} states no {keyword}")
         add_experiment_schema(schema)
+        events.openapi_limits(schema, settings.event_batch_max, settings.event_actions)
         app.openapi_schema = schema
     return app.openapi_schema

@@ -13,7 +13,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+<<<<<<< HEAD
 # Absolute ceilings; the configured limits (Settings) are at most these, and usually lower.
+=======
+from twostage_search.service.ubi.records import QUERY_ID_PATTERN
+
+# Absolute ceilings; the configured limits (Settings) are usually lower.
+>>>>>>> i21-log
 MAX_QUERY_CHARS = 10_000
 MAX_K = 10_000
 MAX_ID_CHARS = 256
@@ -72,6 +78,11 @@ class SearchRequest(BaseModel):
     budget_usd: float | None = Field(default=None, gt=0, le=1_000, description="money budget (USD)")
     filters: Filters | None = None
     explain: bool = Field(default=False, description="include how the rerank depth was chosen and the arm config")
+    query_id: str | None = Field(
+        default=None,
+        pattern=QUERY_ID_PATTERN,
+        description="id of this search in the query log (default: a new UUID); events name it",
+    )
 
 
 class RerankDocument(BaseModel):
@@ -149,6 +160,7 @@ class SearchResponse(BaseModel):
             "examples": [
                 {
                     "request_id": "3f0c9a1e",
+                    "query_id": "6f1c2a52-8f0e-4bd4-9d6c-0c1d2e3f4a5b",
                     "experiment": "ce-vs-identity",
                     "config_version": 1,
                     "arm": "ce20",
@@ -167,6 +179,7 @@ class SearchResponse(BaseModel):
     )
 
     request_id: str
+    query_id: str = Field(description="this search's id in the query log: send it with the events (POST /events)")
     experiment: str
     config_version: int
     arm: str = Field(description="the arm that served this request (log it to join outcomes)")

@@ -7,13 +7,20 @@ it to :func:`service.app.create_app`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+<<<<<<< HEAD
 from twostage_search.service.schemas import MAX_DOC_CHARS, MAX_DOCS, MAX_FILTER_IDS, MAX_K, MAX_QUERY_CHARS
+=======
+from twostage_search.service.ubi.records import DEFAULT_DATA_DIR
+from twostage_search.service.ubi.schemas import MAX_EVENTS
+>>>>>>> i21-log
 
 DEFAULT_EXPERIMENT = Path(__file__).parent / "experiments" / "default.yaml"
+UBI_ACTIONS = ["impression", "click", "add_to_cart", "purchase", "view", "watch"]  # the UBI spec's defaults
 
 
 class Settings(BaseSettings):
@@ -70,3 +77,24 @@ class Settings(BaseSettings):
         default=["llama-cpp", "transformers"], description="LLM backends allowed over HTTP"
     )
     allowed_base_urls: list[str] = Field(default=[], description="base URLs an OpenAI backend may be pointed at")
+    # ------------------------------------------------------------------ query and event log (UBI)
+    data_dir: Path = Field(
+        default=DEFAULT_DATA_DIR, description="service data directory: the query and event log (ubi.sqlite3)"
+    )
+    log_enabled: bool = Field(default=True, description="log every search and accept POST /events")
+    log_queue: int = Field(
+        default=10_000,
+        ge=1,
+        description="query records and event batches waiting for the log writer; beyond: the query record is "
+        "dropped (counted in twostage_log_dropped), the event batch answered 429",
+    )
+    log_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL", description="SQLite fsync at every commit (FULL) or only at checkpoints (NORMAL)"
+    )
+    log_max_age_days: float = Field(
+        default=90.0, ge=0, description="records older than this many days are purged (hourly); 0: kept for ever"
+    )
+    event_batch_max: int = Field(default=500, ge=1, le=MAX_EVENTS, description="most events in one POST /events")
+    event_actions: list[str] = Field(
+        default=UBI_ACTIONS, min_length=1, description="action_name values POST /events accepts"
+    )

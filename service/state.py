@@ -24,6 +24,7 @@ from twostage_search.service.admission import Admission, Expired, Overloaded
 from twostage_search.service.experiment import Deployment, ExperimentStore, UnknownArmError, user_hash
 from twostage_search.service.metrics import Metrics
 from twostage_search.service.settings import Settings
+from twostage_search.service.ubi.writer import LogWriter
 
 log = logging.getLogger("twostage_search.service")
 
@@ -52,6 +53,7 @@ class ServiceState:
     admission: Admission
     ready: bool = False
     owned: list[object] = field(default_factory=list)  # resources to close at shutdown
+    log: LogWriter | None = None  # the query and event log (None: logging off)
 
 
 # --------------------------------------------------------------------------------- dependencies

@@ -74,6 +74,14 @@ def _restore_logging():
     opensearch.setLevel(levels[1])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def service_data_dir(tmp_path_factory):
+    """Services the tests start keep their data (the query and event log) in a temporary directory."""
+    path = tmp_path_factory.mktemp("service-data")
+    os.environ.setdefault("TWOSTAGE_DATA_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_docs() -> list[Document]:
     return list(read_corpus(TINY / "corpus.jsonl"))

@@ -15,6 +15,7 @@ from twostage_search.engine.policy import Budget
 from twostage_search.engine.protocols import Retriever
 from twostage_search.engine.types import Query, RankedList
 from twostage_search.service.experiment import ArmConfig
+from twostage_search.service.querylog import client_id, log_search, new_query_id
 from twostage_search.service.schemas import Cost, ErrorResponse, Explanation, Hit, SearchRequest, SearchResponse
 from twostage_search.service.settings import Settings
 from twostage_search.service.state import (
@@ -133,12 +134,13 @@ async def search(
     if body.k > settings.k_max:
         raise ApiError(422, "invalid_request", f"k: must be at most {settings.k_max}")
     current = state.store.current()
+    client = client_id(request, body.user_id)
     arm = pick_arm(
         current,
         request,
         arm=body.arm,
         reranker=body.reranker,
-        user_id=body.user_id,
+        user_id=client,
         settings=settings,
         credentials=credentials,
     )
@@ -194,8 +196,10 @@ async def search(
             budget_usd=budget.usd,
             arm_config=deployment.config.arm(arm).model_dump(mode="json"),
         )
-    return SearchResponse(
+    query_id = new_query_id(body.query_id)
+    response = SearchResponse(
         request_id=request.state.request_id,
+        query_id=query_id,
         experiment=deployment.config.name,
         config_version=deployment.version,
         arm=arm,
@@ -210,6 +214,19 @@ async def search(
         usd=result.usd,
         explain=explanation,
     )
+    log_search(
+        state,
+        request,
+        query_id=query_id,
+        user_query=body.query,
+        client=client,
+        deployment=deployment,
+        arm=arm,
+        k=body.k,
+        result=result,
+        took_ms=took,
+    )
+    return response
 
 
 def _reassign(state: Any, deployment: Any, request: Request, body: SearchRequest) -> tuple[Any, str]:
@@ -217,6 +234,6 @@ def _reassign(state: Any, deployment: Any, request: Request, body: SearchRequest
     if body.arm is not None or body.reranker is not None:
         state.store.release(deployment)
         raise ApiError(422, "unknown_arm", f"arm {body.arm or body.reranker!r} was removed by a swap")
-    arm: str = deployment.config.assign(body.user_id or request.state.request_id)
+    arm: str = deployment.config.assign(client_id(request, body.user_id) or request.state.request_id)
     request.state.log.update(arm=arm, version=deployment.version)
     return deployment, arm

@@ -13,13 +13,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-<<<<<<< HEAD
-# Absolute ceilings; the configured limits (Settings) are at most these, and usually lower.
-=======
 from twostage_search.service.ubi.records import QUERY_ID_PATTERN
 
-# Absolute ceilings; the configured limits (Settings) are usually lower.
->>>>>>> i21-log
+# Absolute ceilings; the configured limits (Settings) are at most these, and usually lower.
 MAX_QUERY_CHARS = 10_000
 MAX_K = 10_000
 MAX_ID_CHARS = 256

@@ -12,12 +12,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-<<<<<<< HEAD
 from twostage_search.service.schemas import MAX_DOC_CHARS, MAX_DOCS, MAX_FILTER_IDS, MAX_K, MAX_QUERY_CHARS
-=======
 from twostage_search.service.ubi.records import DEFAULT_DATA_DIR
 from twostage_search.service.ubi.schemas import MAX_EVENTS
->>>>>>> i21-log
 
 DEFAULT_EXPERIMENT = Path(__file__).parent / "experiments" / "default.yaml"
 UBI_ACTIONS = ["impression", "click", "add_to_cart", "purchase", "view", "watch"]  # the UBI spec's defaults

@@ -18,13 +18,16 @@ from typing import Any
 from twostage_search.engine.optional import require
 
 
-def cpu_session(path: str | Path | bytes, *, threads: int | None, extra: str, spin: bool = True) -> Any:
+def cpu_session(
+    path: str | Path | bytes, *, threads: int | None, extra: str, spin: bool = True, exact_int8: bool = True
+) -> Any:
     """A CPU session on ``path`` (or a serialised model) with all graph optimisations; ``threads`` caps the
     intra-op pool.
 
     ``extra`` names the twostage extra that installs onnxruntime, for the install hint. ``spin=False``
     stops the pool's threads from busy-waiting for the next run: slower back-to-back runs, but the cores
-    stay free for what the caller does in between (a Lucene search).
+    stay free for what the caller does in between (a Lucene search). ``exact_int8=False`` restores ONNX
+    Runtime's default 8-bit product (saturating on CPUs without VNNI): for measuring what exactness costs.
     """
     ort = require("onnxruntime", extra)
     options = ort.SessionOptions()
@@ -33,7 +36,8 @@ def cpu_session(path: str | Path | bytes, *, threads: int | None, extra: str, sp
         options.inter_op_num_threads = 1
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.x64quantprecision", "1")  # exact INT8 products (see above)
+    if exact_int8:
+        options.add_session_config_entry("session.x64quantprecision", "1")  # exact INT8 products (see above)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     model = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

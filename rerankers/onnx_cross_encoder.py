@@ -63,6 +63,9 @@ class OnnxCrossEncoderReranker:
         use_title: prepend the candidate's title to its text.
         threads: ONNX Runtime intra-op threads for this session (``None``: ONNX Runtime's default, one
             per physical core).
+        exact_int8: exact 8-bit products (the default): the same scores on every x86 CPU. ``False`` lets CPUs
+            without VNNI use ONNX Runtime's faster saturating product, whose scores differ from other CPUs'
+            (see engine/onnx_session.py and benchmarks/int8_kernels.py).
     """
 
     name = "onnx-cross-encoder"
@@ -75,6 +78,7 @@ class OnnxCrossEncoderReranker:
         max_length: int = 256,
         use_title: bool = True,
         threads: int | None = None,
+        exact_int8: bool = True,
     ) -> None:
         if batch_size < 1 or max_length < 8:
             raise ValueError("batch_size must be ≥ 1 and max_length ≥ 8")
@@ -94,7 +98,7 @@ class OnnxCrossEncoderReranker:
         tokenizer.no_padding()
         self._tokenizer = tokenizer
         self._pad_id = _pad_id(tokenizer)
-        self._session: Any = cpu_session(model_path, threads=threads, extra="rerank")
+        self._session: Any = cpu_session(model_path, threads=threads, extra="rerank", exact_int8=exact_int8)
         self._inputs = {i.name for i in self._session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:

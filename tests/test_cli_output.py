@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import need
 
-need("jnius", "lucene")
+need("jnius_config", "lucene")  # (importing jnius itself would start a JVM without Anserini)
 
 TWOSTAGE = Path(sys.executable).with_name("twostage")
 pytestmark = pytest.mark.slow

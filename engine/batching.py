@@ -10,7 +10,10 @@ T = TypeVar("T")
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of at most ``size`` items (the last one may be shorter; none for no items)."""
+    """Consecutive lists of at most ``size`` items (the last one may be shorter; none for no items).
+
+    ``itertools.batched`` does the same from Python 3.12 on, as tuples.
+    """
     if size < 1:
         raise ValueError(f"size must be at least 1, got {size}")
     it = iter(items)

@@ -25,31 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twostage_search.benchmarks.evaluation import evaluate, mean, paired_ttest
+from twostage_search.benchmarks.evaluation import Comparison, compare, evaluate, mean
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Candidate, Query
 
 log = logging.getLogger(__name__)
-
-
-def bootstrap_ci(diffs: list[float], *, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of paired per-query differences."""
-    import numpy as np
-
-    x = np.asarray(diffs)
-    means = x[np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (step-down), in input order."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    adjusted, running = [0.0] * len(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def systems(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,19 +81,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_query = {n: evaluate(qrels, qids, rankings[n], ["nDCG@10"])["nDCG@10"] for n in names}
     base_first = evaluate(qrels, qids, first_run, ["nDCG@10"])["nDCG@10"]
     base = names[0]
-    pvals = [paired_ttest(per_query[n], per_query[base]) or 1.0 for n in names[1:]]
-    adjusted = dict(zip(names[1:], holm(pvals), strict=True))
+    others = [(per_query[n], per_query[base]) for n in names[1:]]  # Holm's family: the systems against the base
+    comparisons = dict(zip(names[1:], compare(others, test="t-test"), strict=True))
     rows = []
     for n in names:
-        diffs = [a - b for a, b in zip(per_query[n], per_query[base], strict=True)]
-        lo, hi = bootstrap_ci(diffs)
+        c = comparisons.get(n, Comparison(0.0, 0.0, 0.0, None))
         rows.append(
             {
                 "system": n,
                 "nDCG@10": round(mean(per_query[n]), 4),
-                "delta_vs_torch_fp32": round(mean(diffs), 4),
-                "ci95": [round(lo, 4), round(hi, 4)],
-                "p_holm": None if n == base else float(f"{adjusted[n]:.3g}"),
+                "delta_vs_torch_fp32": round(c.delta, 4),
+                "ci95": [round(c.ci_low, 4), round(c.ci_high, 4)],
+                "p_holm": None if c.p_holm is None else float(f"{c.p_holm:.3g}"),
                 "docs_per_s": round(pairs[n] / seconds[n], 1),
                 "speedup_vs_torch_fp32": round((pairs[n] / seconds[n]) / (pairs[base] / seconds[base]), 2),
             }

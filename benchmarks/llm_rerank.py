@@ -37,6 +37,7 @@ from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER
+from twostage_search.engine.optional import require
 from twostage_search.engine.types import Candidate, Document, Query
 
 log = logging.getLogger(__name__)
@@ -69,25 +70,20 @@ class Settings:
 
 
 def binary_metrics(pred: list[bool], gold: list[bool]) -> dict[str, float]:
-    """Accuracy and macro-F1 of binary predictions."""
-    acc = sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold)
-    f1s = []
-    for cls in (True, False):
-        tp = sum(p == cls and g == cls for p, g in zip(pred, gold, strict=True))
-        fp = sum(p == cls and g != cls for p, g in zip(pred, gold, strict=True))
-        fn = sum(p != cls and g == cls for p, g in zip(pred, gold, strict=True))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"acc@2": round(acc, 4), "macro_f1@2": round(sum(f1s) / 2, 4)}
+    """Accuracy and macro-F1 (the mean of both classes' F1; a class never predicted nor true scores 0)."""
+    metrics = require("sklearn.metrics", "bench")
+    acc = metrics.accuracy_score(gold, pred)
+    f1 = metrics.f1_score(gold, pred, labels=[False, True], average="macro", zero_division=0)
+    return {"acc@2": round(float(acc), 4), "macro_f1@2": round(float(f1), 4)}
 
 
 def auc(scores: list[float], gold: list[bool]) -> float:
-    """Probability that a random relevant pair scores above a random non-relevant one (ties count ½)."""
-    pos = [s for s, g in zip(scores, gold, strict=True) if g]
-    neg = [s for s, g in zip(scores, gold, strict=True) if not g]
-    if not pos or not neg:
+    """ROC AUC: the probability that a random relevant pair scores above a random non-relevant one (ties
+    count ½); NaN without both classes."""
+    metrics = require("sklearn.metrics", "bench")
+    if len(set(gold)) < 2:
         return float("nan")
-    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
-    return round(wins / (len(pos) * len(neg)), 4)
+    return round(float(metrics.roc_auc_score(gold, scores)), 4)
 
 
 def _candidate(doc: Document, score: float = 0.0) -> Candidate:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.benchmarks.datasets import load_beir
-from twostage_search.benchmarks.evaluation import evaluate, mean, paired_ttest, percentile
+from twostage_search.benchmarks.evaluation import compare, evaluate, mean, percentile
 from twostage_search.engine.encoders import SparseEncoder, create_encoder
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Document, Query, SparseVector
@@ -64,27 +64,6 @@ def cached_encoder(inner: SparseEncoder, docs: Sequence[Document], queries: Sequ
     qtexts = sorted({q.text for q in queries})
     query_vectors = dict(zip(qtexts, inner.encode_queries(qtexts), strict=True))
     return SparseEncoder(inner.name, _Cached(inner.query, query_vectors), _Cached(inner.doc, doc_vectors), inner.params)
-
-
-def bootstrap_ci(diffs: Sequence[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of the mean of paired per-query differences."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    arr = np.asarray(diffs)
-    means = arr[rng.integers(0, len(arr), size=(n, len(arr)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm–Bonferroni adjusted p-values (None stays None)."""
-    ranked = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
-    adjusted: list[float | None] = [None] * len(pvalues)
-    running = 0.0
-    for j, (p, i) in enumerate(ranked):
-        running = max(running, min(1.0, (len(ranked) - j) * p))
-        adjusted[i] = running
-    return adjusted
 
 
 def run_all(retriever: Any, queries: Sequence[Query], k: int) -> Run:
@@ -147,13 +126,12 @@ def hybrid_study(index: Any, encoder: Any, dev: Any, test: Any, k: int) -> dict[
         for name, r in systems.items()
     }
     hybrid_name = list(systems)[2]
-    comparisons: list[dict[str, Any]] = []
-    for base in list(systems)[:2]:
-        a, b = per_query[hybrid_name]["nDCG@10"], per_query[base]["nDCG@10"]
-        diffs = [x - y for x, y in zip(a, b, strict=True)]
-        comparisons.append({"vs": base, "diff": mean(diffs), "ci95": bootstrap_ci(diffs), "p": paired_ttest(a, b)})
-    for c, p in zip(comparisons, holm([c["p"] for c in comparisons]), strict=True):
-        c["p_holm"] = p
+    bases = list(systems)[:2]
+    pairs = [(per_query[hybrid_name]["nDCG@10"], per_query[base]["nDCG@10"]) for base in bases]
+    comparisons = [
+        {"vs": base, "diff": c.delta, "ci95": (c.ci_low, c.ci_high), "p": c.p_value, "p_holm": c.p_holm}
+        for base, c in zip(bases, compare(pairs, test="t-test"), strict=True)
+    ]
     return {
         "dev_split": f"train ({len(dev.queries)} queries)",
         "dev_ndcg10_by_splade_weight": {str(w): round(s, 4) for w, s in dev_scores.items()},

@@ -10,31 +10,15 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import islice
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from twostage_search.engine.errors import TwoStageError
-from twostage_search.engine.types import Document
 from twostage_search.indexes import _jvm
 from twostage_search.indexes.meta import read_meta
 
 S = TypeVar("S", int, float)
-
-
-def progress(total: int | None, desc: str, enabled: bool) -> Any:
-    """A tqdm progress bar over documents (disabled: a no-op with the same interface)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, dynamic_ncols=True)
-
-
-def chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    """Consecutive lists of at most ``size`` documents."""
-    it = iter(docs)
-    while chunk := list(islice(it, size)):
-        yield chunk
 
 
 def run_index_collection(

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.dense import DEFAULT_DENSE, DenseEncoder
 from twostage_search.engine.errors import IndexLoadError, InputError
@@ -39,17 +40,6 @@ VECTORS = "vectors.bin"
 DOC_IDS = "doc_ids.json"
 DTYPES = ("float32", "float16")
 SIMILARITY = "inner product of L2-normalised vectors (cosine), exact"
-
-
-def _chunks(docs: Iterable[Document], size: int) -> Iterable[list[Document]]:
-    chunk: list[Document] = []
-    for doc in docs:
-        chunk.append(doc)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 class DenseFlatIndex:
@@ -97,17 +87,15 @@ class DenseFlatIndex:
         if dtype not in DTYPES:
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         dense = encoder if isinstance(encoder, DenseEncoder) else DenseEncoder()
-        from tqdm.auto import tqdm
-
         started = time.perf_counter()
         with atomic_index(path, overwrite=overwrite) as tmp:
             ids: list[str] = []
             with (
                 (tmp / VECTORS).open("wb") as out,
                 DocStoreWriter(tmp) as store,
-                tqdm(total=total, desc="encode", unit="doc", disable=not progress, dynamic_ncols=True) as bar,
+                progress_bar(total, "encode", progress) as bar,
             ):
-                for chunk in _chunks(docs, chunk_size):
+                for chunk in chunked(docs, chunk_size):
                     vectors = dense.encode_docs([d.full_text for d in chunk])
                     out.write(vectors.astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes())
                     store.add(chunk)

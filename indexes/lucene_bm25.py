@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes import _jvm, _lucene
@@ -83,8 +84,8 @@ class LuceneBM25Index:
             shards = [(records / f"part-{i:03d}.jsonl").open("w", encoding="utf-8") for i in range(threads)]
             n_docs = n_empty = 0
             try:
-                with _lucene.progress(total, "write", progress) as bar, DocStoreWriter(tmp) as store:
-                    for chunk_no, chunk in enumerate(_lucene.chunks(docs, chunk_size)):
+                with progress_bar(total, "write", progress) as bar, DocStoreWriter(tmp) as store:
+                    for chunk_no, chunk in enumerate(chunked(docs, chunk_size)):
                         shard = shards[chunk_no % threads]
                         for doc in chunk:
                             contents = doc.full_text

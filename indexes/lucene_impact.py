@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
 from twostage_search.engine.errors import InputError, TwoStageError
@@ -90,8 +91,8 @@ class LuceneImpactIndex:
             n_docs = n_terms = n_empty = 0
             encode_started = time.perf_counter()
             try:
-                with _lucene.progress(total, "encode", progress) as bar, DocStoreWriter(tmp) as store:
-                    for chunk_no, chunk in enumerate(_lucene.chunks(docs, chunk_size)):
+                with progress_bar(total, "encode", progress) as bar, DocStoreWriter(tmp) as store:
+                    for chunk_no, chunk in enumerate(chunked(docs, chunk_size)):
                         vecs = encoder.encode_docs([d.full_text for d in chunk])
                         shard = shards[chunk_no % threads]
                         for doc, vec in zip(chunk, vecs, strict=True):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -17,6 +18,7 @@ from twostage_search.benchmarks.graded import (
     read_label_file,
     split_queries,
 )
+from twostage_search.benchmarks.llm_rerank import auc, binary_metrics
 from twostage_search.engine.errors import InputError
 
 need("sklearn", "bench")
@@ -38,6 +40,17 @@ def test_agreement_on_a_hand_computed_confusion_matrix():
     assert m["macro_f1@2"] == 1.0 and m["pairs"] == 8
     with pytest.raises(InputError):
         agreement([], [], [0, 1], 1)
+
+
+def test_llm_rerank_binary_measures_by_hand():
+    pred, gold = [True, True, False, False, True], [True, False, False, True, True]
+    # 3 of 5 agree. "relevant": tp 2, fp 1, fn 1 → F1 4/6; "not relevant": tp 1, fp 1, fn 1 → F1 2/4.
+    assert binary_metrics(pred, gold) == {"acc@2": 0.6, "macro_f1@2": round((4 / 6 + 0.5) / 2, 4)}
+    # A class that is never true nor predicted scores F1 0, so the macro mean halves.
+    assert binary_metrics([True, True], [True, True]) == {"acc@2": 1.0, "macro_f1@2": 0.5}
+    # Relevant 0.9, 0.4 against non-relevant 0.4, 0.1: pairs won 1, 1, ½ (tie), 1 of 4.
+    assert auc([0.9, 0.4, 0.4, 0.1], [True, True, False, False]) == 0.875
+    assert math.isnan(auc([0.3, 0.2], [True, True]))
 
 
 def test_thresholds_from_dev_quantiles_recover_a_monotone_grading():

@@ -230,6 +230,18 @@ def test_llama_cpp_backend_generates_with_logprobs_and_counts(llm):
         llm.generate([prompt], max_tokens=0)
 
 
+def test_llama_cpp_renders_the_gguf_chat_template(llm):
+    # Qwen2.5's ChatML template, written out by hand: its default system message when none is given.
+    system = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    prompt = ChatPrompt((("user", "Hi"),), prefix="Label:")
+    expected = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nLabel:"
+    assert llm.render(prompt) == expected
+    given = ChatPrompt((("system", "Be brief."), ("user", "Hi")))
+    chatml = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert llm.render(given) == chatml
+    assert llm.render("plain text") == "plain text"
+
+
 def test_listwise_on_the_real_model(llm, cands):
     reranker = ListwiseLLMReranker(llm, window=20)
     assert isinstance(reranker, Reranker) and isinstance(reranker, ReportsCost)

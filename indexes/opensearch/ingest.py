@@ -9,9 +9,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from itertools import islice
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.optional import require
@@ -24,18 +24,6 @@ if TYPE_CHECKING:
     from twostage_search.indexes.opensearch.settings import OpenSearchSettings
 
 log = logging.getLogger(__name__)
-
-
-def _progress(total: int | None, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, dynamic_ncols=True)
-
-
-def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    it = iter(docs)
-    while chunk := list(islice(it, size)):
-        yield chunk
 
 
 def _retryable(status: object) -> bool:
@@ -145,17 +133,11 @@ def _present(client: Any, index: str, doc_ids: list[str]) -> dict[str, str]:
 
 
 def all_ids(client: Any, index: str, page: int = 1000) -> Iterator[str]:
-    after: list[str] | None = None
-    while True:
-        body: dict[str, Any] = {"size": page, "query": {"match_all": {}}, "sort": [{"doc_id": "asc"}]}
-        body["_source"] = False
-        if after is not None:
-            body["search_after"] = after
-        hits = client.search(index=index, body=body)["hits"]["hits"]
-        yield from (h["_id"] for h in hits)
-        if len(hits) < page:
-            return
-        after = hits[-1]["sort"]
+    """Every document id in ``index``, in no particular order (a scroll through ``helpers.scan``)."""
+    helpers = require("opensearchpy.helpers", "opensearch")
+    query = {"query": {"match_all": {}}, "_source": False}
+    for hit in helpers.scan(client, query=query, index=index, size=page):
+        yield hit["_id"]
 
 
 class IngestStats(NamedTuple):
@@ -188,8 +170,8 @@ def ingest(
     n_docs = n_skipped = n_empty = n_terms = n_inexact = max_impact = 0
     encode_seconds = 0.0
     inflight: deque[Future[int]] = deque()
-    with _progress(total, "index", progress) as bar, ThreadPoolExecutor(threads, "twostage-bulk") as pool:
-        for chunk in _chunks(docs, chunk_size):
+    with progress_bar(total, "index", progress) as bar, ThreadPoolExecutor(threads, "twostage-bulk") as pool:
+        for chunk in chunked(docs, chunk_size):
             fps = {}
             for doc in chunk:
                 if doc.doc_id in seen:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.optional import require
 from twostage_search.rerankers.llm.backends.base import (
-    ChatPrompt,
     Completion,
     Pricing,
     Prompt,
@@ -59,6 +57,7 @@ class LlamaCppBackend:
         from twostage_search.rerankers.llm.gguf import DEFAULT_LLM, resolve_gguf
 
         llama_cpp = require("llama_cpp", "llm")
+        chat_format = require("llama_cpp.llama_chat_format", "llm")
         spec = model or DEFAULT_LLM
         if block < 1:
             raise InputError("block must be at least 1")
@@ -78,9 +77,15 @@ class LlamaCppBackend:
         )
         self._eos = {self._llm.token_eos()}
         template = self._llm.metadata.get("tokenizer.chat_template") if chat_template == "auto" else None
-        self._template = _compile_template(template) if template else None
-        self._bos = self._detok([self._llm.token_bos()]) if self._llm.token_bos() >= 0 else ""
-        self._eos_text = self._detok([self._llm.token_eos()])
+        bos = self._detok([self._llm.token_bos()]) if self._llm.token_bos() >= 0 else ""
+        # The GGUF's own template, rendered as llama-cpp-python's chat handlers render it.
+        self._formatter = (
+            chat_format.Jinja2ChatFormatter(
+                template, eos_token=self._detok([self._llm.token_eos()]), bos_token=bos, add_generation_prompt=True
+            )
+            if template
+            else None
+        )
         for stop_name in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
             ids = self._llm.tokenize(stop_name.encode(), add_bos=False, special=True)
             if len(ids) == 1:
@@ -92,9 +97,14 @@ class LlamaCppBackend:
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
             return prompt
-        if self._template is None:
+        if self._formatter is None:
             return render_plain(prompt)
-        return _render_template(self._template, prompt, bos=self._bos, eos=self._eos_text)
+        messages = [{"role": r, "content": c} for r, c in prompt.messages]
+        try:
+            rendered = self._formatter(messages=messages)
+        except ValueError as exc:  # the template's raise_exception(...)
+            raise InputError(f"chat template: {exc}") from exc
+        return str(rendered.prompt) + prompt.prefix
 
     def tokenize(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
@@ -187,21 +197,3 @@ class LlamaCppBackend:
     def close(self) -> None:
         with self._lock:
             self._llm.close()
-
-
-def _compile_template(template: str) -> Any:
-    jinja2 = require("jinja2", "llm")
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise InputError(f"chat template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.Undefined)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template)
-
-
-def _render_template(template: Any, prompt: ChatPrompt, *, bos: str, eos: str) -> str:
-    messages = [{"role": r, "content": c} for r, c in prompt.messages]
-    text = template.render(messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
-    return str(text) + prompt.prefix

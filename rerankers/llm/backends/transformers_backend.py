@@ -19,7 +19,7 @@ from twostage_search.rerankers.llm.backends.base import (
 
 
 class TransformersBackend:
-    """A causal LM through Hugging Face transformers (CPU or GPU), greedy decoding with top log-probs.
+    """A causal LM through Hugging Face transformers (CPU or GPU): greedy ``model.generate`` with top log-probs.
 
     ``model`` is a local directory or hub name (``Qwen/Qwen2.5-0.5B-Instruct``), a ``.gguf`` file or
     ``bundled:NAME``; GGUF models are de-quantised once into a cached HF directory
@@ -63,6 +63,11 @@ class TransformersBackend:
         self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self._tok.eos_token_id is not None:
             self._eos.add(self._tok.eos_token_id)
+        self._pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else min(self._eos, default=0)
+        # Greedy decoding and nothing else: the checkpoint's own generation defaults (sampling, a repetition
+        # penalty) would change which token is chosen.
+        self._model.generation_config = transformers.GenerationConfig()
+        self._transformers = transformers
 
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
@@ -96,40 +101,40 @@ class TransformersBackend:
         ids = self._tok(self.render(prompt), add_special_tokens=False, return_tensors="pt")["input_ids"].to(
             self._device
         )
-        started = time.perf_counter()
-        out_ids: list[int] = []
-        tokens: list[str] = []
-        tops: list[dict[str, float]] = []
-        finish = "length"
-        with self._lock, torch.inference_mode():
-            past = None
-            step_input = ids
-            for _ in range(max_tokens):
-                out = self._model(input_ids=step_input, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                logits = out.logits[0, -1].float()
-                best = int(logits.argmax())
-                if logprobs:  # an end-of-answer step keeps its alternatives (a last entry without a token)
-                    lp = torch.log_softmax(logits, dim=-1)
-                    values, indices = lp.topk(logprobs)
-                    tops.append({self._tok.decode([int(i)]): float(v) for v, i in zip(values, indices, strict=True)})
-                if best in self._eos:
-                    finish = "stop"
-                    break
-                if logprobs:
-                    tokens.append(self._tok.decode([best]))
-                out_ids.append(best)
-                if stop and apply_stop(self._tok.decode(out_ids), stop)[1]:
-                    finish = "stop"
-                    break
-                step_input = torch.tensor([[best]], device=self._device)
-        text, _ = apply_stop(str(self._tok.decode(out_ids)), stop)
         n_in = int(ids.shape[1])
+        config = self._transformers.GenerationConfig(
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=sorted(self._eos),
+            pad_token_id=self._pad,
+            stop_strings=list(stop) if stop else None,
+            output_logits=bool(logprobs),
+            return_dict_in_generate=True,
+        )
+        started = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            out = self._model.generate(
+                ids, attention_mask=torch.ones_like(ids), generation_config=config, tokenizer=self._tok
+            )
+        out_ids = [int(t) for t in out.sequences[0, n_in:]]
+        finish = "length"
+        if out_ids and out_ids[-1] in self._eos:  # end of answer: not part of the answer
+            out_ids.pop()
+            finish = "stop"
+        tops: list[dict[str, float]] = []
+        if logprobs:  # an end-of-answer step keeps its alternatives (a last entry without a token)
+            for step in out.logits:
+                values, indices = torch.log_softmax(step[0].float(), dim=-1).topk(logprobs)
+                tops.append({self._tok.decode([int(i)]): float(v) for v, i in zip(values, indices, strict=True)})
+        text, stopped = apply_stop(str(self._tok.decode(out_ids)), stop)
+        if stopped:
+            finish = "stop"
         return Completion(
             text=text,
             tokens_in=n_in,
             tokens_out=len(out_ids),
-            tokens=tuple(tokens),
+            tokens=tuple(self._tok.decode([i]) for i in out_ids) if logprobs else (),
             top_logprobs=tuple(tops),
             finish_reason=finish,
             wall_ms=(time.perf_counter() - started) * 1000,

@@ -43,6 +43,10 @@ ALPHA = 0.2
 """Weight of the newest observation in the EWMA correction (once past the first 1/ALPHA observations)."""
 
 
+MIN_MS = 1.0
+"""Smallest predicted service time: a model predicting 0 ms could never be corrected by a ratio."""
+
+
 class Overloaded(Exception):
     """The arm cannot finish the request by its deadline, or its hard bounds are reached."""
 
@@ -64,7 +68,8 @@ class Estimate:
             ledger's prior is used, replaced by the first observation).
         deadline_s: seconds from now by which it must be answered (its budget, else the request timeout).
         chars: characters of request text it holds (query and documents), for the memory bound.
-        key: what the prediction is of (the arm's configuration); a new key resets the arm's correction.
+        key: what the prediction is of (:func:`cost_key` of the arm); a new key resets the arm's correction
+            (``None``: keep it).
     """
 
     predicted_ms: float | None
@@ -178,7 +183,7 @@ class Ledger:
 
     def _correction_for(self, estimate: Estimate) -> Correction:
         """The arm's correction; a new one when the arm runs another configuration (what was learnt is stale)."""
-        if self._correction is None or estimate.key != self._key:
+        if self._correction is None or (estimate.key is not None and estimate.key != self._key):
             calibrated = estimate.predicted_ms is not None
             self._correction, self._key = Correction(1 if calibrated else 0, self.alpha), estimate.key
         return self._correction
@@ -187,7 +192,7 @@ class Ledger:
         """Admit the request or raise :class:`Overloaded` (with the seconds after which to retry)."""
         with self._lock:
             correction = self._correction_for(estimate)
-            base = estimate.predicted_ms if estimate.predicted_ms is not None else self.prior_ms
+            base = max(estimate.predicted_ms if estimate.predicted_ms is not None else self.prior_ms, MIN_MS)
             deadline_ms = max(estimate.deadline_s, 0.0) * 1000
             own = min(base * correction.factor, deadline_ms)
             free = self._free_at()

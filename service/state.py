@@ -165,15 +165,17 @@ async def execute(
     deployment: Deployment,
     work: Callable[[], T],
     deadline: Deadline,
-    estimate: Estimate,
+    estimate: Estimate | None = None,
 ) -> T:
     """Run ``work`` under the arm's admission control and map every failure to an error answer.
 
-    ``estimate`` (predicted service time, deadline, size) decides admission. ``deployment`` (taken with
-    ``store.acquire``) is released when the work ends, not when the client stops waiting, so its index
-    stays open while a thread still uses it.
+    ``estimate`` (predicted service time, deadline, size) decides admission; without one, the arm's
+    prior against ``deadline``. ``deployment`` (taken with ``store.acquire``) is released when the work
+    ends, not when the client stops waiting, so its index stays open while a thread still uses it.
     """
     settings = state.settings
+    if estimate is None:
+        estimate = Estimate(None, deadline.remaining_s())
     hard_s = max(settings.request_timeout_s - (time.monotonic() - arrival(request)), 0.001)
     try:
         return await state.admission.run(

@@ -2,6 +2,7 @@
 
     python -m twostage_search.benchmarks.overload --index var/scifact-1k --scenario capacity overload swap
     python -m twostage_search.benchmarks.overload --index var/scifact-1k --scenario soak --soak-seconds 600
+    python -m twostage_search.benchmarks.overload --index var/scifact-1k --scenario arms --queue 64
 
 Starts ``twostage serve`` (a real uvicorn process) with ``--workers`` threads and a queue of ``--queue``
 per arm, so its admission capacity C is ``workers + queue`` requests per arm. Closed-loop asyncio
@@ -14,7 +15,15 @@ clients (this process) send ``POST /search`` (SciFact queries, round robin) to t
   different models (the ONNX cross-encoder and the bundled torch cross-encoder), all traffic to one,
   then the other — failed requests expected: none;
 - ``soak``: C clients for ``--soak-seconds``; the server's resident memory (``/proc/PID/status``
-  VmRSS) is sampled every 10 s and the first and last minute compared.
+  VmRSS) is sampled every 10 s and the first and last minute compared;
+- ``arms``: the default experiment (``control``: first stage only; ``ce20``: the ONNX cross-encoder on
+  the top 20, 5 s budget) swapped in; the cross-encoder arm's capacity (served requests per second with
+  ``--workers`` closed-loop clients naming it) is measured, then open-loop Poisson arrivals (seeded)
+  send that arm twice its capacity and the control arm as much again (the experiment's 50/50 split,
+  users picked by the experiment's own hash). Per arm: share served, p50/p99 latency, 429s, 5xx,
+  degraded answers; ``/healthz`` p99; and whether the goal held (control ≥ 95 % served with p99 ≤
+  200 ms, the cross-encoder arm shedding with 429s, no 5xx, ``/healthz`` p99 < 50 ms). Run it with a
+  queue that does not bind (``--queue 64``), so admission by predicted cost decides.
 
 Bounded in count and time (``--requests``, ``--seconds`` per scenario). Writes ``overload.json`` to ``--out``.
 """
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -38,6 +48,8 @@ import numpy as np
 from twostage_search.benchmarks.load import _free_port, _wait_ready, closed_loop_requests
 from twostage_search.engine.beir import find_file, read_queries
 from twostage_search.engine.logs import setup_logging
+from twostage_search.service.experiment import ExperimentConfig, load_experiment
+from twostage_search.service.settings import DEFAULT_EXPERIMENT
 
 
 def experiment(name: str, onnx_weight: float, depth: int) -> dict[str, Any]:
@@ -128,17 +140,163 @@ async def swapper(client: Any, base: str, token: str, every: float, depth: int, 
         out.append(resp.status_code)
 
 
+async def arm_capacity(
+    client: Any, base: str, queries: list[str], token: str, arm: str, workers: int, n: int, k: int
+) -> float:
+    """Requests per second ``arm`` serves with ``workers`` closed-loop clients naming it."""
+    headers = {"Authorization": f"Bearer {token}"}
+    served = 0
+    sent = 0
+
+    async def loop() -> None:
+        nonlocal served, sent
+        while sent < n:
+            body = {"query": queries[sent % len(queries)], "k": k, "arm": arm}
+            sent += 1
+            resp = await client.post(f"{base}/search", json=body, headers=headers)
+            served += resp.status_code == 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(workers)))
+    return served / (time.perf_counter() - started)
+
+
+async def open_loop(
+    client: Any,
+    base: str,
+    queries: list[str],
+    config: ExperimentConfig,
+    rates: dict[str, float],
+    seconds: float,
+    k: int,
+    seed: int,
+) -> list[tuple[str, str, float, bool]]:
+    """Poisson arrivals at ``rates[arm]`` per second for ``seconds``; (arm, status, ms, degraded) each.
+
+    A request's arm is set by its ``user_id``, chosen so that the experiment's own hash assigns that arm.
+    """
+    users: dict[str, list[str]] = {arm: [] for arm in rates}
+    for i in itertools.count():
+        arm = config.assign(f"u{i}")
+        if arm in users:
+            users[arm].append(f"u{i}")
+        if all(len(u) >= 1000 for u in users.values()):
+            break
+    rng = np.random.default_rng(seed)
+    schedule = sorted(
+        (t, arm)
+        for arm, rate in rates.items()
+        for t in np.cumsum(rng.exponential(1 / rate, size=int(rate * seconds * 2) + 10))
+        if t < seconds
+    )
+    outcomes: list[tuple[str, str, float, bool]] = []
+
+    async def one(i: int, arm: str) -> None:
+        body = {"query": queries[i % len(queries)], "k": k, "user_id": users[arm][i % len(users[arm])]}
+        started = time.perf_counter()
+        try:
+            resp = await client.post(f"{base}/search", json=body)
+            status, degraded = str(resp.status_code), resp.status_code == 200 and bool(resp.json()["degraded"])
+        except Exception as exc:
+            status, degraded = type(exc).__name__, False
+        outcomes.append((arm, status, (time.perf_counter() - started) * 1000, degraded))
+
+    t0 = time.perf_counter()
+    tasks = []
+    for i, (at, arm) in enumerate(schedule):
+        await asyncio.sleep(max(at - (time.perf_counter() - t0), 0.0))
+        tasks.append(asyncio.create_task(one(i, arm)))
+    await asyncio.gather(*tasks)
+    return outcomes
+
+
+def per_arm(outcomes: list[tuple[str, str, float, bool]], arm: str) -> dict[str, Any]:
+    mine = [(status, ms, degraded) for a, status, ms, degraded in outcomes if a == arm]
+    statuses = Counter(status for status, _, _ in mine)
+    ok_ms = [ms for status, ms, _ in mine if status == "200"]
+    return {
+        "sent": len(mine),
+        "statuses": dict(statuses),
+        "served_share": round(statuses["200"] / len(mine), 4) if mine else float("nan"),
+        "p50_ms": pct(ok_ms, 50),
+        "p99_ms": pct(ok_ms, 99),
+        "429": statuses["429"],
+        "refused_p99_ms": pct([ms for status, ms, _ in mine if status == "429"], 99),
+        "5xx": sum(v for s, v in statuses.items() if s.startswith("5")),
+        "failed": sum(v for s, v in statuses.items() if s not in ("200", "429")),
+        "degraded": sum(1 for status, _, degraded in mine if status == "200" and degraded),
+    }
+
+
+async def arms_scenario(
+    client: Any, base: str, queries: list[str], token: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The default experiment at twice the cross-encoder arm's capacity (see the module docstring)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    config = load_experiment(DEFAULT_EXPERIMENT)
+    ce_arm = next(a for a in config.arms if a.reranker.name != "identity")
+    control_arm = next(a for a in config.arms if a.reranker.name == "identity")
+    resp = await client.put(f"{base}/admin/experiment", json=config.model_dump(mode="json"), headers=headers)
+    resp.raise_for_status()
+    probes: list[float] = []
+    stop = asyncio.Event()
+    probe: asyncio.Task[None] | None = None
+    try:
+        capacity = await arm_capacity(client, base, queries, token, ce_arm.name, args.workers, args.calibrate, args.k)
+        if not capacity > 0:
+            raise RuntimeError(f"arm {ce_arm.name!r} served no request")
+        # twice the capacity to the cross-encoder arm, the control arm in the experiment's proportion
+        rates = {ce_arm.name: 2 * capacity, control_arm.name: 2 * capacity * control_arm.weight / ce_arm.weight}
+        probe = asyncio.create_task(prober(client, base, probes, stop))
+        load_before = os.getloadavg()[0]
+        started = time.perf_counter()
+        outcomes = await open_loop(client, base, queries, config, rates, args.seconds, args.k, args.seed)
+        took = time.perf_counter() - started
+    finally:
+        stop.set()
+        if probe is not None:
+            await probe
+        swap_back = experiment("swap", 1.0, args.depth)
+        await client.put(f"{base}/admin/experiment", json=swap_back, headers=headers)
+    arms = {arm: per_arm(outcomes, arm) for arm in rates}
+    healthz = {"probes": len(probes), "p50_ms": pct(probes, 50), "p99_ms": pct(probes, 99)}
+    control, ce = arms[control_arm.name], arms[ce_arm.name]
+    goal = {
+        "control_served_95pct": control["served_share"] >= 0.95,
+        "control_p99_le_200ms": control["p99_ms"] <= 200,
+        "ce_sheds_with_429": ce["429"] > 0,
+        "no_5xx": control["5xx"] + ce["5xx"] == 0,
+        "healthz_p99_lt_50ms": healthz["p99_ms"] < 50,
+    }
+    return {
+        "ce_capacity_per_s": round(capacity, 3),
+        "rates_per_s": {a: round(r, 3) for a, r in rates.items()},
+        "seconds": round(took, 1),
+        "arms": arms,
+        "healthz": healthz,
+        "5xx": control["5xx"] + ce["5xx"],
+        "failed": control["failed"] + ce["failed"],
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "goal": goal,
+        "goal_met": all(goal.values()),
+    }
+
+
 async def drive(args: argparse.Namespace, base: str, proc: subprocess.Popen[bytes], token: str) -> dict[str, Any]:
     import httpx
 
     queries = [q.text for q in read_queries(find_file(args.dataset, "queries"))]
     capacity = args.workers + args.queue
     out: dict[str, Any] = {"capacity": capacity}
-    limits = httpx.Limits(max_connections=4 * capacity + 8)
+    limits = httpx.Limits(max_connections=max(4 * capacity + 8, 512))  # open loop: never queue in the client
     async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
         await _wait_ready(client, base, proc, args.start_timeout)
         await closed_loop(client, base, queries[::-1], 2, args.warmup, args.seconds, args.k)
         for scenario in args.scenario:
+            if scenario == "arms":
+                out[scenario] = await arms_scenario(client, base, queries, token, args)
+                print(scenario, json.dumps(out[scenario]), flush=True)
+                continue
             stop = asyncio.Event()
             probes: list[float] = []
             swaps: list[int] = []
@@ -179,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--index", type=Path, default=Path("var/scifact"))
     p.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"))
-    p.add_argument("--scenario", nargs="+", default=["capacity", "overload", "swap"])
+    p.add_argument(
+        "--scenario",
+        nargs="+",
+        default=["capacity", "overload", "swap"],
+        choices=["capacity", "overload", "swap", "soak", "arms"],
+    )
     p.add_argument("--workers", type=int, default=2, help="worker threads per arm")
     p.add_argument("--queue", type=int, default=2, help="queued requests per arm")
     p.add_argument("--depth", type=int, default=10, help="rerank depth of the model-backed arms")
@@ -189,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak-seconds", type=float, default=600.0)
     p.add_argument("--swap-every", type=float, default=1.0)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--calibrate", type=int, default=20, help="arms: requests measuring the cross-encoder arm")
+    p.add_argument("--seed", type=int, default=0, help="arms: seed of the Poisson arrivals")
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--out", type=Path, default=Path("runs"))
     args = p.parse_args(argv)

@@ -138,7 +138,12 @@ def create_app(
         )
         metrics = Metrics()
         metrics.serving(deployment)
-        admission = Admission(settings.workers, settings.queue)
+        admission = Admission(
+            settings.workers,
+            settings.queue,
+            max_chars=settings.queue_max_chars,
+            prior_ms=settings.admission_prior_ms,
+        )
         state = ServiceState(settings, store, metrics, admission, ready=True, owned=owned)
         if settings.log_enabled:
             state.log = await run_in_threadpool(open_log, settings, log_store, metrics)

@@ -46,8 +46,23 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="hard cap on one request's time, counted from its arrival"
     )
     workers: int = Field(default=2, ge=1, description="requests of one arm running at once (its worker threads)")
-    queue: int = Field(default=8, ge=0, description="requests of one arm waiting for a worker; beyond: 429")
-    retry_after_s: int = Field(default=5, ge=1, description="Retry-After seconds on 429/503 answers")
+    queue: int = Field(
+        default=64,
+        ge=0,
+        description="hard bound on requests of one arm waiting for a worker; beyond: 429 (within it, an arm "
+        "admits a request when its predicted wait and service time fit the request's deadline)",
+    )
+    queue_max_chars: int = Field(
+        default=10_000_000, ge=1, description="characters of request text (queries, documents) one arm may hold"
+    )
+    admission_prior_ms: float = Field(
+        default=1000.0,
+        gt=0,
+        description="predicted service time on an arm without a cost model until it has served a request",
+    )
+    retry_after_s: int = Field(
+        default=5, ge=1, description="Retry-After seconds where no prediction gives one (503s, events' 429)"
+    )
     warmup: bool = Field(default=True, description="run one query per arm at start-up before reporting ready")
     # ------------------------------------------------------------------ caps the client cannot exceed
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body; beyond: 413")

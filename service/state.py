@@ -20,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import BackendUnavailableError, InputError
-from twostage_search.service.admission import Admission, Expired, Overloaded
+from twostage_search.service.admission import Admission, Estimate, Expired, Overloaded
 from twostage_search.service.experiment import Deployment, ExperimentStore, UnknownArmError, user_hash
 from twostage_search.service.metrics import Metrics
 from twostage_search.service.settings import Settings
@@ -159,20 +159,32 @@ def _unavailable_types() -> tuple[type[BaseException], ...]:
 
 
 async def execute(
-    state: ServiceState, request: Request, arm: str, deployment: Deployment, work: Callable[[], T], deadline: Deadline
+    state: ServiceState,
+    request: Request,
+    arm: str,
+    deployment: Deployment,
+    work: Callable[[], T],
+    deadline: Deadline,
+    estimate: Estimate | None = None,
 ) -> T:
     """Run ``work`` under the arm's admission control and map every failure to an error answer.
 
-    ``deployment`` (taken with ``store.acquire``) is released when the work ends, not when the client
-    stops waiting, so its index stays open while a thread still uses it.
+    ``estimate`` (predicted service time, deadline, size) decides admission; without one, the arm's
+    prior against ``deadline``. ``deployment`` (taken with ``store.acquire``) is released when the work
+    ends, not when the client stops waiting, so its index stays open while a thread still uses it.
     """
     settings = state.settings
+    if estimate is None:
+        estimate = Estimate(None, deadline.remaining_s())
     hard_s = max(settings.request_timeout_s - (time.monotonic() - arrival(request)), 0.001)
     try:
-        return await state.admission.run(arm, work, deadline, hard_s, done=lambda: state.store.release(deployment))
-    except Overloaded:
+        return await state.admission.run(
+            arm, work, estimate, deadline, hard_s, done=lambda: state.store.release(deployment)
+        )
+    except Overloaded as exc:
         state.metrics.rejected.labels(arm, "overloaded").inc()
-        raise ApiError(429, "overloaded", f"arm {arm!r} is at capacity; retry later", retry(settings)) from None
+        message = f"arm {arm!r} is at capacity ({exc.reason}); retry later"
+        raise ApiError(429, "overloaded", message, {"Retry-After": str(exc.retry_after_s)}) from None
     except Expired:
         state.metrics.rejected.labels(arm, "expired").inc()
         raise ApiError(

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from twostage_search.engine.deadline import Deadline, PartialRanking
 from twostage_search.engine.pipeline import TwoStage, merge_cascade
 from twostage_search.engine.types import Candidate, Query
+from twostage_search.service.admission import Estimate, cost_key, predicted_ms
 from twostage_search.service.experiment import Deployment
 from twostage_search.service.routes.search import ERRORS, costs_of
 from twostage_search.service.schemas import (
@@ -67,7 +68,10 @@ async def rerank_docs(
     def work(deadline: Deadline = deadline) -> PartialRanking:
         return served.rerank_until(query, docs, deadline)
 
-    partial = await execute(state, request, arm, deployment, work, deadline)
+    chars = len(request.state.query) + sum(len(d.text) + len(d.title) for d in docs)
+    cost = predicted_ms(served.cost_model, retrieve=0, rerank=len(docs))
+    estimate = Estimate(cost, deadline.remaining_s(), chars=chars, key=cost_key(deployment.config.arm(arm)))
+    partial = await execute(state, request, arm, deployment, work, deadline, estimate)
     state.metrics.observe_costs(arm, partial.costs)
     state.metrics.docs_reranked.labels(arm).inc(len(docs) - len(partial.unscored))
     if partial.degraded:

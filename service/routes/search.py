@@ -10,10 +10,12 @@ from fastapi import APIRouter, Request
 
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.costed import costed_retriever
+from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.pipeline import SearchResult, TwoStage
 from twostage_search.engine.policy import Budget
 from twostage_search.engine.protocols import Retriever
 from twostage_search.engine.types import Query, RankedList
+from twostage_search.service.admission import Estimate, cost_key, predicted_ms
 from twostage_search.service.experiment import ArmConfig
 from twostage_search.service.querylog import client_id, log_search, new_query_id
 from twostage_search.service.schemas import Cost, ErrorResponse, Explanation, Hit, SearchRequest, SearchResponse
@@ -95,6 +97,18 @@ def capped_budget(body: SearchRequest, arm: ArmConfig, settings: Settings) -> tu
     return Budget(usd=usd), min(ms if ms is not None else math.inf, cap)
 
 
+def estimate_search(pipeline: TwoStage, body: SearchRequest, arm: ArmConfig, deadline: Deadline) -> Estimate:
+    """What admission needs: the arm's predicted time for this search (its depths), deadline and size."""
+    depth = max(pipeline.depth, body.k)
+    rerank = min(body.rerank_depth if body.rerank_depth is not None else pipeline.rerank_depth, depth)
+    return Estimate(
+        predicted_ms(pipeline.cost_model, retrieve=depth, rerank=rerank),
+        deadline.remaining_s(),
+        chars=len(body.query),
+        key=cost_key(arm),
+    )
+
+
 def hits(result: SearchResult) -> list[Hit]:
     """The served hits with their first-stage score and the stage that ordered each."""
     return [
@@ -171,6 +185,7 @@ async def search(
         deployment,
         lambda: served.run(query, body.k, rerank_depth=body.rerank_depth, budget=budget, deadline=deadline),
         expires,
+        estimate_search(served, body, deployment.config.arm(arm), deadline),
     )
     took = (time.perf_counter() - started) * 1000
     m = state.metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,7 +15,8 @@ from twostage_search.engine.pipeline import SearchResult, TwoStage
 from twostage_search.engine.policy import Budget
 from twostage_search.engine.protocols import Retriever
 from twostage_search.engine.types import Query, RankedList
-from twostage_search.service.experiment import ArmConfig
+from twostage_search.service.experiment import ArmConfig, Deployment
+from twostage_search.service.interleaving import INTERLEAVED_ARM, Interleaved, run_interleaved
 from twostage_search.service.querylog import client_id, log_search, new_query_id
 from twostage_search.service.schemas import Cost, ErrorResponse, Explanation, Hit, SearchRequest, SearchResponse
 from twostage_search.service.settings import Settings
@@ -135,16 +137,22 @@ async def search(
         raise ApiError(422, "invalid_request", f"k: must be at most {settings.k_max}")
     current = state.store.current()
     client = client_id(request, body.user_id)
-    arm = pick_arm(
-        current,
-        request,
-        arm=body.arm,
-        reranker=body.reranker,
-        user_id=client,
-        settings=settings,
-        credentials=credentials,
-    )
-    config = current.config.arm(arm)
+    interleave = current.config.mode == "interleave" and body.arm is None and body.reranker is None
+    if interleave:  # every arm ranks; caps and default budget: the first (control) arm's
+        arm = INTERLEAVED_ARM
+        request.state.log.update(arm=arm, version=current.version)
+        config = current.config.arms[0]
+    else:
+        arm = pick_arm(
+            current,
+            request,
+            arm=body.arm,
+            reranker=body.reranker,
+            user_id=client,
+            settings=settings,
+            credentials=credentials,
+        )
+        config = current.config.arm(arm)
     max_depth = config.max_rerank_depth if config.max_rerank_depth is not None else config.depth
     if body.rerank_depth is not None and body.rerank_depth > max_depth:
         raise ApiError(422, "invalid_request", f"rerank_depth: must be at most {max_depth} on arm {arm!r}")
@@ -156,22 +164,31 @@ async def search(
         deadline = expires.earliest(expires.after(budget_ms / 1000, start=request.state.arrived))
     query = Query(request.state.request_id, body.query)
     deployment = state.store.acquire()  # this request finishes on this snapshot (and index), whatever swaps
-    if arm not in deployment.pipelines:  # swapped between the two looks: serve the new assignment's arm
+    if interleave and deployment.config.mode != "interleave":  # swapped between the two looks
+        interleave = False
         deployment, arm = _reassign(state, deployment, request, body)
+    elif not interleave and arm not in deployment.pipelines:  # serve the new assignment's arm
+        deployment, arm = _reassign(state, deployment, request, body)
+    names = [a.name for a in deployment.config.arms] if interleave else [arm]
     try:
-        served = with_filters(deployment.pipelines[arm], body, settings)
+        served = {name: with_filters(deployment.pipelines[name], body, settings) for name in names}
     except ApiError:
         state.store.release(deployment)
         raise
+    query_id = new_query_id(body.query_id)
+
+    def run(name: str) -> SearchResult:
+        return served[name].run(query, body.k, rerank_depth=body.rerank_depth, budget=budget, deadline=deadline)
+
+    def work() -> SearchResult | Interleaved:
+        if interleave:
+            return run_interleaved({name: partial(run, name) for name in names}, query_id, body.k)
+        return run(arm)
+
     started = time.perf_counter()
-    result: SearchResult = await execute(
-        state,
-        request,
-        arm,
-        deployment,
-        lambda: served.run(query, body.k, rerank_depth=body.rerank_depth, budget=budget, deadline=deadline),
-        expires,
-    )
+    outcome = await execute(state, request, arm, deployment, work, expires)
+    merged = outcome if isinstance(outcome, Interleaved) else None
+    result = outcome.result if isinstance(outcome, Interleaved) else outcome
     took = (time.perf_counter() - started) * 1000
     m = state.metrics
     m.observe_costs(arm, result.costs)
@@ -194,9 +211,8 @@ async def search(
             hard=d.hard if d else False,
             budget_ms=budget_ms if math.isfinite(budget_ms) else None,
             budget_usd=budget.usd,
-            arm_config=deployment.config.arm(arm).model_dump(mode="json"),
+            arm_config=_served_config(deployment, arm),
         )
-    query_id = new_query_id(body.query_id)
     response = SearchResponse(
         request_id=request.state.request_id,
         query_id=query_id,
@@ -225,8 +241,16 @@ async def search(
         k=body.k,
         result=result,
         took_ms=took,
+        extra=merged.attributes() if merged is not None else None,
     )
     return response
+
+
+def _served_config(deployment: Deployment, arm: str) -> dict[str, Any]:
+    """The served arm's configuration; for an interleaved answer, the whole experiment's."""
+    if arm == INTERLEAVED_ARM and deployment.config.mode == "interleave":
+        return deployment.config.model_dump(mode="json")
+    return deployment.config.arm(arm).model_dump(mode="json")
 
 
 def _reassign(state: Any, deployment: Any, request: Request, body: SearchRequest) -> tuple[Any, str]:

@@ -34,6 +34,7 @@ from twostage_search.benchmarks.datasets import load_beir
 from twostage_search.benchmarks.evaluation import evaluate, mean, paired_ttest, percentile
 from twostage_search.engine.encoders import SparseEncoder, create_encoder
 from twostage_search.engine.logs import setup_logging
+from twostage_search.engine.stats import holm
 from twostage_search.engine.types import Document, Query, SparseVector
 
 log = logging.getLogger(__name__)
@@ -74,17 +75,6 @@ def bootstrap_ci(diffs: Sequence[float], n: int = 10_000, seed: int = 0) -> tupl
     arr = np.asarray(diffs)
     means = arr[rng.integers(0, len(arr), size=(n, len(arr)))].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm–Bonferroni adjusted p-values (None stays None)."""
-    ranked = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
-    adjusted: list[float | None] = [None] * len(pvalues)
-    running = 0.0
-    for j, (p, i) in enumerate(ranked):
-        running = max(running, min(1.0, (len(ranked) - j) * p))
-        adjusted[i] = running
-    return adjusted
 
 
 def run_all(retriever: Any, queries: Sequence[Query], k: int) -> Run:

@@ -178,6 +178,7 @@ def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = Path(name)
     try:
         write(tmp)
+        tmp.chmod(0o644)  # mkstemp's 0600 is for the temporary name only
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

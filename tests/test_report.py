@@ -50,6 +50,15 @@ COST = {
         20,
         0.001,
     ),
+    "interleaved": (  # every arm's stages, named ARM/STAGE, as the service logs them
+        [
+            {"stage": "A/retrieve", "wall_ms": 2.0, "docs": 10},
+            {"stage": "B/retrieve", "wall_ms": 1.0, "docs": 10},
+            {"stage": "B/rerank", "wall_ms": 7.0, "docs": 20, "tokens_in": 50},
+        ],
+        20,
+        0.002,
+    ),
 }
 
 
@@ -206,6 +215,9 @@ def test_interleaving_wins_sign_test_and_costs():
     served, a, b = report.arm("interleaved"), report.arm("A"), report.arm("B")
     assert served.queries == a.queries == b.queries == 6
     assert served.ctr == pytest.approx(5 / 6) and served.abandonment == pytest.approx(1 / 6)
+    # the served list's first click: i1 rank 2, i2 1, i3 1, i4 2, i5 none, i6 1 → (1/2 + 1 + 1 + 1/2 + 0 + 1) / 6
+    assert served.mrr == pytest.approx(4 / 6)
+    assert (served.mean_ms, served.mean_docs, served.mean_tokens, served.mean_usd) == (10.0, 20.0, 50.0, 0.002)
     # clicks on the arm's own documents: A got some in i2, i3 (2/6); B in i1, i2, i4, i6 (4/6)
     assert a.ctr == pytest.approx(2 / 6) and b.ctr == pytest.approx(4 / 6)
     # MRR on own documents: A: i2 d2 (rank 2), i3 d1 (1) → (1/2 + 1)/6; B: i1 1/2, i2 1, i4 1/2, i6 1 → 3/6

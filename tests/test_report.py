@@ -254,3 +254,17 @@ def test_multileaving_reports_every_pair_against_the_control_first():
     tested = [p for p in report.pairs if p.other == "A"]
     assert all(p.p_value == 1.0 and p.p_holm == 1.0 for p in tested)  # one win of one: p = 1
     assert next(p for p in report.pairs if p.other == "C").p_value is None
+
+
+def test_statistics_edge_cases():
+    from twostage_search.engine.stats import bootstrap_ratio_diff, sign_test, srm_test
+
+    assert sign_test(0, 0) is None
+    assert sign_test(5, 0).p_value == pytest.approx(2 / 32)  # 2 · (1/2)⁵
+    with pytest.raises(ValueError):
+        srm_test([10], [1.0])
+    assert srm_test([0, 0], [0.5, 0.5]) == 1.0
+    with pytest.raises(ValueError):
+        bootstrap_ratio_diff(([], []), ([1.0], [1.0]))
+    same = bootstrap_ratio_diff(([1.0, 0.0], [1.0, 1.0]), ([1.0, 0.0], [1.0, 1.0]))
+    assert same.delta == 0.0 and same.low <= 0.0 <= same.high and same.p_value > 0.5

@@ -44,6 +44,7 @@ def factory(config: RerankerConfig):
 def interleave_app(tmp_path, **settings) -> TestClient:
     arms = identity_arms("first", "reverse")
     arms[1]["reranker"] = {"name": "identity", "params": {"reverse": True}}
+    arms[1]["max_rerank_depth"] = 3
     exp = write_experiment(tmp_path / "exp.yaml", "tdi", arms)
     exp.write_text(exp.read_text() + "mode: interleave\n")
     s = Settings(index=tmp_path / "unused", experiment=exp, admin_token=TOKEN, data_dir=tmp_path / "data", **settings)
@@ -54,6 +55,7 @@ def test_interleaved_search_merges_both_arms_and_logs_the_teams(tmp_path):
     with interleave_app(tmp_path) as c:
         first = search(c, k=4, user_id="u1", query_id="q-int")
         again = search(c, k=4, user_id="u2", query_id="q-int")
+        too_deep = search(c, k=4, rerank_depth=4)  # within the control's cap, over the other arm's
         body = {"query": "tides", "k": 2, "user_id": "u1", "arm": "reverse", "query_id": "q-arm"}
         plain = c.post("/search", json=body, headers=AUTH)
     assert first.status_code == 200, first.text
@@ -66,6 +68,7 @@ def test_interleaved_search_merges_both_arms_and_logs_the_teams(tmp_path):
     stages = [cost["stage"] for cost in body["costs"]]
     assert "first/retrieve" in stages and "reverse/retrieve" in stages and "reverse/rerank" in stages
     assert body["rerank_depth"] == 10  # both arms reranked the first stage's 5 documents
+    assert_error(too_deep, 422, "invalid_request", "at most 3")
     assert plain.json()["arm"] == "reverse" and [h["doc_id"] for h in plain.json()["hits"]] == ["d5", "d4"]
 
     records = {q.query_id: q for q in SQLiteLogStore(tmp_path / "data").queries()}

@@ -138,7 +138,7 @@ async def search(
     current = state.store.current()
     client = client_id(request, body.user_id)
     interleave = current.config.mode == "interleave" and body.arm is None and body.reranker is None
-    if interleave:  # every arm ranks; caps and default budget: the first (control) arm's
+    if interleave:  # every arm ranks; budget caps and defaults: the first (control) arm's
         arm = INTERLEAVED_ARM
         request.state.log.update(arm=arm, version=current.version)
         config = current.config.arms[0]
@@ -153,7 +153,8 @@ async def search(
             credentials=credentials,
         )
         config = current.config.arm(arm)
-    max_depth = config.max_rerank_depth if config.max_rerank_depth is not None else config.depth
+    capped = current.config.arms if interleave else [config]  # interleaved: every arm's cap holds
+    max_depth = min(a.max_rerank_depth if a.max_rerank_depth is not None else a.depth for a in capped)
     if body.rerank_depth is not None and body.rerank_depth > max_depth:
         raise ApiError(422, "invalid_request", f"rerank_depth: must be at most {max_depth} on arm {arm!r}")
     budget, budget_ms = capped_budget(body, config, settings)

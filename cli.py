@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_log_parser(sub)
 
+    from twostage_search.service.report_cli import add_report_parser
+
+    add_report_parser(sub)
+
     x = sub.add_parser("export-onnx", help="export a sentence-transformers cross-encoder to ONNX (INT8 or fp32)")
     x.add_argument("model", help="bundled:NAME, a local model directory, or a hub name")
     x.add_argument("out", type=Path, help="output directory (model.onnx + tokenizer.json; written atomically)")
@@ -424,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands["serve"] = cmd_serve
     commands["serve-llm"] = cmd_serve_llm
     commands["log"] = cmd_log
+    from twostage_search.service.report_cli import report_from_args
+
+    commands["report"] = report_from_args
     try:
         return commands[args.command](args)
     except (TwoStageError, OSError) as exc:

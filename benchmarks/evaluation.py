@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.beir import read_trec_run
+from twostage_search.engine.stats import holm
 
 # (doc_id, score) in rank order: how a benchmark keeps one query's ranking.
 Ranking = list[tuple[str, float]]
@@ -172,18 +173,6 @@ def bootstrap_ci(
     means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
     alpha = (1.0 - level) / 2
     return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
-
-
-def holm(p_values: Sequence[float | None]) -> list[float | None]:
-    """Holm's step-down adjusted p-values (family-wise error), None entries passed through."""
-    indexed = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    m = len(indexed)
-    adjusted: list[float | None] = [None] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(indexed):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[i] = running
-    return adjusted
 
 
 @dataclass(frozen=True)

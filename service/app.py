@@ -39,7 +39,7 @@ from twostage_search.service.experiment import (
 )
 from twostage_search.service.metrics import Metrics
 from twostage_search.service.openapi import service_openapi
-from twostage_search.service.routes import admin, events, ops, rerank, search
+from twostage_search.service.routes import admin, events, ops, report, rerank, search
 from twostage_search.service.schemas import ErrorResponse
 from twostage_search.service.settings import Settings
 from twostage_search.service.state import ApiError, ServiceState
@@ -165,7 +165,7 @@ def create_app(
         summary="SPLADE retrieve-and-rerank search with A/B experiments over rerankers.",
         lifespan=lifespan,
     )
-    for module in (search, rerank, events, ops, admin):
+    for module in (search, rerank, events, ops, admin, report):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

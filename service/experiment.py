@@ -15,6 +15,9 @@ weight (weights sum to 1; a weight-0 arm is served only when a request names it)
         depth: 100
         rerank_depth: 20
 
+With ``mode: interleave`` every query runs all arms and serves their team-draft merge instead
+(:mod:`twostage_search.service.interleaving`); weights are then not used.
+
 Users are assigned by a stable hash: ``blake2b(experiment name, user id)`` mapped to [0, 1) and looked up
 in the cumulative weights, so a user keeps their arm across requests, processes and restarts (as long as
 the experiment's name and weights stay), and renaming the experiment reshuffles everyone.
@@ -132,6 +135,11 @@ class ExperimentConfig(BaseModel):
         max_length=NAME_CHARS, pattern=NAME_PATTERN, description="experiment name; salts the user → arm hash"
     )
     arms: list[ArmConfig] = Field(min_length=1)
+    mode: Literal["split", "interleave"] = Field(
+        default="split",
+        description="split: each user gets one arm by weight; interleave: every query merges all arms' "
+        "rankings by team draft (weights unused)",
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> ExperimentConfig:
@@ -139,6 +147,12 @@ class ExperimentConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate arm names: {', '.join(dupes)}")
+        if self.mode == "interleave":
+            if len(self.arms) < 2:
+                raise ValueError("mode interleave needs at least two arms")
+            if "interleaved" in names:
+                raise ValueError("arm name 'interleaved' is reserved in mode interleave")
+            return self
         total = math.fsum(a.weight for a in self.arms)
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"arm weights must sum to 1, got {total:g}")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from fastapi import Request
 
@@ -49,6 +51,7 @@ def log_search(
     k: int,
     result: SearchResult,
     took_ms: float,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Queue the query record of one served search (never waits; counts a drop when the queue is full)."""
     writer = state.log
@@ -60,7 +63,7 @@ def log_search(
         "arm": arm,
         "config_version": deployment.version,
         "k": k,
-        "depth": deployment.config.arm(arm).depth,
+        "depth": deployment.config.arm(arm).depth if arm in deployment.pipelines else None,
         "rerank_depth": result.rerank_depth,
         "policy": decision.policy if decision is not None else None,
         "degraded": result.degraded,
@@ -69,6 +72,7 @@ def log_search(
         "took_ms": round(took_ms, 3),
         "usd": result.usd,
         "costs": result.costs,  # StageCost records, serialised on the writer's thread
+        **(extra or {}),  # an interleaved search: mode, arms, teams (arm per served position), arm_costs
     }
     record = QueryRecord(
         query_id=query_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,7 +17,8 @@ from twostage_search.engine.policy import Budget
 from twostage_search.engine.protocols import Retriever
 from twostage_search.engine.types import Query, RankedList
 from twostage_search.service.admission import Estimate, cost_key, predicted_ms
-from twostage_search.service.experiment import ArmConfig
+from twostage_search.service.experiment import ArmConfig, Deployment
+from twostage_search.service.interleaving import INTERLEAVED_ARM, Interleaved, run_interleaved
 from twostage_search.service.querylog import client_id, log_search, new_query_id
 from twostage_search.service.schemas import Cost, ErrorResponse, Explanation, Hit, SearchRequest, SearchResponse
 from twostage_search.service.settings import Settings
@@ -109,6 +111,15 @@ def estimate_search(pipeline: TwoStage, body: SearchRequest, arm: ArmConfig, dea
     )
 
 
+def combined(estimates: list[Estimate]) -> Estimate:
+    """One request that runs every arm in turn (interleaving): their predicted times add up."""
+    if len(estimates) == 1:
+        return estimates[0]
+    times = [e.predicted_ms for e in estimates]
+    total = None if any(t is None for t in times) else sum(t for t in times if t is not None)
+    return Estimate(total, estimates[0].deadline_s, chars=estimates[0].chars, key=tuple(e.key for e in estimates))
+
+
 def hits(result: SearchResult) -> list[Hit]:
     """The served hits with their first-stage score and the stage that ordered each."""
     return [
@@ -149,17 +160,24 @@ async def search(
         raise ApiError(422, "invalid_request", f"k: must be at most {settings.k_max}")
     current = state.store.current()
     client = client_id(request, body.user_id)
-    arm = pick_arm(
-        current,
-        request,
-        arm=body.arm,
-        reranker=body.reranker,
-        user_id=client,
-        settings=settings,
-        credentials=credentials,
-    )
-    config = current.config.arm(arm)
-    max_depth = config.max_rerank_depth if config.max_rerank_depth is not None else config.depth
+    interleave = current.config.mode == "interleave" and body.arm is None and body.reranker is None
+    if interleave:  # every arm ranks; budget caps and defaults: the first (control) arm's
+        arm = INTERLEAVED_ARM
+        request.state.log.update(arm=arm, version=current.version)
+        config = current.config.arms[0]
+    else:
+        arm = pick_arm(
+            current,
+            request,
+            arm=body.arm,
+            reranker=body.reranker,
+            user_id=client,
+            settings=settings,
+            credentials=credentials,
+        )
+        config = current.config.arm(arm)
+    capped = current.config.arms if interleave else [config]  # interleaved: every arm's cap holds
+    max_depth = min(a.max_rerank_depth if a.max_rerank_depth is not None else a.depth for a in capped)
     if body.rerank_depth is not None and body.rerank_depth > max_depth:
         raise ApiError(422, "invalid_request", f"rerank_depth: must be at most {max_depth} on arm {arm!r}")
     budget, budget_ms = capped_budget(body, config, settings)
@@ -170,23 +188,32 @@ async def search(
         deadline = expires.earliest(expires.after(budget_ms / 1000, start=request.state.arrived))
     query = Query(request.state.request_id, body.query)
     deployment = state.store.acquire()  # this request finishes on this snapshot (and index), whatever swaps
-    if arm not in deployment.pipelines:  # swapped between the two looks: serve the new assignment's arm
+    if interleave and deployment.config.mode != "interleave":  # swapped between the two looks
+        interleave = False
         deployment, arm = _reassign(state, deployment, request, body)
+    elif not interleave and arm not in deployment.pipelines:  # serve the new assignment's arm
+        deployment, arm = _reassign(state, deployment, request, body)
+    names = [a.name for a in deployment.config.arms] if interleave else [arm]
     try:
-        served = with_filters(deployment.pipelines[arm], body, settings)
+        served = {name: with_filters(deployment.pipelines[name], body, settings) for name in names}
     except ApiError:
         state.store.release(deployment)
         raise
+    query_id = new_query_id(body.query_id)
+
+    def run(name: str) -> SearchResult:
+        return served[name].run(query, body.k, rerank_depth=body.rerank_depth, budget=budget, deadline=deadline)
+
+    def work() -> SearchResult | Interleaved:
+        if interleave:
+            return run_interleaved({name: partial(run, name) for name in names}, query_id, body.k)
+        return run(arm)
+
     started = time.perf_counter()
-    result: SearchResult = await execute(
-        state,
-        request,
-        arm,
-        deployment,
-        lambda: served.run(query, body.k, rerank_depth=body.rerank_depth, budget=budget, deadline=deadline),
-        expires,
-        estimate_search(served, body, deployment.config.arm(arm), deadline),
-    )
+    estimates = [estimate_search(served[n], body, deployment.config.arm(n), deadline) for n in names]
+    outcome = await execute(state, request, arm, deployment, work, expires, combined(estimates))
+    merged = outcome if isinstance(outcome, Interleaved) else None
+    result = outcome.result if isinstance(outcome, Interleaved) else outcome
     took = (time.perf_counter() - started) * 1000
     m = state.metrics
     m.observe_costs(arm, result.costs)
@@ -209,9 +236,8 @@ async def search(
             hard=d.hard if d else False,
             budget_ms=budget_ms if math.isfinite(budget_ms) else None,
             budget_usd=budget.usd,
-            arm_config=deployment.config.arm(arm).model_dump(mode="json"),
+            arm_config=_served_config(deployment, arm),
         )
-    query_id = new_query_id(body.query_id)
     response = SearchResponse(
         request_id=request.state.request_id,
         query_id=query_id,
@@ -240,8 +266,16 @@ async def search(
         k=body.k,
         result=result,
         took_ms=took,
+        extra=merged.attributes() if merged is not None else None,
     )
     return response
+
+
+def _served_config(deployment: Deployment, arm: str) -> dict[str, Any]:
+    """The served arm's configuration; for an interleaved answer, the whole experiment's."""
+    if arm == INTERLEAVED_ARM and deployment.config.mode == "interleave":
+        return deployment.config.model_dump(mode="json")
+    return deployment.config.arm(arm).model_dump(mode="json")
 
 
 def _reassign(state: Any, deployment: Any, request: Request, body: SearchRequest) -> tuple[Any, str]:

@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_log_parser(sub)
 
+    from twostage_search.service.judging.cli import add_judge_parser
+
+    add_judge_parser(sub)
+
     x = sub.add_parser("export-onnx", help="export a sentence-transformers cross-encoder to ONNX (INT8 or fp32)")
     x.add_argument("model", help="bundled:NAME, a local model directory, or a hub name")
     x.add_argument("out", type=Path, help="output directory (model.onnx + tokenizer.json; written atomically)")
@@ -356,6 +360,12 @@ def cmd_log(args: argparse.Namespace) -> int:
     return log_from_args(args)
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    from twostage_search.service.judging.cli import judge_from_args
+
+    return judge_from_args(args)
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from twostage_search.rerankers.onnx_export import export_cross_encoder
 
@@ -424,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands["serve"] = cmd_serve
     commands["serve-llm"] = cmd_serve_llm
     commands["log"] = cmd_log
+    commands["judge"] = cmd_judge
     try:
         return commands[args.command](args)
     except (TwoStageError, OSError) as exc:

@@ -45,6 +45,7 @@ EXTRA = [
     {"_id": "x01", "title": XSS_TITLE, "text": XSS_TEXT},
     {"_id": "x02", "title": "Spring tides", "text": "Spring tides come when the Sun and the Moon pull together."},
     {"_id": "x03", "title": "Waves", "text": "Ocean waves are driven by the wind, not by the moon."},
+    {"_id": "x04", "title": "Tides tides tides", "text": "Moon, ocean, tides: moon ocean tides, tides, tides."},
 ]
 
 
@@ -111,8 +112,8 @@ def test_judging_page_in_chromium(tmp_path):
         first[2].find_element(By.CSS_SELECTOR, ".doc-id").click()  # focus the document, then a key
         webdriver.ActionChains(driver).send_keys("2").perform()
         _status(driver, f"graded {ids[2]}: 2")
-        chosen = first[2].find_element(By.CSS_SELECTOR, "button.grade.chosen").get_attribute("data-grade")
-        assert chosen == "2"
+        chosen = driver.find_elements(By.CSS_SELECTOR, f'li.hit[data-doc-id="{ids[2]}"] button.grade.chosen')
+        assert [b.get_attribute("data-grade") for b in chosen] == ["2", "2"]  # in both columns
 
         # The XSS document: shown as text, and no script of it ran.
         xss = driver.find_element(By.CSS_SELECTOR, '#arm-1 li.hit[data-doc-id="x01"]')

@@ -36,10 +36,14 @@ function done(grades) {
 async function grade(grades, value) {
   try {
     await send("/judge/grades", Object.assign(pairOf(grades), { grade: value }));
-    for (const b of grades.querySelectorAll("button.grade")) {
-      b.classList.toggle("chosen", Number(b.dataset.grade) === value);
+    // the same document in the other column shows the grade too
+    for (const other of document.querySelectorAll(".grades")) {
+      if (other.dataset.docId !== grades.dataset.docId || other.dataset.queryId !== grades.dataset.queryId) continue;
+      for (const b of other.querySelectorAll("button.grade")) {
+        b.classList.toggle("chosen", Number(b.dataset.grade) === value);
+      }
+      other.closest(".hit").classList.add("judged");
     }
-    grades.closest(".hit").classList.add("judged");
     status("graded " + grades.dataset.docId + ": " + value);
     done(grades);
   } catch (err) {

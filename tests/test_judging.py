@@ -215,3 +215,22 @@ def test_query_set_is_pooled_one_query_at_a_time(tmp_path):
     assert calls == ["s1", "s2"]
     assert pooled_pairs(queries, store, rank, "ann", 1, depth=5) is None and calls == ["s1", "s2"]
     store.close()
+
+
+def test_clicks_command_and_errors(tmp_path, capsys):
+    _log(tmp_path).close()
+    argv = ["judge", "run", "--source", "clicks", "--data-dir", str(tmp_path), "--min-impressions", "2"]
+    assert main(argv) == 0
+    assert "2 click judgements" in capsys.readouterr().out
+    store = JudgementStore(tmp_path)
+    assert [(j.query, j.doc_id, j.grade, j.judge) for j in store.judgements()] == sorted(
+        [("tides", "a", 1, "coec"), ("tides", "b", 2, "coec")], key=lambda r: r[1]
+    )
+    store.close()
+    assert main([*argv, "--thresholds", "2,1,3"]) == 2
+    assert "three increasing" in capsys.readouterr().err
+    assert main(["judge", "export", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "no judgements at" in capsys.readouterr().err
+    lore = ["judge", "run", "--source", "lore", "--data-dir", str(tmp_path)]
+    assert main(lore) == 2
+    assert "--index DIR or --corpus FILE" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -147,3 +148,18 @@ def test_queue_from_a_query_set(client):
     assert client.get("/judge/export").text == "s1 0 d1 3\ns1 0 d3 1\n"
     assert client.get("/judge/static/judge.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/judge/static/other.js").status_code == 404
+
+
+def test_queue_from_the_log(client):
+    client.post("/judge/login", data={"token": JUDGE_TOKEN, "name": "ann"})
+    body = {"query": "Moon and tides", "arm": "flip", "k": 2}
+    assert client.post("/search", json=body, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    log = client.app.state.service.log.store
+    for _ in range(200):  # the writer thread commits the query record shortly after the answer
+        if list(log.queries()):
+            break
+        time.sleep(0.05)
+    page = client.get("/judge/queue", params={"source": "log"}).text  # flip served d3, d2: d3 at rank 1
+    assert 'id="queue-query">Moon and tides<' in page and 'data-doc-id="d3"' in page
+    client.post("/judge/grades", json={"query": "moon AND tides", "doc_id": "d3", "grade": 2})  # same query
+    assert 'data-doc-id="d2"' in client.get("/judge/queue", params={"source": "log"}).text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any, Literal
 
@@ -168,7 +169,9 @@ def _texts(state: ServiceState, pair: Pair) -> tuple[str, str]:
     return "", ""
 
 
-def _rank_arms(state: ServiceState, depth: int) -> Any:
+def _rank_arms(state: ServiceState, depth: int) -> Callable[[types.Query], list[list[str]]]:
+    """Each arm's top ``depth`` doc ids for a query (pooling a query set for the queue)."""
+
     def rank(query: types.Query) -> list[list[str]]:
         deployment = state.store.acquire()
         try:

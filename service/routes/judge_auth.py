@@ -66,7 +66,6 @@ class JudgeSession:
 
     name: str
     store: JudgementStore
-    state: ServiceState
 
 
 def session_of(request: Request, state: ServiceState) -> JudgeSession | None:
@@ -80,7 +79,7 @@ def session_of(request: Request, state: ServiceState) -> JudgeSession | None:
         name = valid_name(request.cookies.get(NAME_COOKIE)) or DEFAULT_NAME
     else:
         return None
-    return JudgeSession(name, state.judgements, state)
+    return JudgeSession(name, state.judgements)
 
 
 def require_judge(request: Request, state: StateDep) -> JudgeSession:

@@ -107,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_log_parser(sub)
 
+    from twostage_search.service.judging.cli import add_judge_parser
     from twostage_search.service.report_cli import add_report_parser
 
     add_report_parser(sub)
+    add_judge_parser(sub)
 
     x = sub.add_parser("export-onnx", help="export a sentence-transformers cross-encoder to ONNX (INT8 or fp32)")
     x.add_argument("model", help="bundled:NAME, a local model directory, or a hub name")
@@ -428,9 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands["serve"] = cmd_serve
     commands["serve-llm"] = cmd_serve_llm
     commands["log"] = cmd_log
+    from twostage_search.service.judging.cli import judge_from_args
     from twostage_search.service.report_cli import report_from_args
 
-    commands["report"] = report_from_args
+    commands.update(report=report_from_args, judge=judge_from_args)
     try:
         return commands[args.command](args)
     except (TwoStageError, OSError) as exc:

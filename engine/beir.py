@@ -85,7 +85,8 @@ def read_queries(path: str | Path) -> Iterator[Query]:
 
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
-    """Read a BEIR qrels TSV (``query-id  corpus-id  score`` with a header line) → {query_id: {doc_id: rel}}."""
+    """Read qrels → {query_id: {doc_id: rel}}: a BEIR TSV (``query-id  corpus-id  score``, header line) or
+    TREC qrels (``query-id iteration doc-id relevance``, separated by spaces or tabs; no header)."""
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
     with _open_text(path) as fh:
@@ -93,13 +94,18 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
         for lineno, row in enumerate(rows, start=1):
             if not row or (lineno == 1 and row[0] == "query-id"):
                 continue
-            if len(row) != 3:
-                raise InputError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(row)}")
+            fields = row[0].split() if len(row) == 1 else row
+            if len(fields) == 4:  # TREC: the iteration column is unused
+                fields = [fields[0], fields[2], fields[3]]
+            if len(fields) != 3:
+                raise InputError(
+                    f"{path}:{lineno}: expected 3 tab-separated columns (BEIR) or 4 (TREC qrels), got {len(fields)}"
+                )
             try:
-                rel = int(row[2])
+                rel = int(fields[2])
             except ValueError:
-                raise InputError(f"{path}:{lineno}: relevance {row[2]!r} is not an integer") from None
-            qrels.setdefault(row[0], {})[row[1]] = rel
+                raise InputError(f"{path}:{lineno}: relevance {fields[2]!r} is not an integer") from None
+            qrels.setdefault(fields[0], {})[fields[1]] = rel
     return qrels
 
 

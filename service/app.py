@@ -37,9 +37,10 @@ from twostage_search.service.experiment import (
     format_validation_error,
     load_experiment,
 )
+from twostage_search.service.judging.store import JudgementStore
 from twostage_search.service.metrics import Metrics
 from twostage_search.service.openapi import service_openapi
-from twostage_search.service.routes import admin, events, ops, report, rerank, search
+from twostage_search.service.routes import admin, events, judge, judge_api, ops, report, rerank, search
 from twostage_search.service.schemas import ErrorResponse
 from twostage_search.service.settings import Settings
 from twostage_search.service.state import ApiError, ServiceState
@@ -148,6 +149,9 @@ def create_app(
         if settings.log_enabled:
             state.log = await run_in_threadpool(open_log, settings, log_store, metrics)
             owned.append(state.log)  # closed after the searches: it writes what they queued
+        if settings.judge_token is not None:
+            state.judgements = await run_in_threadpool(JudgementStore, settings.data_dir)
+            owned.append(state.judgements)
         app.state.service = state
         log.info("serving %s on index %s", settings.experiment, settings.index)
         try:
@@ -165,7 +169,7 @@ def create_app(
         summary="SPLADE retrieve-and-rerank search with A/B experiments over rerankers.",
         lifespan=lifespan,
     )
-    for module in (search, rerank, events, ops, admin, report):
+    for module in (search, rerank, events, ops, admin, report, judge, judge_api):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

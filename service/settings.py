@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from twostage_search.service.schemas import MAX_DOC_CHARS, MAX_DOCS, MAX_FILTER_IDS, MAX_K, MAX_QUERY_CHARS
@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     index: Path = Field(default=Path("var/scifact"), description="index directory (any backend; see indexes.load)")
     experiment: Path = Field(default=DEFAULT_EXPERIMENT, description="experiment file (YAML or JSON) with the arms")
     admin_token: SecretStr | None = Field(default=None, description="bearer token of /admin/*; unset disables them")
+    judge_token: SecretStr | None = Field(
+        default=None, description="token of the judging page /judge (not the admin token); unset disables it"
+    )
+    judge_queries: Path | None = Field(
+        default=None, description="BEIR queries.jsonl the judging queue can serve (besides the query log)"
+    )
+    judge_depth: int = Field(default=10, ge=1, le=MAX_K, description="ranks per query the judging queue serves")
+    judge_max_per_pair: int = Field(default=3, ge=1, description="most people who grade one (query, document)")
     max_query_chars: int = Field(
         default=1000, ge=1, le=MAX_QUERY_CHARS, description="longest accepted query, in characters"
     )
@@ -110,3 +118,10 @@ class Settings(BaseSettings):
     event_actions: list[str] = Field(
         default=UBI_ACTIONS, min_length=1, description="action_name values POST /events accepts"
     )
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> Settings:
+        judge, admin = self.judge_token, self.admin_token
+        if judge is not None and admin is not None and judge.get_secret_value() == admin.get_secret_value():
+            raise ValueError("judge_token must differ from admin_token")
+        return self

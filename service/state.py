@@ -22,6 +22,7 @@ from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import BackendUnavailableError, InputError
 from twostage_search.service.admission import Admission, Estimate, Expired, Overloaded
 from twostage_search.service.experiment import Deployment, ExperimentStore, UnknownArmError, user_hash
+from twostage_search.service.judging.store import JudgementStore
 from twostage_search.service.metrics import Metrics
 from twostage_search.service.settings import Settings
 from twostage_search.service.ubi.writer import LogWriter
@@ -54,6 +55,7 @@ class ServiceState:
     ready: bool = False
     owned: list[object] = field(default_factory=list)  # resources to close at shutdown
     log: LogWriter | None = None  # the query and event log (None: logging off)
+    judgements: JudgementStore | None = None  # relevance judgements (None: no judge token set)
 
 
 # --------------------------------------------------------------------------------- dependencies

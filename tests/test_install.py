@@ -65,6 +65,9 @@ def test_wheel_carries_the_package_data(wheel):
         "benchmarks/systems/bm25.yaml",
         "rerankers/models/ce-minilm-l6-scifact/model.safetensors",
         "indexes/lucene-logging.properties",
+        "service/templates/judge.html",
+        "service/templates/judge.js",
+        "service/templates/judge.css",
     ):
         assert f"twostage_search/{data}" in names, data
 

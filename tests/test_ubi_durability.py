@@ -3,17 +3,9 @@ batches, is killed mid-stream, restarts on the same data directory, and every ba
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +15,7 @@ need("fastapi", "service")
 need("uvicorn", "service")
 need("pyserini", "lucene")
 
-from tests.service_helpers import identity_arms, write_experiment
+from tests.service_helpers import Server, identity_arms, write_experiment
 from twostage_search.cli import main
 from twostage_search.service.ubi.sqlite import SQLiteLogStore
 
@@ -31,56 +23,6 @@ pytestmark = pytest.mark.slow
 
 EVENTS_PER_BATCH = 20
 ACKED_BEFORE_KILL = 30
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`twostage serve` in a subprocess on a free port, with its data directory."""
-
-    def __init__(self, index: Path, experiment: Path, data_dir: Path, log_file: Path) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "twostage_search.cli", "serve", "--index", str(index)]
-        cmd += ["--experiment", str(experiment), "--host", "127.0.0.1", "--port", str(self.port)]
-        env = {**os.environ, "TWOSTAGE_DATA_DIR": str(data_dir), "TWOSTAGE_WARMUP": "false"}
-        self.out = log_file.open("ab")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.base}/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"server did not start:\n{log_file.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
-
-    def post(self, path: str, body: object) -> tuple[int, dict]:
-        data = json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, json.load(resp)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.load(exc)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        self.out.close()
 
 
 def batch(n: int) -> list[dict]:

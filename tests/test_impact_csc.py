@@ -156,3 +156,15 @@ def test_rebuild_is_atomic_and_bad_input_writes_nothing(tmp_path):
         ImpactCscIndex.build(TOY_DOCS, path, encoder=TOY, scale=0, progress=False)
     assert {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "idx.versions"]
+
+
+def test_equality_benchmark_on_the_tiny_corpus(tmp_path, capsys):
+    from tests.helpers import TINY
+    from twostage_search.benchmarks.impact_equality import main
+
+    assert main(["--dataset", str(TINY), "--prune", "2,0", "--depth", "5", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "impact_equality-tiny-test.json").read_text())
+    assert report["queries"] == 6 and set(report["levels"]) == {"top2", "all"}
+    for row in report["levels"].values():
+        assert row["same_index_terms"] and row["identical_search_impacts"] == row["identical_retrieve"] == 6
+    assert "identical ids and scores 6/6" in capsys.readouterr().out

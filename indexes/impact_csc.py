@@ -112,6 +112,7 @@ class ImpactCscIndex:
         del threads
         if scale <= 0:
             raise InputError("scale must be positive")
+        require("scipy.sparse", "impact")  # searching needs it: say so before encoding anything
         from tqdm.auto import tqdm
 
         started = time.perf_counter()

@@ -14,6 +14,8 @@ reranks or returns; default all 100). ``--warmup`` queries run first, untimed.
 ``--int8-prune`` adds variants whose queries are encoded with INT8 ONNX Runtime (``query_precision``).
 ``--full-vocabulary-prune`` adds variants that encode queries onto the model's whole vocabulary
 (``index_terms_only=False``) instead of the index's terms.
+``--csc-index PATH`` adds the same SPLADE index in process (``impact-csc``, built with the SPLADE index's
+encoder settings unless it exists) at every ``--prune`` level (variants ``csc-topN``, ``csc``).
 ``--extra-index NAME=PATH`` adds another SPLADE index (e.g. documents at 512 tokens) as a variant,
 compared with the main one like the pruning levels. Splits: ``test`` is the dataset's test qrels;
 ``dev`` is the first ``--dev-queries`` (default 300) query ids of ``qrels/train.tsv`` in file order:
@@ -75,6 +77,24 @@ def ensure_indexes(args: argparse.Namespace) -> tuple[Any, Any]:
     return indexes.load(args.splade_index), indexes.load(args.bm25_index)
 
 
+def ensure_csc_index(args: argparse.Namespace, encoder_config: dict[str, Any]) -> Any:
+    """``--csc-index``, built (``impact-csc``, the SPLADE index's encoder settings) unless it exists."""
+    from twostage_search import indexes
+    from twostage_search.engine.encoders import encoder_from_meta
+    from twostage_search.engine.registry import index_backends
+
+    if not (args.csc_index / "meta.json").is_file():
+        corpus = find_file(args.dataset, "corpus")
+        index_backends.get("impact-csc").build(
+            read_corpus(corpus),
+            args.csc_index,
+            encoder=encoder_from_meta(encoder_config),
+            total=count_docs(corpus),
+            progress=False,
+        )
+    return indexes.load(args.csc_index)
+
+
 def latency(values: list[float]) -> dict[str, float]:
     return {
         "p50": round(percentile(values, 50), 2),
@@ -98,6 +118,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants: dict[str, Any] = {"bm25": bm25_index.retriever()}
     for n in levels:
         variants[f"splade-top{n}" if n else "splade"] = splade_index.retriever(encoder, query_top_n=n or None)
+    if args.csc_index is not None:  # the same SPLADE index in process (impact-csc), at each pruning level
+        csc_index = ensure_csc_index(args, splade_index.meta["encoder"])
+        for n in levels:
+            variants[f"csc-top{n}" if n else "csc"] = csc_index.retriever(encoder, query_top_n=n or None)
     for n in (int(x) for x in args.full_vocabulary_prune.split(",") if x):  # as before index_terms_only
         name = f"splade-fullvocab-top{n}" if n else "splade-fullvocab"
         variants[name] = splade_index.retriever(encoder, query_top_n=n or None, index_terms_only=False)
@@ -195,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "--full-vocabulary-prune", default="", help="query_top_n levels encoding onto the whole vocabulary"
     )
     parser.add_argument("--extra-index", action="append", default=[], help="NAME=PATH: another SPLADE index")
+    parser.add_argument("--csc-index", type=Path, default=None, help="also time SPLADE on this impact-csc index")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="documents, when building")
     parser.add_argument("--prune", default="0,8,12,16,24,32", help="query_top_n levels, 0 = all terms")
     parser.add_argument("--depth", type=int, default=100)

@@ -10,19 +10,24 @@ the dimension and the dtype. The directory is written atomically like every inde
 Search: the query vector's inner product with every row (a matrix-vector product over the memory map; the
 OS page cache keeps the matrix in memory after the first queries), the top ``k`` by score, ties broken
 by ``doc_id`` (the whole tied group at the cut-off is considered). Exact, so recall is the model's own;
-at 384 dimensions a scan costs about 1 ms per 10,000 documents on one core, which is fine up to a
-few million documents; beyond that an ANN library (FAISS, hnswlib) is the next step.
+at 384 dimensions a scan costs about 1 ms per 10,000 documents on one core.
+
+Approximate search: ``build(..., hnsw=HnswConfig(...))`` (or :meth:`DenseFlatIndex.add_hnsw` on an existing
+index) also writes an HNSW graph of the same vectors (:mod:`indexes.dense_hnsw`); a retriever then takes
+its candidates from the graph and scores them exactly against the matrix, so scores are the exact scan's
+and only recall can differ. ``retriever(search="exact")`` keeps the exact scan, the reference.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,6 +36,8 @@ from twostage_search.engine.cost import StageCost
 from twostage_search.engine.dense import DEFAULT_DENSE, DenseEncoder
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
+from twostage_search.indexes import docstore
+from twostage_search.indexes.dense_hnsw import HNSW_FILE, HnswConfig, HnswGraph, build_hnsw
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
 from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
 
@@ -40,6 +47,7 @@ VECTORS = "vectors.bin"
 DOC_IDS = "doc_ids.json"
 DTYPES = ("float32", "float16")
 SIMILARITY = "inner product of L2-normalised vectors (cosine), exact"
+Search = Literal["exact", "hnsw"]
 
 
 class DenseFlatIndex:
@@ -75,13 +83,15 @@ class DenseFlatIndex:
         overwrite: bool = True,
         threads: int | None = None,
         scale: float | None = None,
+        hnsw: HnswConfig | None = None,
     ) -> DenseFlatIndex:
         """Encode ``docs`` and write the index at ``path`` atomically.
 
         ``encoder`` is a :class:`DenseEncoder`; anything else (such as the SPLADE encoder every backend
         is handed by generic callers) is ignored and the default dense model is loaded. ``threads`` and
-        ``scale`` are accepted so every backend builds with the same call. Raises :class:`InputError`
-        (nothing written) on an empty corpus or bad parameters.
+        ``scale`` are accepted so every backend builds with the same call. ``hnsw`` also builds an HNSW graph
+        of the vectors for approximate search. Raises :class:`InputError` (nothing written) on an empty
+        corpus or bad parameters.
         """
         del threads, scale
         if dtype not in DTYPES:
@@ -105,20 +115,20 @@ class DenseFlatIndex:
                 raise InputError("corpus is empty: nothing to index")
             (tmp / DOC_IDS).write_text(json.dumps(ids), encoding="utf-8")
             seconds = time.perf_counter() - started
-            write_meta(
-                tmp,
-                {
-                    "backend": cls.backend,
-                    "encoder": dense.config(),
-                    "dim": dense.dim,
-                    "dtype": dtype,
-                    "similarity": SIMILARITY,
-                    "fields": "title + text (flat)",
-                    "doc_count": len(ids),
-                    "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "build_seconds": {"encode": round(seconds, 3), "total": round(seconds, 3)},
-                },
-            )
+            meta: dict[str, Any] = {
+                "backend": cls.backend,
+                "encoder": dense.config(),
+                "dim": dense.dim,
+                "dtype": dtype,
+                "similarity": SIMILARITY,
+                "fields": "title + text (flat)",
+                "doc_count": len(ids),
+                "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "build_seconds": {"encode": round(seconds, 3), "total": round(seconds, 3)},
+            }
+            if hnsw is not None:
+                meta["hnsw"] = cls._build_hnsw(tmp, meta, hnsw)
+            write_meta(tmp, meta)
         log.info("built %s: %d docs in %.1fs", path, len(ids), time.perf_counter() - started)
         return cls.open(path)
 
@@ -130,7 +140,30 @@ class DenseFlatIndex:
         expected = int(meta["doc_count"]) * int(meta["dim"]) * np.dtype(meta["dtype"]).itemsize
         if (path / VECTORS).stat().st_size != expected:
             raise IndexLoadError(f"corrupt index: {path / VECTORS} is not {meta['doc_count']}×{meta['dim']}")
+        if "hnsw" in meta and not (path / HNSW_FILE).is_file():
+            raise IndexLoadError(f"incomplete index (no {HNSW_FILE}): {path}")
         return cls(path, meta)
+
+    @staticmethod
+    def _build_hnsw(directory: Path, meta: dict[str, Any], config: HnswConfig) -> dict[str, Any]:
+        started = time.perf_counter()
+        shape = (int(meta["doc_count"]), int(meta["dim"]))
+        vectors = np.memmap(directory / VECTORS, dtype=np.dtype(meta["dtype"]).newbyteorder("<"), mode="r", shape=shape)
+        built = build_hnsw(vectors, directory / HNSW_FILE, config)
+        return {**built, "build_seconds": round(time.perf_counter() - started, 3)}
+
+    @classmethod
+    def add_hnsw(cls, path: str | Path, config: HnswConfig | None = None) -> DenseFlatIndex:
+        """Rewrite the index at ``path`` with an HNSW graph of its vectors (no re-encoding), atomically: a
+        new version holding copies of its files and the graph, as a build writes it."""
+        old = cls.open(path)
+        with atomic_index(path, overwrite=True) as tmp:
+            for name in (VECTORS, DOC_IDS, docstore.FILENAME):
+                shutil.copy2(old.path / name, tmp / name)
+            meta = {key: value for key, value in old.meta.items() if key not in ("format", "hnsw")}
+            meta["hnsw"] = cls._build_hnsw(tmp, meta, config or HnswConfig())
+            write_meta(tmp, meta)
+        return cls.open(path)
 
     def __len__(self) -> int:
         return int(self.meta["doc_count"])
@@ -139,9 +172,29 @@ class DenseFlatIndex:
         """The encoder this index was built with, re-created from ``meta.json`` (``threads=`` etc. may be set)."""
         return DenseEncoder(**{**self.meta["encoder"], **overrides})
 
-    def retriever(self, encoder: object = None) -> DenseRetriever:
-        """A searcher over this index; pass a :class:`DenseEncoder` to share a loaded one (others are ignored)."""
-        return DenseRetriever(self, encoder if isinstance(encoder, DenseEncoder) else self.encoder())
+    @property
+    def has_hnsw(self) -> bool:
+        return "hnsw" in self.meta
+
+    def retriever(
+        self, encoder: object = None, *, search: Search | None = None, ef_search: int | None = None
+    ) -> DenseRetriever:
+        """A searcher over this index; pass a :class:`DenseEncoder` to share a loaded one (others are ignored).
+
+        ``search``: ``"hnsw"`` (the default when the index has a graph) or ``"exact"`` (the full scan, the
+        default otherwise); ``ef_search`` overrides the graph's stored setting.
+        """
+        dense = encoder if isinstance(encoder, DenseEncoder) else self.encoder()
+        mode = search or ("hnsw" if self.has_hnsw else "exact")
+        if mode not in ("exact", "hnsw"):
+            raise InputError(f"search must be 'exact' or 'hnsw', got {mode!r}")
+        graph = None
+        if mode == "hnsw":
+            if not self.has_hnsw:
+                raise InputError(f"{self.path} has no HNSW graph: build it with hnsw=HnswConfig() or add_hnsw")
+            ef = ef_search if ef_search is not None else int(self.meta["hnsw"]["ef_search"])
+            graph = HnswGraph(self.path / HNSW_FILE, rows=len(self), ef_search=ef)
+        return DenseRetriever(self, dense, graph=graph)
 
 
 def top_k(scores: np.ndarray, doc_ids: list[str], k: int) -> list[tuple[str, float]]:
@@ -161,17 +214,19 @@ def top_k(scores: np.ndarray, doc_ids: list[str], k: int) -> list[tuple[str, flo
 class DenseRetriever:
     """First stage over a :class:`DenseFlatIndex`: encode the query, exact inner product, top ``k``.
 
-    Scores are cosine similarities in [-1, 1]. Safe to share between threads (no lock: the encoder and
-    the memory map are read-only).
+    Scores are cosine similarities in [-1, 1]. With ``graph`` (an HNSW graph of the same vectors) the
+    candidates come from the graph and are scored exactly against the matrix. Safe to share between threads
+    (no lock: the encoder, the memory maps and the graph are read-only).
     """
 
     name = "dense"
 
-    def __init__(self, index: DenseFlatIndex, encoder: DenseEncoder) -> None:
+    def __init__(self, index: DenseFlatIndex, encoder: DenseEncoder, *, graph: HnswGraph | None = None) -> None:
         if encoder.dim != index.vectors.shape[1]:
             raise InputError(f"encoder gives {encoder.dim}-d vectors, the index holds {index.vectors.shape[1]}-d")
         self.index = index
         self.encoder = encoder
+        self.graph = graph
         self._docs = DocStore(index.path)
 
     def retrieve(self, query: Query, k: int) -> RankedList:
@@ -198,9 +253,13 @@ class DenseRetriever:
         )
 
     def search_vector(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """Top ``k`` (doc_id, inner product) for a query vector."""
-        scores = np.asarray(self.index.vectors @ vector.astype(self.index.vectors.dtype), dtype=np.float32)
-        return top_k(scores, self.index.doc_ids, k)
+        """Top ``k`` (doc_id, inner product) for a query vector: exact, or over the HNSW graph's candidates."""
+        query = vector.astype(self.index.vectors.dtype)
+        if self.graph is None:
+            return top_k(np.asarray(self.index.vectors @ query, dtype=np.float32), self.index.doc_ids, k)
+        rows = self.graph.search(query, k)
+        scores = np.asarray(self.index.vectors[rows] @ query, dtype=np.float32)
+        return top_k(scores, [self.index.doc_ids[r] for r in rows.tolist()], k)
 
     def close(self) -> None:
         """Nothing to release (the memory map closes with the index)."""

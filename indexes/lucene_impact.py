@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.batching import chunked, progress_bar
-from twostage_search.engine.cost import StageCost
 from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
 from twostage_search.engine.errors import InputError, TwoStageError
-from twostage_search.engine.types import Candidate, Document, Query, RankedList
+from twostage_search.engine.types import Document
 from twostage_search.indexes import _jvm, _lucene
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
+from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders
 from twostage_search.indexes.meta import atomic_index, write_meta
 
 log = logging.getLogger(__name__)
@@ -46,18 +44,11 @@ class LuceneImpactIndex:
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
         self.meta = meta
-        # Query encoders limited to this index's terms, one per encoder: retrievers opened on the same
-        # encoder share its (vocabulary-sized) projection instead of each holding a copy.
-        self._limited: weakref.WeakKeyDictionary[SparseEncoder, SparseEncoder] = weakref.WeakKeyDictionary()
-        self._limited_lock = threading.Lock()
+        self._limited = LimitedQueryEncoders()
 
     def query_encoder(self, encoder: SparseEncoder, searcher: _lucene.ImpactQuerySearcher) -> SparseEncoder:
         """``encoder`` with its query side limited to the terms of this index (shared across retrievers)."""
-        with self._limited_lock:
-            limited = self._limited.get(encoder)
-            if limited is None:
-                limited = self._limited[encoder] = encoder.with_query_vocabulary(searcher.terms())
-            return limited
+        return self._limited.get(encoder, searcher.terms)
 
     # ----------------------------------------------------------------------------------- build
     @classmethod
@@ -175,7 +166,7 @@ class LuceneImpactIndex:
         )
 
 
-class LuceneImpactRetriever:
+class LuceneImpactRetriever(ImpactRetriever):
     """First stage over a :class:`LuceneImpactIndex`: SPLADE-encode the query, exact impact search.
 
     Scores are the integer dot products divided by ``scale**2`` (≈ the float SPLADE dot product).
@@ -192,6 +183,8 @@ class LuceneImpactRetriever:
     thread-safe, see :mod:`indexes._jvm`) and take a couple of milliseconds.
     """
 
+    index: LuceneImpactIndex
+
     def __init__(
         self,
         index: LuceneImpactIndex,
@@ -200,57 +193,11 @@ class LuceneImpactRetriever:
         query_top_n: int | None = None,
         index_terms_only: bool = True,
     ) -> None:
-        if query_top_n is not None and query_top_n < 1:
-            raise InputError("query_top_n must be positive or None")
-        self.index = index
-        self.query_top_n = query_top_n
+        super().__init__(index, DocStore(index.path), query_top_n=query_top_n)
         self._searcher = _lucene.ImpactQuerySearcher(index.path / LUCENE_DIR)
         self.encoder = index.query_encoder(encoder, self._searcher) if index_terms_only else encoder
-        self._docs = DocStore(index.path)
 
-    def retrieve(self, query: Query, k: int, *, texts: bool = True) -> RankedList:
-        return self.retrieve_with_cost(query, k, texts=texts)[0]
-
-    def retrieve_with_cost(
-        self, query: Query, k: int, *, texts: bool = True
-    ) -> tuple[RankedList, tuple[StageCost, ...]]:
-        """The ranking and its cost split into ``encode`` (SPLADE query) and ``retrieve`` (search + texts).
-
-        ``texts=False`` skips the document store: candidates carry ids and scores only (fill the ones
-        you rerank or return with :meth:`with_texts`).
-        """
-        if k < 0:
-            raise InputError(f"k must be non-negative, got {k}")
-        started = time.perf_counter()
-        (vector,) = self.encoder.encode_queries([query.text])
-        encoded = time.perf_counter()
-        ranking = self._search(query, vector.top(self.query_top_n).quantize(self.index.scale), k, texts)
-        done = time.perf_counter()
-        return ranking, (
-            StageCost("encode", (encoded - started) * 1000, docs=0),
-            StageCost("retrieve", (done - encoded) * 1000, docs=len(ranking)),
-        )
-
-    def with_texts(self, ranking: RankedList) -> RankedList:
-        """``ranking`` with each document's text and title from the document store."""
-        return self._docs.with_texts(ranking)
-
-    def _search(self, query: Query, impacts: dict[str, int], k: int, texts: bool = True) -> RankedList:
-        hits = self.search_impacts(impacts, k)
-        norm = self.index.scale**2
-        if not texts:
-            return RankedList.from_candidates(query.query_id, (Candidate(d, score / norm) for d, score in hits))
-        docs = self._docs.get_many([doc_id for doc_id, _ in hits])
-        return RankedList.from_candidates(
-            query.query_id,
-            (
-                Candidate(doc_id, score / norm, docs[doc_id].text, docs[doc_id].title)
-                for doc_id, score in hits
-                if doc_id in docs
-            ),
-        )
-
-    def search_impacts(self, impacts: dict[str, int], k: int) -> list[tuple[str, int]]:
+    def search_impacts(self, impacts: Mapping[str, int], k: int) -> list[tuple[str, int]]:
         """Top ``k`` (doc_id, integer score) for integer query impacts, ties by doc_id."""
         if k == 0 or not impacts:
             return []

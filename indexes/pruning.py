@@ -19,7 +19,7 @@ from twostage_search.engine.types import Query
 
 
 class ImpactSearcher(Protocol):
-    """A retriever that searches integer query impacts directly (both index backends' retrievers)."""
+    """A retriever that searches integer query impacts directly (``lucene-impact``, ``impact-csc``, ``opensearch``)."""
 
     encoder: Any
     index: Any

@@ -1,6 +1,6 @@
-"""The Lucene retrievers shared between threads: N threads get exactly the sequential answers (pyjnius is
-not thread-safe; without the process-wide JNI lock query maps get mixed up). Also query-term pruning and
-text-less retrieval."""
+"""The Lucene retrievers and the in-process impact one shared between threads: N threads get exactly the
+sequential answers (pyjnius is not thread-safe; without the process-wide JNI lock query maps get mixed up).
+Also query-term pruning and text-less retrieval."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +14,7 @@ def _queries(tiny_queries):
     return [*tiny_queries, *(Query(f"x{i}", t) for i, t in enumerate(extra))] * 4
 
 
-@pytest.mark.parametrize("backend", ["lucene-impact", "lucene-bm25"])
+@pytest.mark.parametrize("backend", ["lucene-impact", "lucene-bm25", "impact-csc"])
 def test_threads_get_the_sequential_answers(built_indexes, encoder, tiny_queries, backend):
     index = built_indexes[backend]
     retriever = index.retriever(encoder)
@@ -29,7 +29,7 @@ def test_threads_get_the_sequential_answers(built_indexes, encoder, tiny_queries
     assert any(len(r) for r in sequential)
 
 
-@pytest.mark.parametrize("backend", ["lucene-impact", "lucene-bm25"])
+@pytest.mark.parametrize("backend", ["lucene-impact", "lucene-bm25", "impact-csc"])
 def test_texts_are_fetched_only_when_asked(built_indexes, encoder, tiny_queries, tiny_docs, backend):
     retriever = built_indexes[backend].retriever(encoder)
     by_id = {d.doc_id: d for d in tiny_docs}

@@ -1,0 +1,156 @@
+"""Choose HNSW settings for ``dense-flat`` on dev queries: recall@k of the graph against the exact scan.
+
+    python -m twostage_search.benchmarks.dense_ann --dataset ../shared/datasets/scifact \\
+        --dense-index var/scifact-dense --m 8,16,32 --ef 32,64,128,256,512 --k 100 --target 0.99
+
+The dense index is built first unless it exists (``--dense-index``; default encoder). Queries: with a
+``qrels/train.tsv`` (SciFact), dev is its first ``--max-queries`` ids and test is ``qrels/test.tsv``;
+otherwise (CrowdFlower, Home Depot) the ids of ``qrels/test.tsv`` are split 50/50 by
+``benchmarks.graded.split_queries`` (seeded) and each half is cut to its first ``--max-queries`` ids. The
+queries are encoded once; the exact scan's top ``k`` is the reference. For each ``M`` an HNSW graph is built
+(one thread, ``--ef-construction``) in a temporary directory, and for each ``ef_search`` the mean recall@k
+(|graph's top k ∩ exact top k| / |exact top k|) is measured on the dev and test queries, with the mean
+number of distances a graph search computes (its cost, the same on any machine) and the p50 time of a
+search (graph + exact re-scoring of its candidates) and of the exact scan, one query at a time, the two
+alternating. The chosen setting is the cheapest (fewest distances) whose dev recall reaches ``--target``;
+its test recall is reported beside it. ``--apply`` then adds the chosen graph
+to the index (``DenseFlatIndex.add_hnsw``). Writes ``--out/dense_ann-<dataset>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twostage_search.benchmarks.evaluation import machine, percentile
+from twostage_search.benchmarks.graded import split_queries
+from twostage_search.engine.beir import count_docs, find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.logs import setup_logging
+from twostage_search.engine.types import Query
+
+log = logging.getLogger(__name__)
+
+
+def dev_test_queries(dataset: Path, max_queries: int) -> dict[str, list[Query]]:
+    """The dev and test queries (see the module docstring), at most ``max_queries`` each."""
+    test_ids = list(read_qrels(dataset / "qrels" / "test.tsv"))
+    if (dataset / "qrels" / "train.tsv").is_file():
+        ids = {"dev": list(read_qrels(dataset / "qrels" / "train.tsv"))[:max_queries], "test": test_ids}
+    else:
+        halves = split_queries(test_ids, {"dev": 0.5, "test": 0.5})
+        ids = {name: list(part[:max_queries]) for name, part in halves.items()}
+    by_id = {q.query_id: q for q in read_queries(find_file(dataset, "queries"))}
+    return {name: [by_id[i] for i in part if i in by_id][:max_queries] for name, part in ids.items()}
+
+
+def ensure_index(args: argparse.Namespace) -> Any:
+    from twostage_search.indexes.dense import DenseFlatIndex
+
+    if not (args.dense_index / "meta.json").is_file():
+        corpus = find_file(args.dataset, "corpus")
+        DenseFlatIndex.build(read_corpus(corpus), args.dense_index, total=count_docs(corpus), progress=False)
+    return DenseFlatIndex.open(args.dense_index)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from twostage_search.indexes.dense import DenseRetriever
+    from twostage_search.indexes.dense_hnsw import HNSW_FILE, HnswConfig, HnswGraph, build_hnsw
+
+    index = ensure_index(args)
+    encoder = index.encoder()
+    splits = dev_test_queries(args.dataset, args.max_queries)
+    vectors = {name: encoder.encode_queries([q.text for q in queries]) for name, queries in splits.items()}
+    exact = index.retriever(encoder, search="exact")
+    reference = {name: [[d for d, _ in exact.search_vector(v, args.k)] for v in vecs] for name, vecs in vectors.items()}
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="dense-ann-") as tmp:
+        for m in (int(x) for x in args.m.split(",")):
+            started = time.perf_counter()
+            graph_path = Path(tmp) / f"m{m}-{HNSW_FILE}"
+            build_hnsw(index.vectors, graph_path, HnswConfig(m=m, ef_construction=args.ef_construction))
+            build_seconds = time.perf_counter() - started
+            for ef in (int(x) for x in args.ef.split(",")):
+                graph = HnswGraph(graph_path, rows=len(index), ef_search=ef)
+                approximate = DenseRetriever(index, encoder, graph=graph)
+                row: dict[str, Any] = {"m": m, "ef_search": ef, "build_seconds": round(build_seconds, 2)}
+                counted = [graph.search_counted(v, args.k)[1] for v in vectors["dev"]]
+                row["distances"] = round(float(np.mean(counted)), 1)
+                for name, vecs in vectors.items():
+                    found = [[d for d, _ in approximate.search_vector(v, args.k)] for v in vecs]
+                    recalls = [len(set(f) & set(r)) / len(r) for f, r in zip(found, reference[name], strict=True) if r]
+                    row[f"{name}_recall"] = round(float(np.mean(recalls)), 4)
+                    row[f"{name}_min_recall"] = round(float(np.min(recalls)), 4)
+                ann_ms: list[float] = []
+                exact_ms: list[float] = []
+                for i, v in enumerate(vectors["dev"]):  # alternate which goes first
+                    for which in (approximate, exact) if i % 2 == 0 else (exact, approximate):
+                        t = time.perf_counter()
+                        which.search_vector(v, args.k)
+                        (ann_ms if which is approximate else exact_ms).append((time.perf_counter() - t) * 1000)
+                row["p50_ms"], row["exact_p50_ms"] = (
+                    round(percentile(ann_ms, 50), 3),
+                    round(percentile(exact_ms, 50), 3),
+                )
+                rows.append(row)
+                log.info("%s", row)
+    passing = [r for r in rows if r["dev_recall"] >= args.target]
+    chosen = min(passing, key=lambda r: (r["distances"], r["m"], r["ef_search"])) if passing else None
+    if chosen is not None and args.apply:
+        from twostage_search.indexes.dense import DenseFlatIndex
+
+        config = HnswConfig(m=chosen["m"], ef_construction=args.ef_construction, ef_search=chosen["ef_search"])
+        DenseFlatIndex.add_hnsw(args.dense_index, config)
+    return {
+        "dataset": args.dataset.name,
+        "documents": len(index),
+        "k": args.k,
+        "target": args.target,
+        "queries": {name: len(q) for name, q in splits.items()},
+        "ef_construction": args.ef_construction,
+        "machine": machine(),
+        "settings": rows,
+        "chosen": chosen,
+        "applied": bool(chosen is not None and args.apply),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=Path("../shared/datasets/scifact"))
+    parser.add_argument("--dense-index", type=Path, default=Path("var/scifact-dense"))
+    parser.add_argument("--m", default="8,16,32", help="HNSW links per node (usearch connectivity)")
+    parser.add_argument("--ef", default="32,64,128,256,512", help="ef_search values (usearch expansion_search)")
+    parser.add_argument("--ef-construction", type=int, default=128)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--target", type=float, default=0.99, help="mean dev recall@k to reach")
+    parser.add_argument("--max-queries", type=int, default=300, help="queries per split at most")
+    parser.add_argument("--apply", action="store_true", help="add the chosen graph to --dense-index")
+    parser.add_argument("--out", type=Path, default=Path("runs"))
+    args = parser.parse_args(argv)
+    setup_logging(0)
+    report = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"dense_ann-{report['dataset']}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"{report['dataset']}: {report['documents']} documents, recall@{report['k']} vs the exact scan")
+    print(f"{'M':>3} {'ef':>5} {'dev R':>7} {'dev min':>7} {'test R':>7} {'dists':>8} {'p50 ms':>7} {'exact ms':>8}")
+    for r in report["settings"]:
+        print(
+            f"{r['m']:>3} {r['ef_search']:>5} {r['dev_recall']:>7.4f} {r['dev_min_recall']:>7.4f} "
+            f"{r['test_recall']:>7.4f} {r['distances']:>8.1f} {r['p50_ms']:>7.3f} {r['exact_p50_ms']:>8.3f}"
+        )
+    chosen = report["chosen"]
+    print(f"chosen: {chosen if chosen else f'none reaches {args.target}'}; wrote {path}")
+    return 0 if chosen else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Embedded SPLADE first stage without a JVM (``impact-csc``): integer impacts in compressed sparse arrays,
+exact dot products with scipy.sparse.
+
+Build: documents are encoded and quantised exactly as for ``lucene-impact`` (``round(w * scale)``, the same
+``scale`` and ``meta.json`` fields), and the impacts are written as one compressed sparse matrix with a row
+per term of the index's vocabulary and a column per document (CSR over terms: the CSC arrays of the
+document × term matrix): ``postings/indptr.npy``, ``postings/docs.npy`` (document rows, ascending within a
+term) and ``postings/impacts.npy`` (int32), with ``terms.json`` (the vocabulary, sorted), ``doc_ids.json``
+(document rows) and the document store. The directory is written atomically like every index.
+
+Search: the arrays are memory-mapped (``np.load(mmap_mode="r")``); the query's integer impacts form a
+one-row sparse matrix whose product with the posting matrix (scipy's compiled kernel, which runs
+without the GIL) is the exact integer score of every document sharing a term with the query; the top
+``k`` are taken by score, ties broken by ``doc_id`` over the whole tied group at the cut-off, as
+``lucene-impact`` does. Same quantised query, same documents, same integer scores as ``lucene-impact``
+(whose float sums are exact below 2**24; these are exact in int32, or int64 when a query could
+overflow int32).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
+from twostage_search.engine.errors import IndexLoadError, InputError
+from twostage_search.engine.optional import require
+from twostage_search.engine.types import Document
+from twostage_search.indexes.docstore import DocStore, DocStoreWriter
+from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders
+from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
+
+log = logging.getLogger(__name__)
+
+POSTINGS = "postings"
+INDPTR, DOCS, IMPACTS = "indptr.npy", "docs.npy", "impacts.npy"
+TERMS = "terms.json"
+DOC_IDS = "doc_ids.json"
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _chunks(docs: Iterable[Document], size: int) -> Iterable[list[Document]]:
+    chunk: list[Document] = []
+    for doc in docs:
+        chunk.append(doc)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class ImpactCscIndex:
+    """Quantised SPLADE impacts as memory-mapped compressed sparse arrays (one row per term), with doc ids,
+    document store and ``meta.json``."""
+
+    backend = "impact-csc"
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self.terms: list[str] = json.loads((path / TERMS).read_text(encoding="utf-8"))
+        self.doc_ids: list[str] = json.loads((path / DOC_IDS).read_text(encoding="utf-8"))
+        self.term_rows = {term: row for row, term in enumerate(self.terms)}
+        self.max_impact = int(meta["max_impact"])
+        postings = path / POSTINGS
+        arrays = [np.load(postings / name, mmap_mode="r", allow_pickle=False) for name in (INDPTR, DOCS, IMPACTS)]
+        indptr, docs, impacts = arrays
+        if (
+            len(self.doc_ids) != int(meta["doc_count"])
+            or len(indptr) != len(self.terms) + 1
+            or len(docs) != len(impacts)
+            or (len(indptr) and int(indptr[-1]) != len(docs))
+            or docs.dtype != indptr.dtype
+            or impacts.dtype != np.int32
+        ):
+            raise IndexLoadError(f"corrupt index: the arrays under {postings} do not match {TERMS}/{DOC_IDS}")
+        sparse = require("scipy.sparse", "impact")
+        # Built once and only read afterwards: a search multiplies it or selects its rows, never changes it.
+        self.postings = sparse.csr_array((impacts, docs, indptr), shape=(len(self.terms), len(self.doc_ids)))
+        self._limited = LimitedQueryEncoders()
+
+    # ----------------------------------------------------------------------------------- build
+    @classmethod
+    def build(
+        cls,
+        docs: Iterable[Document],
+        path: str | Path,
+        *,
+        encoder: SparseEncoder,
+        scale: float = 100.0,
+        chunk_size: int = 256,
+        total: int | None = None,
+        progress: bool = True,
+        overwrite: bool = True,
+        threads: int | None = None,
+    ) -> ImpactCscIndex:
+        """Encode ``docs`` and write the index at ``path`` atomically (temp dir, then rename).
+
+        ``threads`` is accepted so every backend builds with the same call (the encoder sets its own).
+        Raises :class:`InputError` (nothing written) on an empty corpus, a duplicate ``doc_id`` or bad
+        parameters; any failure leaves an existing index at ``path`` untouched.
+        """
+        del threads
+        if scale <= 0:
+            raise InputError("scale must be positive")
+        require("scipy.sparse", "impact")  # searching needs it: say so before encoding anything
+        from tqdm.auto import tqdm
+
+        started = time.perf_counter()
+        vocab: dict[str, int] = {}  # term -> id in order of first appearance
+        term_ids, impacts, lengths = array("i"), array("i"), array("i")  # postings in document order
+        ids: list[str] = []
+        with atomic_index(path, overwrite=overwrite) as tmp:
+            with (
+                DocStoreWriter(tmp) as store,
+                tqdm(total=total, desc="encode", unit="doc", disable=not progress, dynamic_ncols=True) as bar,
+            ):
+                for chunk in _chunks(docs, chunk_size):
+                    vectors = encoder.encode_docs([d.full_text for d in chunk])
+                    for doc, vector in zip(chunk, vectors, strict=True):
+                        quantised = vector.quantize(scale)
+                        term_ids.extend(vocab.setdefault(term, len(vocab)) for term in quantised)
+                        try:
+                            impacts.extend(quantised.values())
+                        except OverflowError:
+                            raise InputError(f"scale {scale} gives impacts beyond int32: use a smaller one") from None
+                        lengths.append(len(quantised))
+                        ids.append(doc.doc_id)
+                    store.add(chunk)
+                    bar.update(len(chunk))
+            if not ids:
+                raise InputError("corpus is empty: nothing to index")
+            encode_seconds = time.perf_counter() - started
+            terms, max_impact = cls._write_postings(tmp / POSTINGS, vocab, term_ids, impacts, lengths)
+            (tmp / TERMS).write_text(json.dumps(terms), encoding="utf-8")
+            (tmp / DOC_IDS).write_text(json.dumps(ids), encoding="utf-8")
+            write_meta(
+                tmp,
+                {
+                    "backend": cls.backend,
+                    "encoder": encoder.config(),
+                    "scale": scale,
+                    "doc_count": len(ids),
+                    "indexed_count": len(ids) - lengths.count(0),
+                    "empty_docs": lengths.count(0),
+                    "mean_doc_terms": len(impacts) / len(ids),
+                    "terms": len(terms),
+                    "postings": len(impacts),
+                    "max_impact": max_impact,
+                    "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "build_seconds": {
+                        "encode": round(encode_seconds, 3),
+                        "total": round(time.perf_counter() - started, 3),
+                    },
+                },
+            )
+        log.info("built %s: %d docs in %.1fs", path, len(ids), time.perf_counter() - started)
+        return cls.open(path)
+
+    @staticmethod
+    def _write_postings(
+        out: Path, vocab: Mapping[str, int], term_ids: array[int], impacts: array[int], lengths: array[int]
+    ) -> tuple[list[str], int]:
+        """Write the term × document CSR arrays under ``out`` from the postings in document order (``lengths``:
+        terms per document); return the sorted vocabulary and the largest impact."""
+        terms = sorted(vocab)  # code-point order = UTF-8 byte order, Lucene's term order
+        rank = np.empty(len(vocab), dtype=np.int64)
+        rank[[vocab[t] for t in terms]] = np.arange(len(terms))
+        rows = rank[np.frombuffer(term_ids, dtype=np.intc)]
+        order = np.argsort(rows, kind="stable")  # by term; documents stay ascending within a term
+        docs = np.repeat(np.arange(len(lengths), dtype=np.int64), np.frombuffer(lengths, dtype=np.intc))[order]
+        values = np.frombuffer(impacts, dtype=np.intc)[order]
+        # scipy keeps int32 index arrays as they are; int64 only when the counts need it (then both are int64).
+        index_dtype = np.int32 if max(len(values), len(lengths)) <= INT32_MAX else np.int64
+        indptr = np.zeros(len(terms) + 1, dtype=index_dtype)
+        np.cumsum(np.bincount(rows, minlength=len(terms)), out=indptr[1:])
+        out.mkdir()
+        np.save(out / INDPTR, indptr, allow_pickle=False)
+        np.save(out / DOCS, docs.astype(index_dtype), allow_pickle=False)
+        np.save(out / IMPACTS, values.astype(np.int32), allow_pickle=False)
+        return terms, int(values.max()) if len(values) else 0
+
+    # ------------------------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, path: str | Path) -> ImpactCscIndex:
+        path = Path(path)
+        meta = read_meta(path, backend=cls.backend, files=(TERMS, DOC_IDS), dirs=(POSTINGS,))
+        for name in (INDPTR, DOCS, IMPACTS):
+            if not (path / POSTINGS / name).is_file():
+                raise IndexLoadError(f"incomplete index (no {POSTINGS}/{name}): {path}")
+        return cls(path, meta)
+
+    @property
+    def scale(self) -> float:
+        return float(self.meta["scale"])
+
+    def __len__(self) -> int:
+        return int(self.meta["doc_count"])
+
+    def encoder(self) -> SparseEncoder:
+        """The encoder this index was built with, re-created from ``meta.json``."""
+        return encoder_from_meta(self.meta["encoder"])
+
+    def query_encoder(self, encoder: SparseEncoder) -> SparseEncoder:
+        """``encoder`` with its query side limited to the terms of this index (shared across retrievers)."""
+        return self._limited.get(encoder, lambda: self.terms)
+
+    def retriever(
+        self, encoder: SparseEncoder | None = None, *, query_top_n: int | None = None, index_terms_only: bool = True
+    ) -> ImpactCscRetriever:
+        """A searcher over this index; pass ``encoder`` to share an already loaded one.
+
+        ``query_top_n``, ``index_terms_only``: as for ``lucene-impact`` (:class:`ImpactCscRetriever`).
+        """
+        return ImpactCscRetriever(
+            self, encoder or self.encoder(), query_top_n=query_top_n, index_terms_only=index_terms_only
+        )
+
+    def scores(self, rows: Sequence[int], weights: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(document rows, integer scores) of every document with a positive dot product with the query
+        whose weight on term row ``rows[i]`` is ``weights[i]`` (distinct rows, positive weights)."""
+        sparse = require("scipy.sparse", "impact")
+        n = len(rows)
+        index_dtype = self.postings.indptr.dtype
+        weights64 = np.asarray(weights, dtype=np.int64)
+        if int(weights64.sum()) * self.max_impact <= INT32_MAX:  # no sum can overflow int32
+            query = sparse.csr_array(
+                (weights64.astype(np.int32), np.asarray(rows, dtype=index_dtype), np.array([0, n], dtype=index_dtype)),
+                shape=(1, self.postings.shape[0]),
+            )
+            result = query @ self.postings
+        else:  # the query's posting lists only, widened to int64 (never the whole matrix)
+            selected = self.postings[np.asarray(rows, dtype=np.int64)].astype(np.int64)
+            query = sparse.csr_array(
+                (weights64, np.arange(n, dtype=index_dtype), np.array([0, n], dtype=index_dtype)), shape=(1, n)
+            )
+            result = query @ selected
+        return np.asarray(result.indices), np.asarray(result.data, dtype=np.int64)
+
+
+def top_k(rows: np.ndarray, scores: np.ndarray, doc_ids: Sequence[str], k: int) -> list[tuple[str, int]]:
+    """The ``k`` best (doc_id, score): score descending, ties by ``doc_id`` (the tied group at the cut-off too)."""
+    n = len(scores)
+    if k <= 0 or n == 0:
+        return []
+    if k < n:
+        kth = np.partition(scores, n - k)[n - k]
+        keep = np.flatnonzero(scores >= kth)  # everything above the cut-off plus the whole tied group
+        rows, scores = rows[keep], scores[keep]
+    hits = sorted(((doc_ids[r], int(s)) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)),
+                  key=lambda h: (-h[1], h[0]))  # fmt: skip
+    return hits[:k]
+
+
+class ImpactCscRetriever(ImpactRetriever):
+    """First stage over an :class:`ImpactCscIndex`: SPLADE-encode the query, exact impact search in process.
+
+    Ranks exactly as ``lucene-impact`` over the same documents and encoder: scores are the integer dot
+    products divided by ``scale**2``, ties broken by ``doc_id``. ``query_top_n`` keeps the query's heaviest
+    terms (``None``: all); with ``index_terms_only`` (the default) the query is encoded onto the terms the
+    index holds, as for ``lucene-impact``. Safe to share between threads without a lock: the arrays are
+    read-only and every search allocates its own; scipy's product runs without the GIL.
+    """
+
+    index: ImpactCscIndex
+
+    def __init__(
+        self,
+        index: ImpactCscIndex,
+        encoder: SparseEncoder,
+        *,
+        query_top_n: int | None = None,
+        index_terms_only: bool = True,
+    ) -> None:
+        super().__init__(index, DocStore(index.path), query_top_n=query_top_n)
+        self.encoder = index.query_encoder(encoder) if index_terms_only else encoder
+
+    def search_impacts(self, impacts: Mapping[str, int], k: int) -> list[tuple[str, int]]:
+        """Top ``k`` (doc_id, integer score) for integer query impacts, ties by doc_id."""
+        if k <= 0:
+            return []
+        term_rows = self.index.term_rows
+        matched = sorted((term_rows[t], int(w)) for t, w in impacts.items() if w > 0 and t in term_rows)
+        if not matched:
+            return []
+        rows, scores = self.index.scores([r for r, _ in matched], [w for _, w in matched])
+        return top_k(rows, scores, self.index.doc_ids, k)
+
+    def close(self) -> None:
+        """Nothing to release (the memory maps close with the index)."""

@@ -1,0 +1,133 @@
+"""Approximate dense search (an HNSW graph from usearch beside ``dense-flat``'s vectors) against the exact
+scan: recall on the tiny corpus with the real model and on seeded synthetic vectors, exact scores for the
+documents found, atomic and deterministic builds."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.helpers import need
+
+need("onnxruntime", "dense")
+need("usearch", "dense")
+
+from twostage_search.engine.dense import DenseEncoder
+from twostage_search.engine.errors import IndexLoadError, InputError
+from twostage_search.engine.types import Query
+from twostage_search.indexes.dense import DenseFlatIndex, DenseRetriever, top_k
+from twostage_search.indexes.dense_hnsw import HNSW_FILE, HnswConfig, HnswGraph, build_hnsw
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return DenseEncoder(threads=1)
+
+
+@pytest.fixture(scope="module")
+def hnsw_index(tmp_path_factory, tiny_docs, dense):
+    path = tmp_path_factory.mktemp("dense-hnsw") / "idx"
+    return DenseFlatIndex.build(tiny_docs, path, encoder=dense, progress=False, hnsw=HnswConfig(m=4, ef_search=16))
+
+
+def _recall(found, reference):
+    return len(set(found) & set(reference)) / len(reference)
+
+
+def test_recall_at_k_against_the_exact_scan_on_the_tiny_corpus(hnsw_index, dense, tiny_queries, tiny_docs):
+    approximate = hnsw_index.retriever(dense)
+    exact = hnsw_index.retriever(dense, search="exact")
+    assert approximate.graph is not None and exact.graph is None
+    for q in tiny_queries:
+        for k in (3, 10, len(tiny_docs)):
+            want, got = exact.retrieve(q, k), approximate.retrieve(q, k)
+            assert _recall(got.doc_ids, want.doc_ids) == 1.0, (q.text, k)
+            # the documents found are scored exactly against the stored vectors
+            by_id = {h.doc_id: h.score for h in want}
+            assert [h.score for h in got] == pytest.approx([by_id[d] for d in got.doc_ids], abs=1e-6)
+
+
+def test_meta_and_graph_file(hnsw_index):
+    meta = json.loads((hnsw_index.path / "meta.json").read_text())
+    assert meta["hnsw"]["library"] == "usearch" and meta["hnsw"]["file"] == HNSW_FILE
+    assert (meta["hnsw"]["m"], meta["hnsw"]["ef_construction"], meta["hnsw"]["ef_search"]) == (4, 128, 16)
+    assert hnsw_index.has_hnsw and (hnsw_index.path / HNSW_FILE).is_file()
+
+
+def _unit_vectors(n, dim, seed):
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_recall_on_synthetic_vectors_grows_with_ef_search(tmp_path):
+    """2,000 seeded random unit vectors in 32 dimensions, 50 queries: recall@10 of the graph against the exact
+    top 10 (numpy), low at ef_search 10 and close to 1 at ef_search 200 (a wide margin below what it gives)."""
+    vectors, queries = _unit_vectors(2000, 32, 1), _unit_vectors(50, 32, 2)
+    build_hnsw(vectors, tmp_path / HNSW_FILE, HnswConfig(m=8, ef_construction=64))
+    ids = [str(i) for i in range(len(vectors))]
+    recalls = {}
+    for ef in (10, 200):
+        graph = HnswGraph(tmp_path / HNSW_FILE, rows=len(vectors), ef_search=ef)
+        hits = [graph.search(q, 10) for q in queries]
+        exact = [[d for d, _ in top_k(vectors @ q, ids, 10)] for q in queries]
+        recalls[ef] = np.mean([_recall([str(r) for r in h], e) for h, e in zip(hits, exact, strict=True)])
+    assert recalls[200] >= 0.95
+    assert recalls[10] < recalls[200]
+
+
+def test_same_graph_on_every_build(tmp_path):
+    vectors = _unit_vectors(500, 16, 3)
+    for name in ("a", "b"):
+        build_hnsw(vectors, tmp_path / name, HnswConfig(m=8))
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+def test_threads_share_a_retriever(hnsw_index, dense, tiny_queries):
+    retriever = hnsw_index.retriever(dense)
+    queries = [*tiny_queries] * 6
+    sequential = [retriever.retrieve(q, 5) for q in queries]
+    with ThreadPoolExecutor(6) as pool:
+        concurrent = list(pool.map(lambda q: retriever.retrieve(q, 5), queries))
+    assert concurrent == sequential
+
+
+def test_add_hnsw_to_an_existing_index_and_errors(tmp_path, tiny_docs, dense):
+    path = tmp_path / "idx"
+    plain = DenseFlatIndex.build(tiny_docs, path, encoder=dense, progress=False)
+    assert not plain.has_hnsw and plain.retriever(dense).graph is None
+    with pytest.raises(InputError, match="no HNSW graph"):
+        plain.retriever(dense, search="hnsw")
+    added = DenseFlatIndex.add_hnsw(path, HnswConfig(m=4))
+    assert added.has_hnsw and np.array_equal(added.vectors, plain.vectors)
+    query = Query("q", "lava and magma eruption")
+    assert added.retriever(dense).retrieve(query, 3).doc_ids == plain.retriever(dense).retrieve(query, 3).doc_ids
+    assert added.retriever(dense, ef_search=1).graph.ef_search == 1
+    with pytest.raises(InputError, match="search must be"):
+        added.retriever(dense, search="ivf")
+    with pytest.raises(InputError, match="at least 1"):
+        HnswConfig(m=0)
+    (added.path / HNSW_FILE).unlink()
+    with pytest.raises(IndexLoadError, match=HNSW_FILE.replace(".", r"\.")):
+        DenseFlatIndex.open(path)
+
+
+def test_graph_of_another_size_is_refused(hnsw_index, tmp_path):
+    build_hnsw(_unit_vectors(3, 384, 4), tmp_path / HNSW_FILE, HnswConfig())
+    with pytest.raises(IndexLoadError, match="corrupt"):
+        HnswGraph(tmp_path / HNSW_FILE, rows=len(hnsw_index), ef_search=8)
+    assert isinstance(hnsw_index.retriever(), DenseRetriever)
+
+
+def test_ann_benchmark_chooses_and_applies_a_setting(tmp_path, tiny_docs, dense):
+    from tests.helpers import TINY
+    from twostage_search.benchmarks.dense_ann import main
+
+    path = tmp_path / "idx"
+    DenseFlatIndex.build(tiny_docs, path, encoder=dense, progress=False)
+    args = ["--dataset", str(TINY), "--dense-index", str(path), "--m", "4", "--ef", "4,8", "--k", "5", "--apply"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "dense_ann-tiny.json").read_text())
+    assert report["queries"] == {"dev": 3, "test": 3} and len(report["settings"]) == 2
+    assert report["chosen"]["dev_recall"] >= 0.99 and report["applied"]
+    assert DenseFlatIndex.open(path).meta["hnsw"]["ef_search"] == report["chosen"]["ef_search"]

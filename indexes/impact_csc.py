@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.optional import require
@@ -45,17 +46,6 @@ INDPTR, DOCS, IMPACTS = "indptr.npy", "docs.npy", "impacts.npy"
 TERMS = "terms.json"
 DOC_IDS = "doc_ids.json"
 INT32_MAX = int(np.iinfo(np.int32).max)
-
-
-def _chunks(docs: Iterable[Document], size: int) -> Iterable[list[Document]]:
-    chunk: list[Document] = []
-    for doc in docs:
-        chunk.append(doc)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 class ImpactCscIndex:
@@ -113,8 +103,6 @@ class ImpactCscIndex:
         if scale <= 0:
             raise InputError("scale must be positive")
         require("scipy.sparse", "impact")  # searching needs it: say so before encoding anything
-        from tqdm.auto import tqdm
-
         started = time.perf_counter()
         vocab: dict[str, int] = {}  # term -> id in order of first appearance
         term_ids, impacts, lengths = array("i"), array("i"), array("i")  # postings in document order
@@ -122,9 +110,9 @@ class ImpactCscIndex:
         with atomic_index(path, overwrite=overwrite) as tmp:
             with (
                 DocStoreWriter(tmp) as store,
-                tqdm(total=total, desc="encode", unit="doc", disable=not progress, dynamic_ncols=True) as bar,
+                progress_bar(total, "encode", progress) as bar,
             ):
-                for chunk in _chunks(docs, chunk_size):
+                for chunk in chunked(docs, chunk_size):
                     vectors = encoder.encode_docs([d.full_text for d in chunk])
                     for doc, vector in zip(chunk, vectors, strict=True):
                         quantised = vector.quantize(scale)

@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--fault-injection", action="store_true", help="enable POST /_faults (tests only)")
 
     b = sub.add_parser("bench", help="benchmark systems (YAML) on a BEIR dataset: table, runs, report, plots")
-    _add_bench_arguments(b)
+    from twostage_search.benchmarks.cli import add_bench_arguments
+
+    add_bench_arguments(b)
     f = sub.add_parser("fetch-beir", help="download a standard BEIR dataset (needs network access)")
     f.add_argument("name", help="BEIR dataset name (e.g. scifact, nfcorpus, fiqa)")
     f.add_argument("--out", required=True, type=Path, help="directory to create (BEIR files)")
@@ -143,43 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     return parser
-
-
-def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, type=Path, help="BEIR directory (corpus, queries, qrels/SPLIT.tsv)")
-    p.add_argument("--systems", required=True, nargs="+", type=Path, metavar="YAML", help="system config files")
-    p.add_argument("--split", default="test", help="qrels split (default: test)")
-    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory (default: runs/bench)")
-    p.add_argument("--baseline", default=None, help="system name to test against (default: the first)")
-    p.add_argument("--max-queries", type=_positive, default=None, help="only the first N queries of the split")
-    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up queries per system (default 5)")
-    p.add_argument("--index-cache", type=Path, default=Path("var/bench"), help="where built indexes are cached")
-    p.add_argument("--threads", type=_positive, default=2, help="index build threads (default 2)")
-    p.add_argument(
-        "--keep-identical-ids",
-        action="store_true",
-        help="keep a document whose id equals the query id (BEIR and Anserini drop it)",
-    )
-    p.add_argument(
-        "--rel",
-        type=_positive,
-        default=1,
-        help="lowest grade a binary measure (R@k, RR, AP) counts as relevant (default 1; TREC DL uses 2)",
-    )
-    p.add_argument(
-        "--test",
-        choices=("randomisation", "t-test"),
-        default="randomisation",
-        help="paired significance test against the baseline, Holm-corrected across the table",
-    )
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
-    from twostage_search.benchmarks.fetch import add_arguments
-
-    add_arguments(p)
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:

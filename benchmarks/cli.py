@@ -1,8 +1,42 @@
-"""What ``twostage bench`` and ``twostage fetch-beir`` run (the command line parses their arguments)."""
+"""``twostage bench``'s arguments, and what ``twostage bench`` and ``twostage fetch-beir`` run."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from twostage_search.engine.argtypes import positive_int
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, type=Path, help="BEIR directory (corpus, queries, qrels/SPLIT.tsv)")
+    p.add_argument("--systems", required=True, nargs="+", type=Path, metavar="YAML", help="system config files")
+    p.add_argument("--split", default="test", help="qrels split (default: test)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory (default: runs/bench)")
+    p.add_argument("--baseline", default=None, help="system name to test against (default: the first)")
+    p.add_argument("--max-queries", type=positive_int, default=None, help="only the first N queries of the split")
+    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up queries per system (default 5)")
+    p.add_argument("--index-cache", type=Path, default=Path("var/bench"), help="where built indexes are cached")
+    p.add_argument("--threads", type=positive_int, default=2, help="index build threads (default 2)")
+    p.add_argument(
+        "--keep-identical-ids",
+        action="store_true",
+        help="keep a document whose id equals the query id (BEIR and Anserini drop it)",
+    )
+    p.add_argument(
+        "--rel",
+        type=positive_int,
+        default=1,
+        help="lowest grade a binary measure (R@k, RR, AP) counts as relevant (default 1; TREC DL uses 2)",
+    )
+    p.add_argument(
+        "--test",
+        choices=("randomisation", "t-test"),
+        default="randomisation",
+        help="paired significance test against the baseline, Holm-corrected across the table",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def bench(args: argparse.Namespace) -> int:

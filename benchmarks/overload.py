@@ -46,10 +46,9 @@ from typing import Any
 import numpy as np
 
 from twostage_search.benchmarks.load import _free_port, _wait_ready, closed_loop_requests
+from twostage_search.engine.assignment import assign
 from twostage_search.engine.beir import find_file, read_queries
 from twostage_search.engine.logs import setup_logging
-from twostage_search.service.experiment import ExperimentConfig, load_experiment
-from twostage_search.service.settings import DEFAULT_EXPERIMENT
 
 
 def experiment(name: str, onnx_weight: float, depth: int) -> dict[str, Any]:
@@ -165,7 +164,7 @@ async def open_loop(
     client: Any,
     base: str,
     queries: list[str],
-    config: ExperimentConfig,
+    config: dict[str, Any],
     rates: dict[str, float],
     seconds: float,
     k: int,
@@ -176,8 +175,9 @@ async def open_loop(
     A request's arm is set by its ``user_id``, chosen so that the experiment's own hash assigns that arm.
     """
     users: dict[str, list[str]] = {arm: [] for arm in rates}
+    weights = [(a["name"], float(a["weight"])) for a in config["arms"]]
     for i in itertools.count():
-        arm = config.assign(f"u{i}")
+        arm = assign(config["name"], weights, f"u{i}")
         if arm in users:
             users[arm].append(f"u{i}")
         if all(len(u) >= 1000 for u in users.values()):
@@ -229,24 +229,29 @@ def per_arm(outcomes: list[tuple[str, str, float, bool]], arm: str) -> dict[str,
 
 
 async def arms_scenario(
-    client: Any, base: str, queries: list[str], token: str, args: argparse.Namespace
+    client: Any, base: str, queries: list[str], token: str, config: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     """The default experiment at twice the cross-encoder arm's capacity (see the module docstring)."""
     headers = {"Authorization": f"Bearer {token}"}
-    config = load_experiment(DEFAULT_EXPERIMENT)
-    ce_arm = next(a for a in config.arms if a.reranker.name != "identity")
-    control_arm = next(a for a in config.arms if a.reranker.name == "identity")
-    resp = await client.put(f"{base}/admin/experiment", json=config.model_dump(mode="json"), headers=headers)
+    resp = await client.put(f"{base}/admin/experiment", json=config, headers=headers)  # the served default
     resp.raise_for_status()
+    ce_arm = next(a for a in config["arms"] if a["reranker"]["name"] != "identity")
+    control_arm = next(a for a in config["arms"] if a["reranker"]["name"] == "identity")
+    ce_name, control_name = ce_arm["name"], control_arm["name"]
     probes: list[float] = []
     stop = asyncio.Event()
     probe: asyncio.Task[None] | None = None
     try:
-        capacity = await arm_capacity(client, base, queries, token, ce_arm.name, args.workers, args.calibrate, args.k)
+        capacity = await arm_capacity(
+            client, base, queries, token, ce_arm["name"], args.workers, args.calibrate, args.k
+        )
         if not capacity > 0:
-            raise RuntimeError(f"arm {ce_arm.name!r} served no request")
+            raise RuntimeError(f"arm {ce_name!r} served no request")
         # twice the capacity to the cross-encoder arm, the control arm in the experiment's proportion
-        rates = {ce_arm.name: 2 * capacity, control_arm.name: 2 * capacity * control_arm.weight / ce_arm.weight}
+        rates = {
+            ce_arm["name"]: 2 * capacity,
+            control_name: 2 * capacity * control_arm["weight"] / ce_arm["weight"],
+        }
         probe = asyncio.create_task(prober(client, base, probes, stop))
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
@@ -260,7 +265,7 @@ async def arms_scenario(
         await client.put(f"{base}/admin/experiment", json=swap_back, headers=headers)
     arms = {arm: per_arm(outcomes, arm) for arm in rates}
     healthz = {"probes": len(probes), "p50_ms": pct(probes, 50), "p99_ms": pct(probes, 99)}
-    control, ce = arms[control_arm.name], arms[ce_arm.name]
+    control, ce = arms[control_name], arms[ce_name]
     goal = {
         "control_served_95pct": control["served_share"] >= 0.95,
         "control_p99_le_200ms": control["p99_ms"] <= 200,
@@ -291,10 +296,13 @@ async def drive(args: argparse.Namespace, base: str, proc: subprocess.Popen[byte
     limits = httpx.Limits(max_connections=max(4 * capacity + 8, 512))  # open loop: never queue in the client
     async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
         await _wait_ready(client, base, proc, args.start_timeout)
+        resp = await client.get(f"{base}/admin/experiment", headers={"Authorization": f"Bearer {token}"})
+        resp.raise_for_status()
+        default_experiment: dict[str, Any] = resp.json()["config"]  # what the server started with
         await closed_loop(client, base, queries[::-1], 2, args.warmup, args.seconds, args.k)
         for scenario in args.scenario:
             if scenario == "arms":
-                out[scenario] = await arms_scenario(client, base, queries, token, args)
+                out[scenario] = await arms_scenario(client, base, queries, token, default_experiment, args)
                 print(scenario, json.dumps(out[scenario]), flush=True)
                 continue
             stop = asyncio.Event()

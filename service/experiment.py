@@ -44,6 +44,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from twostage_search.engine.assignment import assign
 from twostage_search.engine.cache import ResultCache
 from twostage_search.engine.costmodel import CostModel
 from twostage_search.engine.errors import TwoStageError
@@ -166,20 +167,7 @@ class ExperimentConfig(BaseModel):
 
     def assign(self, user_id: str) -> str:
         """The arm of ``user_id``: sticky (same user → same arm) and split by the weights."""
-        u = bucket(self.name, user_id)
-        acc = 0.0
-        positive = [a for a in self.arms if a.weight > 0]
-        for a in positive:
-            acc += a.weight
-            if u < acc:
-                return a.name
-        return positive[-1].name  # rounding: u just below 1 with weights summing to 1 - ε
-
-
-def bucket(experiment: str, user_id: str) -> float:
-    """A stable, uniform point in [0, 1) for (experiment, user): blake2b, never Python's salted ``hash``."""
-    digest = hashlib.blake2b(f"{experiment}\x00{user_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+        return assign(self.name, [(a.name, a.weight) for a in self.arms], user_id)
 
 
 def user_hash(user_id: str) -> str:

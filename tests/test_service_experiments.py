@@ -32,8 +32,9 @@ from tests.service_helpers import (
     small_app,
     write_experiment,
 )
+from twostage_search.engine.assignment import bucket
 from twostage_search.service.app import create_app
-from twostage_search.service.experiment import ExperimentConfig, bucket, parse_experiment
+from twostage_search.service.experiment import ExperimentConfig, parse_experiment
 from twostage_search.service.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def test_split_within_3_percent_over_10k_users():
 def test_bucket_is_stable_across_processes():
     # blake2b, not Python's salted hash(): the same value in every process and on every machine
     assert bucket("exp", "user-1") == 0.4766174855125486
-    code = "from service.experiment import bucket; print(repr(bucket('exp', 'user-1')))"
+    code = "from twostage_search.engine.assignment import bucket; print(repr(bucket('exp', 'user-1')))"
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert float(out.stdout) == bucket("exp", "user-1")

@@ -162,7 +162,7 @@ def test_two_stage_reranks_in_chunks_on_the_tiny_corpus(tiny_docs):
     result = engine.run(Query("q1", "capital of france"), k=12)
     assert result.rerank_depth == 9
     assert "chunks 3+3+3" in result.decision.reason
-    assert result.ranking.doc_ids == ["d04", "d03", "d02", "d01", "d09", "d05", "d06", "d07", "d08"] + ids[9:]
+    assert result.ranking.doc_ids == ["d04", "d03", "d02", "d01", "d09", "d05", "d06", "d07", "d08", *ids[9:]]
     assert result.reranked_ids == frozenset(ids[:9])
     assert result.cost("rerank").docs == 9
     # a request's own depth replaces the policy: one call, no chunks

@@ -182,10 +182,12 @@ def cross_fitted(dev: RunSet, first: int, args: argparse.Namespace, costs: Any) 
         part = subset(dev, folds[j])
         for lam in LAMBDAS:
             out = chunked(part, base.with_lambda(lam), *costs)
-            for q, *values in zip(part.ids, out.ndcg, out.depth, out.ms, out.ms_calibrated, strict=True):
-                held[lam][q] = tuple(values)  # type: ignore[assignment]
+            for q, nd, d, ms, msc in zip(part.ids, out.ndcg, out.depth, out.ms, out.ms_calibrated, strict=True):
+                held[lam][q] = (nd, d, ms, msc)
     return {
-        lam: Outcome(*[list(v) for v in zip(*(per[q] for q in ids), strict=True)])  # type: ignore[arg-type]
+        lam: Outcome(
+            [per[q][0] for q in ids], [per[q][1] for q in ids], [per[q][2] for q in ids], [per[q][3] for q in ids]
+        )
         for lam, per in held.items()
     }
 

@@ -271,19 +271,8 @@ class ChunkedDepth:
     def to_dict(self) -> dict[str, Any]:
         if not isinstance(self.first, int):
             raise InputError("only a fixed first chunk can be saved; save the first-chunk policy separately")
-        return {
-            "policy": "chunked",
-            "stop": self.stop.to_dict(),
-            "gain": self.gain,
-            "lam": self.lam,
-            "chunk": self.chunk,
-            "first": self.first,
-            "max_depth": self.max_depth,
-            "top": self.top,
-            "usd_lam": self.usd_lam,
-            "stage": self.stage,
-            "meta": self.meta,
-        }
+        settings = ("gain", "lam", "chunk", "first", "max_depth", "top", "usd_lam", "stage", "meta")
+        return {"policy": "chunked", "stop": self.stop.to_dict(), **{k: getattr(self, k) for k in settings}}
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -351,14 +340,9 @@ def rerank_in_chunks(
     if deadline is not None and deadline.expired() and len(scores) < len(candidates):
         cut = True  # out of time with candidates left, whichever check noticed it
     ranking = RankedList.from_scores(query.query_id, list(candidates[: len(scores)]), scores)
-    total = StageCost(
-        "rerank",
-        sum(c.wall_ms for c in costs),
-        docs=len(scores),
-        tokens_in=sum(c.tokens_in for c in costs),
-        tokens_out=sum(c.tokens_out for c in costs),
-        usd=sum(c.usd for c in costs),
-    )
+    ms, usd = sum(c.wall_ms for c in costs), sum(c.usd for c in costs)
+    tokens_in, tokens_out = sum(c.tokens_in for c in costs), sum(c.tokens_out for c in costs)
+    total = StageCost("rerank", ms, docs=len(scores), tokens_in=tokens_in, tokens_out=tokens_out, usd=usd)
     return ChunkedRanking(ranking, (total,) if costs else (), tuple(chunks), reason, cut)
 
 

@@ -207,3 +207,17 @@ def test_saved_policy_loads_back(tmp_path):
     saved.save(tmp_path / "p.json")
     loaded = ChunkedDepth.load(tmp_path / "p.json", MS_PER_DOC)
     assert loaded == saved
+
+
+def test_score_cache_round_trip_and_cost_models(tmp_path):
+    from twostage_search.benchmarks.score_cache import ScoreCache
+
+    cache = ScoreCache("onnx-cross-encoder", {"threads": 1}, {"q": {"d1": 0.5}}, [(10, 12.0, 0), (20, 22.0, 0)])
+    cache.calls.append((50, 52.0, 0))
+    cache.save(tmp_path / "s.json")
+    loaded = ScoreCache.load(tmp_path / "s.json")
+    assert loaded.scores == {"q": {"d1": 0.5}} and loaded.calls == cache.calls
+    assert loaded.ms_per_doc == pytest.approx(86.0 / 80.0)
+    calibrated = loaded.cost_model().stages["rerank"]  # 2 ms per call + 1 ms per document, exactly
+    assert calibrated.coef[:2] == pytest.approx([2.0, 1.0])
+    assert loaded.proportional_cost().predict_ms("rerank", 10) == pytest.approx(10.75)

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from twostage_search.engine.cache import ResultCache
+from twostage_search.engine.chunked import ChunkPolicy, rerank_in_chunks
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.costed import costed_reranker, costed_retriever, deadline_reranker
 from twostage_search.engine.costmodel import CostModel, Observation
 from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.policy import Budget, Decision, DepthPolicy, FixedDepth
-from twostage_search.engine.protocols import FetchesTextsLater, Reranker, Retriever
+from twostage_search.engine.protocols import FetchesTextsLater, PointwiseScorer, Reranker, Retriever
 from twostage_search.engine.types import Candidate, Query, RankedList
 
 
@@ -106,6 +107,9 @@ class TwoStage:
         cache: result cache for head queries; ``cache_key`` names this configuration in its keys.
         chunk: documents per chunk when a deadline is enforced on a pointwise reranker that does not
             honour deadlines itself (:class:`~engine.protocols.HonoursDeadline`).
+            A :class:`~engine.chunked.ChunkPolicy` (``ChunkedDepth``) with a pointwise reranker instead
+            reranks its own chunks and decides after each whether to go on (within budget and deadline);
+            with any other reranker it reranks the policy's first chunk.
         min_score: relevance floor: reranked documents scoring below it are dropped (and counted);
             documents the reranker did not reach are kept. Meant for calibrated scores or judged grades.
     """
@@ -148,6 +152,10 @@ class TwoStage:
         self.cache_key = cache_key
         self.chunk = chunk
         self.min_score = min_score
+        # A chunk policy decides while reranking, which needs scores comparable across calls.
+        self.chunks: tuple[ChunkPolicy, PointwiseScorer] | None = None
+        if isinstance(self.policy, ChunkPolicy) and isinstance(reranker, PointwiseScorer):
+            self.chunks = (self.policy, reranker)
 
     def search(self, query: Query | str, k: int = 10, **kwargs: object) -> RankedList:
         return self.run(query, k, **kwargs).ranking  # type: ignore[arg-type]
@@ -194,14 +202,34 @@ class TwoStage:
             decision = Decision(min(rerank_depth, len(first)), "request", "rerank_depth given")
         else:
             decision = self.policy.decide(query, first, remaining)
+        chunks = self.chunks if rerank_depth is None else None
         if self.lazy_texts:
-            first, costs = self._fill_texts(first, decision.rerank_depth + k, costs)
+            reach = chunks[0].limit(len(first)) if chunks else decision.rerank_depth
+            first, costs = self._fill_texts(first, reach + k, costs)
         candidates = first.candidates()
         head, rest = candidates[: decision.rerank_depth], candidates[decision.rerank_depth :]
         unscored: list[Candidate] = []
         cut = False
         reranked = RankedList(query.query_id)
-        if head and deadline is None:
+        if chunks and head:
+            policy, scorer = chunks
+            loop = rerank_in_chunks(
+                scorer,
+                query,
+                candidates[: policy.limit(len(candidates))],
+                policy,
+                decision.rerank_depth,
+                budget=Budget(usd=budget.usd) if budget is not None and budget.usd is not None else None,
+                deadline=deadline,
+            )
+            reranked, cut = loop.ranking, loop.cut
+            head, rest = candidates[: len(reranked)], candidates[len(reranked) :]
+            costs.extend(loop.costs)
+            sizes = "+".join(str(c) for c in loop.chunks)
+            decision = dataclasses.replace(
+                decision, rerank_depth=len(head), reason=f"{decision.reason}; chunks {sizes}; {loop.reason}"
+            )
+        elif head and deadline is None:
             reranked, rerank_costs = self.rerank_costed(query, head)
             costs.extend(rerank_costs)
         elif head and deadline is not None:

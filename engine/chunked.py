@@ -1,0 +1,396 @@
+"""Depth decided while reranking: rerank in chunks and stop when the next chunk is not worth its cost.
+
+A first-stage-evidence policy (or a fixed count) picks the first chunk; after each chunk
+:class:`ChunkedDepth` looks at what the reranker has seen (:func:`chunk_features`): how many documents of
+the last chunk entered the current top 10, the margin between that chunk's best score and the current
+10th score, how deep the list has been read, how high the 10th score is and how far the first-stage
+scores have fallen. A stop model gives ``p``, the probability that the next chunk changes the top 10;
+since nDCG@10 only moves when the top 10 does, the expected gain of the next chunk is ``p·gain`` (``gain``:
+the mean nDCG@10 gain of a chunk that changed the top 10, on training queries) and the policy continues
+while ``p·gain − λ·ms(next chunk)`` is positive and the chunk fits the remaining budget. Stopping at the
+first chunk not worth its cost is the one-step look-ahead rule, optimal when the problem is monotone
+(Chow, Robbins & Siegmund, *Great Expectations: The Theory of Optimal Stopping*, 1971): here when later
+chunks are no more likely to change the top 10 than earlier ones.
+
+:func:`rerank_in_chunks` runs the loop with any :class:`~engine.protocols.PointwiseScorer`; ``TwoStage``
+uses it when its policy is a :class:`ChunkPolicy` and its reranker scores pointwise (the listwise LLM
+reranker, which is not pointwise, gets the first chunk's depth).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from twostage_search.engine.cost import StageCost
+from twostage_search.engine.costmodel import CostModel
+from twostage_search.engine.deadline import Deadline
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.optional import require
+from twostage_search.engine.policy import Budget, Decision, DepthPolicy
+from twostage_search.engine.protocols import PointwiseScorer
+from twostage_search.engine.types import Candidate, Query, RankedList
+
+CHUNK_FEATURES = ("entered", "margin", "log_position", "tenth", "first_ratio")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkState:
+    """What the reranker has seen so far for one query.
+
+    ``scores`` are the reranker's scores of the first ``len(scores)`` candidates (first-stage order),
+    ``first_scores`` the first-stage scores of every candidate, ``last`` the size of the last chunk.
+    """
+
+    scores: tuple[float, ...]
+    first_scores: tuple[float, ...]
+    last: int
+    spent_ms: float = 0.0
+    spent_usd: float = 0.0
+    remaining: Budget | None = None
+
+    @property
+    def scored(self) -> int:
+        return len(self.scores)
+
+    @property
+    def candidates(self) -> int:
+        return len(self.first_scores)
+
+
+def chunk_features(state: ChunkState, top: int = 10) -> dict[str, float]:
+    """The evidence after a chunk (see the module docstring); ``margin`` is ``+inf`` while fewer than
+    ``top`` documents are scored (every new document enters the top)."""
+    scores = np.asarray(state.scores, dtype=float)
+    n, last = len(scores), min(state.last, len(scores))
+    firsts = state.first_scores
+    head = firsts[0] if firsts else 0.0
+    following = firsts[n] if n < len(firsts) else (firsts[-1] if firsts else 0.0)
+    ratio = float(following / head) if head > 0 else 0.0
+    if n < top or last == 0:
+        return {"entered": float(last), "margin": math.inf, "log_position": math.log(max(n, 1)), "tenth": 0.0,
+                "first_ratio": ratio}  # fmt: skip
+    tenth = float(np.sort(scores)[-top])
+    chunk = scores[n - last :]
+    # documents of the last chunk in the current top: ties at the 10th score count as entered
+    entered = float(min(int((chunk >= tenth).sum()), top))
+    return {
+        "entered": entered,
+        "margin": float(chunk.max() - tenth),
+        "log_position": math.log(n),
+        "tenth": tenth,
+        "first_ratio": ratio,
+    }
+
+
+# ---------------------------------------------------------------------------------------- stop models
+@runtime_checkable
+class StopModel(Protocol):
+    """The probability that the next chunk changes the top 10, from :func:`chunk_features`."""
+
+    def p_change(self, features: Mapping[str, float]) -> float: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MarginRule:
+    """A hand rule: the next chunk will not change the top 10 (p = 0) when the last chunk put nothing
+    into it and its best score fell at least ``margin`` below the 10th score; otherwise it will (p = 1)."""
+
+    margin: float
+
+    def p_change(self, features: Mapping[str, float]) -> float:
+        return 0.0 if features["entered"] == 0 and features["margin"] <= -self.margin else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": "margin-rule", "margin": self.margin}
+
+
+@dataclass(frozen=True)
+class LogisticStop:
+    """Logistic regression on standardised :data:`CHUNK_FEATURES` (``margin`` clipped to ±``clip``)."""
+
+    weights: tuple[float, ...]  # intercept first
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    clip: float = 10.0
+
+    def _x(self, features: Mapping[str, float]) -> npt.NDArray[np.float64]:
+        raw = np.array([features[f] for f in CHUNK_FEATURES], dtype=float)
+        raw = np.clip(raw, -self.clip, self.clip) if self.clip else raw
+        return np.concatenate([[1.0], (raw - np.asarray(self.mean)) / np.asarray(self.std)])
+
+    def p_change(self, features: Mapping[str, float]) -> float:
+        if math.isinf(features["margin"]) and features["margin"] > 0:
+            return 1.0  # fewer than 10 scored: the next chunk fills the top
+        z = float(np.asarray(self.weights) @ self._x(features))
+        return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+    @classmethod
+    def fit(
+        cls, features: Sequence[Mapping[str, float]], changed: Sequence[bool], *, c: float = 1.0, clip: float = 10.0
+    ) -> LogisticStop:
+        """L2-regularised logistic regression (scikit-learn) of "the next chunk changed the top 10"."""
+        rows = [f for f in features if not math.isinf(f["margin"])]
+        labels = [y for f, y in zip(features, changed, strict=True) if not math.isinf(f["margin"])]
+        if len(rows) < 10 or len(set(labels)) < 2:
+            raise InputError("need at least 10 chunk transitions with both outcomes to fit the stop model")
+        linear_model = require("sklearn.linear_model", "bench")
+        raw = np.clip(np.array([[f[n] for n in CHUNK_FEATURES] for f in rows]), -clip, clip)
+        mean, std = raw.mean(axis=0), raw.std(axis=0)
+        std[std == 0] = 1.0
+        model = linear_model.LogisticRegression(C=c, max_iter=1000)
+        model.fit((raw - mean) / std, np.array(labels, dtype=int))
+        weights = (float(model.intercept_[0]), *(float(w) for w in model.coef_[0]))
+        return cls(weights, tuple(mean.tolist()), tuple(std.tolist()), clip)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": "logistic",
+            "features": list(CHUNK_FEATURES),
+            "weights": [round(w, 8) for w in self.weights],
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "clip": self.clip,
+        }
+
+
+def stop_model_from_dict(data: Mapping[str, Any]) -> StopModel:
+    if data.get("model") == "margin-rule":
+        return MarginRule(float(data["margin"]))
+    if data.get("model") == "logistic":
+        if data.get("features") != list(CHUNK_FEATURES):
+            raise InputError(f"stop model fitted on features {data.get('features')}, expected {CHUNK_FEATURES}")
+        return LogisticStop(tuple(data["weights"]), tuple(data["mean"]), tuple(data["std"]), float(data["clip"]))
+    raise InputError(f"unknown stop model {data.get('model')!r} (logistic, margin-rule)")
+
+
+# ---------------------------------------------------------------------------------------- the policy
+@runtime_checkable
+class ChunkPolicy(Protocol):
+    """A depth policy that also decides, after each reranked chunk, how many documents to rerank next."""
+
+    def decide(self, query: Query, first: RankedList, remaining: Budget | None) -> Decision: ...
+
+    def next_chunk(self, state: ChunkState) -> tuple[int, str]: ...
+
+    def limit(self, candidates: int) -> int:
+        """How many of ``candidates`` first-stage candidates it may rerank at most."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChunkedDepth:
+    """Rerank a first chunk, then chunks of ``chunk`` documents while the next one is worth its cost.
+
+    Args:
+        cost: the reranker's cost model (``stage``); each chunk is one call, charged ``a + b·chunk``.
+        stop: the stop model giving ``p``, the probability that the next chunk changes the top 10.
+        gain: the mean nDCG@10 gain of a chunk that changes the top 10 (fitted on training queries).
+        lam: the price of a predicted millisecond in nDCG@10 (``usd_lam``: of a dollar).
+        chunk: documents per chunk after the first.
+        first: the first chunk: a fixed count or a :class:`~engine.policy.DepthPolicy` (e.g.
+            ``AdaptiveDepth``) whose decision sets it (at least ``chunk``).
+        max_depth: never rerank beyond this many candidates (default: all retrieved).
+        top: the head whose changes count (10 for nDCG@10).
+    """
+
+    cost: CostModel
+    stop: StopModel
+    gain: float
+    lam: float = 0.0
+    chunk: int = 10
+    first: int | DepthPolicy = 10
+    max_depth: int | None = None
+    top: int = 10
+    usd_lam: float = 0.0
+    stage: str = "rerank"
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise InputError("chunk must be at least 1")
+        if isinstance(self.first, int) and self.first < 0:
+            raise InputError("first chunk must be non-negative")
+        if self.max_depth is not None and self.max_depth < 0:
+            raise InputError("max_depth must be non-negative")
+
+    def limit(self, candidates: int) -> int:
+        return candidates if self.max_depth is None else min(self.max_depth, candidates)
+
+    def decide(self, query: Query, first: RankedList, remaining: Budget | None) -> Decision:
+        """The first chunk (what a reranker that cannot be stopped part-way gets as its whole depth)."""
+        n = self.limit(len(first))
+        if isinstance(self.first, int):
+            k, why = min(self.first, n), f"first chunk {self.first}"
+        else:
+            inner = self.first.decide(query, first, remaining)
+            k, why = min(max(inner.rerank_depth, self.chunk), n), f"first chunk from {inner.policy}: {inner.reason}"
+        return Decision(k, "chunked", why, predicted_ms=self.cost.predict_ms(self.stage, k))
+
+    def value(self, state: ChunkState, size: int) -> tuple[float, float]:
+        """(p, expected nDCG@10 gain minus price) of reranking the next ``size`` documents."""
+        p = self.stop.p_change(chunk_features(state, self.top))
+        price = self.lam * self.cost.predict_ms(self.stage, size) + self.usd_lam * self.cost.predict_usd(
+            self.stage, size
+        )
+        return p, p * self.gain - price
+
+    def next_chunk(self, state: ChunkState) -> tuple[int, str]:
+        """How many documents to rerank next (0: stop) and why."""
+        size = min(self.chunk, self.limit(state.candidates) - state.scored)
+        if size <= 0:
+            return 0, "all candidates reranked"
+        budget = state.remaining
+        if budget is not None:
+            if budget.ms is not None and self.cost.predict_ms(self.stage, size) > budget.ms:
+                return 0, "next chunk does not fit the time left"
+            if budget.usd is not None and self.cost.predict_usd(self.stage, size) > budget.usd - state.spent_usd:
+                return 0, "next chunk does not fit the money left"
+        p, value = self.value(state, size)
+        if state.scored < self.top:
+            return size, "top not yet full"
+        if value <= 0:
+            return 0, f"p(change)={p:.2f}: next chunk not worth its cost at λ={self.lam:g}"
+        return size, f"p(change)={p:.2f}"
+
+    def with_lambda(self, lam: float) -> ChunkedDepth:
+        return ChunkedDepth(
+            self.cost, self.stop, self.gain, lam, self.chunk, self.first, self.max_depth, self.top, self.usd_lam,
+            self.stage, self.meta,
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        if not isinstance(self.first, int):
+            raise InputError("only a fixed first chunk can be saved; save the first-chunk policy separately")
+        settings = ("gain", "lam", "chunk", "first", "max_depth", "top", "usd_lam", "stage", "meta")
+        return {"policy": "chunked", "stop": self.stop.to_dict(), **{k: getattr(self, k) for k in settings}}
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, cost: CostModel, *, first: DepthPolicy | None = None) -> ChunkedDepth:
+        data = json.loads(Path(path).read_text())
+        if data.get("policy") != "chunked":
+            raise InputError(f"{path}: not a chunked depth policy")
+        return cls(
+            cost, stop_model_from_dict(data["stop"]), float(data["gain"]), float(data["lam"]), int(data["chunk"]),
+            first if first is not None else int(data["first"]), data.get("max_depth"), int(data.get("top", 10)),
+            float(data.get("usd_lam", 0.0)), data.get("stage", "rerank"), dict(data.get("meta", {})),
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------- the loop
+@dataclass(frozen=True, slots=True)
+class ChunkedRanking:
+    """What :func:`rerank_in_chunks` produced: the reranked head, the calls' costs and why it stopped."""
+
+    ranking: RankedList
+    costs: tuple[StageCost, ...]
+    chunks: tuple[int, ...]
+    reason: str
+    cut: bool = False  # the deadline had passed when it stopped with candidates left
+
+
+def rerank_in_chunks(
+    scorer: PointwiseScorer,
+    query: Query,
+    candidates: Sequence[Candidate],
+    policy: ChunkPolicy,
+    first: int,
+    *,
+    budget: Budget | None = None,
+    deadline: Deadline | None = None,
+) -> ChunkedRanking:
+    """Score ``first`` candidates, then as many chunks as ``policy.next_chunk`` asks for (never beyond the
+    candidates); stop before a chunk once ``deadline`` has passed. ``budget`` is what the request may spend
+    (its ``ms`` counted from now, reduced by the deadline when given)."""
+    firsts = tuple(c.score for c in candidates)
+    scores: list[float] = []
+    costs: list[StageCost] = []
+    chunks: list[int] = []
+    size, reason, cut = min(first, len(candidates)), "first chunk", False
+    while size > 0:
+        if deadline is not None and deadline.expired():
+            reason, cut = "deadline passed", True
+            break
+        part = candidates[len(scores) : len(scores) + size]
+        values, cost = scorer.score_candidates(query, part)
+        scores += values
+        costs.append(cost)
+        chunks.append(len(part))
+        state = ChunkState(
+            tuple(scores), firsts, len(part), sum(c.wall_ms for c in costs), sum(c.usd for c in costs),
+            _left(budget, deadline, costs),
+        )  # fmt: skip
+        size, reason = policy.next_chunk(state)
+        size = min(size, len(candidates) - len(scores))
+    if deadline is not None and deadline.expired() and len(scores) < len(candidates):
+        cut = True  # out of time with candidates left, whichever check noticed it
+    ranking = RankedList.from_scores(query.query_id, list(candidates[: len(scores)]), scores)
+    ms, usd = sum(c.wall_ms for c in costs), sum(c.usd for c in costs)
+    tokens_in, tokens_out = sum(c.tokens_in for c in costs), sum(c.tokens_out for c in costs)
+    total = StageCost("rerank", ms, docs=len(scores), tokens_in=tokens_in, tokens_out=tokens_out, usd=usd)
+    return ChunkedRanking(ranking, (total,) if costs else (), tuple(chunks), reason, cut)
+
+
+def _left(budget: Budget | None, deadline: Deadline | None, costs: Sequence[StageCost]) -> Budget | None:
+    ms = None if budget is None or budget.ms is None else budget.ms - sum(c.wall_ms for c in costs)
+    if deadline is not None:
+        left = deadline.remaining_s() * 1000
+        ms = left if ms is None else min(ms, left)
+    usd = None if budget is None else budget.usd
+    if ms is None and usd is None:
+        return None
+    return Budget(ms=max(ms, 1e-6) if ms is not None else None, usd=usd)
+
+
+# ---------------------------------------------------------------------------------------- training
+def transitions(
+    scores: Sequence[float], first_scores: Sequence[float], *, first: int, chunk: int, top: int = 10
+) -> list[tuple[dict[str, float], bool, int, int]]:
+    """Every chunk boundary of one query whose reranker scores are all known (offline): the features
+    after the chunk, whether the next chunk changed the top ``top``, and the depths before and after it."""
+    out: list[tuple[dict[str, float], bool, int, int]] = []
+    n, depth, last = len(scores), min(first, len(scores)), min(first, len(scores))
+    while depth < n:
+        nxt = min(depth + chunk, n)
+        state = ChunkState(tuple(scores[:depth]), tuple(first_scores), last)
+        out.append((chunk_features(state, top), _top(scores[:nxt], top) != _top(scores[:depth], top), depth, nxt))
+        depth, last = nxt, nxt - depth
+    return out
+
+
+def _top(scores: Sequence[float], top: int) -> frozenset[int]:
+    return frozenset(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:top])
+
+
+def fit_chunked(
+    cost: CostModel,
+    features: Sequence[Mapping[str, float]],
+    changed: Sequence[bool],
+    gains: Sequence[float],
+    *,
+    c: float = 1.0,
+    **kwargs: Any,
+) -> ChunkedDepth:
+    """A :class:`ChunkedDepth` with a logistic stop model fitted on training chunk transitions and
+    ``gain`` = the mean nDCG@10 gain of the transitions that changed the top 10 (``kwargs``: the
+    policy's other settings)."""
+    if not len(features) == len(changed) == len(gains):
+        raise InputError("features, changed and gains differ in length")
+    stop = LogisticStop.fit(features, changed, c=c)
+    moved = [g for g, y in zip(gains, changed, strict=True) if y]
+    return ChunkedDepth(cost, stop, float(np.mean(moved)), **kwargs)

@@ -218,9 +218,11 @@ def simulate(
 
 
 def _method_dict(m: MethodPower, ndcg_delta: float) -> dict[str, Any]:
+    """The method's numbers, and its verdict: the direction most runs found significant at the largest size."""
     d = asdict(m)
     d["effect"] = round(m.effect, 5)
-    verdict = _sign(m.effect) if max(m.significant_right, m.significant_wrong) > 0 else 0
+    expected = _sign(ndcg_delta) or 1
+    verdict = expected if m.significant_right >= 0.5 else -expected if m.significant_wrong >= 0.5 else 0
     d["verdict"] = {1: "B better", -1: "A better", 0: "none"}[verdict]
     d["agrees_with_ndcg"] = None if verdict == 0 else verdict == _sign(ndcg_delta)
     return d

@@ -54,7 +54,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         "A/B: users split 50/50, one impression each; CTR by a pooled two-proportion z-test, MRR (1/rank of the "
         "first click, 0 without one) by Welch's t-test. Interleaving (TDI): team-draft, one impression per query, "
         "binomial sign test on wins and losses. E[ΔCTR]: the exact expected CTR difference (B − A) under the "
-        "click model. Verdict: the sign of each method's mean effect at the largest size, where any run was "
-        "significant (none: no run was).",
+        "click model. Verdict: the direction in which at least half of the runs were significant at the largest "
+        "size (none: neither direction).",
     ]
     return "\n".join(lines) + "\n"

@@ -224,7 +224,7 @@ def bootstrap_kappa_diff(
     cut: int,
     resamples: int = 1000,
     seed: int = SEED,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Quadratic κ(a) − κ(b) on ``pairs`` and its 95% percentile bootstrap CI over queries."""
     by_query: dict[str, list[int]] = {}
     for i, p in enumerate(pairs):

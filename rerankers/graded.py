@@ -148,7 +148,7 @@ class GradedReranker:
             if names is not None and name not in names:
                 continue
             out[name], cost = ce.score_candidates(query, [passage(c, name) for c in candidates])
-            ms, tokens = ms + cost.ms, tokens + cost.tokens_in
+            ms, tokens = ms + cost.wall_ms, tokens + cost.tokens_in
         return out, StageCost("rerank", ms, docs=len(candidates), tokens_in=tokens)
 
     def predict(

@@ -6,7 +6,7 @@ A graded set is a BEIR-format folder whose qrels hold K grades (CrowdFlower: 1�
 every judge is scored on the same sampled ``test`` pairs.
 
 Measures (scikit-learn): Acc@K (exact grade), Acc@2 (relevant vs not at the dataset's cut), Macro-F1
-over the K grades, Cohen's κ unweighted and linear-weighted, and the K×K confusion matrix (rows: human
+over the K grades, Cohen's κ unweighted, linear- and quadratic-weighted, and the K×K confusion matrix (rows: human
 grade, columns: judge grade).
 """
 
@@ -135,7 +135,7 @@ def load_graded(
 
 # ------------------------------------------------------------------------------------------ measures
 def agreement(human: Sequence[int], judge: Sequence[int], grades: Sequence[int], cut: int) -> dict[str, Any]:
-    """Acc@K, Acc@2 (grade ≥ ``cut`` is relevant), Macro-F1@K, Macro-F1@2, κ, linear-weighted κ, confusion."""
+    """Acc@K, Acc@2 (grade ≥ ``cut`` is relevant), Macro-F1@K, Macro-F1@2, κ, linear/quadratic κ, confusion."""
     metrics = require("sklearn.metrics", "bench")
     if len(human) != len(judge) or not human:
         raise InputError("agreement needs two equally long, non-empty label lists")
@@ -152,6 +152,7 @@ def agreement(human: Sequence[int], judge: Sequence[int], grades: Sequence[int],
         "macro_f1@2": float(metrics.f1_score(hb, jb, labels=[0, 1], average="macro", zero_division=0)),
         "kappa": float(metrics.cohen_kappa_score(human, judge, labels=labels)),
         "kappa_linear": float(metrics.cohen_kappa_score(human, judge, labels=labels, weights="linear")),
+        "kappa_quadratic": float(metrics.cohen_kappa_score(human, judge, labels=labels, weights="quadratic")),
         "confusion": metrics.confusion_matrix(human, judge, labels=labels).tolist(),
     }
 

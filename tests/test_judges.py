@@ -33,6 +33,8 @@ def test_agreement_on_a_hand_computed_confusion_matrix():
     assert m["kappa"] == pytest.approx(0.5)
     # Linear weights |i−j|/3: observed 3·(1/3)/8 = 1/8; expected 0.25·(6+12+8+12)/(8·3) = 19/48 → 1 − 6/19.
     assert m["kappa_linear"] == pytest.approx(13 / 19)
+    # Quadratic weights (i−j)²/9: observed 3·(1/9)/8 = 1/24; expected (1/4)·(1·14 + 3·6 + 2·6 + 2·14)/(8·9) = 1/4.
+    assert m["kappa_quadratic"] == pytest.approx(1 - (1 / 24) / (1 / 4))
     assert m["acc@4"] == pytest.approx(5 / 8) and m["acc@2"] == 1.0
     # Per-grade F1: 2/3, 4/5, 1/2, 1/2.
     assert m["macro_f1@4"] == pytest.approx((2 / 3 + 0.8 + 0.5 + 0.5) / 4)

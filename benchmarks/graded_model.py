@@ -1,0 +1,456 @@
+"""Train and score the graded relevance model (``graded`` reranker) on query-level splits of graded e-commerce sets.
+
+    python -m twostage_search.benchmarks.graded_model \\
+        --crowdflower ../shared/datasets/crowdflower-search-relevance \\
+        --homedepot ../shared/datasets/homedepot-search-relevance \\
+        --save rerankers/models/graded-crowdflower/model.json --out benchmarks/results/graded-model.json
+
+Splits are committed (``benchmarks/data/splits/<dataset>.tsv``: ``query-id``, ``split``): 60/20/20 of the
+queries into train/dev/test by :func:`~twostage_search.benchmarks.graded.split_queries` with seed 13, so no
+query is in two splits. Home Depot is scored on a seeded subsample of each split's queries
+(:data:`HD_SUBSAMPLE`). Cross-encoder logits are cached in ``--cache`` (one TSV per dataset).
+
+Protocol: the ordinal model is fitted on CrowdFlower train; the feature set and the hard-grade rule (most
+probable grade, or E[grade] cut by thresholds matching the dev grade mix) are chosen by quadratic κ on
+CrowdFlower dev; test is scored once. Beside it: the zero-shot cross-encoder logit with thresholds fitted
+on dev (:func:`~twostage_search.benchmarks.graded.fit_thresholds`) and the constant majority grade of train.
+Bootstrap over test queries gives a CI for the quadratic-κ difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twostage_search.benchmarks.graded import (
+    GradedPair,
+    GradedSet,
+    agreement,
+    apply_thresholds,
+    fit_thresholds,
+    load_graded,
+    split_queries,
+)
+from twostage_search.benchmarks.judges import candidates, write_json
+from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.logs import setup_logging
+from twostage_search.rerankers.graded import FEATURES, LEXICAL, LOGITS, GradedReranker, pair_features
+from twostage_search.rerankers.ordinal import OrdinalModel, fit_ordinal, null_model
+
+log = logging.getLogger(__name__)
+
+SPLITS_DIR = Path(__file__).parent / "data" / "splits"
+PARTS = {"train": 0.6, "dev": 0.2, "test": 0.2}
+SEED = 13
+HD_CUT = 3  # Home Depot 1–3: "relevant" = 3 (perfect match); its 2 (partial) sits with CrowdFlower's 2, below the cut
+HD_SUBSAMPLE = {"train": 600, "dev": 200, "test": 300}  # queries per split (seeded), Home Depot only
+GRADED = "graded (ordinal model)"
+ZERO_SHOT = {
+    "ce": "ms-marco cross-encoder on the title (64 tokens), dev thresholds",
+    "ce_text": "ms-marco cross-encoder on title + description (128 tokens), dev thresholds",
+}
+_RELATIVE = ("_gap", "_rank", "_mean")
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "ce": ("ce",),
+    "ce+relative+lexical": ("ce", *(f"ce{s}" for s in _RELATIVE), *LEXICAL),
+    "ce_text": ("ce_text",),
+    "ce_text+relative": ("ce_text", *(f"ce_text{s}" for s in _RELATIVE)),
+    "ce_text+relative+lexical": ("ce_text", *(f"ce_text{s}" for s in _RELATIVE), *LEXICAL),
+    "ce+ce_text": ("ce", "ce_text"),
+    "all": FEATURES,
+}
+
+
+# ------------------------------------------------------------------------------------------- splits
+def write_splits(query_ids: Sequence[str], path: Path, seed: int = SEED) -> dict[str, tuple[str, ...]]:
+    """Split ``query_ids`` 60/20/20 (seeded) and write the split file (TSV, sorted by query id)."""
+    splits = split_queries(query_ids, PARTS, seed)
+    rows = sorted((q, name) for name, ids in splits.items() for q in ids)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("query-id\tsplit\n" + "".join(f"{q}\t{s}\n" for q, s in rows), encoding="utf-8")
+    return splits
+
+
+def read_splits(path: Path) -> dict[str, tuple[str, ...]]:
+    """A split file as {split: sorted query ids}; a query listed twice is an error."""
+    out: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
+        if not line.strip():
+            continue
+        qid, _, name = line.partition("\t")
+        if not name or qid in seen:
+            raise InputError(f"{path}:{lineno}: expected one 'query-id<TAB>split' line per query")
+        seen.add(qid)
+        out.setdefault(name, []).append(qid)
+    return {k: tuple(sorted(v)) for k, v in out.items()}
+
+
+def subsample(
+    splits: Mapping[str, tuple[str, ...]], sizes: Mapping[str, int], seed: int = SEED
+) -> dict[str, tuple[str, ...]]:
+    """Up to ``sizes[split]`` queries of each split: one seeded shuffle per split, in the order of ``sizes``."""
+    rng = random.Random(seed)
+    out = {}
+    for name, n in sizes.items():
+        ids = sorted(splits[name])
+        rng.shuffle(ids)
+        out[name] = tuple(sorted(ids[:n]))
+    return out
+
+
+def load_split_set(dataset: Path, sizes: Mapping[str, int] | None = None, cut: int | None = None) -> GradedSet:
+    """A graded set with its committed splits (optionally subsampled)."""
+    data = load_graded(dataset, cut=cut)
+    path = SPLITS_DIR / f"{dataset.name}.tsv"
+    if not path.is_file():
+        raise InputError(f"no split file {path}")
+    data.splits = read_splits(path)
+    if sizes:
+        data.splits = subsample(data.splits, sizes)
+    return data
+
+
+# ------------------------------------------------------------------------------------ logits, features
+class LogitCache:
+    """Cross-encoder logits of (query, doc) pairs in a TSV (``query-id``, ``doc-id``, logit), appended to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.values: dict[tuple[str, str], float] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                parts = line.split("\t")
+                if len(parts) == 3:  # a line cut short by a killed run is skipped (and scored again)
+                    self.values[(parts[0], parts[1])] = float(parts[2])
+
+    def fill(self, data: GradedSet, pairs: Sequence[GradedPair], model: GradedReranker, name: str) -> None:
+        """Score the pairs not in the cache with ``model``'s ``name`` logit (query by query) and append them."""
+        missing = [p for p in pairs if (p.query_id, p.doc_id) not in self.values]
+        if not missing:
+            return
+        log.info("%s: scoring %d pairs", self.path.name, len(missing))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            for qid, group in groupby(missing, key=lambda p: p.query_id):
+                todo = list(group)
+                logits, _ = model.logits(data.queries[qid], candidates(data, todo), [name])
+                for p, s in zip(todo, logits[name], strict=True):
+                    self.values[(qid, p.doc_id)] = s
+                    fh.write(f"{qid}\t{p.doc_id}\t{s!r}\n")
+                fh.flush()
+
+
+Caches = Mapping[str, LogitCache]
+
+
+def open_caches(folder: Path, dataset: str) -> dict[str, LogitCache]:
+    """The logit caches of one dataset: ``ce-logits-<dataset>.tsv`` (title) and ``ce-text-logits-<dataset>.tsv``."""
+    return {name: LogitCache(folder / f"{name.replace('_', '-')}-logits-{dataset}.tsv") for name in LOGITS}
+
+
+def fill(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches, model: GradedReranker) -> None:
+    for name, cache in caches.items():
+        cache.fill(data, pairs, model, name)
+
+
+def features(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches) -> list[dict[str, float]]:
+    """Feature rows of ``pairs`` (input order; each query's pairs are its candidates)."""
+    rows: list[dict[str, float]] = []
+    for qid, group in groupby(pairs, key=lambda p: p.query_id):
+        todo = list(group)
+        logits = {name: [c.values[(qid, p.doc_id)] for p in todo] for name, c in caches.items()}
+        rows += pair_features(data.queries[qid].text, candidates(data, todo), logits)
+    return rows
+
+
+def matrix(rows: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
+    return np.array([[r[n] for n in names] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
+
+
+# ---------------------------------------------------------------------------------------- training
+def train(
+    train_rows: Sequence[Mapping[str, float]],
+    train_grades: Sequence[int],
+    dev_rows: Sequence[Mapping[str, float]],
+    dev_grades: Sequence[int],
+    scale: Sequence[int],
+    cut: int,
+) -> tuple[OrdinalModel, list[dict[str, Any]]]:
+    """Fit one model per feature set on train; keep the best by quadratic κ on dev (with its grade rule)."""
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, OrdinalModel] | None = None
+    for name, names in FEATURE_SETS.items():
+        x = matrix(train_rows, names)
+        started = time.perf_counter()
+        model = fit_ordinal(names, x, train_grades, scale)
+        fit_s = time.perf_counter() - started
+        xd = matrix(dev_rows, names)
+        expected = model.expected(xd)
+        cuts = fit_thresholds([float(v) for v in expected], list(dev_grades), scale)
+        for rule, candidate in (("argmax", model), ("dev thresholds on E[grade]", model.with_grade_cuts(cuts))):
+            kappa = agreement(list(dev_grades), candidate.grade(xd), scale, cut)["kappa_quadratic"]
+            trials.append(
+                {
+                    "features": name,
+                    "rule": rule,
+                    "dev_kappa_quadratic": kappa,
+                    "train_nll": model.nll(x, train_grades),
+                    "null_nll": null_model(names, x, train_grades, scale).nll(x, train_grades),
+                    "fit_s": fit_s,
+                }
+            )
+            if best is None or kappa > best[0]:
+                best = (kappa, candidate)
+    assert best is not None
+    return best[1], trials
+
+
+def bootstrap_kappa_diff(
+    pairs: Sequence[GradedPair],
+    a: Sequence[int],
+    b: Sequence[int],
+    scale: Sequence[int],
+    cut: int,
+    resamples: int = 1000,
+    seed: int = SEED,
+) -> dict[str, Any]:
+    """Quadratic κ(a) − κ(b) on ``pairs`` and its 95% percentile bootstrap CI over queries."""
+    by_query: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        by_query.setdefault(p.query_id, []).append(i)
+    groups = [by_query[q] for q in sorted(by_query)]
+    human = [p.grade for p in pairs]
+
+    def kappa(labels: Sequence[int], idx: Sequence[int]) -> float:
+        return float(agreement([human[i] for i in idx], [labels[i] for i in idx], scale, cut)["kappa_quadratic"])
+
+    everything = range(len(pairs))
+    diff = kappa(a, everything) - kappa(b, everything)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(resamples):
+        idx = [i for g in rng.integers(0, len(groups), len(groups)) for i in groups[g]]
+        samples.append(kappa(a, idx) - kappa(b, idx))
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return {"diff": diff, "low": float(low), "high": float(high), "resamples": resamples, "unit": "query"}
+
+
+# ------------------------------------------------------------------------------------------ the run
+def grader_labels(
+    data: GradedSet, model: OrdinalModel, caches: Caches, majority_from: Sequence[int], in_domain: bool
+) -> dict[str, tuple[str, list[int]]]:
+    """Each grader's labels for every pair of ``data``'s test split: {grader: (domain, labels)}.
+
+    The zero-shot cross-encoder's thresholds come from the set's dev split; on a set with another grade
+    scale the graded model's E[grade] is cut the same way (by thresholds fitted on that set's dev split).
+    """
+    test, dev = data.pairs("test"), data.pairs("dev")
+    scale = data.grades
+    test_rows = features(data, test, caches)
+    if in_domain:
+        trained = model.grade(model.matrix(test_rows))
+    else:
+        dev_expected = [float(v) for v in model.expected(model.matrix(features(data, dev, caches)))]
+        cuts = fit_thresholds(dev_expected, [p.grade for p in dev], scale)
+        trained = apply_thresholds([float(v) for v in model.expected(model.matrix(test_rows))], cuts, scale)
+    out = {GRADED: ("in-domain" if in_domain else "zero-shot, thresholds on dev", trained)}
+    for name, cache in caches.items():
+        dev_ce = [cache.values[(p.query_id, p.doc_id)] for p in dev]
+        thresholds = fit_thresholds(dev_ce, [p.grade for p in dev], scale)
+        out[ZERO_SHOT[name]] = ("zero-shot", apply_thresholds([r[name] for r in test_rows], thresholds, scale))
+    majority = max(scale, key=lambda g: (list(majority_from).count(g), g))
+    out[f"constant majority ({majority})"] = ("-", [majority] * len(test))
+    return out
+
+
+def score_rows(
+    data: GradedSet,
+    pairs: Sequence[GradedPair],
+    labels: Mapping[str, tuple[str, Sequence[int]]],
+    speed: Mapping[str, float],
+) -> list[dict[str, Any]]:
+    """One agreement row per grader on ``pairs``."""
+    out = []
+    for name, (domain, graded) in labels.items():
+        m = agreement([p.grade for p in pairs], list(graded), data.grades, data.cut)
+        m.pop("confusion")
+        out.append({"grader": name, "domain": domain} | m | {"pairs_per_s": speed.get(name)})
+    return out
+
+
+def subset(
+    labels: Mapping[str, tuple[str, Sequence[int]]], pairs: Sequence[GradedPair], chosen: Sequence[GradedPair]
+) -> dict[str, tuple[str, list[int]]]:
+    index = {(p.query_id, p.doc_id): i for i, p in enumerate(pairs)}
+    at = [index[(p.query_id, p.doc_id)] for p in chosen]
+    return {name: (domain, [graded[i] for i in at]) for name, (domain, graded) in labels.items()}
+
+
+def lore_labels(data: GradedSet, pairs: Sequence[GradedPair], store: Path, threads: int) -> tuple[list[int], float]:
+    """The bundled LLM judge's (``lore``, label-only, zero-shot) grades for ``pairs`` and its pairs/s."""
+    from twostage_search.benchmarks.judges import JudgementStore, lore_grades, run_lore
+    from twostage_search.rerankers.llm.lore import JudgementCache, LoreReranker
+
+    judge = LoreReranker("llama-cpp", cache=JudgementCache(0), backend_options={"threads": threads})
+    rows, _ = run_lore(data, pairs, judge, JudgementStore(store))
+    return lore_grades(data, rows), 1000 * len(rows) / max(sum(r["ms"] for r in rows), 1e-9)
+
+
+def measure_speed(
+    data: GradedSet, model: GradedReranker, scorer: GradedReranker, n_queries: int = 5
+) -> dict[str, float]:
+    """Pairs per second on the pairs of a few test queries, scored afresh: the graded model (its
+    cross-encoder passes and the ordinal model) and each cross-encoder logit alone."""
+    chosen = set(data.splits["test"][:n_queries])
+    groups = [
+        (q, list(g)) for q, g in groupby((p for p in data.pairs("test") if p.query_id in chosen), lambda p: p.query_id)
+    ]
+    n = sum(len(g) for _, g in groups)
+    out = {}
+    for name, run_one in [(GRADED, lambda q, c: model.judge(q, c))] + [
+        (ZERO_SHOT[logit], lambda q, c, logit=logit: scorer.logits(q, c, [logit])) for logit in LOGITS
+    ]:
+        started = time.perf_counter()
+        for qid, group in groups:
+            run_one(data.queries[qid], candidates(data, group))
+        out[name] = n / (time.perf_counter() - started)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+
+    cf = load_split_set(args.crowdflower)
+    both = OrdinalModel(("ce", "ce_text"), (0.0, 0.0), (1.0, 1.0), (1.0, 1.0), (-1.0, 0.0, 1.0), cf.grades)
+    scorer = GradedReranker(both, threads=args.threads)  # for its cross-encoder logits only
+    cf_caches = open_caches(args.cache, "crowdflower")
+    split_pairs = {s: cf.pairs(s) for s in ("train", "dev", "test")}
+    for s in ("test", "dev", "train"):
+        fill(cf, split_pairs[s], cf_caches, scorer)
+    train_rows, dev_rows = features(cf, split_pairs["train"], cf_caches), features(cf, split_pairs["dev"], cf_caches)
+    train_grades = [p.grade for p in split_pairs["train"]]
+    model, trials = train(train_rows, train_grades, dev_rows, [p.grade for p in split_pairs["dev"]], cf.grades, cf.cut)
+    meta = {
+        "trained_on": "CrowdFlower search relevance, train queries (benchmarks/data/splits, seed 13)",
+        "train_pairs": len(train_rows),
+        "feature_set": next(n for n, f in FEATURE_SETS.items() if f == model.features),
+        "grade_rule": "dev thresholds on E[grade]" if model.grade_cuts else "most probable grade",
+        "chosen_on": "quadratic kappa on CrowdFlower dev queries",
+        "cross_encoder": "bundled:ms-marco-minilm-l12-int8 (ce: query + title, 64 tokens; ce_text: query + title "
+        "+ description, 128 tokens)",
+    }
+    model = replace(model, meta=meta)
+    if args.save is not None:
+        model.save(args.save)
+    speed = measure_speed(cf, GradedReranker(model, threads=args.threads), scorer)
+    report: dict[str, Any] = {"load_before": os.getloadavg()[0], "trials": trials, "model": model.to_json()}
+    test = cf.pairs("test")
+    labels = grader_labels(cf, model, cf_caches, train_grades, in_domain=True)
+    ci = {
+        name: bootstrap_kappa_diff(test, labels[GRADED][1], labels[ZERO_SHOT[name]][1], cf.grades, cf.cut)
+        for name in LOGITS
+    }
+    report["crowdflower"] = {
+        "rows": score_rows(cf, test, labels, speed),
+        "kappa_quadratic_diff_vs_zero_shot": ci,
+        "test_queries": len(cf.splits["test"]),
+        "test_pairs": len(test),
+    }
+    if args.lore_pairs:
+        sample = cf.sample("test", args.lore_pairs)
+        small = subset(labels, test, sample)
+        lore, rate = lore_labels(cf, sample, args.cache / "lore-crowdflower.jsonl", args.threads)
+        small["lore (Qwen2.5-Coder-0.5B, label-only)"] = ("zero-shot", lore)
+        rows = score_rows(cf, sample, small, speed | {"lore (Qwen2.5-Coder-0.5B, label-only)": rate})
+        report["crowdflower_lore_sample"] = {
+            "rows": rows,
+            "pairs": len(sample),
+            "queries": len({p.query_id for p in sample}),
+        }
+    if args.homedepot is not None:
+        hd = load_split_set(args.homedepot, HD_SUBSAMPLE, cut=HD_CUT)
+        hd_caches = open_caches(args.cache, "homedepot")
+        for s in ("test", "dev"):
+            fill(hd, hd.pairs(s), hd_caches, scorer)
+        hd_test = hd.pairs("test")
+        labels = grader_labels(hd, model, hd_caches, [p.grade for p in hd.pairs("dev")], in_domain=False)
+        report["homedepot"] = {
+            "rows": score_rows(hd, hd_test, labels, speed),
+            "kappa_quadratic_diff_vs_zero_shot": {
+                name: bootstrap_kappa_diff(hd_test, labels[GRADED][1], labels[ZERO_SHOT[name]][1], hd.grades, hd.cut)
+                for name in LOGITS
+            },
+            "subsample_queries": HD_SUBSAMPLE,
+            "test_queries": len(hd.splits["test"]),
+            "test_pairs": len(hd_test),
+        }
+    report["load_after"] = os.getloadavg()[0]
+    return report
+
+
+def table(report: Mapping[str, Any]) -> str:
+    lines = []
+    for name in ("crowdflower", "crowdflower_lore_sample", "homedepot"):
+        if name not in report:
+            continue
+        part = report[name]
+        k = 3 if name == "homedepot" else 4
+        lines += [
+            f"{name} test",
+            f"| grader | domain | Acc@{k} | Acc@2 | Macro-F1@{k} | κ linear | κ quadratic | pairs/s |",
+        ]
+        lines.append("|" + " --- |" * 8)
+        for r in part["rows"]:
+            speed = f"{r['pairs_per_s']:.1f}" if r.get("pairs_per_s") else ""
+            lines.append(
+                f"| {r['grader']} | {r['domain']} | {r[f'acc@{k}']:.3f} | {r['acc@2']:.3f} | {r[f'macro_f1@{k}']:.3f} "
+                f"| {r['kappa_linear']:.3f} | {r['kappa_quadratic']:.3f} | {speed} |"
+            )
+        for logit, ci in part.get("kappa_quadratic_diff_vs_zero_shot", {}).items():
+            lines.append(
+                f"Δ quadratic κ (graded − zero-shot {logit}): {ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+            )
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m twostage_search.benchmarks.graded_model", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--crowdflower", type=Path, required=True, help="the CrowdFlower search-relevance BEIR folder")
+    p.add_argument("--homedepot", type=Path, default=None, help="the Home Depot search-relevance BEIR folder")
+    p.add_argument("--cache", type=Path, default=Path("var/graded"), help="folder of cached cross-encoder logits")
+    p.add_argument("--save", type=Path, default=None, help="write the fitted model (JSON) here")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lore-pairs", type=int, default=0, help="also run the LLM judge on a seeded sample of test pairs")
+    p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging(1)
+    args = parser().parse_args(argv)
+    try:
+        report = run(args)
+    except TwoStageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exit_status(e)
+    if args.out is not None:
+        write_json(args.out, report)
+    print(table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -38,20 +37,23 @@ from twostage_search.benchmarks.graded import (
     agreement,
     apply_thresholds,
     fit_thresholds,
-    load_graded,
-    split_queries,
+)
+from twostage_search.benchmarks.graded_data import (
+    SEED,
+    Caches,
+    features,
+    fill,
+    load_split_set,
+    open_caches,
 )
 from twostage_search.benchmarks.judges import candidates, write_json
-from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.errors import TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
-from twostage_search.rerankers.graded import FEATURES, LEXICAL, LOGITS, GradedReranker, pair_features
+from twostage_search.rerankers.graded import FEATURES, LEXICAL, LOGITS, GradedReranker
 from twostage_search.rerankers.ordinal import OrdinalModel, fit_ordinal, null_model
 
 log = logging.getLogger(__name__)
 
-SPLITS_DIR = Path(__file__).parent / "data" / "splits"
-PARTS = {"train": 0.6, "dev": 0.2, "test": 0.2}
-SEED = 13
 HD_CUT = 3  # Home Depot 1–3: "relevant" = 3 (perfect match); its 2 (partial) sits with CrowdFlower's 2, below the cut
 HD_SUBSAMPLE = {"train": 600, "dev": 200, "test": 300}  # queries per split (seeded), Home Depot only
 GRADED = "graded (ordinal model)"
@@ -69,109 +71,6 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "ce+ce_text": ("ce", "ce_text"),
     "all": FEATURES,
 }
-
-
-# ------------------------------------------------------------------------------------------- splits
-def write_splits(query_ids: Sequence[str], path: Path, seed: int = SEED) -> dict[str, tuple[str, ...]]:
-    """Split ``query_ids`` 60/20/20 (seeded) and write the split file (TSV, sorted by query id)."""
-    splits = split_queries(query_ids, PARTS, seed)
-    rows = sorted((q, name) for name, ids in splits.items() for q in ids)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("query-id\tsplit\n" + "".join(f"{q}\t{s}\n" for q, s in rows), encoding="utf-8")
-    return splits
-
-
-def read_splits(path: Path) -> dict[str, tuple[str, ...]]:
-    """A split file as {split: sorted query ids}; a query listed twice is an error."""
-    out: dict[str, list[str]] = {}
-    seen: set[str] = set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
-        if not line.strip():
-            continue
-        qid, _, name = line.partition("\t")
-        if not name or qid in seen:
-            raise InputError(f"{path}:{lineno}: expected one 'query-id<TAB>split' line per query")
-        seen.add(qid)
-        out.setdefault(name, []).append(qid)
-    return {k: tuple(sorted(v)) for k, v in out.items()}
-
-
-def subsample(
-    splits: Mapping[str, tuple[str, ...]], sizes: Mapping[str, int], seed: int = SEED
-) -> dict[str, tuple[str, ...]]:
-    """Up to ``sizes[split]`` queries of each split: one seeded shuffle per split, in the order of ``sizes``."""
-    rng = random.Random(seed)
-    out = {}
-    for name, n in sizes.items():
-        ids = sorted(splits[name])
-        rng.shuffle(ids)
-        out[name] = tuple(sorted(ids[:n]))
-    return out
-
-
-def load_split_set(dataset: Path, sizes: Mapping[str, int] | None = None, cut: int | None = None) -> GradedSet:
-    """A graded set with its committed splits (optionally subsampled)."""
-    data = load_graded(dataset, cut=cut)
-    path = SPLITS_DIR / f"{dataset.name}.tsv"
-    if not path.is_file():
-        raise InputError(f"no split file {path}")
-    data.splits = read_splits(path)
-    if sizes:
-        data.splits = subsample(data.splits, sizes)
-    return data
-
-
-# ------------------------------------------------------------------------------------ logits, features
-class LogitCache:
-    """Cross-encoder logits of (query, doc) pairs in a TSV (``query-id``, ``doc-id``, logit), appended to."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.values: dict[tuple[str, str], float] = {}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                parts = line.split("\t")
-                if len(parts) == 3:  # a line cut short by a killed run is skipped (and scored again)
-                    self.values[(parts[0], parts[1])] = float(parts[2])
-
-    def fill(self, data: GradedSet, pairs: Sequence[GradedPair], model: GradedReranker, name: str) -> None:
-        """Score the pairs not in the cache with ``model``'s ``name`` logit (query by query) and append them."""
-        missing = [p for p in pairs if (p.query_id, p.doc_id) not in self.values]
-        if not missing:
-            return
-        log.info("%s: scoring %d pairs", self.path.name, len(missing))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            for qid, group in groupby(missing, key=lambda p: p.query_id):
-                todo = list(group)
-                logits, _ = model.logits(data.queries[qid], candidates(data, todo), [name])
-                for p, s in zip(todo, logits[name], strict=True):
-                    self.values[(qid, p.doc_id)] = s
-                    fh.write(f"{qid}\t{p.doc_id}\t{s!r}\n")
-                fh.flush()
-
-
-Caches = Mapping[str, LogitCache]
-
-
-def open_caches(folder: Path, dataset: str) -> dict[str, LogitCache]:
-    """The logit caches of one dataset: ``ce-logits-<dataset>.tsv`` (title) and ``ce-text-logits-<dataset>.tsv``."""
-    return {name: LogitCache(folder / f"{name.replace('_', '-')}-logits-{dataset}.tsv") for name in LOGITS}
-
-
-def fill(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches, model: GradedReranker) -> None:
-    for name, cache in caches.items():
-        cache.fill(data, pairs, model, name)
-
-
-def features(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches) -> list[dict[str, float]]:
-    """Feature rows of ``pairs`` (input order; each query's pairs are its candidates)."""
-    rows: list[dict[str, float]] = []
-    for qid, group in groupby(pairs, key=lambda p: p.query_id):
-        todo = list(group)
-        logits = {name: [c.values[(qid, p.doc_id)] for p in todo] for name, c in caches.items()}
-        rows += pair_features(data.queries[qid].text, candidates(data, todo), logits)
-    return rows
 
 
 def matrix(rows: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:

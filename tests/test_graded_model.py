@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import need
-from twostage_search.benchmarks.graded_model import SPLITS_DIR, read_splits, write_splits
+from twostage_search.benchmarks.graded_data import SPLITS_DIR, read_splits, write_splits
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Candidate, Query
 from twostage_search.rerankers.graded import pair_features

@@ -163,7 +163,7 @@ def opensearch_node(tmp_path_factory):
 
     try:
         node = LocalCluster.start(1, workdir=tmp_path_factory.mktemp("opensearch-node"))
-    except LocalOpenSearchError as exc:
+    except (LocalOpenSearchError, OSError) as exc:
         yield exc
         return
     with node:

@@ -191,6 +191,23 @@ def _traversable(path: Path) -> bool:
     return all(p.stat().st_mode & 0o001 for p in path.absolute().parents if p.exists())
 
 
+def _linked_copy(home: Path, target: Path) -> Path:
+    """``home`` re-created at ``target`` with its files hard-linked (a plain copy across file systems).
+
+    For a distribution cached below a directory the nodes' unprivileged user cannot pass through (a private
+    temporary directory): the user reaches the files through ``target``; nothing is copied or re-fetched.
+    """
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(home, target, symlinks=True, copy_function=link)
+    return target
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphaned node if we are killed
 
@@ -257,6 +274,7 @@ class LocalCluster:
         self.home = home
         self.workdir = workdir
         self._owned = owned_workdir
+        self._linked: Path | None = None  # a hard-linked copy of the distribution the nodes' user can reach
         self.startup_seconds = 0.0
 
     @classmethod
@@ -269,7 +287,10 @@ class LocalCluster:
         user = _run_as()
         owned = workdir is None or (user is not None and not _traversable(Path(workdir)))
         if owned:  # the nodes' user must reach their directories: a private pytest tmp dir will not do
-            root = Path(tempfile.mkdtemp(prefix="run-", dir=cache_dir()))
+            base = cache_dir()
+            if user is not None and not _traversable(base / "run"):  # e.g. a cache inside a private directory
+                base = Path(tempfile.gettempdir())
+            root = Path(tempfile.mkdtemp(prefix="twostage-opensearch-run-", dir=base))
         else:
             root = Path(str(workdir))
             root.mkdir(parents=True, exist_ok=True)
@@ -280,14 +301,19 @@ class LocalCluster:
             node.root.mkdir(parents=True, exist_ok=True)
             _write_config(home, node, cluster_name, seeds, [n.name for n in members])
         cluster = cls(members, home, root, owned)
-        if user is not None:
-            root.chmod(0o755)
-            for path in [root, *root.rglob("*")]:
-                os.chown(path, user.pw_uid, user.pw_gid)
         try:
+            if user is not None:
+                root.chmod(0o755)
+                for path in [root, *root.rglob("*")]:
+                    os.chown(path, user.pw_uid, user.pw_gid)
+                if not _traversable(home / "bin"):
+                    cluster.home = cluster._linked = _linked_copy(home, root / "distribution")
             for i in range(nodes):
                 cluster._spawn(i)
             cluster.wait_green(nodes=nodes, timeout=timeout)
+        except OSError as exc:
+            cluster.stop()
+            raise LocalOpenSearchError(f"cannot start OpenSearch from {cluster.home}: {exc}") from exc
         except BaseException:
             cluster.stop()
             raise
@@ -390,6 +416,8 @@ class LocalCluster:
                     node.proc.wait(timeout=30)
         if self._owned:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        elif self._linked is not None:
+            shutil.rmtree(self._linked, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
         return self

@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 
 from twostage_search.engine.batching import chunked, progress_bar
-from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
+from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.optional import require
 from twostage_search.engine.types import Document
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
 from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders
-from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
+from twostage_search.indexes.meta import ImpactIndexMeta, atomic_index, read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ DOC_IDS = "doc_ids.json"
 INT32_MAX = int(np.iinfo(np.int32).max)
 
 
-class ImpactCscIndex:
+class ImpactCscIndex(ImpactIndexMeta):
     """Quantised SPLADE impacts as memory-mapped compressed sparse arrays (one row per term), with doc ids,
     document store and ``meta.json``."""
 
@@ -186,17 +186,6 @@ class ImpactCscIndex:
             if not (path / POSTINGS / name).is_file():
                 raise IndexLoadError(f"incomplete index (no {POSTINGS}/{name}): {path}")
         return cls(path, meta)
-
-    @property
-    def scale(self) -> float:
-        return float(self.meta["scale"])
-
-    def __len__(self) -> int:
-        return int(self.meta["doc_count"])
-
-    def encoder(self) -> SparseEncoder:
-        """The encoder this index was built with, re-created from ``meta.json``."""
-        return encoder_from_meta(self.meta["encoder"])
 
     def query_encoder(self, encoder: SparseEncoder) -> SparseEncoder:
         """``encoder`` with its query side limited to the terms of this index (shared across retrievers)."""

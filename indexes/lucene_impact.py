@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.batching import chunked, progress_bar
-from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
+from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.types import Document
 from twostage_search.indexes import _jvm, _lucene
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
 from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders
-from twostage_search.indexes.meta import atomic_index, write_meta
+from twostage_search.indexes.meta import ImpactIndexMeta, atomic_index, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ LUCENE_DIR = "lucene"
 VECTORS_DIR = "_vectors"
 
 
-class LuceneImpactIndex:
+class LuceneImpactIndex(ImpactIndexMeta):
     """A Lucene impact index of quantised SPLADE vectors, with its document store and ``meta.json``."""
 
     backend = "lucene-impact"
@@ -142,17 +142,6 @@ class LuceneImpactIndex:
     def open(cls, path: str | Path) -> LuceneImpactIndex:
         path = Path(path)
         return cls(path, _lucene.open_meta(path, cls.backend, LUCENE_DIR))
-
-    @property
-    def scale(self) -> float:
-        return float(self.meta["scale"])
-
-    def __len__(self) -> int:
-        return int(self.meta["doc_count"])
-
-    def encoder(self) -> SparseEncoder:
-        """The encoder this index was built with, re-created from ``meta.json``."""
-        return encoder_from_meta(self.meta["encoder"])
 
     def retriever(
         self, encoder: SparseEncoder | None = None, *, query_top_n: int | None = None, index_terms_only: bool = True

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.atomic import versioned_directory
+from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
 from twostage_search.engine.errors import IndexLoadError
 
 META = "meta.json"
@@ -52,3 +53,21 @@ def atomic_index(target: str | Path, *, overwrite: bool = True) -> contextlib.Ab
     index, as a new version behind the symlink ``target``, so a service serving the old version can
     finish its requests on it and switch with ``POST /admin/reload-index``."""
     return versioned_directory(target, overwrite=overwrite, marker=META)
+
+
+class ImpactIndexMeta:
+    """What every SPLADE impact index (``lucene-impact``, ``impact-csc``, ``opensearch``) reads from its
+    ``meta.json``: the quantisation scale, the document count and the encoder it was built with."""
+
+    meta: dict[str, Any]
+
+    @property
+    def scale(self) -> float:
+        return float(self.meta["scale"])
+
+    def __len__(self) -> int:
+        return int(self.meta["doc_count"])
+
+    def encoder(self) -> SparseEncoder:
+        """The encoder this index was built with, re-created from ``meta.json``."""
+        return encoder_from_meta(self.meta["encoder"])

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twostage_search.engine.encoders import SparseEncoder, encoder_from_meta
+from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Document
-from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
+from twostage_search.indexes.meta import ImpactIndexMeta, atomic_index, read_meta, write_meta
 from twostage_search.indexes.opensearch.client import (
     OpenSearchIndexMissingError,
     connect,
@@ -34,7 +34,7 @@ _FORMAT = 1
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,199}$")
 
 
-class OpenSearchIndex:
+class OpenSearchIndex(ImpactIndexMeta):
     """A SPLADE impact index on an OpenSearch cluster; the local directory holds its ``meta.json``."""
 
     backend = "opensearch"
@@ -181,13 +181,6 @@ class OpenSearchIndex:
     def alias(self) -> str:
         return str(self.meta["opensearch"]["alias"])
 
-    @property
-    def scale(self) -> float:
-        return float(self.meta["scale"])
-
-    def __len__(self) -> int:
-        return int(self.meta["doc_count"])
-
     def missing_message(self) -> str:
         return (
             f"OpenSearch index {self.alias!r} not found at {', '.join(self.settings.hosts)} "
@@ -198,11 +191,6 @@ class OpenSearchIndex:
         """Documents searchable through the alias now (asks the cluster)."""
         with translate_errors(self.settings, f"counting {self.alias!r}", missing=self.missing_message()):
             return int(self.client.count(index=self.alias)["count"])
-
-    def encoder(self) -> SparseEncoder:
-        """The encoder this index was built with, re-created from ``meta.json``."""
-        cfg = self.meta["encoder"]
-        return encoder_from_meta(cfg)
 
     def retriever(
         self,

@@ -32,10 +32,21 @@ from twostage_search.engine.beir import find_file, read_queries
 from twostage_search.engine.logs import setup_logging
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_server(proc: subprocess.Popen[Any]) -> None:
+    """Stop a server process the benchmark started: SIGTERM, then SIGKILL after 30 s; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def _experiment(reranker: str, rerank_depth: int, depth: int, name: str = "load") -> dict[str, Any]:
@@ -186,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     token = os.urandom(12).hex()
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         exp = Path(tmp) / "load.json"
@@ -209,11 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = asyncio.run(_drive(args, base, proc, token))
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_server(proc)
         lines = log_path.read_text(errors="replace").count('"endpoint":"/search"')
     report = {
         "reranker": args.reranker,

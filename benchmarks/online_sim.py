@@ -36,7 +36,7 @@ from typing import Any
 from twostage_search.benchmarks.click_models import CLICK_MODELS, expected_ctr_rr, map_grades
 from twostage_search.benchmarks.datasets import load_beir
 from twostage_search.benchmarks.evaluation import evaluate, machine, mean
-from twostage_search.benchmarks.load import _free_port
+from twostage_search.benchmarks.load import free_port, stop_server
 from twostage_search.benchmarks.online_power import Grid, MethodPower, pair_lists, simulate_pair
 from twostage_search.benchmarks.online_table import markdown
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
@@ -67,7 +67,7 @@ class Service:
     def __init__(self, index: Path, experiment: Path, data_dir: Path, timeout_s: float = 300.0) -> None:
         import httpx
 
-        port = _free_port()
+        port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         env = {
             **os.environ,
@@ -117,13 +117,7 @@ class Service:
 
     def close(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        stop_server(self.proc)
 
 
 def rankings(

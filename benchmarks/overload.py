@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.load import _free_port, _wait_ready, closed_loop_requests
+from twostage_search.benchmarks.load import _wait_ready, closed_loop_requests, free_port, stop_server
 from twostage_search.engine.assignment import assign
 from twostage_search.engine.beir import find_file, read_queries
 from twostage_search.engine.logs import setup_logging
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overload: no index at {args.index}", file=sys.stderr)
         return 2
     token = os.urandom(12).hex()
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         exp = Path(tmp) / "exp.json"
         exp.write_text(json.dumps(experiment("swap", 1.0, args.depth)))
@@ -388,11 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = asyncio.run(drive(args, f"http://127.0.0.1:{port}", proc, token))
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_server(proc)
     report = {"workers": args.workers, "queue": args.queue, "rerank_depth": args.depth, "cpus": os.cpu_count()}
     report.update(result)
     args.out.mkdir(parents=True, exist_ok=True)

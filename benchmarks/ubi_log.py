@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.load import _free_port
+from twostage_search.benchmarks.load import free_port, stop_server
 from twostage_search.engine.beir import find_file, read_queries
 
 BOOTSTRAP = 2000
@@ -44,7 +44,7 @@ LOG_FILE = "ubi.sqlite3"  # the service's SQLite log in its data directory
 
 
 def _start(args: argparse.Namespace, experiment: Path, data_dir: Path, log_on: bool) -> tuple[Any, str]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -181,11 +181,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             report["ingest"].append(row)
     finally:
         for proc, _ in started.values():
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     return report
 
 

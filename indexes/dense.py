@@ -40,6 +40,7 @@ from twostage_search.indexes import docstore
 from twostage_search.indexes.dense_hnsw import HNSW_FILE, HnswConfig, HnswGraph, build_hnsw
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
 from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
+from twostage_search.indexes.topk import top_k
 
 log = logging.getLogger(__name__)
 
@@ -197,20 +198,6 @@ class DenseFlatIndex:
         return DenseRetriever(self, dense, graph=graph)
 
 
-def top_k(scores: np.ndarray, doc_ids: list[str], k: int) -> list[tuple[str, float]]:
-    """The ``k`` best (doc_id, score): score descending, ties by ``doc_id`` (the tied group at the cut-off too)."""
-    n = len(scores)
-    if k <= 0 or n == 0:
-        return []
-    if k < n:
-        kth = np.partition(scores, n - k)[n - k]
-        rows = np.flatnonzero(scores >= kth)  # everything above the cut-off plus the whole tied group
-    else:
-        rows = np.arange(n)
-    hits = sorted(((doc_ids[i], float(scores[i])) for i in rows), key=lambda h: (-h[1], h[0]))
-    return hits[:k]
-
-
 class DenseRetriever:
     """First stage over a :class:`DenseFlatIndex`: encode the query, exact inner product, top ``k``.
 
@@ -259,7 +246,7 @@ class DenseRetriever:
             return top_k(np.asarray(self.index.vectors @ query, dtype=np.float32), self.index.doc_ids, k)
         rows = self.graph.search(query, k)
         scores = np.asarray(self.index.vectors[rows] @ query, dtype=np.float32)
-        return top_k(scores, [self.index.doc_ids[r] for r in rows.tolist()], k)
+        return top_k(scores, self.index.doc_ids, k, rows=rows)
 
     def close(self) -> None:
         """Nothing to release (the memory map closes with the index)."""

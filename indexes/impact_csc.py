@@ -38,6 +38,7 @@ from twostage_search.engine.types import Document
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
 from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders
 from twostage_search.indexes.meta import ImpactIndexMeta, atomic_index, read_meta, write_meta
+from twostage_search.indexes.topk import top_k
 
 log = logging.getLogger(__name__)
 
@@ -224,20 +225,6 @@ class ImpactCscIndex(ImpactIndexMeta):
         return np.asarray(result.indices), np.asarray(result.data, dtype=np.int64)
 
 
-def top_k(rows: np.ndarray, scores: np.ndarray, doc_ids: Sequence[str], k: int) -> list[tuple[str, int]]:
-    """The ``k`` best (doc_id, score): score descending, ties by ``doc_id`` (the tied group at the cut-off too)."""
-    n = len(scores)
-    if k <= 0 or n == 0:
-        return []
-    if k < n:
-        kth = np.partition(scores, n - k)[n - k]
-        keep = np.flatnonzero(scores >= kth)  # everything above the cut-off plus the whole tied group
-        rows, scores = rows[keep], scores[keep]
-    hits = sorted(((doc_ids[r], int(s)) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)),
-                  key=lambda h: (-h[1], h[0]))  # fmt: skip
-    return hits[:k]
-
-
 class ImpactCscRetriever(ImpactRetriever):
     """First stage over an :class:`ImpactCscIndex`: SPLADE-encode the query, exact impact search in process.
 
@@ -270,7 +257,7 @@ class ImpactCscRetriever(ImpactRetriever):
         if not matched:
             return []
         rows, scores = self.index.scores([r for r, _ in matched], [w for _, w in matched])
-        return top_k(rows, scores, self.index.doc_ids, k)
+        return top_k(scores, self.index.doc_ids, k, rows=rows)
 
     def close(self) -> None:
         """Nothing to release (the memory maps close with the index)."""

@@ -16,8 +16,9 @@ need("usearch", "dense")
 from twostage_search.engine.dense import DenseEncoder
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.types import Query
-from twostage_search.indexes.dense import DenseFlatIndex, DenseRetriever, top_k
+from twostage_search.indexes.dense import DenseFlatIndex, DenseRetriever
 from twostage_search.indexes.dense_hnsw import HNSW_FILE, HnswConfig, HnswGraph, build_hnsw
+from twostage_search.indexes.topk import top_k
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.fusion import fuse
 from twostage_search.engine.types import Query
 from twostage_search.indexes import load
-from twostage_search.indexes.dense import DenseFlatIndex, top_k
+from twostage_search.indexes.dense import DenseFlatIndex
 from twostage_search.indexes.hybrid import Component, Fusion, HybridIndex
+from twostage_search.indexes.topk import top_k
 
 
 @pytest.fixture(scope="module")

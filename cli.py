@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=None, help="index only the first N documents")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     o = p.add_argument_group(
-        "--backend opensearch (connection settings also from TWOSTAGE_OPENSEARCH_* / OPENSEARCH_URL)"
+        "--backend opensearch, opensearch-knn (connection also from TWOSTAGE_OPENSEARCH_* / OPENSEARCH_URL)"
     )
     o.add_argument("--opensearch-url", action="append", metavar="URL", help="cluster URL (repeat for more hosts)")
     o.add_argument("--opensearch-index", metavar="NAME", help="alias that searches use (default: from --index)")
@@ -148,14 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
-    """Options only one backend takes: the OpenSearch connection flags, for ``--backend opensearch``."""
+    """Options only some backends take: the OpenSearch connection flags, for the two OpenSearch backends."""
     options: dict[str, object] = {}
     if args.opensearch_url:
         options["hosts"] = [h for value in args.opensearch_url for h in value.split(",") if h.strip()]
     if args.opensearch_index:
         options["index_name"] = args.opensearch_index
-    if options and args.backend != "opensearch":
-        raise InputError("--opensearch-url/--opensearch-index apply only to --backend opensearch")
+    if options and args.backend not in ("opensearch", "opensearch-knn"):
+        raise InputError("--opensearch-url/--opensearch-index apply only to --backend opensearch or opensearch-knn")
     return options
 
 

@@ -159,10 +159,10 @@ def opensearch_node(tmp_path_factory):
     """A real single OpenSearch node started here (indexes/opensearch/local.py; fetched once from Maven Central),
     or the error that kept it from starting: only ``test_opensearch_node.py`` reports that error; every other
     OpenSearch test then skips with a pointer to it (see :func:`opensearch_url`)."""
-    from twostage_search.indexes.opensearch.local import LocalCluster, LocalOpenSearchError
+    from twostage_search.indexes.opensearch.local import KNN_PLUGIN, LocalCluster, LocalOpenSearchError
 
     try:
-        node = LocalCluster.start(1, workdir=tmp_path_factory.mktemp("opensearch-node"))
+        node = LocalCluster.start(1, workdir=tmp_path_factory.mktemp("opensearch-node"), plugins=(KNN_PLUGIN,))
     except (LocalOpenSearchError, OSError) as exc:
         yield exc
         return
@@ -231,16 +231,29 @@ def os_index(tmp_path_factory, tiny_docs, encoder, opensearch_url, opensearch_pr
 
 
 @pytest.fixture(scope="session")
+def knn_index(tmp_path_factory, tiny_docs, opensearch_url, opensearch_prefix):
+    """The tiny corpus on the ``opensearch-knn`` backend (bge-small vectors, Lucene HNSW), built once per session."""
+    from twostage_search.engine.registry import index_backends
+
+    if use_osmem():
+        pytest.skip("the osmem emulator has no k-NN plugin")
+    path = tmp_path_factory.mktemp("idx") / "opensearch-knn"
+    options = {"hosts": [opensearch_url], "index_name": f"{opensearch_prefix}-knn-contract"}
+    return index_backends.get("opensearch-knn").build(tiny_docs, path, progress=False, **options)
+
+
+@pytest.fixture(scope="session")
 def built_indexes(tmp_path_factory, tiny_docs, encoder):
     """One index of the tiny corpus per embedded index backend (no server), built once per session.
 
-    The ``opensearch`` backend is :func:`os_index`: tests that do not need a cluster do not wait for one.
+    The OpenSearch backends are :func:`os_index` and :func:`knn_index`: tests that do not need a cluster do
+    not wait for one.
     """
     from twostage_search.engine.registry import index_backends
 
     built = {}
     for name in index_backends.names():
-        if name != "opensearch":
+        if not name.startswith("opensearch"):
             path = tmp_path_factory.mktemp("idx") / name
             built[name] = index_backends.get(name).build(tiny_docs, path, encoder=encoder, progress=False)
     return built

@@ -24,6 +24,8 @@ def _assert_valid(ranking: RankedList, query_id: str) -> None:
 def retriever(request, built_indexes, encoder) -> Retriever:
     if request.param == "opensearch":
         return request.getfixturevalue("os_index").retriever(encoder)
+    if request.param == "opensearch-knn":
+        return request.getfixturevalue("knn_index").retriever(encoder)
     if request.param not in built_indexes:
         pytest.skip(f"index backend {request.param!r}: its optional dependencies are not installed")
     return built_indexes[request.param].retriever(encoder)

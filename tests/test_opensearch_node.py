@@ -17,6 +17,7 @@ need("opensearchpy", "opensearch")
 
 from twostage_search.indexes.opensearch.local import (
     ARTIFACT,
+    KNN_PLUGIN,
     VERSION,
     LocalCluster,
     LocalOpenSearchError,
@@ -34,6 +35,8 @@ def test_local_node_starts_and_answers(request):
         pytest.fail(f"the local OpenSearch node did not start: {node}", pytrace=False)
     assert isinstance(node, LocalCluster)
     assert node.request("/")["version"]["number"] == VERSION
+    # The suite's node carries the k-NN plugin (from Maven Central): the opensearch-knn backend's tests need it.
+    assert KNN_PLUGIN in {p["component"] for p in node.request("/_cat/plugins?format=json")}
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def test_fetch_is_retried_and_runs_maven_on_a_full_jdk(tmp_path, monkeypatch, ca
     assert java_home() != trimmed_java_home
     out = tmp_path / "out"
     out.mkdir()
-    with caplog.at_level(logging.INFO, logger="twostage_search.indexes.opensearch.local"):
+    with caplog.at_level(logging.INFO, logger="twostage_search.indexes.opensearch.distribution"):
         zip_path = fetch_zip(ARTIFACT.format(version=VERSION), out, attempts=2, backoff=0.0)
     assert zip_path.parent == out and zip_path.name.endswith(".zip") and zip_path.stat().st_size > 10_000_000
     retries = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -87,7 +90,7 @@ def test_a_fetch_that_keeps_failing_quotes_mavens_errors(tmp_path, caplog, trimm
     out.mkdir()
     artifact = ARTIFACT.format(version="0.0.0-no-such-version")
     with (
-        caplog.at_level(logging.INFO, logger="twostage_search.indexes.opensearch.local"),
+        caplog.at_level(logging.INFO, logger="twostage_search.indexes.opensearch.distribution"),
         pytest.raises(LocalOpenSearchError) as info,
     ):
         fetch_zip(artifact, out, attempts=2, backoff=0.0)

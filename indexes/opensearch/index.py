@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import InputError
@@ -21,8 +21,14 @@ from twostage_search.indexes.opensearch.client import (
     resolve_settings,
     translate_errors,
 )
-from twostage_search.indexes.opensearch.ingest import alias_targets, count_check, ingest, prepare_physical
-from twostage_search.indexes.opensearch.mapping import ESCAPE_SCHEME, default_alias
+from twostage_search.indexes.opensearch.ingest import build_alias
+from twostage_search.indexes.opensearch.mapping import (
+    ESCAPE_SCHEME,
+    FIELD,
+    MAX_EXACT_IMPACT,
+    default_alias,
+    escape_term,
+)
 from twostage_search.indexes.opensearch.search import OpenSearchRetriever
 
 if TYPE_CHECKING:
@@ -34,16 +40,107 @@ _FORMAT = 1
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,199}$")
 
 
-class OpenSearchIndex(ImpactIndexMeta):
-    """A SPLADE impact index on an OpenSearch cluster; the local directory holds its ``meta.json``."""
+def check_alias(alias: str) -> str:
+    """``alias`` when it is a usable OpenSearch index name (and free of ``--``, which builds append)."""
+    if not _NAME_RE.match(alias) or "--" in alias:
+        raise InputError(f"bad OpenSearch index name {alias!r}: use lowercase letters, digits, '_', '-', '.'")
+    return alias
 
-    backend = "opensearch"
+
+class AliasedIndex:
+    """An index on an OpenSearch cluster searched through an alias; the local directory holds its ``meta.json``."""
+
+    backend: str
 
     def __init__(self, path: Path, meta: dict[str, Any], settings: OpenSearchSettings, client: Any) -> None:
         self.path = path
         self.meta = meta
         self.settings = settings
         self.client = client
+
+    # ------------------------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, path: str | Path, *, settings: OpenSearchSettings | None = None, **connection: Any) -> Self:
+        """Open the index described by ``path/meta.json``; hosts default to the ones it was built on.
+
+        Raises :class:`OpenSearchUnavailableError` when the cluster cannot be reached and
+        :class:`OpenSearchIndexMissingError` when it no longer has the alias.
+        """
+        path = Path(path)
+        meta = read_meta(path, backend=cls.backend)
+        settings = resolve_settings(settings, **connection)
+        if "hosts" not in settings.model_fields_set and meta["opensearch"].get("hosts"):
+            settings = resolve_settings(settings, hosts=meta["opensearch"]["hosts"])
+        client, _ = connect(settings)
+        index = cls(path, meta, settings, client)
+        with translate_errors(settings, f"opening {index.alias!r}"):
+            if not client.indices.exists(index=index.alias):
+                raise OpenSearchIndexMissingError(index.missing_message())
+        return index
+
+    @property
+    def alias(self) -> str:
+        return str(self.meta["opensearch"]["alias"])
+
+    def missing_message(self) -> str:
+        return (
+            f"OpenSearch index {self.alias!r} not found at {', '.join(self.settings.hosts)} "
+            f"(deleted, or a different cluster); rebuild {self.path} with `twostage index --backend {self.backend}`"
+        )
+
+    def count(self) -> int:
+        """Documents searchable through the alias now (asks the cluster)."""
+        with translate_errors(self.settings, f"counting {self.alias!r}", missing=self.missing_message()):
+            return int(self.client.count(index=self.alias)["count"])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class SpladeFields:
+    """The ``rank_features`` field of quantised SPLADE document terms, with the build's impact statistics."""
+
+    def __init__(self, encoder: SparseEncoder, scale: float, settings: OpenSearchSettings) -> None:
+        self.encoder = encoder
+        self.index_settings: dict[str, Any] = {}
+        self.scale = scale
+        self.check = settings.impact_check
+        self.properties: dict[str, Any] = {FIELD: {"type": "rank_features"}}
+        self.terms = self.empty = self.inexact = self.max_impact = 0
+
+    def __call__(self, docs: list[Document]) -> list[dict[str, Any]]:
+        out = []
+        for doc, vec in zip(docs, self.encoder.encode_docs([d.full_text for d in docs]), strict=True):
+            impacts = vec.quantize(self.scale)
+            self.terms += len(impacts)
+            self.empty += not impacts
+            top = max(impacts.values(), default=0)
+            self.max_impact = max(self.max_impact, top)
+            if top > MAX_EXACT_IMPACT:
+                if self.check == "error":
+                    raise InputError(
+                        f"document {doc.doc_id!r} has an impact of {top} (weight {top / self.scale:.2f} × scale "
+                        f"{self.scale:g}); rank_features stores integers above {MAX_EXACT_IMPACT} inexactly. "
+                        f"Use a scale of at most {MAX_EXACT_IMPACT / (top / self.scale):.1f}, or "
+                        "TWOSTAGE_OPENSEARCH_IMPACT_CHECK=warn"
+                    )
+                self.inexact += sum(w > MAX_EXACT_IMPACT for w in impacts.values())
+            out.append({FIELD: {escape_term(t): w for t, w in impacts.items()}})
+        return out
+
+    def warn_inexact(self) -> None:
+        if self.inexact:
+            log.warning(
+                "%d document impact(s) exceed %d (max %d): rank_features keeps 9 significant bits, so their "
+                "scores differ slightly from the embedded index's; a smaller scale keeps them exact",
+                self.inexact, MAX_EXACT_IMPACT, self.max_impact,
+            )  # fmt: skip
+
+
+class OpenSearchIndex(AliasedIndex, ImpactIndexMeta):
+    """A SPLADE impact index on an OpenSearch cluster; the local directory holds its ``meta.json``."""
+
+    backend = "opensearch"
 
     # ----------------------------------------------------------------------------------- build
     @classmethod
@@ -82,9 +179,7 @@ class OpenSearchIndex(ImpactIndexMeta):
         if threads < 1 or chunk_size < 1:
             raise InputError("threads and chunk_size must be at least 1")
         settings = resolve_settings(settings, **connection)
-        alias = index_name or default_alias(path)
-        if not _NAME_RE.match(alias) or "--" in alias:
-            raise InputError(f"bad OpenSearch index name {alias!r}: use lowercase letters, digits, '_', '-', '.'")
+        alias = check_alias(index_name or default_alias(path))
         started = time.perf_counter()
         build_meta = {
             "format": _FORMAT,
@@ -94,49 +189,26 @@ class OpenSearchIndex(ImpactIndexMeta):
             "scale": scale,
             "escape": ESCAPE_SCHEME,
         }
+        fields = SpladeFields(encoder, scale, settings)
         with atomic_index(path, overwrite=overwrite) as tmp:
             client, server = connect(settings)
             with contextlib.closing(client), translate_errors(settings, f"building {alias!r}"):
-                physical, resumed = prepare_physical(client, settings, alias, build_meta, resume)
-                try:
-                    stats, seen = ingest(
-                        client, settings, physical, docs,
-                        encoder=encoder, scale=scale, threads=threads, chunk_size=chunk_size,
-                        total=total, progress=progress, resumed=resumed,
-                    )  # fmt: skip
-                    if stats.docs == 0:
-                        raise InputError("corpus is empty: nothing to index")
-                    count = count_check(client, physical, seen, resumed)
-                except InputError:
-                    with contextlib.suppress(Exception):
-                        client.indices.delete(index=physical)
-                    raise
-                except BaseException:
-                    log.warning("build of %s failed; kept the partial index %s to resume from", alias, physical)
-                    raise
-                client.indices.put_settings(
-                    index=physical, body={"index": {"refresh_interval": settings.refresh_interval}}
-                )
-                client.indices.put_mapping(
-                    index=physical, body={"_meta": {"twostage": {**build_meta, "state": "complete"}}}
-                )
-                old = [name for name in alias_targets(client, alias) if name != physical]
-                actions = [{"remove": {"index": name, "alias": alias}} for name in old]
-                client.indices.update_aliases(
-                    body={"actions": [*actions, {"add": {"index": physical, "alias": alias}}]}
-                )
-                for name in old:
-                    client.indices.delete(index=name)
+                built = build_alias(
+                    client, settings, alias, build_meta, docs, fields=fields, threads=threads,
+                    chunk_size=chunk_size, total=total, progress=progress, resume=resume,
+                )  # fmt: skip
+            fields.warn_inexact()
+            physical, count, stats, old = built
             total_seconds = time.perf_counter() - started
             meta = {
                 "backend": cls.backend,
                 "encoder": encoder.config(),
                 "scale": scale,
                 "doc_count": count,
-                "empty_docs": stats.empty,
-                "max_impact": stats.max_impact,
-                "inexact_impacts": stats.inexact,
-                "mean_doc_terms": stats.terms / max(stats.docs - stats.skipped, 1),
+                "empty_docs": fields.empty,
+                "max_impact": fields.max_impact,
+                "inexact_impacts": fields.inexact,
+                "mean_doc_terms": fields.terms / max(stats.docs - stats.skipped, 1),
                 "opensearch": {
                     "alias": alias,
                     "index": physical,
@@ -155,43 +227,6 @@ class OpenSearchIndex(ImpactIndexMeta):
         log.info("built %s (alias %s → %s): %d docs in %.1fs", path, alias, physical, count, total_seconds)
         return cls.open(path, settings=settings)
 
-    # ------------------------------------------------------------------------------------ open
-    @classmethod
-    def open(
-        cls, path: str | Path, *, settings: OpenSearchSettings | None = None, **connection: Any
-    ) -> OpenSearchIndex:
-        """Open the index described by ``path/meta.json``; hosts default to the ones it was built on.
-
-        Raises :class:`OpenSearchUnavailableError` when the cluster cannot be reached and
-        :class:`OpenSearchIndexMissingError` when it no longer has the alias.
-        """
-        path = Path(path)
-        meta = read_meta(path, backend=cls.backend)
-        settings = resolve_settings(settings, **connection)
-        if "hosts" not in settings.model_fields_set and meta["opensearch"].get("hosts"):
-            settings = resolve_settings(settings, hosts=meta["opensearch"]["hosts"])
-        client, _ = connect(settings)
-        index = cls(path, meta, settings, client)
-        with translate_errors(settings, f"opening {index.alias!r}"):
-            if not client.indices.exists(index=index.alias):
-                raise OpenSearchIndexMissingError(index.missing_message())
-        return index
-
-    @property
-    def alias(self) -> str:
-        return str(self.meta["opensearch"]["alias"])
-
-    def missing_message(self) -> str:
-        return (
-            f"OpenSearch index {self.alias!r} not found at {', '.join(self.settings.hosts)} "
-            f"(deleted, or a different cluster); rebuild {self.path} with `twostage index --backend opensearch`"
-        )
-
-    def count(self) -> int:
-        """Documents searchable through the alias now (asks the cluster)."""
-        with translate_errors(self.settings, f"counting {self.alias!r}", missing=self.missing_message()):
-            return int(self.client.count(index=self.alias)["count"])
-
     def retriever(
         self,
         encoder: SparseEncoder | None = None,
@@ -208,6 +243,3 @@ class OpenSearchIndex(ImpactIndexMeta):
             query_top_n=query_top_n if query_top_n is not None else self.settings.query_top_n,
             server_sort=server_sort,
         )
-
-    def close(self) -> None:
-        self.client.close()

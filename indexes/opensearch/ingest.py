@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -9,16 +10,15 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from twostage_search.engine.batching import chunked, progress_bar
-from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.optional import require
 from twostage_search.engine.retry import backoff_delay
 from twostage_search.engine.types import Document
 from twostage_search.indexes.opensearch.client import OpenSearchError, OpenSearchUnavailableError, short_error
-from twostage_search.indexes.opensearch.mapping import FIELD, MAX_EXACT_IMPACT, escape_term, fingerprint, index_body
+from twostage_search.indexes.opensearch.mapping import fingerprint, index_body
 
 if TYPE_CHECKING:
     from twostage_search.indexes.opensearch.settings import OpenSearchSettings
@@ -95,7 +95,7 @@ def alias_targets(client: Any, alias: str) -> list[str]:
 
 
 def prepare_physical(
-    client: Any, settings: OpenSearchSettings, alias: str, build_meta: dict[str, Any], resume: bool
+    client: Any, settings: OpenSearchSettings, alias: str, build_meta: dict[str, Any], resume: bool, fields: DocFields
 ) -> tuple[str, bool]:
     """The physical index to fill: an unfinished build of ``alias`` to resume, or a new one."""
     if client.indices.exists(index=alias) and not client.indices.exists_alias(name=alias):
@@ -108,7 +108,7 @@ def prepare_physical(
             unfinished.append((name, meta))
     keep = None
     if resume:
-        same = {k: build_meta[k] for k in ("format", "encoder", "scale", "escape")}
+        same = {k: v for k, v in build_meta.items() if k != "state"}
         for name, meta in sorted(unfinished, reverse=True):  # newest first (the name holds a timestamp)
             if {k: meta.get(k) for k in same} == same:
                 keep = name
@@ -122,7 +122,7 @@ def prepare_physical(
         return keep, True
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     name = f"{alias}--{stamp}-{uuid.uuid4().hex[:6]}"
-    client.indices.create(index=name, body=index_body(settings, build_meta))
+    client.indices.create(index=name, body=index_body(settings, build_meta, fields.properties, fields.index_settings))
     return name, False
 
 
@@ -140,15 +140,24 @@ def all_ids(client: Any, index: str, page: int = 1000) -> Iterator[str]:
         yield hit["_id"]
 
 
+class DocFields(Protocol):
+    """What one backend stores per document beside ``doc_id``, ``title``, ``text`` and ``fp``.
+
+    ``properties`` is the mapping of those fields, ``index_settings`` any index settings they need
+    (``{"knn": True}``), and calling it encodes a chunk of documents into their field values.
+    """
+
+    properties: dict[str, Any]
+    index_settings: dict[str, Any]
+
+    def __call__(self, docs: list[Document]) -> list[dict[str, Any]]: ...
+
+
 class IngestStats(NamedTuple):
     docs: int
     skipped: int
-    empty: int
-    terms: int
+    """Documents a resumed build found already indexed with the same content."""
     encode_seconds: float
-    inexact: int = 0
-    """Document impacts above ``MAX_EXACT_IMPACT`` (stored with fewer bits; ``impact_check="warn"``)."""
-    max_impact: int = 0
 
 
 def ingest(
@@ -157,8 +166,7 @@ def ingest(
     index: str,
     docs: Iterable[Document],
     *,
-    encoder: SparseEncoder,
-    scale: float,
+    fields: DocFields,
     threads: int,
     chunk_size: int,
     total: int | None,
@@ -167,7 +175,7 @@ def ingest(
 ) -> tuple[IngestStats, set[str]]:
     """Encode and bulk-index ``docs``; up to ``threads`` bulk requests run while the next chunk encodes."""
     seen: set[str] = set()
-    n_docs = n_skipped = n_empty = n_terms = n_inexact = max_impact = 0
+    n_docs = n_skipped = 0
     encode_seconds = 0.0
     inflight: deque[Future[int]] = deque()
     with progress_bar(total, "index", progress) as bar, ThreadPoolExecutor(threads, "twostage-bulk") as pool:
@@ -188,45 +196,18 @@ def ingest(
             if not todo:
                 continue
             t0 = time.perf_counter()
-            vecs = encoder.encode_docs([d.full_text for d in todo])
+            values = fields(todo)
             encode_seconds += time.perf_counter() - t0
             actions = []
-            for doc, vec in zip(todo, vecs, strict=True):
-                impacts = vec.quantize(scale)
-                n_terms += len(impacts)
-                n_empty += not impacts
-                top = max(impacts.values(), default=0)
-                max_impact = max(max_impact, top)
-                if top > MAX_EXACT_IMPACT:
-                    over = sum(w > MAX_EXACT_IMPACT for w in impacts.values())
-                    if settings.impact_check == "error":
-                        raise InputError(
-                            f"document {doc.doc_id!r} has an impact of {top} (weight {top / scale:.2f} × scale "
-                            f"{scale:g}); rank_features stores integers above {MAX_EXACT_IMPACT} inexactly. "
-                            f"Use a scale of at most {MAX_EXACT_IMPACT / (top / scale):.1f}, or "
-                            "TWOSTAGE_OPENSEARCH_IMPACT_CHECK=warn"
-                        )
-                    n_inexact += over
-                source = {
-                    "doc_id": doc.doc_id,
-                    "title": doc.title,
-                    "text": doc.text,
-                    "fp": fps[doc.doc_id],
-                    FIELD: {escape_term(t): w for t, w in impacts.items()},
-                }
+            for doc, own in zip(todo, values, strict=True):
+                source = {"doc_id": doc.doc_id, "title": doc.title, "text": doc.text, "fp": fps[doc.doc_id], **own}
                 actions.append({"_op_type": "index", "_index": index, "_id": doc.doc_id, "_source": source})
             while len(inflight) >= threads:
                 bar.update(inflight.popleft().result())
             inflight.append(pool.submit(bulk_index, client, actions, settings))
         while inflight:
             bar.update(inflight.popleft().result())
-    if n_inexact:
-        log.warning(
-            "%d document impact(s) exceed %d (max %d): rank_features keeps 9 significant bits, so their scores "
-            "differ slightly from the embedded index's; a smaller scale keeps them exact",
-            n_inexact, MAX_EXACT_IMPACT, max_impact,
-        )  # fmt: skip
-    return IngestStats(n_docs, n_skipped, n_empty, n_terms, encode_seconds, n_inexact, max_impact), seen
+    return IngestStats(n_docs, n_skipped, encode_seconds), seen
 
 
 def count_check(client: Any, index: str, seen: set[str], resumed: bool) -> int:
@@ -243,3 +224,55 @@ def count_check(client: Any, index: str, seen: set[str], resumed: bool) -> int:
     if count != len(seen):
         raise OpenSearchError(f"count check failed: sent {len(seen)} documents, {index!r} holds {count}")
     return count
+
+
+class Built(NamedTuple):
+    physical: str
+    doc_count: int
+    stats: IngestStats
+    replaced: list[str]
+
+
+def build_alias(
+    client: Any,
+    settings: OpenSearchSettings,
+    alias: str,
+    build_meta: dict[str, Any],
+    docs: Iterable[Document],
+    *,
+    fields: DocFields,
+    threads: int,
+    chunk_size: int,
+    total: int | None,
+    progress: bool,
+    resume: bool,
+) -> Built:
+    """Fill a new (or resumed) physical index, check its count, then point ``alias`` at it in one call.
+
+    Readers of the alias never see a half-built index. Bad input deletes the new physical index; any
+    other failure keeps it, marked ``building``, for the next build with the same ``build_meta`` to resume.
+    """
+    physical, resumed = prepare_physical(client, settings, alias, build_meta, resume, fields)
+    try:
+        stats, seen = ingest(
+            client, settings, physical, docs, fields=fields, threads=threads, chunk_size=chunk_size,
+            total=total, progress=progress, resumed=resumed,
+        )  # fmt: skip
+        if stats.docs == 0:
+            raise InputError("corpus is empty: nothing to index")
+        count = count_check(client, physical, seen, resumed)
+    except InputError:
+        with contextlib.suppress(Exception):
+            client.indices.delete(index=physical)
+        raise
+    except BaseException:
+        log.warning("build of %s failed; kept the partial index %s to resume from", alias, physical)
+        raise
+    client.indices.put_settings(index=physical, body={"index": {"refresh_interval": settings.refresh_interval}})
+    client.indices.put_mapping(index=physical, body={"_meta": {"twostage": {**build_meta, "state": "complete"}}})
+    old = [name for name in alias_targets(client, alias) if name != physical]
+    actions = [{"remove": {"index": name, "alias": alias}} for name in old]
+    client.indices.update_aliases(body={"actions": [*actions, {"add": {"index": physical, "alias": alias}}]})
+    for name in old:
+        client.indices.delete(index=name)
+    return Built(physical, count, stats, old)

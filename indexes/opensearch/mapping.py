@@ -68,13 +68,20 @@ def fingerprint(doc: Document) -> str:
     return hashlib.blake2b(f"{doc.title}\x1f{doc.text}".encode(), digest_size=12).hexdigest()
 
 
-def index_body(settings: OpenSearchSettings, build_meta: dict[str, Any]) -> dict[str, Any]:
+def index_body(
+    settings: OpenSearchSettings,
+    build_meta: dict[str, Any],
+    properties: dict[str, Any],
+    index_settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A physical index: the common fields plus a backend's ``properties`` and ``index_settings``."""
     return {
         "settings": {
             "index": {
                 "number_of_shards": settings.shards,
                 "number_of_replicas": settings.replicas,
                 "refresh_interval": "-1",  # restored when the build completes
+                **(index_settings or {}),
             }
         },
         "mappings": {
@@ -85,7 +92,7 @@ def index_body(settings: OpenSearchSettings, build_meta: dict[str, Any]) -> dict
                 "title": {"type": "text"},
                 "text": {"type": "text"},
                 "fp": {"type": "keyword", "index": False},
-                FIELD: {"type": "rank_features"},
+                **properties,
             },
         },
     }

@@ -16,8 +16,7 @@ need("fastapi", "service")
 need("opensearchpy", "opensearch")
 need("pydantic_settings", "opensearch")
 
-from tests.service_helpers import assert_error, search, small_app
-from tests.test_ubi_log import FiveDocs, event
+from tests.service_helpers import FiveDocs, assert_error, event, search, small_app
 from twostage_search.cli import main
 from twostage_search.engine.errors import MissingDependencyError
 from twostage_search.indexes.opensearch.client import OpenSearchUnavailableError, make_client, resolve_settings

@@ -129,7 +129,8 @@ class LogStore(Protocol):
         ...
 
     def purge(self, before: datetime) -> PurgeCount:
-        """Delete, atomically, queries timestamped and events received before ``before``."""
+        """Delete queries timestamped and events received before ``before`` (SQLite: in one transaction;
+        OpenSearch: one ``delete_by_query`` per index)."""
         ...
 
     def close(self) -> None: ...

@@ -45,6 +45,7 @@ from twostage_search.service.schemas import ErrorResponse
 from twostage_search.service.settings import Settings
 from twostage_search.service.state import ApiError, ServiceState
 from twostage_search.service.ubi.records import LogStore
+from twostage_search.service.ubi.stores import open_store
 from twostage_search.service.ubi.writer import LogWriter
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,15 @@ class _TooLarge(Exception):
 
 
 def open_log(settings: Settings, store: LogStore | None, metrics: Metrics) -> LogWriter:
-    """The log writer over ``store`` (default: SQLite in ``settings.data_dir``, created on first use)."""
+    """The log writer over ``store`` (default: the configured ``log_store``, created on first use)."""
     if store is None:
-        from twostage_search.service.ubi.sqlite import SQLiteLogStore
-
-        store = SQLiteLogStore(settings.data_dir, synchronous=settings.log_synchronous)
+        store = open_store(
+            settings.log_store,
+            data_dir=settings.data_dir,
+            synchronous=settings.log_synchronous,
+            index_prefix=settings.log_index_prefix,
+            refresh=settings.log_refresh,
+        )
     days = settings.log_max_age_days
     return LogWriter(
         store,
@@ -119,7 +124,7 @@ def create_app(
         settings: configuration (default: ``Settings()`` from the environment).
         retriever: serve this first stage instead of opening ``settings.index`` (embedding, tests).
         reranker_factory: creates each arm's reranker from its config (default: the registry).
-        log_store: where the query and event log goes (default: SQLite in ``settings.data_dir``).
+        log_store: where the query and event log goes (default: ``settings.log_store``).
     """
     settings = settings or Settings()
 

@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.errors import InputError
-from twostage_search.service.ubi.cli import DATA_DIR_ENV
-from twostage_search.service.ubi.records import DEFAULT_DATA_DIR
+from twostage_search.service.ubi.stores import add_store_args, store_from_args
 
 
 def add_report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="the experiment report (CTR, MRR, interleaving wins, cost) from the log")
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"the service's data directory (default: ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})",
-    )
+    add_store_args(p)
     p.add_argument("--experiment", default=None, metavar="NAME", help="experiment to report (default: the last logged)")
     p.add_argument(
         "--config", type=Path, default=None, metavar="FILE", help="the experiment file (control, weights, mode)"
@@ -45,19 +38,14 @@ def report_from_args(args: argparse.Namespace) -> int:
     """Run ``twostage report``."""
     from twostage_search.service.experiment import ExperimentError, load_experiment
     from twostage_search.service.report_output import markdown, report_for, write_report
-    from twostage_search.service.ubi.sqlite import FILENAME, SQLiteLogStore
 
-    data_dir = args.data_dir or Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
-    path = data_dir / FILENAME
-    if not path.is_file():  # reading must not create an empty log
-        raise InputError(f"no query and event log at {path}")
     config = None
     if args.config is not None:
         try:
             config = load_experiment(args.config)
         except ExperimentError as exc:
             raise InputError(str(exc)) from None
-    store = SQLiteLogStore(path)
+    store, _ = store_from_args(args)  # reading must not create an empty log
     try:
         report = report_for(
             store, experiment=args.experiment, config=config, click_actions=args.click_action or ["click"]

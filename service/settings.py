@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from twostage_search.service.schemas import MAX_DOC_CHARS, MAX_DOCS, MAX_FILTER_IDS, MAX_K, MAX_QUERY_CHARS
 from twostage_search.service.ubi.records import DEFAULT_DATA_DIR
 from twostage_search.service.ubi.schemas import MAX_EVENTS
+from twostage_search.service.ubi.stores import INDEX_PREFIX_PATTERN
 
 DEFAULT_EXPERIMENT = Path(__file__).parent / "experiments" / "default.yaml"
 UBI_ACTIONS = ["impression", "click", "add_to_cart", "purchase", "view", "watch"]  # the UBI spec's defaults
@@ -102,6 +103,18 @@ class Settings(BaseSettings):
         default=DEFAULT_DATA_DIR, description="service data directory: the query and event log (ubi.sqlite3)"
     )
     log_enabled: bool = Field(default=True, description="log every search and accept POST /events")
+    log_store: Literal["sqlite", "opensearch"] = Field(
+        default="sqlite",
+        description="where the log goes: ubi.sqlite3 in data_dir, or the OpenSearch indices ubi_queries / "
+        "ubi_events (cluster: TWOSTAGE_OPENSEARCH_HOSTS or OPENSEARCH_URL, as for the opensearch index)",
+    )
+    log_index_prefix: str = Field(
+        default="", pattern=INDEX_PREFIX_PATTERN, description="opensearch store: prefix of the two index names"
+    )
+    log_refresh: Literal["false", "wait_for"] = Field(
+        default="false",
+        description="opensearch store: acknowledge events once durable (false) or once also searchable (wait_for)",
+    )
     log_queue: int = Field(
         default=10_000,
         ge=1,
@@ -109,7 +122,7 @@ class Settings(BaseSettings):
         "dropped (counted in twostage_log_dropped), the event batch answered 429",
     )
     log_synchronous: Literal["FULL", "NORMAL"] = Field(
-        default="FULL", description="SQLite fsync at every commit (FULL) or only at checkpoints (NORMAL)"
+        default="FULL", description="sqlite store: fsync at every commit (FULL) or only at checkpoints (NORMAL)"
     )
     log_max_age_days: float = Field(
         default=90.0, ge=0, description="records older than this many days are purged (hourly); 0: kept for ever"

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from fastapi.testclient import TestClient
 
-from twostage_search.engine.types import Query, RankedList
+from twostage_search.engine.types import Candidate, Query, RankedList
 from twostage_search.service.app import create_app
 from twostage_search.service.settings import Settings
 
@@ -69,6 +69,31 @@ def assert_error(resp, status: int, kind: str, words: str = "") -> dict:
     assert words in body["message"]
     assert "Traceback" not in resp.text and 'File "' not in resp.text
     return body
+
+
+# ------------------------------------------------------------------------- the UBI log's fixtures
+DOCS = {"d1": 5.0, "d2": 4.0, "d3": 3.0, "d4": 2.0, "d5": 1.0}
+
+
+class FiveDocs:
+    """A first stage that returns d1..d5 with scores 5..1 for any query (identity arms keep that order)."""
+
+    def retrieve(self, query: Query, k: int) -> RankedList:
+        return RankedList.from_candidates(query.query_id, [Candidate(d, s, f"text {d}") for d, s in DOCS.items()], k)
+
+
+def event(action: str = "click", **fields) -> dict:
+    """A valid UBI event (a click on d2 at rank 2 of query ``q-1``), with ``fields`` replaced or added."""
+    e = {
+        "action_name": action,
+        "query_id": "q-1",
+        "client_id": "u1",
+        "session_id": "s1",
+        "timestamp": "2026-12-06T13:00:00.250+02:00",
+        "event_attributes": {"object": {"object_id": "d2"}, "position": {"ordinal": 2}},
+    }
+    e.update(fields)
+    return e
 
 
 # ------------------------------------------------------------------------- a real server process

@@ -19,34 +19,20 @@ need("prometheus_client", "service")
 
 from fastapi.testclient import TestClient
 
-from tests.service_helpers import TOKEN, assert_error, identity_arms, search, small_app, write_experiment
-from twostage_search.engine.types import Candidate, Query, RankedList
+from tests.service_helpers import (
+    TOKEN,
+    FiveDocs,
+    assert_error,
+    event,
+    identity_arms,
+    search,
+    small_app,
+    write_experiment,
+)
 from twostage_search.service.app import create_app
 from twostage_search.service.settings import Settings
 from twostage_search.service.ubi.records import QueryRecord
 from twostage_search.service.ubi.sqlite import SQLiteLogStore
-
-DOCS = {"d1": 5.0, "d2": 4.0, "d3": 3.0, "d4": 2.0, "d5": 1.0}
-
-
-class FiveDocs:
-    """A first stage that returns d1..d5 with scores 5..1 for any query (identity arms keep that order)."""
-
-    def retrieve(self, query: Query, k: int) -> RankedList:
-        return RankedList.from_candidates(query.query_id, [Candidate(d, s, f"text {d}") for d, s in DOCS.items()], k)
-
-
-def event(action: str = "click", **fields) -> dict:
-    e = {
-        "action_name": action,
-        "query_id": "q-1",
-        "client_id": "u1",
-        "session_id": "s1",
-        "timestamp": "2026-12-06T13:00:00.250+02:00",
-        "event_attributes": {"object": {"object_id": "d2"}, "position": {"ordinal": 2}},
-    }
-    e.update(fields)
-    return e
 
 
 def metric(c: TestClient, line_start: str) -> float:

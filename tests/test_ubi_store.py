@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from twostage_search.cli import main
-from twostage_search.service.ubi.records import EventRecord, LogStore, QueryRecord
+from twostage_search.service.ubi.records import EventRecord, LogStore, QueryRecord, RejectedRecords
 from twostage_search.service.ubi.sqlite import SQLiteLogStore
 from twostage_search.service.ubi.writer import LogFull, LogWriter
 
@@ -126,3 +126,36 @@ def test_purge_command_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["log", "purge", "--older-than", "-1", "--data-dir", str(tmp_path)])
     assert exc.value.code == 2
+
+
+class PickyStore(CountingStore):
+    """Like OpenSearch rejecting a document it cannot map: a write holding a ``poison`` event fails whole."""
+
+    def write(self, queries, events) -> None:
+        if any(e.action_name == "poison" for e in events):
+            self.writes.append((len(queries), -len(events)))  # refused
+            raise RejectedRecords("rejected 1 record: poison")
+        super().write(queries, events)
+
+
+def test_a_rejected_batch_fails_alone_not_the_others_of_its_commit(tmp_path):
+    store = PickyStore(tmp_path)
+    writer = LogWriter(store, maxsize=10)
+    first = writer.submit_events([click("q0", T0)])
+    assert store.entered.wait(30)  # the next four items queue up for one commit
+    assert writer.log_query(query("q1", T0))
+    good = writer.submit_events([click("q1", T0)])
+    poison = EventRecord("poison", "q2", "u1", T0, T0)
+    bad = writer.submit_events([click("q2", T0), poison])
+    later = writer.submit_events([click("q3", T0)])
+    store.gate.set()
+    for f in (first, good, later):
+        f.result(30)
+    with pytest.raises(RejectedRecords, match="poison"):
+        bad.result(30)
+    writer.close()
+    # the commit of all four is refused, then its parts are written one by one
+    assert store.writes == [(0, 1), (1, -4), (1, 0), (0, 1), (0, -2), (0, 1)]
+    reopened = SQLiteLogStore(tmp_path)
+    assert [q.query_id for q in reopened.queries()] == ["q1"]
+    assert [e.query_id for e in reopened.events()] == ["q0", "q1", "q3"]

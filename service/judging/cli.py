@@ -21,6 +21,7 @@ from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Document
 from twostage_search.service.judging.store import SOURCES
 from twostage_search.service.ubi.records import DEFAULT_DATA_DIR
+from twostage_search.service.ubi.stores import add_store_args, store_from_args
 
 DATA_DIR_ENV = "TWOSTAGE_DATA_DIR"
 
@@ -40,6 +41,7 @@ def add_judge_parser(sub: Any) -> None:
     r = actions.add_parser("run", help="judge logged pairs with the LLM judge (lore) or from clicks (COEC)")
     r.add_argument("--source", required=True, choices=("lore", "clicks"))
     _data_dir(r)
+    add_store_args(r, data_dir=False)
     r.add_argument("--depth", type=positive_int, default=10, help="lore: judge the top DEPTH served (default 10)")
     r.add_argument("--max-pairs", type=positive_int, default=None, help="lore: stop after N pairs")
     r.add_argument("--max-seconds", type=positive_float, default=None, help="lore: start no query after S seconds")
@@ -79,16 +81,8 @@ def judge_from_args(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _log(data_dir: Path) -> Any:
-    from twostage_search.service.ubi.sqlite import FILENAME, SQLiteLogStore
-
-    if not (data_dir / FILENAME).is_file():
-        raise InputError(f"no query and event log at {data_dir / FILENAME}")
-    return SQLiteLogStore(data_dir)
-
-
 def _run(args: argparse.Namespace, data_dir: Path, store: Any) -> int:
-    log = _log(data_dir)
+    log, _ = store_from_args(args)  # the query and event log (SQLite in data_dir, or OpenSearch)
     try:
         if args.source == "clicks":
             from twostage_search.service.judging.clicks import coec_judgements

@@ -1,8 +1,10 @@
 """``POST /events``: a batch of UBI events (impressions, clicks, …), answered once it is on disk.
 
 The handler validates the batch, queues it for the log writer and waits until a commit covers it: a 200
-means every event of the batch is stored. A full writer queue answers 429 with Retry-After (nothing of
-the batch is stored); a failed write answers 503. Nothing is ever dropped silently.
+means every event of the batch is stored (SQLite: committed; OpenSearch: acknowledged). A full writer
+queue answers 429 with Retry-After (nothing of the batch is stored); a failed write answers 503, also
+when OpenSearch rejected part of the batch (the part it had indexed is deleted again). Nothing is ever
+dropped silently.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fastapi import APIRouter, Body
 
 from twostage_search.service.schemas import ErrorResponse
 from twostage_search.service.state import ApiError, SettingsDep, StateDep, retry
-from twostage_search.service.ubi.records import utc_now
+from twostage_search.service.ubi.records import RejectedRecords, utc_now
 from twostage_search.service.ubi.schemas import MAX_EVENTS, EventsStored, UbiEvent
 from twostage_search.service.ubi.writer import LogClosed, LogFull
 
@@ -28,7 +30,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "request body too large"},
     422: {"model": ErrorResponse, "description": "invalid events (missing ids, unknown action, bad timestamp, …)"},
     429: {"model": ErrorResponse, "description": "the log writer is at capacity; nothing stored, see Retry-After"},
-    503: {"model": ErrorResponse, "description": "the log is disabled, failing or shutting down"},
+    503: {"model": ErrorResponse, "description": "the log is disabled, failing, rejected the batch or shutting down"},
     504: {"model": ErrorResponse, "description": "not known to be stored within the request timeout"},
 }
 
@@ -68,6 +70,10 @@ async def post_events(events: Events, state: StateDep, settings: SettingsDep) ->
         await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), timeout=settings.request_timeout_s)
     except TimeoutError:
         raise ApiError(504, "timeout", f"the events were not stored within {settings.request_timeout_s:g} s") from None
+    except RejectedRecords as exc:
+        log.warning("event batch rejected by the log store: %s", exc)
+        message = f"the event log's store rejected the batch and kept none of it ({exc})"
+        raise ApiError(503, "log_rejected", message, retry(settings)) from None
     except Exception as exc:
         log.warning("event batch not stored: %s", exc)
         raise ApiError(503, "log_unavailable", "the event log cannot write; retry later", retry(settings)) from None

@@ -2,8 +2,9 @@
 
 One query record per ``/search`` answer and the events clients send to ``POST /events``, written by one
 writer thread with batched commits (:mod:`.writer`) into a pluggable :class:`~.records.LogStore`; the
-embedded default is SQLite (:mod:`.sqlite`). Field names are the UBI spec's
+embedded default is SQLite (:mod:`.sqlite`), the scale-out one OpenSearch (:mod:`.opensearch`, chosen in
+:mod:`.stores`). Field names are the UBI spec's
 (https://github.com/o19s/ubi, schema 1.3.0; OpenSearch's ``ubi_queries`` / ``ubi_events`` mappings).
 
-Nothing here imports FastAPI: the store and ``twostage log purge`` work with the base dependencies.
+Nothing here imports FastAPI: the stores and ``twostage log purge`` work without the service extra.
 """

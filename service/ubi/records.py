@@ -94,13 +94,22 @@ class PurgeCount:
     events: int
 
 
+class RejectedRecords(Exception):
+    """The store refused some records of a write (e.g. OpenSearch rejected bulk items) and kept none of it.
+
+    The writer then writes that batch's parts one by one, so one client's rejected events do not fail
+    the other batches of the same commit.
+    """
+
+
 @runtime_checkable
 class LogStore(Protocol):
-    """Where query and event records go: the embedded SQLite file or (later) OpenSearch ``ubi_*`` indices.
+    """Where query and event records go: the embedded SQLite file or OpenSearch's ``ubi_*`` indices.
 
     ``write`` is called by one writer thread with a batch of queued records and must be atomic and
-    durable when it returns: one transaction (SQLite) or one acknowledged bulk request (OpenSearch). A
-    query record whose ``query_id`` is already stored replaces it. Reads may run on other threads.
+    durable when it returns: one transaction (SQLite) or one acknowledged bulk request (OpenSearch; a
+    partly rejected one is undone and raises :class:`RejectedRecords`). A query record whose
+    ``query_id`` is already stored replaces it. Reads may run on other threads.
     """
 
     def write(self, queries: Sequence[QueryRecord], events: Sequence[EventRecord]) -> None:
@@ -120,7 +129,8 @@ class LogStore(Protocol):
         ...
 
     def purge(self, before: datetime) -> PurgeCount:
-        """Delete, atomically, queries timestamped and events received before ``before``."""
+        """Delete queries timestamped and events received before ``before`` (SQLite: in one transaction;
+        OpenSearch: one ``delete_by_query`` per index)."""
         ...
 
     def close(self) -> None: ...

@@ -7,7 +7,9 @@ counts it, and the search is served anyway. An event batch is queued with a futu
 an acknowledged event is on disk; a full queue raises :class:`LogFull` at once (the handler answers 429).
 
 The thread takes whatever is queued (up to ``batch`` items), writes it in one ``store.write`` (one
-transaction: one fsync for many requests), resolves the batch's futures, and repeats. It also purges
+transaction: one fsync for many requests), resolves the batch's futures, and repeats. When the store
+rejects part of a write and keeps none of it (:class:`~.records.RejectedRecords`, OpenSearch), the parts
+are written one by one, so only the batch that holds the rejected records fails. It also purges
 records older than ``max_age`` at start and every ``purge_every_s`` seconds.
 """
 
@@ -22,7 +24,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import timedelta
 
-from twostage_search.service.ubi.records import EventRecord, LogStore, QueryRecord, utc_now
+from twostage_search.service.ubi.records import EventRecord, LogStore, QueryRecord, RejectedRecords, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -163,19 +165,34 @@ class LogWriter:
         batches = [i for i in items if isinstance(i, _Events)]
         if not queries and not batches:
             return
+        error = self._commit(queries, batches)
+        if isinstance(error, RejectedRecords) and len(batches) + bool(queries) > 1:
+            # the store kept nothing: write the parts alone, so that one client's rejected events
+            # (e.g. a field OpenSearch cannot map) do not fail the other batches of this commit
+            log.warning("log write rejected (%s); writing its %d parts one by one", error, len(batches) + bool(queries))
+            parts: list[tuple[list[QueryRecord], list[_Events]]] = [(queries, [])] if queries else []
+            for q, b in [*parts, *(([], [b]) for b in batches)]:
+                self._finish(q, b, self._commit(q, b))
+            return
+        self._finish(queries, batches, error)
+
+    def _commit(self, queries: list[QueryRecord], batches: list[_Events]) -> Exception | None:
         try:
             self.store.write(queries, [e for b in batches for e in b.records])
         except Exception as exc:
-            log.exception(
-                "log write failed: %d query records lost, %d event batches refused", len(queries), len(batches)
-            )
-            for b in batches:
-                _settle(b.done, exc)
+            return exc
+        return None
+
+    def _finish(self, queries: list[QueryRecord], batches: list[_Events], error: Exception | None) -> None:
+        if error is not None:
+            log.error(
+                "log write failed: %d query records lost, %d event batches refused",
+                len(queries), len(batches), exc_info=error,
+            )  # fmt: skip
             if queries and self._on_lost is not None:
                 self._on_lost(len(queries))
-            return
         for b in batches:
-            _settle(b.done, None)
+            _settle(b.done, error)
 
     def _purge(self) -> None:
         assert self.max_age is not None

@@ -21,7 +21,7 @@ from twostage_search.indexes.opensearch.client import (
     resolve_settings,
     translate_errors,
 )
-from twostage_search.indexes.opensearch.ingest import build_alias
+from twostage_search.indexes.opensearch.ingest import Built, build_alias
 from twostage_search.indexes.opensearch.mapping import (
     ESCAPE_SCHEME,
     FIELD,
@@ -45,6 +45,28 @@ def check_alias(alias: str) -> str:
     if not _NAME_RE.match(alias) or "--" in alias:
         raise InputError(f"bad OpenSearch index name {alias!r}: use lowercase letters, digits, '_', '-', '.'")
     return alias
+
+
+def cluster_record(
+    settings: OpenSearchSettings, server: Any, alias: str, built: Built, seconds: float, **extra: Any
+) -> dict[str, Any]:
+    """What ``meta.json`` records of a build on the cluster: where it lives, how it was built, when."""
+    physical, _, stats, old = built
+    return {
+        "opensearch": {
+            "alias": alias,
+            "index": physical,
+            "hosts": list(settings.hosts),  # credentials were split off by OpenSearchSettings
+            "server": server,
+            "shards": settings.shards,
+            "replicas": settings.replicas,
+            **extra,
+            "resumed_docs": stats.skipped,
+            "replaced": old,
+        },
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "build_seconds": {"encode": round(stats.encode_seconds, 3), "total": round(seconds, 3)},
+    }
 
 
 class AliasedIndex:
@@ -198,7 +220,7 @@ class OpenSearchIndex(AliasedIndex, ImpactIndexMeta):
                     chunk_size=chunk_size, total=total, progress=progress, resume=resume,
                 )  # fmt: skip
             fields.warn_inexact()
-            physical, count, stats, old = built
+            physical, count, stats, _ = built
             total_seconds = time.perf_counter() - started
             meta = {
                 "backend": cls.backend,
@@ -209,19 +231,7 @@ class OpenSearchIndex(AliasedIndex, ImpactIndexMeta):
                 "max_impact": fields.max_impact,
                 "inexact_impacts": fields.inexact,
                 "mean_doc_terms": fields.terms / max(stats.docs - stats.skipped, 1),
-                "opensearch": {
-                    "alias": alias,
-                    "index": physical,
-                    "hosts": list(settings.hosts),  # credentials were split off by OpenSearchSettings
-                    "server": server,
-                    "shards": settings.shards,
-                    "replicas": settings.replicas,
-                    "escape": ESCAPE_SCHEME,
-                    "resumed_docs": stats.skipped,
-                    "replaced": old,
-                },
-                "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "build_seconds": {"encode": round(stats.encode_seconds, 3), "total": round(total_seconds, 3)},
+                **cluster_record(settings, server, alias, built, total_seconds, escape=ESCAPE_SCHEME),
             }
             write_meta(tmp, meta)
         log.info("built %s (alias %s → %s): %d docs in %.1fs", path, alias, physical, count, total_seconds)

@@ -23,21 +23,20 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from twostage_search.engine.cost import StageCost
-from twostage_search.engine.dense import DEFAULT_DENSE, DenseEncoder
+from twostage_search.engine.dense import DenseEncoder
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes.dense import DenseFlatIndex
 from twostage_search.indexes.docstore import DocStore
 from twostage_search.indexes.meta import atomic_index, write_meta
 from twostage_search.indexes.opensearch.client import connect, resolve_settings, translate_errors
-from twostage_search.indexes.opensearch.index import AliasedIndex, check_alias
+from twostage_search.indexes.opensearch.index import AliasedIndex, check_alias, cluster_record
 from twostage_search.indexes.opensearch.ingest import build_alias
 from twostage_search.indexes.opensearch.mapping import SOURCE_FIELDS, default_alias
 
@@ -96,10 +95,7 @@ class OpenSearchKnnIndex(AliasedIndex):
     backend = "opensearch-knn"
     needs_encoder = False  # brings its own dense encoder (``create_encoder``, recorded in meta.json)
 
-    @classmethod
-    def create_encoder(cls, *, model: str | None = None, max_length: int = 256, batch_size: int = 1, **_: Any) -> Any:
-        """The encoder ``twostage index --backend opensearch-knn`` builds with (``--model``, ``--max-length``)."""
-        return DenseEncoder(model or DEFAULT_DENSE, max_length=max_length, batch_size=batch_size)
+    create_encoder = DenseFlatIndex.create_encoder  # the encoder `twostage index` builds with (--model, --max-length)
 
     @classmethod
     def build(
@@ -202,7 +198,7 @@ class OpenSearchKnnIndex(AliasedIndex):
         with atomic_index(path, overwrite=overwrite) as tmp:
             client, server = connect(settings)
             with contextlib.closing(client), translate_errors(settings, f"building {alias!r}"):
-                physical, count, stats, old = build_alias(
+                built = build_alias(
                     client, settings, alias, build_meta, docs, fields=fields, threads=threads,
                     chunk_size=chunk_size, total=total, progress=progress, resume=resume,
                 )  # fmt: skip
@@ -210,24 +206,10 @@ class OpenSearchKnnIndex(AliasedIndex):
                 "backend": cls.backend,
                 "encoder": encoder_config,
                 "dim": fields.properties[VECTOR_FIELD]["dimension"],
-                "doc_count": count,
+                "doc_count": built.doc_count,
                 "method": asdict(method),
                 "similarity": "inner product of L2-normalised vectors (cosine), Lucene HNSW on the cluster",
-                "opensearch": {
-                    "alias": alias,
-                    "index": physical,
-                    "hosts": list(settings.hosts),
-                    "server": server,
-                    "shards": settings.shards,
-                    "replicas": settings.replicas,
-                    "resumed_docs": stats.skipped,
-                    "replaced": old,
-                },
-                "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "build_seconds": {
-                    "encode": round(stats.encode_seconds, 3),
-                    "total": round(time.perf_counter() - started, 3),
-                },
+                **cluster_record(settings, server, alias, built, time.perf_counter() - started),
             }
             write_meta(tmp, meta)
         return cls.open(path, settings=settings)

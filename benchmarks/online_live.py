@@ -185,7 +185,7 @@ def simulate(
         row = np.array([[grades.get(qid, {}).get(d, 0) for d in hits]], dtype=np.int64).reshape(1, len(hits))
         clicked = model.clicks(row, rng)[0].tolist()
         events = page_events(answer["query_id"], user, hits, clicked, datetime.now(UTC))
-        stored = service.post("/events", events)["stored"]
+        stored = service.post("/events", events)["stored"] if events else 0  # an empty page sends nothing
         if stored != len(events):
             raise TwoStageError(f"/events stored {stored} of {len(events)} events")
         sent["searches"] += 1

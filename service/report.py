@@ -375,8 +375,9 @@ def progress(
 ) -> list[Point]:
     """Each arm's effect against the control on the first n queries, at ``checkpoints`` values of n.
 
-    Split: the CTR difference with its bootstrap CI (500 resamples each); interleave: the win rate
-    with its exact CI. Checkpoints where an arm has no data yet are left out.
+    Split: the CTR difference with its bootstrap CI (the table's resamples and seed, so the last point is
+    the table's interval); interleave: the win rate with its exact CI. Checkpoints where an arm has no
+    data yet are left out.
     """
     points: list[Point] = []
     steps = min(checkpoints, len(rows))
@@ -394,6 +395,6 @@ def progress(
             mine = [o for o in head if o.arm == arm]
             if arm == control or not mine or not base:
                 continue
-            d = bootstrap_ratio_diff(per_unit(mine, "ctr"), per_unit(base, "ctr"), resamples=500, seed=seed)
+            d = bootstrap_ratio_diff(per_unit(mine, "ctr"), per_unit(base, "ctr"), seed=seed)
             points.append(Point(n, arm, "ctr", d.delta, d.low, d.high))
     return points

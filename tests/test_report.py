@@ -115,6 +115,8 @@ def test_split_report_numbers():
     assert report.srm_p == pytest.approx(math.erfc(math.sqrt(0.1)))
     assert report.progress and {p.arm for p in report.progress} == {"treat"}
     assert report.progress[-1].queries == 7 and report.progress[-1].value == pytest.approx(1 / 6)
+    # The plot's last point is the table's interval (same resamples), not a second estimate of it.
+    assert (report.progress[-1].low, report.progress[-1].high) == (diffs["ctr"].low, diffs["ctr"].high)
 
 
 def test_holm_across_arms_and_a_clear_difference():

@@ -340,8 +340,19 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "depth_policy.json").write_text(json.dumps(report, indent=2, default=_plain) + "\n", "utf-8")
     (args.out / "depth_policy.md").write_text(text + "\n", encoding="utf-8")
+    save_policies(report, args.out / "policies")
     print(text)
     return 0
+
+
+def save_policies(report: dict[str, Any], folder: Path) -> None:
+    """Each chosen stop-model policy as a ``ChunkedDepth`` JSON (an experiment arm's ``chunked_policy``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in report["results"]:
+        for model, chosen in r["chosen"].items():
+            if "policy" in chosen:
+                name = f"{r['dev'].replace('/', '-')}-{model.replace(', ', '-').replace(' ', '-')}.json"
+                (folder / name).write_text(json.dumps(chosen["policy"], indent=2, default=_plain) + "\n", "utf-8")
 
 
 def _plain(value: Any) -> Any:

@@ -80,6 +80,14 @@ class ScoreCache:
         tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
         os.replace(tmp, path)
 
+    def merge(self, other: ScoreCache) -> None:
+        """Add ``other``'s scores and timed calls (e.g. a second process's share of the same query list)."""
+        if (other.reranker, _scoring(other.params)) != (self.reranker, _scoring(self.params)):
+            raise InputError(f"cannot merge scores of {other.reranker} {other.params} into {self.reranker}")
+        for q, docs in other.scores.items():
+            self.scores.setdefault(q, {}).update(docs)
+        self.calls += other.calls
+
     @classmethod
     def load(cls, path: Path) -> ScoreCache:
         try:
@@ -166,9 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reranker", default="onnx-cross-encoder", help="a registered pointwise reranker")
     parser.add_argument("--reranker-params", default='{"threads": 2}', help="JSON")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--merge", type=Path, nargs="+", help="instead of scoring: add these caches into --out")
     args = parser.parse_args(argv)
     setup_logging(1)
     try:
+        if args.merge:
+            merged = ScoreCache.load(args.out)
+            for path in args.merge:
+                merged.merge(ScoreCache.load(path))
+            merged.save(args.out)
+            print(f"{args.out}: {sum(len(d) for d in merged.scores.values())} pairs over {len(merged.scores)} queries")
+            return 0
         ids = None
         if args.query_ids is not None:
             if not args.query_ids.is_file():

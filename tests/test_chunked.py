@@ -272,3 +272,15 @@ def test_depth_sets_interleave_seeded_samples_of_dev_and_test():
     assert order == again and sorted(order) == ["a", "b", "c", "d", "x", "y"]
     assert {order[0], order[2]} == {"x", "y"} and set(order[1::2][:2]) <= {"a", "b", "c", "d"}
     assert set(order[4:]) <= {"a", "b", "c", "d"}  # test ran out: dev only from there
+
+
+def test_score_caches_merge_and_refuse_another_reranker():
+    from twostage_search.benchmarks.score_cache import ScoreCache
+
+    a = ScoreCache("onnx-cross-encoder", {"threads": 1}, {"q1": {"d1": 0.5}}, [(10, 12.0, 0)])
+    b = ScoreCache("onnx-cross-encoder", {"threads": 2}, {"q1": {"d2": 0.25}, "q2": {"d1": 1.0}}, [(20, 22.0, 0)])
+    a.merge(b)  # threads change the time a score takes, not the score
+    assert a.scores == {"q1": {"d1": 0.5, "d2": 0.25}, "q2": {"d1": 1.0}}
+    assert a.calls == [(10, 12.0, 0), (20, 22.0, 0)]
+    with pytest.raises(InputError, match="cannot merge"):
+        a.merge(ScoreCache("cross-encoder", {"threads": 1}))

@@ -121,7 +121,8 @@ def fit_policy(
             feats.append(f)
             changed.append(y)
             gains.append(rs.ndcg_at(q, b) - rs.ndcg_at(q, a))
-    meta = {"fitted_on": rs.name}
+    per_doc = cost.predict_ms("rerank", 1) - cost.predict_ms("rerank", 0)
+    meta = {"fitted_on": rs.name, "ms_per_doc": round(per_doc, 3)}
     return fit_chunked(cost, feats, changed, gains, c=c, names=names, chunk=chunk, first=first, meta=meta)
 
 

@@ -28,86 +28,42 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.evaluation import compare, evaluate, mean, read_run
+from twostage_search.benchmarks.depth_sets import KS, RunSet, load_dl, load_set, subset
+from twostage_search.benchmarks.evaluation import compare, mean
 from twostage_search.benchmarks.published import published_dl
 from twostage_search.benchmarks.score_cache import ScoreCache
-from twostage_search.engine.beir import find_file, read_qrels, read_queries
 from twostage_search.engine.chunked import ChunkedDepth, MarginRule, fit_chunked, rerank_in_chunks, transitions
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.costmodel import CostModel
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
-from twostage_search.engine.pipeline import merge_cascade
-from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.engine.stopping import ALL_FEATURES, CHUNK_FEATURES
+from twostage_search.engine.types import Candidate, Query
 
 log = logging.getLogger(__name__)
 
 DL = Path("../shared/datasets")
-KS = (10, 20, 50, 100)
 LAMBDAS = tuple(float(x) for x in np.logspace(-7, -3, 33))
+STOP_MODELS = {"stop model": CHUNK_FEATURES, "stop model, 9 features": ALL_FEATURES}
 MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 class CachedScorer:
     """A :class:`~engine.protocols.PointwiseScorer` answering from a score cache (costs nothing here)."""
 
-    def __init__(self, scores: dict[str, dict[str, float]]) -> None:
+    def __init__(self, scores: Mapping[str, Mapping[str, float]]) -> None:
         self.scores = scores
 
     def score_candidates(self, query: Query, candidates: Sequence[Candidate]) -> tuple[list[float], StageCost]:
         values = [self.scores[query.query_id][c.doc_id] for c in candidates]
         return values, StageCost("rerank", 0.0, docs=len(candidates))
-
-
-@dataclass
-class RunSet:
-    """One first-stage run on one dataset: its queries, rankings, cached scores and nDCG@10 per depth."""
-
-    name: str
-    queries: dict[str, Query]
-    first: dict[str, RankedList]
-    scores: dict[str, dict[str, float]]
-    ndcg: dict[int, dict[str, float]]
-
-    @property
-    def ids(self) -> list[str]:
-        return list(self.queries)
-
-    def ndcg_at(self, q: str, depth: int) -> float:
-        return self.ndcg[depth][q]
-
-
-def load_runset(dataset: Path, run: str, cache: ScoreCache, rel: int, partial: bool = False) -> RunSet:
-    """The judged queries of ``run``; with ``partial``, only those whose every pair is in the cache."""
-    qrels = read_qrels(dataset / "qrels" / "test.tsv")
-    ranking = read_run(dataset / "runs" / f"{run}.top100.trec")
-    all_queries = {q.query_id: q for q in read_queries(find_file(dataset, "queries"))}
-    ids = sorted(q for q in qrels if q in ranking and q in all_queries)
-    missing = [q for q in ids if any(d not in cache.scores.get(q, {}) for d, _ in ranking[q][:100])]
-    if missing and not partial:
-        raise InputError(f"score cache lacks pairs of {len(missing)} {dataset.name} {run} queries (run score_cache)")
-    if missing:
-        log.warning("%s %s: %d of %d queries not fully scored, left out", dataset.name, run, len(missing), len(ids))
-        ids = [q for q in ids if q not in missing]
-    first = {q: RankedList.from_candidates(q, [Candidate(d, s) for d, s in ranking[q][:100]]) for q in ids}
-    depths = sorted({0, *KS, *range(10, 101, 10), *(len(first[q]) for q in ids)})
-    ndcg: dict[int, dict[str, float]] = {}
-    for k in depths:
-        rankings = {}
-        for q in ids:
-            cands = first[q].candidates()
-            head = RankedList.from_scores(q, cands[:k], [cache.scores[q][c.doc_id] for c in cands[:k]])
-            rankings[q] = [(h.doc_id, h.score) for h in merge_cascade(q, head, cands[k:])]
-        values = evaluate(qrels, ids, rankings, ["nDCG@10"], rel=rel, drop_query_id=False)["nDCG@10"]
-        ndcg[k] = dict(zip(ids, values, strict=True))
-    return RunSet(f"{dataset.name}/{run}", {q: all_queries[q] for q in ids}, first, cache.scores, ndcg)
 
 
 # ------------------------------------------------------------------------------------ policies offline
@@ -154,7 +110,9 @@ def chunked(rs: RunSet, policy: ChunkedDepth, cost: CostModel, calibrated: CostM
     return out
 
 
-def fit_policy(rs: RunSet, cost: CostModel, first: int, chunk: int, c: float) -> ChunkedDepth:
+def fit_policy(
+    rs: RunSet, cost: CostModel, first: int, chunk: int, c: float, names: Sequence[str] = CHUNK_FEATURES
+) -> ChunkedDepth:
     feats, changed, gains = [], [], []
     for q in rs.ids:
         cands = rs.first[q].candidates()
@@ -163,14 +121,14 @@ def fit_policy(rs: RunSet, cost: CostModel, first: int, chunk: int, c: float) ->
             feats.append(f)
             changed.append(y)
             gains.append(rs.ndcg_at(q, b) - rs.ndcg_at(q, a))
-    return fit_chunked(cost, feats, changed, gains, c=c, chunk=chunk, first=first, meta={"fitted_on": rs.name})
+    per_doc = cost.predict_ms("rerank", 1) - cost.predict_ms("rerank", 0)
+    meta = {"fitted_on": rs.name, "ms_per_doc": round(per_doc, 3)}
+    return fit_chunked(cost, feats, changed, gains, c=c, names=names, chunk=chunk, first=first, meta=meta)
 
 
-def subset(rs: RunSet, ids: Sequence[str]) -> RunSet:
-    return RunSet(rs.name, {q: rs.queries[q] for q in ids}, rs.first, rs.scores, rs.ndcg)
-
-
-def cross_fitted(dev: RunSet, first: int, args: argparse.Namespace, costs: Any) -> dict[float, Outcome]:
+def cross_fitted(
+    dev: RunSet, first: int, args: argparse.Namespace, costs: Any, names: Sequence[str]
+) -> dict[float, Outcome]:
     """Each dev query's outcome at each λ under a stop model fitted on the other half of dev (2 folds,
     seeded), so that choosing λ on dev does not reward a model for fitting the queries it is scored on."""
     ids = dev.ids
@@ -178,7 +136,7 @@ def cross_fitted(dev: RunSet, first: int, args: argparse.Namespace, costs: Any) 
     folds = [[ids[i] for i in order[j::2]] for j in range(2)]
     held: dict[float, dict[str, tuple[float, int, float, float]]] = {lam: {} for lam in LAMBDAS}
     for j in range(2):
-        base = fit_policy(subset(dev, folds[1 - j]), costs[0], first, args.chunk, args.c)
+        base = fit_policy(subset(dev, folds[1 - j]), costs[0], first, args.chunk, args.c, names)
         part = subset(dev, folds[j])
         for lam in LAMBDAS:
             out = chunked(part, base.with_lambda(lam), *costs)
@@ -208,12 +166,19 @@ def evaluate_run(run: str, dev: RunSet, test: RunSet, args: argparse.Namespace, 
     k_dev = max(KS, key=lambda k: (round(mean(dev_fixed[k].ndcg), 6), -k))
     k_test = max(KS, key=lambda k: (round(mean(test_fixed[k].ndcg), 6), -k))
     target = mean(dev_fixed[k_dev].ndcg)
-    settings = [
-        ((first, lam), out) for first in args.first for lam, out in cross_fitted(dev, first, args, costs).items()
-    ]
-    (first, lam), on_dev = choose(settings, target, args.tolerance)
-    policy = fit_policy(dev, cost, first, args.chunk, args.c).with_lambda(lam)
-    label = f"first {first}, λ={lam:.2e}"
+    chosen: dict[str, Any] = {}
+    models = {}
+    for model, names in STOP_MODELS.items():
+        settings = [
+            ((first, lam), out)
+            for first in args.first
+            for lam, out in cross_fitted(dev, first, args, costs, names).items()
+        ]
+        (first, lam), on_dev = choose(settings, target, args.tolerance)
+        policy = fit_policy(dev, cost, first, args.chunk, args.c, names).with_lambda(lam)
+        label = f"chunked, {model} (first {first}, λ={lam:.2e}, chosen on dev)"
+        models[label] = policy
+        chosen[model] = {"row": label, "policy": policy.to_dict(), "dev_cross_fitted": on_dev.summary()}
     rules = [
         ((f, m), ChunkedDepth(cost, MarginRule(m), 1.0, chunk=args.chunk, first=f)) for f in args.first for m in MARGINS
     ]
@@ -223,9 +188,10 @@ def evaluate_run(run: str, dev: RunSet, test: RunSet, args: argparse.Namespace, 
     rows = {
         f"fixed k={k_dev} (best on dev)": test_fixed[k_dev],
         f"fixed k={k_test} (best on test, reference)": test_fixed[k_test],
-        f"chunked, stop model ({label}, chosen on dev)": chunked(test, policy, *costs),
+        **{label: chunked(test, policy, *costs) for label, policy in models.items()},
         f"chunked, margin rule ({rule_label}, chosen on dev)": chunked(test, rule, *costs),
     }
+    chosen["margin rule"] = {"setting": rule_label, "dev": rule_dev.summary()}
     return {
         "run": run,
         "dev": dev.name,
@@ -233,12 +199,10 @@ def evaluate_run(run: str, dev: RunSet, test: RunSet, args: argparse.Namespace, 
         "queries": {"dev": len(dev.ids), "test": len(test.ids)},
         "fixed_dev": {k: v.summary() for k, v in dev_fixed.items()},
         "fixed_test": {k: v.summary() for k, v in test_fixed.items()},
+        "first_stage": {"dev": mean(list(dev.ndcg[0].values())), "test": mean(list(test.ndcg[0].values()))},
         "k_dev": k_dev,
         "k_test": k_test,
-        "chosen": {
-            "stop_model": {"setting": label, "policy": policy.to_dict(), "dev_cross_fitted": on_dev.summary()},
-            "margin_rule": {"setting": rule_label, "dev": rule_dev.summary()},
-        },
+        "chosen": chosen,
         "_rows": rows,
     }
 
@@ -268,8 +232,11 @@ def table(results: list[dict[str, Any]]) -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        f"Reranker {report['reranker']}; cost {report['ms_per_doc']:.2f} ms per document measured while scoring "
-        f"(calibrated: {report['calibrated']}).",
+        f"{r['test']}: reranker {r['reranker']}; cost {r['ms_per_doc']:.2f} ms per document measured "
+        f"while scoring (calibrated: {r['calibrated']})."
+        for r in report["results"]
+    ]
+    lines += [
         "",
         "| set (queries) | first stage (ours / published) | k=10 | k=20 | k=50 | k=100 | mean ms at k=10/20/50/100 |",
         "|---|---|---|---|---|---|---|",
@@ -306,32 +273,43 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    dev_cache, test_cache = ScoreCache.load(args.dev_cache), ScoreCache.load(args.test_cache)
-    if (dev_cache.reranker, dev_cache.params) != (test_cache.reranker, test_cache.params):
-        raise InputError("dev and test score caches come from different rerankers")
-    merged = ScoreCache(dev_cache.reranker, dev_cache.params, calls=dev_cache.calls + test_cache.calls)
-    costs = (merged.proportional_cost(), merged.cost_model())
+def costs_of(cache: ScoreCache) -> tuple[tuple[CostModel, CostModel], dict[str, Any]]:
+    """(proportional, calibrated) cost models of a cache's timed calls, and how they read."""
+    costs = (cache.proportional_cost(), cache.cost_model())
     a, b = costs[1].stages["rerank"].coef[:2]
-    results = []
-    for name in args.runs:
-        dev = load_runset(args.dev_dataset, name, dev_cache, args.rel, args.partial)
-        test = load_runset(args.test_dataset, name, test_cache, args.rel, args.partial)
-        result = evaluate_run(name, dev, test, args, costs)
-        result["first_stage"] = {"dev": mean(list(dev.ndcg[0].values())), "test": mean(list(test.ndcg[0].values()))}
-        results.append(result)
-        log.info("%s done", name)
-    table(results)
-    return {
-        "reranker": f"{merged.reranker} {json.dumps(merged.params)}",
-        "ms_per_doc": merged.ms_per_doc,
-        "calibrated": f"{a:.1f} + {b:.2f}·k ms per call, {len(merged.calls)} timed calls",
-        "chunk": args.chunk,
-        "first": args.first,
-        "tolerance": args.tolerance,
-        "rel": args.rel,
-        "results": results,
+    about = {
+        "reranker": f"{cache.reranker} {json.dumps(cache.params)}",
+        "ms_per_doc": round(cache.ms_per_doc, 2),
+        "calibrated": f"{a:.1f} + {b:.2f}·k ms per call, {len(cache.calls)} timed calls",
     }
+    return costs, about
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results = []
+    if args.runs:
+        dev_cache, test_cache = ScoreCache.load(args.dev_cache), ScoreCache.load(args.test_cache)
+        if (dev_cache.reranker, dev_cache.params) != (test_cache.reranker, test_cache.params):
+            raise InputError("dev and test score caches come from different rerankers")
+        merged = ScoreCache(dev_cache.reranker, dev_cache.params, calls=dev_cache.calls + test_cache.calls)
+        costs, about = costs_of(merged)
+        for name in args.runs:
+            dev = load_dl(args.dev_dataset, name, dev_cache.scores, args.rel, args.partial)
+            test = load_dl(args.test_dataset, name, test_cache.scores, args.rel, args.partial)
+            results.append(evaluate_run(name, dev, test, args, costs) | about)
+            log.info("%s done", name)
+    for spec in args.set or []:
+        if len(spec) < 3:
+            raise InputError("--set takes DATASET CACHE RUN [RUN ...]")
+        cache = ScoreCache.load(Path(spec[1]))
+        costs, about = costs_of(cache)
+        dev, test = load_set(Path(spec[0]), [Path(p) for p in spec[2:]], cache.scores, args.seed)
+        results.append(evaluate_run("bm25", dev, test, args, costs) | about)
+        log.info("%s done", spec[0])
+    if not results:
+        raise InputError("nothing to evaluate: give --runs or --set")
+    table(results)
+    return {"chunk": args.chunk, "first": args.first, "tolerance": args.tolerance, "rel": args.rel, "results": results}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,12 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-dataset", type=Path, default=DL / "trec-dl-2020-passage")
     parser.add_argument("--dev-cache", type=Path, default=Path("var/depth/scores-trec-dl-2019-passage.json"))
     parser.add_argument("--test-cache", type=Path, default=Path("var/depth/scores-trec-dl-2020-passage.json"))
-    parser.add_argument("--runs", nargs="+", default=["bm25", "splade-pp-ed"])
+    parser.add_argument("--runs", nargs="*", default=["bm25", "splade-pp-ed"], help="TREC DL runs (none: skip DL)")
+    parser.add_argument(
+        "--set", nargs="+", action="append", metavar="ARG", help="DATASET CACHE RUN [RUN ...]: SciFact or CrowdFlower"
+    )
     parser.add_argument("--chunk", type=int, default=10, help="documents per chunk after the first")
     parser.add_argument("--first", type=int, nargs="+", default=[10, 20], help="first chunks to choose from on dev")
     parser.add_argument("--tolerance", type=float, default=0.002, help="dev nDCG@10 the chosen policy may lose")
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the stop model")
-    parser.add_argument("--rel", type=int, default=2)
+    parser.add_argument("--rel", type=int, default=2, help="TREC DL: lowest relevant grade (binary measures)")
     parser.add_argument("--seed", type=int, default=13, help="seeds the 2-fold split of dev for choosing λ")
     parser.add_argument("--partial", action="store_true", help="use only the queries whose pairs are all scored")
     parser.add_argument("--out", type=Path, default=Path("runs/depth"))
@@ -360,8 +341,19 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "depth_policy.json").write_text(json.dumps(report, indent=2, default=_plain) + "\n", "utf-8")
     (args.out / "depth_policy.md").write_text(text + "\n", encoding="utf-8")
+    save_policies(report, args.out / "policies")
     print(text)
     return 0
+
+
+def save_policies(report: dict[str, Any], folder: Path) -> None:
+    """Each chosen stop-model policy as a ``ChunkedDepth`` JSON (an experiment arm's ``chunked_policy``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in report["results"]:
+        for model, chosen in r["chosen"].items():
+            if "policy" in chosen:
+                name = f"{r['dev'].replace('/', '-')}-{model.replace(', ', '-').replace(' ', '-')}.json"
+                (folder / name).write_text(json.dumps(chosen["policy"], indent=2, default=_plain) + "\n", "utf-8")
 
 
 def _plain(value: Any) -> Any:

@@ -3,6 +3,10 @@
     python -m twostage_search.benchmarks.score_cache --dataset ../shared/datasets/trec-dl-2019-passage \\
         --runs bm25 splade-pp-ed --out var/depth/scores-trec-dl-2019-passage.json
 
+``--runs`` takes run names (``DATASET/runs/NAME.top100.trec``) or paths to TREC run files;
+``--query-ids FILE`` (one id per line) scores only those queries, in that order, so that a run stopped
+early holds a prefix of a seeded sample (:mod:`benchmarks.depth_sets` writes such files).
+
 The pairs of all runs are deduplicated per query (runs overlap). Each query's documents are scored in
 calls of 10, 20 and 50 documents in turn, each call timed, so the file also holds the observations a
 calibrated ``a + b·k`` cost model is fitted on (:meth:`ScoreCache.cost_model`) besides the plain
@@ -76,6 +80,14 @@ class ScoreCache:
         tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
         os.replace(tmp, path)
 
+    def merge(self, other: ScoreCache) -> None:
+        """Add ``other``'s scores and timed calls (e.g. a second process's share of the same query list)."""
+        if (other.reranker, _scoring(other.params)) != (self.reranker, _scoring(self.params)):
+            raise InputError(f"cannot merge scores of {other.reranker} {other.params} into {self.reranker}")
+        for q, docs in other.scores.items():
+            self.scores.setdefault(q, {}).update(docs)
+        self.calls += other.calls
+
     @classmethod
     def load(cls, path: Path) -> ScoreCache:
         try:
@@ -92,10 +104,25 @@ def _scoring(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}
 
 
+def run_path(dataset: Path, run: str) -> Path:
+    """A run name (``DATASET/runs/NAME.top100.trec``) or a path to a TREC run file."""
+    path = Path(run) if run.endswith((".trec", ".run")) else dataset / "runs" / f"{run}.top100.trec"
+    if not path.is_file():
+        raise InputError(f"no run {path}")
+    return path
+
+
 def score_runs(
-    dataset: Path, runs: Sequence[str], out: Path, reranker: str, params: dict[str, Any], depth: int = 100
+    dataset: Path,
+    runs: Sequence[str],
+    out: Path,
+    reranker: str,
+    params: dict[str, Any],
+    depth: int = 100,
+    query_ids: Sequence[str] | None = None,
 ) -> ScoreCache:
-    """Score the top ``depth`` of each run (deduplicated per query) into ``out``, resuming what is there."""
+    """Score the top ``depth`` of each run (deduplicated per query) into ``out``, resuming what is there;
+    with ``query_ids``, only those queries, in that order."""
     from twostage_search.engine.registry import rerankers
 
     cache = ScoreCache.load(out) if out.is_file() else ScoreCache(reranker, params)
@@ -104,14 +131,12 @@ def score_runs(
     cache.params = params
     wanted: dict[str, list[str]] = {}
     for name in runs:
-        path = dataset / "runs" / f"{name}.top100.trec"
-        if not path.is_file():
-            raise InputError(f"no run {path}")
-        for q, docs in read_run(path).items():
+        for q, docs in read_run(run_path(dataset, name)).items():
             seen = wanted.setdefault(q, [])
             seen += [d for d, _ in docs[:depth] if d not in seen]
     queries = {q.query_id: q for q in read_queries(find_file(dataset, "queries"))}
-    wanted = {q: docs for q, docs in sorted(wanted.items()) if q in queries}
+    order = list(query_ids) if query_ids is not None else sorted(wanted)
+    wanted = {q: wanted[q] for q in order if q in wanted and q in queries}
     todo = {q: [d for d in docs if d not in cache.scores.get(q, {})] for q, docs in wanted.items()}
     todo = {q: docs for q, docs in todo.items() if docs}
     if not todo:
@@ -141,16 +166,32 @@ def score_runs(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
-    parser.add_argument("--runs", nargs="+", default=["bm25", "splade-pp-ed"], help="DATASET/runs/NAME.top100.trec")
+    parser.add_argument(
+        "--runs", nargs="+", default=["bm25", "splade-pp-ed"], help="NAME (DATASET/runs/NAME.top100.trec) or a run file"
+    )
+    parser.add_argument("--query-ids", type=Path, help="score only these queries (one id per line), in this order")
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--reranker", default="onnx-cross-encoder", help="a registered pointwise reranker")
     parser.add_argument("--reranker-params", default='{"threads": 2}', help="JSON")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--merge", type=Path, nargs="+", help="instead of scoring: add these caches into --out")
     args = parser.parse_args(argv)
     setup_logging(1)
     try:
+        if args.merge:
+            merged = ScoreCache.load(args.out)
+            for path in args.merge:
+                merged.merge(ScoreCache.load(path))
+            merged.save(args.out)
+            print(f"{args.out}: {sum(len(d) for d in merged.scores.values())} pairs over {len(merged.scores)} queries")
+            return 0
+        ids = None
+        if args.query_ids is not None:
+            if not args.query_ids.is_file():
+                raise InputError(f"no query id file {args.query_ids}")
+            ids = [line.strip() for line in args.query_ids.read_text(encoding="utf-8").splitlines() if line.strip()]
         cache = score_runs(
-            args.dataset, args.runs, args.out, args.reranker, json.loads(args.reranker_params), args.depth
+            args.dataset, args.runs, args.out, args.reranker, json.loads(args.reranker_params), args.depth, ids
         )
     except TwoStageError as exc:
         print(f"score_cache: error: {exc}", file=sys.stderr)

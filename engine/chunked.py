@@ -20,157 +20,45 @@ reranker, which is not pointwise, gets the first chunk's depth).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import numpy.typing as npt
 
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.costmodel import CostModel
 from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import InputError
-from twostage_search.engine.optional import require
 from twostage_search.engine.policy import Budget, Decision, DepthPolicy
 from twostage_search.engine.protocols import PointwiseScorer
+from twostage_search.engine.stopping import (
+    CHUNK_FEATURES,
+    ChunkState,
+    LogisticStop,
+    MarginRule,
+    StopModel,
+    chunk_features,
+    stop_model_from_dict,
+    transitions,
+)
 from twostage_search.engine.types import Candidate, Query, RankedList
 
-CHUNK_FEATURES = ("entered", "margin", "log_position", "tenth", "first_ratio")
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkState:
-    """What the reranker has seen so far for one query.
-
-    ``scores`` are the reranker's scores of the first ``len(scores)`` candidates (first-stage order),
-    ``first_scores`` the first-stage scores of every candidate, ``last`` the size of the last chunk.
-    """
-
-    scores: tuple[float, ...]
-    first_scores: tuple[float, ...]
-    last: int
-    spent_ms: float = 0.0
-    spent_usd: float = 0.0
-    remaining: Budget | None = None
-
-    @property
-    def scored(self) -> int:
-        return len(self.scores)
-
-    @property
-    def candidates(self) -> int:
-        return len(self.first_scores)
-
-
-def chunk_features(state: ChunkState, top: int = 10) -> dict[str, float]:
-    """The evidence after a chunk (see the module docstring); ``margin`` is ``+inf`` while fewer than
-    ``top`` documents are scored (every new document enters the top)."""
-    scores = np.asarray(state.scores, dtype=float)
-    n, last = len(scores), min(state.last, len(scores))
-    firsts = state.first_scores
-    head = firsts[0] if firsts else 0.0
-    following = firsts[n] if n < len(firsts) else (firsts[-1] if firsts else 0.0)
-    ratio = float(following / head) if head > 0 else 0.0
-    if n < top or last == 0:
-        return {"entered": float(last), "margin": math.inf, "log_position": math.log(max(n, 1)), "tenth": 0.0,
-                "first_ratio": ratio}  # fmt: skip
-    tenth = float(np.sort(scores)[-top])
-    chunk = scores[n - last :]
-    # documents of the last chunk in the current top: ties at the 10th score count as entered
-    entered = float(min(int((chunk >= tenth).sum()), top))
-    return {
-        "entered": entered,
-        "margin": float(chunk.max() - tenth),
-        "log_position": math.log(n),
-        "tenth": tenth,
-        "first_ratio": ratio,
-    }
-
-
-# ---------------------------------------------------------------------------------------- stop models
-@runtime_checkable
-class StopModel(Protocol):
-    """The probability that the next chunk changes the top 10, from :func:`chunk_features`."""
-
-    def p_change(self, features: Mapping[str, float]) -> float: ...
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class MarginRule:
-    """A hand rule: the next chunk will not change the top 10 (p = 0) when the last chunk put nothing
-    into it and its best score fell at least ``margin`` below the 10th score; otherwise it will (p = 1)."""
-
-    margin: float
-
-    def p_change(self, features: Mapping[str, float]) -> float:
-        return 0.0 if features["entered"] == 0 and features["margin"] <= -self.margin else 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": "margin-rule", "margin": self.margin}
-
-
-@dataclass(frozen=True)
-class LogisticStop:
-    """Logistic regression on standardised :data:`CHUNK_FEATURES` (``margin`` clipped to ±``clip``)."""
-
-    weights: tuple[float, ...]  # intercept first
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    clip: float = 10.0
-
-    def _x(self, features: Mapping[str, float]) -> npt.NDArray[np.float64]:
-        raw = np.array([features[f] for f in CHUNK_FEATURES], dtype=float)
-        raw = np.clip(raw, -self.clip, self.clip) if self.clip else raw
-        return np.concatenate([[1.0], (raw - np.asarray(self.mean)) / np.asarray(self.std)])
-
-    def p_change(self, features: Mapping[str, float]) -> float:
-        if math.isinf(features["margin"]) and features["margin"] > 0:
-            return 1.0  # fewer than 10 scored: the next chunk fills the top
-        z = float(np.asarray(self.weights) @ self._x(features))
-        return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
-
-    @classmethod
-    def fit(
-        cls, features: Sequence[Mapping[str, float]], changed: Sequence[bool], *, c: float = 1.0, clip: float = 10.0
-    ) -> LogisticStop:
-        """L2-regularised logistic regression (scikit-learn) of "the next chunk changed the top 10"."""
-        rows = [f for f in features if not math.isinf(f["margin"])]
-        labels = [y for f, y in zip(features, changed, strict=True) if not math.isinf(f["margin"])]
-        if len(rows) < 10 or len(set(labels)) < 2:
-            raise InputError("need at least 10 chunk transitions with both outcomes to fit the stop model")
-        linear_model = require("sklearn.linear_model", "bench")
-        raw = np.clip(np.array([[f[n] for n in CHUNK_FEATURES] for f in rows]), -clip, clip)
-        mean, std = raw.mean(axis=0), raw.std(axis=0)
-        std[std == 0] = 1.0
-        model = linear_model.LogisticRegression(C=c, max_iter=1000)
-        model.fit((raw - mean) / std, np.array(labels, dtype=int))
-        weights = (float(model.intercept_[0]), *(float(w) for w in model.coef_[0]))
-        return cls(weights, tuple(mean.tolist()), tuple(std.tolist()), clip)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": "logistic",
-            "features": list(CHUNK_FEATURES),
-            "weights": [round(w, 8) for w in self.weights],
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "clip": self.clip,
-        }
-
-
-def stop_model_from_dict(data: Mapping[str, Any]) -> StopModel:
-    if data.get("model") == "margin-rule":
-        return MarginRule(float(data["margin"]))
-    if data.get("model") == "logistic":
-        if data.get("features") != list(CHUNK_FEATURES):
-            raise InputError(f"stop model fitted on features {data.get('features')}, expected {CHUNK_FEATURES}")
-        return LogisticStop(tuple(data["weights"]), tuple(data["mean"]), tuple(data["std"]), float(data["clip"]))
-    raise InputError(f"unknown stop model {data.get('model')!r} (logistic, margin-rule)")
+__all__ = [
+    "ChunkPolicy",
+    "ChunkState",
+    "ChunkedDepth",
+    "ChunkedRanking",
+    "LogisticStop",
+    "MarginRule",
+    "StopModel",
+    "chunk_features",
+    "fit_chunked",
+    "rerank_in_chunks",
+    "stop_model_from_dict",
+    "transitions",
+]
 
 
 # ---------------------------------------------------------------------------------------- the policy
@@ -282,8 +170,13 @@ class ChunkedDepth:
 
     @classmethod
     def load(cls, path: str | Path, cost: CostModel, *, first: DepthPolicy | None = None) -> ChunkedDepth:
-        data = json.loads(Path(path).read_text())
-        if data.get("policy") != "chunked":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(f"cannot read chunked policy {path}: {exc.strerror or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"chunked policy {path}: not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("policy") != "chunked":
             raise InputError(f"{path}: not a chunked depth policy")
         return cls(
             cost, stop_model_from_dict(data["stop"]), float(data["gain"]), float(data["lam"]), int(data["chunk"]),
@@ -358,25 +251,6 @@ def _left(budget: Budget | None, deadline: Deadline | None, costs: Sequence[Stag
 
 
 # ---------------------------------------------------------------------------------------- training
-def transitions(
-    scores: Sequence[float], first_scores: Sequence[float], *, first: int, chunk: int, top: int = 10
-) -> list[tuple[dict[str, float], bool, int, int]]:
-    """Every chunk boundary of one query whose reranker scores are all known (offline): the features
-    after the chunk, whether the next chunk changed the top ``top``, and the depths before and after it."""
-    out: list[tuple[dict[str, float], bool, int, int]] = []
-    n, depth, last = len(scores), min(first, len(scores)), min(first, len(scores))
-    while depth < n:
-        nxt = min(depth + chunk, n)
-        state = ChunkState(tuple(scores[:depth]), tuple(first_scores), last)
-        out.append((chunk_features(state, top), _top(scores[:nxt], top) != _top(scores[:depth], top), depth, nxt))
-        depth, last = nxt, nxt - depth
-    return out
-
-
-def _top(scores: Sequence[float], top: int) -> frozenset[int]:
-    return frozenset(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:top])
-
-
 def fit_chunked(
     cost: CostModel,
     features: Sequence[Mapping[str, float]],
@@ -384,13 +258,14 @@ def fit_chunked(
     gains: Sequence[float],
     *,
     c: float = 1.0,
+    names: Sequence[str] = CHUNK_FEATURES,
     **kwargs: Any,
 ) -> ChunkedDepth:
     """A :class:`ChunkedDepth` with a logistic stop model fitted on training chunk transitions and
-    ``gain`` = the mean nDCG@10 gain of the transitions that changed the top 10 (``kwargs``: the
-    policy's other settings)."""
+    ``gain`` = the mean nDCG@10 gain of the transitions that changed the top 10, on the features
+    ``names`` (see :mod:`engine.stopping`; ``kwargs``: the policy's other settings)."""
     if not len(features) == len(changed) == len(gains):
         raise InputError("features, changed and gains differ in length")
-    stop = LogisticStop.fit(features, changed, c=c)
+    stop = LogisticStop.fit(features, changed, c=c, names=names)
     moved = [g for g, y in zip(gains, changed, strict=True) if y]
     return ChunkedDepth(cost, stop, float(np.mean(moved)), **kwargs)

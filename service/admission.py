@@ -80,7 +80,10 @@ class Estimate:
 
 def cost_key(arm: ArmConfig) -> tuple[object, ...]:
     """What an arm's service time depends on (not its weight): a change resets its correction."""
-    return (arm.reranker.key(), arm.depth, arm.rerank_depth, arm.policy, arm.cost_model, arm.ks, arm.budget_ms)
+    return (
+        arm.reranker.key(), arm.depth, arm.rerank_depth, arm.policy, arm.cost_model, arm.chunked_policy, arm.ks,
+        arm.budget_ms,
+    )  # fmt: skip
 
 
 def predicted_ms(cost: CostModel | None, *, retrieve: int, rerank: int) -> float | None:

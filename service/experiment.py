@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from twostage_search.engine.assignment import assign
 from twostage_search.engine.cache import ResultCache
+from twostage_search.engine.chunked import ChunkedDepth
 from twostage_search.engine.costmodel import CostModel
 from twostage_search.engine.errors import TwoStageError
 from twostage_search.engine.pipeline import SearchResult, TwoStage
@@ -83,13 +84,19 @@ class ArmConfig(BaseModel):
     weight: float = Field(ge=0.0, le=1.0, description="share of traffic; all arms' weights sum to 1")
     reranker: RerankerConfig = Field(default_factory=lambda: RerankerConfig())
     depth: int = Field(default=100, ge=1, le=10_000, description="first-stage candidates per query")
-    policy: Literal["fixed", "budget"] = Field(
-        default="fixed", description="fixed rerank depth, or largest within budget"
+    policy: Literal["fixed", "budget", "chunked"] = Field(
+        default="fixed",
+        description="fixed rerank depth, largest within budget, or chunked: decided while reranking",
     )
     rerank_depth: int | None = Field(
         default=None, ge=0, description="policy fixed: candidates to rerank (default: depth)"
     )
-    cost_model: Path | None = Field(default=None, description="policy budget: cost model JSON (twostage calibrate)")
+    cost_model: Path | None = Field(
+        default=None, description="policy budget or chunked: cost model JSON (twostage calibrate)"
+    )
+    chunked_policy: Path | None = Field(
+        default=None, description="policy chunked: a saved ChunkedDepth (stop model, λ, chunks) JSON"
+    )
     ks: list[int] | None = Field(default=None, description="policy budget: candidate rerank depths")
     budget_ms: float | None = Field(default=None, gt=0, description="default latency budget of a request")
     budget_usd: float | None = Field(default=None, gt=0, description="default money budget of a request")
@@ -109,13 +116,17 @@ class ArmConfig(BaseModel):
     def _consistent(self) -> ArmConfig:
         if self.rerank_depth is not None and self.rerank_depth > self.depth:
             raise ValueError(f"rerank_depth {self.rerank_depth} exceeds depth {self.depth}")
-        if self.policy == "budget":
+        if self.policy != "fixed":
             if self.cost_model is None:
-                raise ValueError("policy 'budget' needs cost_model")
+                raise ValueError(f"policy {self.policy!r} needs cost_model")
             if self.rerank_depth is not None:
                 raise ValueError("rerank_depth applies to policy 'fixed' only")
-        elif self.cost_model is not None or self.ks is not None:
-            raise ValueError("cost_model and ks apply to policy 'budget' only")
+        elif self.cost_model is not None:
+            raise ValueError("cost_model applies to policies 'budget' and 'chunked' only")
+        if self.policy != "budget" and self.ks is not None:
+            raise ValueError("ks applies to policy 'budget' only")
+        if (self.policy == "chunked") != (self.chunked_policy is not None):
+            raise ValueError("policy 'chunked' needs chunked_policy, and chunked_policy needs policy 'chunked'")
         if self.ks is not None and (not self.ks or min(self.ks) < 0):
             raise ValueError("ks must be a non-empty list of non-negative depths")
         return self
@@ -193,13 +204,14 @@ def parse_experiment(data: object, *, base_dir: Path | None = None) -> Experimen
         raise ExperimentError(f"invalid experiment: {format_validation_error(exc)}") from None
     if base_dir is None:
         return config
-    arms = [
-        a.model_copy(update={"cost_model": base_dir / a.cost_model})
-        if a.cost_model is not None and not a.cost_model.is_absolute()
-        else a
-        for a in config.arms
-    ]
+    arms = [a.model_copy(update=_relative(a, base_dir)) for a in config.arms]
     return config.model_copy(update={"arms": arms})
+
+
+def _relative(arm: ArmConfig, base_dir: Path) -> dict[str, Path]:
+    """An arm's relative file paths (cost model, chunked policy) resolved against ``base_dir``."""
+    paths = {"cost_model": arm.cost_model, "chunked_policy": arm.chunked_policy}
+    return {k: base_dir / p for k, p in paths.items() if p is not None and not p.is_absolute()}
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -266,6 +278,10 @@ def _policy(arm: ArmConfig) -> tuple[DepthPolicy, CostModel | None]:
         if arm.ks is not None:
             kwargs["ks"] = tuple(sorted(set(arm.ks)))
         return BudgetDepth(cost, **kwargs), cost
+    if arm.policy == "chunked":
+        assert arm.cost_model is not None and arm.chunked_policy is not None
+        cost = CostModel.load(arm.cost_model)
+        return ChunkedDepth.load(arm.chunked_policy, cost), cost
     return FixedDepth(arm.depth if arm.rerank_depth is None else arm.rerank_depth), None
 
 

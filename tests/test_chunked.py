@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from tests.helpers import TINY, need
 from twostage_search.engine.chunked import (
     ChunkedDepth,
     ChunkState,
@@ -20,6 +21,7 @@ from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.pipeline import TwoStage
 from twostage_search.engine.policy import Budget
+from twostage_search.engine.stopping import ALL_FEATURES
 from twostage_search.engine.types import Candidate, Query, RankedList
 from twostage_search.rerankers.identity import IdentityReranker
 
@@ -65,6 +67,31 @@ def test_features_after_a_chunk_that_changed_nothing():
     assert f["tenth"] == 3.0
     assert f["log_position"] == pytest.approx(math.log(6))
     assert f["first_ratio"] == pytest.approx(4.0 / 10.0)  # the next candidate's first-stage score / the top
+
+
+def test_more_features_read_the_top_and_the_last_chunk():
+    # scored in first-stage order; top 3 = 9 (rank 3), 5 (rank 0), 4 (rank 1); the 3rd score is 4
+    state = ChunkState((5.0, 4.0, 3.0, 9.0, 3.5, 0.0), (1.0,) * 8, last=3)
+    f = chunk_features(state, top=3)
+    assert f["from_below"] == 1.0  # d03 sits below first-stage rank 3
+    assert f["deepest"] == pytest.approx(4 / 6)  # the deepest top document is the 4th of 6 read
+    assert f["chunk_mean"] == pytest.approx((9.0 + 3.5 + 0.0) / 3 - 4.0)
+    assert f["near"] == 1.0  # 3.5 is within 1 below the 3rd score; 0 is not, 9 entered
+    assert set(f) == set(ALL_FEATURES)
+
+
+def test_a_stop_model_on_more_features_saves_and_checks_its_features(tmp_path):
+    names = ("entered", "from_below")
+    stop = LogisticStop((0.0, 1.0, -2.0), (0.0, 0.0), (1.0, 1.0), features=names)
+    # z = entered − 2·from_below
+    assert stop.p_change({"entered": 2.0, "from_below": 1.0, "margin": 0.0}) == pytest.approx(0.5)
+    saved = ChunkedDepth(MS_PER_DOC, stop, 0.01, lam=1e-3, chunk=10, first=20)
+    saved.save(tmp_path / "p.json")
+    assert ChunkedDepth.load(tmp_path / "p.json", MS_PER_DOC) == saved
+    with pytest.raises(InputError, match="unknown stop-model features"):
+        LogisticStop((0.0, 1.0), (0.0,), (1.0,), features=("shoe_size",))
+    with pytest.raises(InputError, match="differ in length"):
+        LogisticStop((0.0, 1.0), (0.0,), (1.0,), features=names)
 
 
 def test_features_count_the_documents_that_entered():
@@ -221,3 +248,39 @@ def test_score_cache_round_trip_and_cost_models(tmp_path):
     calibrated = loaded.cost_model().stages["rerank"]  # 2 ms per call + 1 ms per document, exactly
     assert calibrated.coef[:2] == pytest.approx([2.0, 1.0])
     assert loaded.proportional_cost().predict_ms("rerank", 10) == pytest.approx(10.75)
+
+
+def test_score_cache_scores_the_listed_queries_in_order(tmp_path, tiny_docs, tiny_queries):
+    from twostage_search.benchmarks.score_cache import score_runs
+
+    need("onnxruntime", "rerank")
+    ids = [q.query_id for q in tiny_queries]
+    run = tmp_path / "first.trec"
+    run.write_text("".join(f"{q} Q0 {d.doc_id} {i + 1} {10 - i} t\n" for q in ids for i, d in enumerate(tiny_docs[:2])))
+    order = [ids[2], ids[0]]
+    cache = score_runs(TINY, [str(run)], tmp_path / "s.json", "onnx-cross-encoder", {"threads": 1}, 2, order)
+    assert list(cache.scores) == order  # only the listed queries, in the listed order
+    assert all(set(docs) == {tiny_docs[0].doc_id, tiny_docs[1].doc_id} for docs in cache.scores.values())
+    assert [k for k, _, _ in cache.calls] == [2, 2]  # one call of 10 (cut to the 2 candidates) per query
+
+
+def test_depth_sets_interleave_seeded_samples_of_dev_and_test():
+    from twostage_search.benchmarks.depth_sets import sample_order
+
+    order = sample_order(["a", "b", "c", "d"], ["x", "y"], seed=13)
+    again = sample_order(["a", "b", "c", "d"], ["x", "y"], seed=13)
+    assert order == again and sorted(order) == ["a", "b", "c", "d", "x", "y"]
+    assert {order[0], order[2]} == {"x", "y"} and set(order[1::2][:2]) <= {"a", "b", "c", "d"}
+    assert set(order[4:]) <= {"a", "b", "c", "d"}  # test ran out: dev only from there
+
+
+def test_score_caches_merge_and_refuse_another_reranker():
+    from twostage_search.benchmarks.score_cache import ScoreCache
+
+    a = ScoreCache("onnx-cross-encoder", {"threads": 1}, {"q1": {"d1": 0.5}}, [(10, 12.0, 0)])
+    b = ScoreCache("onnx-cross-encoder", {"threads": 2}, {"q1": {"d2": 0.25}, "q2": {"d1": 1.0}}, [(20, 22.0, 0)])
+    a.merge(b)  # threads change the time a score takes, not the score
+    assert a.scores == {"q1": {"d1": 0.5, "d2": 0.25}, "q2": {"d1": 1.0}}
+    assert a.calls == [(10, 12.0, 0), (20, 22.0, 0)]
+    with pytest.raises(InputError, match="cannot merge"):
+        a.merge(ScoreCache("cross-encoder", {"threads": 1}))

@@ -108,9 +108,10 @@ class LogitCache:
 Caches = Mapping[str, LogitCache]
 
 
-def open_caches(folder: Path, dataset: str) -> dict[str, LogitCache]:
-    """The logit caches of one dataset: ``ce-logits-<dataset>.tsv`` (title) and ``ce-text-logits-<dataset>.tsv``."""
-    return {name: LogitCache(folder / f"{name.replace('_', '-')}-logits-{dataset}.tsv") for name in LOGITS}
+def open_caches(folder: Path, dataset: str, names: Sequence[str] = tuple(LOGITS)) -> dict[str, LogitCache]:
+    """The logit caches of one dataset: ``ce-logits-<dataset>.tsv`` (title) and ``ce-text-logits-<dataset>.tsv``
+    (or those of ``names`` only)."""
+    return {name: LogitCache(folder / f"{name.replace('_', '-')}-logits-{dataset}.tsv") for name in names}
 
 
 def fill(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches, model: GradedReranker) -> None:

@@ -49,7 +49,7 @@ from twostage_search.benchmarks.graded_data import (
 from twostage_search.benchmarks.judges import candidates, write_json
 from twostage_search.engine.errors import TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
-from twostage_search.rerankers.graded import FEATURES, LEXICAL, LOGITS, GradedReranker
+from twostage_search.rerankers.graded import LEXICAL, LOGITS, MATCH, RELATIVE, GradedReranker
 from twostage_search.rerankers.ordinal import OrdinalModel, fit_ordinal, null_model
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,26 @@ ZERO_SHOT = {
     "ce": "ms-marco cross-encoder on the title (64 tokens), dev thresholds",
     "ce_text": "ms-marco cross-encoder on title + description (128 tokens), dev thresholds",
 }
-_RELATIVE = ("_gap", "_rank", "_mean")
-FEATURE_SETS: dict[str, tuple[str, ...]] = {
-    "ce": ("ce",),
-    "ce+relative+lexical": ("ce", *(f"ce{s}" for s in _RELATIVE), *LEXICAL),
-    "ce_text": ("ce_text",),
-    "ce_text+relative": ("ce_text", *(f"ce_text{s}" for s in _RELATIVE)),
-    "ce_text+relative+lexical": ("ce_text", *(f"ce_text{s}" for s in _RELATIVE), *LEXICAL),
-    "ce+ce_text": ("ce", "ce_text"),
-    "all": FEATURES,
-}
+# Home Depot's 1–3 (irrelevant, partially relevant, perfect match; the mean of about three raters, rounded)
+# on CrowdFlower's 1–4, for Home Depot train pairs used as extra training data: 1 → 1, 2 → 3, 3 → 4.
+HD_TO_CROWDFLOWER = {1: 1, 2: 3, 3: 4}
+
+
+def feature_sets(logits: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The feature sets tried (on train, chosen on dev) with the cross-encoder logits ``logits``."""
+    out: dict[str, tuple[str, ...]] = {}
+    for n in logits:
+        rel = tuple(f"{n}{s}" for s in RELATIVE)
+        out |= {
+            n: (n,),
+            f"{n}+relative": (n, *rel),
+            f"{n}+relative+lexical": (n, *rel, *LEXICAL),
+            f"{n}+relative+lexical+match": (n, *rel, *LEXICAL, *MATCH),
+        }
+    if len(logits) > 1:
+        out["+".join(logits)] = tuple(logits)
+        out["all"] = tuple(f"{n}{s}" for n in logits for s in ("", *RELATIVE)) + LEXICAL + MATCH
+    return out
 
 
 def matrix(rows: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
@@ -85,14 +95,20 @@ def train(
     dev_grades: Sequence[int],
     scale: Sequence[int],
     cut: int,
+    sets: Mapping[str, tuple[str, ...]],
+    extra: tuple[str, Sequence[Mapping[str, float]], Sequence[int]] | None = None,
 ) -> tuple[OrdinalModel, list[dict[str, Any]]]:
-    """Fit one model per feature set on train; keep the best by quadratic κ on dev (with its grade rule)."""
+    """Fit one model per feature set on train (and, if ``extra`` = (name, rows, grades) is given, once more
+    on train + those rows); keep the best by quadratic κ on dev (with its grade rule)."""
     trials: list[dict[str, Any]] = []
     best: tuple[float, OrdinalModel] | None = None
-    for name, names in FEATURE_SETS.items():
-        x = matrix(train_rows, names)
+    data = [("train", train_rows, train_grades)]
+    if extra is not None:
+        data.append((f"train + {extra[0]}", [*train_rows, *extra[1]], [*train_grades, *extra[2]]))
+    for (name, names), (used, rows, grades) in ((a, b) for a in sets.items() for b in data):
+        x = matrix(rows, names)
         started = time.perf_counter()
-        model = fit_ordinal(names, x, train_grades, scale)
+        model = fit_ordinal(names, x, grades, scale)
         fit_s = time.perf_counter() - started
         xd = matrix(dev_rows, names)
         expected = model.expected(xd)
@@ -102,15 +118,16 @@ def train(
             trials.append(
                 {
                     "features": name,
+                    "data": used,
                     "rule": rule,
                     "dev_kappa_quadratic": kappa,
-                    "train_nll": model.nll(x, train_grades),
-                    "null_nll": null_model(names, x, train_grades, scale).nll(x, train_grades),
+                    "train_nll": model.nll(x, grades),
+                    "null_nll": null_model(names, x, grades, scale).nll(x, grades),
                     "fit_s": fit_s,
                 }
             )
             if best is None or kappa > best[0]:
-                best = (kappa, candidate)
+                best = (kappa, replace(candidate, meta={"feature_set": name, "data": used}))
     assert best is not None
     return best[1], trials
 
@@ -163,7 +180,10 @@ def grader_labels(
         dev_expected = [float(v) for v in model.expected(model.matrix(features(data, dev, caches)))]
         cuts = fit_thresholds(dev_expected, [p.grade for p in dev], scale)
         trained = apply_thresholds([float(v) for v in model.expected(model.matrix(test_rows))], cuts, scale)
-    out = {GRADED: ("in-domain" if in_domain else "zero-shot, thresholds on dev", trained)}
+    domain = "in-domain" if in_domain else "zero-shot, thresholds on dev"
+    if not in_domain and "Home Depot" in str((model.meta or {}).get("trained_on", "")):
+        domain = "in-domain (Home Depot train queries in its training data), thresholds on dev"
+    out = {GRADED: (domain, trained)}
     for name, cache in caches.items():
         dev_ce = [cache.values[(p.query_id, p.doc_id)] for p in dev]
         thresholds = fit_thresholds(dev_ce, [p.grade for p in dev], scale)
@@ -218,7 +238,7 @@ def measure_speed(
     n = sum(len(g) for _, g in groups)
     out = {}
     for name, run_one in [(GRADED, lambda q, c: model.judge(q, c))] + [
-        (ZERO_SHOT[logit], lambda q, c, logit=logit: scorer.logits(q, c, [logit])) for logit in LOGITS
+        (ZERO_SHOT[logit], lambda q, c, logit=logit: scorer.logits(q, c, [logit])) for logit in scorer.logit_names
     ]:
         started = time.perf_counter()
         for qid, group in groups:
@@ -231,19 +251,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import os
 
     cf = load_split_set(args.crowdflower)
-    both = OrdinalModel(("ce", "ce_text"), (0.0, 0.0), (1.0, 1.0), (1.0, 1.0), (-1.0, 0.0, 1.0), cf.grades)
-    scorer = GradedReranker(both, threads=args.threads)  # for its cross-encoder logits only
-    cf_caches = open_caches(args.cache, "crowdflower")
+    names = tuple(args.logits)
+    k = len(names)
+    probe = OrdinalModel(names, (0.0,) * k, (1.0,) * k, (1.0,) * k, (-1.0, 0.0, 1.0), cf.grades)
+    scorer = GradedReranker(probe, threads=args.threads)  # for its cross-encoder logits only
+    cf_caches = open_caches(args.cache, "crowdflower", names)
     split_pairs = {s: cf.pairs(s) for s in ("train", "dev", "test")}
     for s in ("test", "dev", "train"):
         fill(cf, split_pairs[s], cf_caches, scorer)
     train_rows, dev_rows = features(cf, split_pairs["train"], cf_caches), features(cf, split_pairs["dev"], cf_caches)
     train_grades = [p.grade for p in split_pairs["train"]]
-    model, trials = train(train_rows, train_grades, dev_rows, [p.grade for p in split_pairs["dev"]], cf.grades, cf.cut)
+    hd = load_split_set(args.homedepot, HD_SUBSAMPLE, cut=HD_CUT) if args.homedepot is not None else None
+    hd_caches = open_caches(args.cache, "homedepot", names)
+    extra = None
+    if hd is not None and args.homedepot_train:
+        hd_train = hd.pairs("train")
+        fill(hd, hd_train, hd_caches, scorer)
+        mapped = [HD_TO_CROWDFLOWER[p.grade] for p in hd_train]
+        extra = ("Home Depot train (1/2/3 as 1/3/4)", features(hd, hd_train, hd_caches), mapped)
+    model, trials = train(
+        train_rows,
+        train_grades,
+        dev_rows,
+        [p.grade for p in split_pairs["dev"]],
+        cf.grades,
+        cf.cut,
+        feature_sets(names),
+        extra,
+    )
+    chosen = model.meta or {}
     meta = {
-        "trained_on": "CrowdFlower search relevance, train queries (benchmarks/data/splits, seed 13)",
-        "train_pairs": len(train_rows),
-        "feature_set": next(n for n, f in FEATURE_SETS.items() if f == model.features),
+        "trained_on": f"CrowdFlower search relevance, {chosen['data']} queries (benchmarks/data/splits, seed 13)",
+        "train_pairs": len(train_rows) + (len(extra[1]) if extra and chosen["data"] != "train" else 0),
+        "feature_set": chosen["feature_set"],
         "grade_rule": "dev thresholds on E[grade]" if model.grade_cuts else "most probable grade",
         "chosen_on": "quadratic kappa on CrowdFlower dev queries",
         "cross_encoder": "bundled:ms-marco-minilm-l12-int8 (ce: query + title, 64 tokens; ce_text: query + title "
@@ -258,7 +298,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     labels = grader_labels(cf, model, cf_caches, train_grades, in_domain=True)
     ci = {
         name: bootstrap_kappa_diff(test, labels[GRADED][1], labels[ZERO_SHOT[name]][1], cf.grades, cf.cut)
-        for name in LOGITS
+        for name in names
     }
     report["crowdflower"] = {
         "rows": score_rows(cf, test, labels, speed),
@@ -277,9 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "pairs": len(sample),
             "queries": len({p.query_id for p in sample}),
         }
-    if args.homedepot is not None:
-        hd = load_split_set(args.homedepot, HD_SUBSAMPLE, cut=HD_CUT)
-        hd_caches = open_caches(args.cache, "homedepot")
+    if hd is not None:
         for s in ("test", "dev"):
             fill(hd, hd.pairs(s), hd_caches, scorer)
         hd_test = hd.pairs("test")
@@ -288,7 +326,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rows": score_rows(hd, hd_test, labels, speed),
             "kappa_quadratic_diff_vs_zero_shot": {
                 name: bootstrap_kappa_diff(hd_test, labels[GRADED][1], labels[ZERO_SHOT[name]][1], hd.grades, hd.cut)
-                for name in LOGITS
+                for name in names
             },
             "subsample_queries": HD_SUBSAMPLE,
             "test_queries": len(hd.splits["test"]),
@@ -332,6 +370,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=Path("var/graded"), help="folder of cached cross-encoder logits")
     p.add_argument("--save", type=Path, default=None, help="write the fitted model (JSON) here")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--logits", nargs="+", choices=tuple(LOGITS), default=list(LOGITS), help="cross-encoder logits to use"
+    )
+    p.add_argument(
+        "--homedepot-train", action="store_true", help="also try Home Depot train pairs as extra training data"
+    )
     p.add_argument("--lore-pairs", type=int, default=0, help="also run the LLM judge on a seeded sample of test pairs")
     p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     return p

@@ -64,11 +64,12 @@ BUNDLED: dict[str, BundledModel] = {
         extra="rerank",
         origin=(
             "ordinal (cumulative-logit) model fitted here (benchmarks/graded_model.py) over the ms-marco-MiniLM-L-12 "
-            "INT8 logit and lexical features, on the CrowdFlower search-relevance train queries"
+            "INT8 logit and lexical features, on the CrowdFlower search-relevance train queries and Home Depot "
+            "train queries (a seeded 600-query subsample)"
         ),
         licence="Apache-2.0 (code and fitted weights); trained on Kaggle competition data (research use)",
         marker="model.json",
-        in_domain="CrowdFlower search relevance (train queries)",
+        in_domain="CrowdFlower and Home Depot search relevance (train queries)",
         trained_on="crowdflower-search-relevance",
     ),
     "ms-marco-minilm-l12-int8": BundledModel(

@@ -6,9 +6,12 @@ Features of a (query, item) pair, computed among the query's candidates (:func:`
 - ``ce``: the bundled INT8 ms-marco-MiniLM-L-12 logit of (query, item title), the title alone in 64 tokens;
   ``ce_text``: the same cross-encoder on the title and description, 128 tokens (about twice the cost);
 - for each of them, ``_gap`` (the logit minus the best among the query's candidates), ``_rank`` (its rank
-  among them scaled to [0, 1], 0 = first) and ``_mean`` (the query's mean logit);
+  among them scaled to [0, 1], 0 = first), ``_mean`` (the query's mean logit) and ``_z`` (the logit's
+  z-score among the query's candidates, 0 where they all score alike);
 - ``title_overlap`` / ``text_overlap``: the share of the query's distinct words found in the title / in the
-  title and description; ``query_terms`` / ``title_terms``: log(1 + number of distinct words).
+  title and description; ``query_terms`` / ``title_terms``: log(1 + number of distinct words);
+  ``title_all``: 1 if every query word is in the title; ``phrase``: 1 if the query's words appear in the
+  title in order, side by side.
 
 A fitted model (:class:`~twostage_search.rerankers.ordinal.OrdinalModel`) names the features it uses. The
 bundled one, ``bundled:graded-crowdflower``, was fitted on the CrowdFlower search-relevance train queries
@@ -42,7 +45,9 @@ MODEL_FILE = "model.json"
 # The cross-encoder logits a model may use: what each reads of an item and its token budget.
 LOGITS = {"ce": ("title", 64), "ce_text": ("title and description", 128)}
 LEXICAL = ("title_overlap", "text_overlap", "query_terms", "title_terms")
-FEATURES = tuple(f"{k}{s}" for k in LOGITS for s in ("", "_gap", "_rank", "_mean")) + LEXICAL
+MATCH = ("title_all", "phrase")
+RELATIVE = ("_gap", "_rank", "_mean", "_z")
+FEATURES = tuple(f"{k}{s}" for k in LOGITS for s in ("", *RELATIVE)) + LEXICAL + MATCH
 
 _WORD = re.compile(r"\w+")
 
@@ -50,6 +55,11 @@ _WORD = re.compile(r"\w+")
 def words(text: str) -> set[str]:
     """Distinct lower-cased word tokens (``\\w+``)."""
     return set(_WORD.findall(text.lower()))
+
+
+def _contains(tokens: Sequence[str], phrase: Sequence[str]) -> bool:
+    n = len(phrase)
+    return n > 0 and any(list(tokens[i : i + n]) == list(phrase) for i in range(len(tokens) - n + 1))
 
 
 def passage(c: Candidate, logit: str) -> Candidate:
@@ -65,7 +75,8 @@ def pair_features(
     """The features of every (query, candidate) pair, in input order.
 
     ``logits`` maps a logit name (``ce``, ``ce_text``) to one cross-encoder logit per candidate; each gives
-    the logit, its gap to the query's best, its rank scaled to [0, 1] (0 = first) and the query's mean.
+    the logit, its gap to the query's best, its rank scaled to [0, 1] (0 = first), the query's mean and
+    the logit's z-score among the candidates (population standard deviation; 0 if it is 0).
     """
     for name, values in logits.items():
         if len(values) != len(candidates):
@@ -76,6 +87,7 @@ def pair_features(
     span = max(len(candidates) - 1, 1)
     for name, values in logits.items():
         best, mean = max(values), sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
         order = sorted(range(len(values)), key=lambda i: (-values[i], candidates[i].doc_id))
         for r, i in enumerate(order):
             rows[i] |= {
@@ -83,16 +95,21 @@ def pair_features(
                 f"{name}_gap": float(values[i] - best),
                 f"{name}_rank": r / span,
                 f"{name}_mean": float(mean),
+                f"{name}_z": float((values[i] - mean) / sd) if sd > 0 else 0.0,
             }
-    q = words(query)
+    q_tokens = _WORD.findall(query.lower())
+    q = set(q_tokens)
     nq = max(len(q), 1)
     for row, c in zip(rows, candidates, strict=True):
-        title = words(c.title)
+        title_tokens = _WORD.findall(c.title.lower())
+        title = set(title_tokens)
         row |= {
             "title_overlap": len(q & title) / nq,
             "text_overlap": len(q & (title | words(c.text))) / nq,
             "query_terms": math.log1p(len(q)),
             "title_terms": math.log1p(len(title)),
+            "title_all": float(bool(q) and q <= title),
+            "phrase": float(_contains(title_tokens, q_tokens)),
         }
     return rows
 
@@ -130,13 +147,18 @@ class GradedReranker:
         if unknown:
             raise InputError(f"graded model uses unknown features {sorted(unknown)} (known: {', '.join(FEATURES)})")
         self.grades = self.model.grades
-        used = {f.removesuffix(s) for f in self.model.features for s in ("_gap", "_rank", "_mean") if f.endswith(s)}
+        used = {f.removesuffix(s) for f in self.model.features for s in RELATIVE if f.endswith(s)}
         used |= {f for f in self.model.features if f in LOGITS}
         self._ce = {
             name: OnnxCrossEncoderReranker(cross_encoder, max_length=LOGITS[name][1], threads=threads)
             for name in LOGITS
             if name in used
         }
+
+    @property
+    def logit_names(self) -> tuple[str, ...]:
+        """The cross-encoder logits this model computes (``ce``, ``ce_text``)."""
+        return tuple(self._ce)
 
     def logits(
         self, query: Query, candidates: Sequence[Candidate], names: Sequence[str] | None = None

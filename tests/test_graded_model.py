@@ -104,6 +104,30 @@ def test_fit_on_a_tiny_slice_lowers_the_loss():
         fit_ordinal(("ce",), x, [1] * 12, (1, 2, 3, 4))  # grades never seen
 
 
+def test_training_on_a_tiny_slice_picks_a_feature_set_on_dev_and_reloads_the_same(tmp_path):
+    need("statsmodels", "train")
+    need("sklearn", "bench")
+    from twostage_search.benchmarks.graded_model import feature_sets, train
+
+    # Grades rise with the logit; the lexical and match features are noise here.
+    logit = [0.0, 1.0, 1.5, 2.0, 3.0, 3.5, 4.0, 5.0, 5.5, 6.0, 7.0, 8.0]
+    grades = [1, 1, 2, 1, 2, 3, 2, 3, 4, 3, 4, 4]
+    cands = [Candidate(f"d{i}", 0.0, "", "red shoes" if i % 2 else "blue hat") for i in range(12)]
+    rows = pair_features("red shoes", cands, {"ce": logit})
+    extra_rows = pair_features("red shoes", cands[:4], {"ce": [-2.0, 9.0, -1.0, 8.0]})
+    sets = {k: v for k, v in feature_sets(("ce",)).items() if k in ("ce", "ce+relative")}
+    model, trials = train(rows, grades, rows, grades, (1, 2, 3, 4), 3, sets, ("extra", extra_rows, [1, 4, 1, 4]))
+    assert {(t["features"], t["data"]) for t in trials} == {(s, d) for s in sets for d in ("train", "train + extra")}
+    assert all(t["train_nll"] < t["null_nll"] for t in trials)  # every fit lowers the loss
+    best = max(trials, key=lambda t: t["dev_kappa_quadratic"])
+    assert model.meta == {"feature_set": best["features"], "data": best["data"]}
+    model.save(tmp_path / "model.json")
+    again = OrdinalModel.load(tmp_path / "model.json")
+    x = again.matrix(rows)
+    assert again.probabilities(x).tolist() == model.probabilities(model.matrix(rows)).tolist()
+    assert again.grade(x) == model.grade(x)
+
+
 # ------------------------------------------------------------------------------------------ features
 def test_pair_features_by_hand():
     cands = [Candidate("a", 0.0, "", "Red Running Shoes"), Candidate("b", 0.0, "red wool", "Blue hat")]
@@ -112,6 +136,8 @@ def test_pair_features_by_hand():
     assert [r["ce_gap"] for r in rows] == [0.0, -3.0]
     assert [r["ce_rank"] for r in rows] == [0.0, 1.0]
     assert [r["ce_mean"] for r in rows] == [0.5, 0.5]
+    assert [r["ce_z"] for r in rows] == [1.0, -1.0]  # (2 − 0.5) / 1.5, population sd of (2, −1) is 1.5
+    assert [r["ce_text_z"] for r in rows] == [-1.0, 1.0]
     assert [(r["ce_text_gap"], r["ce_text_rank"], r["ce_text_mean"]) for r in rows] == [
         (-4.0, 1.0, -2.0),
         (0.0, 0.0, -2.0),
@@ -120,8 +146,23 @@ def test_pair_features_by_hand():
     assert [r["text_overlap"] for r in rows] == [1.0, 0.5]  # "red" in b's description
     assert rows[0]["query_terms"] == pytest.approx(math.log(3))
     assert [r["title_terms"] for r in rows] == pytest.approx([math.log(4), math.log(3)])
+    assert [r["title_all"] for r in rows] == [1.0, 0.0]
+    assert [r["phrase"] for r in rows] == [0.0, 0.0]  # "red running shoes": the words are not side by side
     with pytest.raises(InputError):
         pair_features("q", cands, {"ce": [1.0]})
+
+
+def test_match_features_and_a_flat_logit_by_hand():
+    cands = [
+        Candidate("a", 0.0, "", "Red shoes, size 9"),
+        Candidate("b", 0.0, "", "Shoes red"),
+        Candidate("c", 0.0, "", "Red hat"),
+    ]
+    rows = pair_features("Red Shoes", cands, {"ce": [1.0, 1.0, 1.0]})
+    assert [r["phrase"] for r in rows] == [1.0, 0.0, 0.0]
+    assert [r["title_all"] for r in rows] == [1.0, 1.0, 0.0]
+    assert [r["title_overlap"] for r in rows] == [1.0, 1.0, 0.5]
+    assert [r["ce_z"] for r in rows] == [0.0, 0.0, 0.0]  # all alike: z is 0, not a division by zero
 
 
 # ----------------------------------------------------------------------------------- the reranker

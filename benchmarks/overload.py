@@ -298,7 +298,11 @@ async def drive(args: argparse.Namespace, base: str, proc: subprocess.Popen[byte
         await _wait_ready(client, base, proc, args.start_timeout)
         resp = await client.get(f"{base}/admin/experiment", headers={"Authorization": f"Bearer {token}"})
         resp.raise_for_status()
-        default_experiment: dict[str, Any] = resp.json()["config"]  # what the server started with
+        default_experiment: dict[str, Any] = resp.json()["config"]  # the service's default (no --experiment)
+        if any(s != "arms" for s in args.scenario):  # the other scenarios run on two model-backed arms
+            swap = experiment("swap", 1.0, args.depth)
+            headers = {"Authorization": f"Bearer {token}"}
+            (await client.put(f"{base}/admin/experiment", json=swap, headers=headers)).raise_for_status()
         await closed_loop(client, base, queries[::-1], 2, args.warmup, args.seconds, args.k)
         for scenario in args.scenario:
             if scenario == "arms":
@@ -372,8 +376,6 @@ def main(argv: list[str] | None = None) -> int:
     token = os.urandom(12).hex()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        exp = Path(tmp) / "exp.json"
-        exp.write_text(json.dumps(experiment("swap", 1.0, args.depth)))
         env = {
             **os.environ,
             "TWOSTAGE_ADMIN_TOKEN": token,
@@ -382,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             "TWOSTAGE_QUEUE": str(args.queue),
         }
         cmd = [sys.executable, "-m", "twostage_search.cli", "serve", "--index", str(args.index)]
-        cmd += ["--experiment", str(exp), "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--host", "127.0.0.1", "--port", str(port)]  # the default experiment: `arms` reads it
         with (Path(tmp) / "server.log").open("wb") as server_log:
             proc = subprocess.Popen(cmd, stdout=server_log, stderr=subprocess.STDOUT, env=env)
             try:

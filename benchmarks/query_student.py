@@ -116,8 +116,9 @@ def encode_with_layers(texts: list[str], layers: int, cache: Path) -> dict[str, 
         out["cls"][i], out["mean"][i] = hidden[0, 0], hidden[0].mean(axis=0)
         if i % 1000 == 0:
             log.info("encoded %d/%d", i, len(texts))
-    np.savez(cache, texts=np.asarray(texts), **out)
-    return {"texts": np.asarray(texts), **out}
+    result: dict[str, np.ndarray] = {"texts": np.asarray(texts), **out}
+    np.savez(cache, texts=result["texts"], teacher=out["teacher"], cls=out["cls"], mean=out["mean"])
+    return result
 
 
 def features(encoded: dict[str, np.ndarray], pooling: str) -> np.ndarray:

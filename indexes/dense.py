@@ -74,9 +74,18 @@ class DenseFlatIndex:
         self.vectors = np.memmap(path / VECTORS, dtype=np.dtype(meta["dtype"]).newbyteorder("<"), mode="r", shape=shape)
 
     @classmethod
-    def create_encoder(cls, *, model: str | None = None, max_length: int = 256, batch_size: int = 1, **_: Any) -> Any:
-        """The encoder ``twostage index --backend dense-flat`` builds with (``--model``, ``--max-length``)."""
-        return DenseEncoder(model or DEFAULT_DENSE, max_length=max_length, batch_size=batch_size)
+    def create_encoder(
+        cls,
+        *,
+        model: str | None = None,
+        max_length: int = 256,
+        batch_size: int = 1,
+        threads: int | None = None,
+        **_: Any,
+    ) -> Any:
+        """The encoder ``twostage index --backend dense-flat`` builds with (``--model``, ``--max-length``,
+        ``--batch-size``, ``--threads``: ONNX Runtime's intra-op threads)."""
+        return DenseEncoder(model or DEFAULT_DENSE, max_length=max_length, batch_size=batch_size, threads=threads)
 
     # ----------------------------------------------------------------------------------- build
     @classmethod

@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive, default=256, help="document tokens (default 256)")
     p.add_argument("--top-n", type=_positive, default=None, help="keep the N heaviest terms per document")
     p.add_argument("--scale", type=_positive_float, default=100.0, help="impact quantisation scale (default 100)")
-    p.add_argument("--batch-size", type=_positive, default=None, help="texts per pass (SPLADE 8 onnx/32 torch; dense 1)")
+    p.add_argument(
+        "--batch-size", type=_positive, default=None, help="texts per pass (SPLADE 8 onnx/32 torch; dense 1)"
+    )
     p.add_argument("--encoder-backend", choices=("onnx", "torch"), default="onnx", help="SPLADE runtime (default onnx)")
     p.add_argument("--threads", type=_positive, default=2, help="indexing threads (default 2)")
     p.add_argument("--limit", type=_positive, default=None, help="index only the first N documents")

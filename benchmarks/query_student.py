@@ -201,6 +201,8 @@ def split_ids(dataset: Path, split: str) -> tuple[list[str], dict[str, dict[str,
         return list(qrels), qrels
     qrels = read_qrels(dataset / "qrels" / "test.tsv")
     names = read_split(dataset)
+    if not names:  # no split file: every judged query is test
+        return (list(qrels) if split == "test" else []), qrels
     return [q for q in qrels if names.get(q) == split], qrels
 
 
@@ -219,6 +221,8 @@ def evaluate_student(args: argparse.Namespace) -> dict[str, Any]:
         ids, graded = split_ids(args.dataset, split)
         qrels = {q: {d: g - args.grade_offset for d, g in docs.items()} for q, docs in graded.items()}
         ids = [q for q in ids if q in texts][: args.limit or None]
+        if not ids:
+            continue
         runs: dict[str, dict[str, list[tuple[str, float]]]] = {}
         ms: dict[str, list[float]] = {side: [] for side in sides}
         for i, query_id in enumerate(ids):

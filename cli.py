@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive, default=256, help="document tokens (default 256)")
     p.add_argument("--top-n", type=_positive, default=None, help="keep the N heaviest terms per document")
     p.add_argument("--scale", type=_positive_float, default=100.0, help="impact quantisation scale (default 100)")
-    p.add_argument("--batch-size", type=_positive, default=None, help="texts per pass (default 8 onnx, 32 torch)")
+    p.add_argument(
+        "--batch-size", type=_positive, default=None, help="texts per pass (SPLADE 8 onnx/32 torch; dense 1)"
+    )
     p.add_argument("--encoder-backend", choices=("onnx", "torch"), default="onnx", help="SPLADE runtime (default onnx)")
     p.add_argument("--threads", type=_positive, default=2, help="indexing threads (default 2)")
     p.add_argument("--limit", type=_positive, default=None, help="index only the first N documents")
@@ -180,7 +182,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     options.update(build_options(args))
     own_encoder = getattr(backend, "create_encoder", None)
     if own_encoder is not None:  # a backend with its own kind of encoder (dense-flat)
-        encoder = own_encoder(model=args.model, max_length=args.max_length)
+        encoder = own_encoder(
+            model=args.model, max_length=args.max_length, batch_size=args.batch_size or 1, threads=args.threads
+        )
     elif getattr(backend, "needs_encoder", True) or "splade" in (args.components or "").replace(" ", "").split(","):
         encoder = create_encoder(
             args.encoder,

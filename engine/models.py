@@ -94,6 +94,17 @@ BUNDLED: dict[str, BundledModel] = {
         licence="MIT (model); Apache-2.0 (package)",
         marker="model.onnx",
     ),
+    "bge-small-query-l2": BundledModel(
+        package="twostage_search.engine",
+        subdir="students/bge-small-query-l2",
+        extra="dense",
+        origin=(
+            "a query side for bge-small-en-v1.5 indexes: the first 2 of its 12 layers (cut from the bundled INT8 "
+            "ONNX when it opens) and a linear head fitted here (benchmarks/query_student.py) onto its query vectors"
+        ),
+        licence="MIT (bge-small-en-v1.5); the head is fitted on SciFact (CC BY-NC 2.0) and Kaggle texts",
+        marker="student.json",
+    ),
 }
 
 DEFAULT_SPLADE = "bundled:splade-tiny"

@@ -34,7 +34,16 @@ import numpy as np
 from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.dense import DEFAULT_DENSE, DenseEncoder
+from twostage_search.engine.dense_query import (
+    FULL,
+    CachedQueryEncoder,
+    QueryEncoder,
+    TruncatedQueryEncoder,
+    check_teacher,
+    read_student,
+)
 from twostage_search.engine.errors import IndexLoadError, InputError
+from twostage_search.engine.models import resolve_model
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes import docstore
 from twostage_search.indexes.dense_hnsw import HNSW_FILE, HnswConfig, HnswGraph, build_hnsw
@@ -65,9 +74,18 @@ class DenseFlatIndex:
         self.vectors = np.memmap(path / VECTORS, dtype=np.dtype(meta["dtype"]).newbyteorder("<"), mode="r", shape=shape)
 
     @classmethod
-    def create_encoder(cls, *, model: str | None = None, max_length: int = 256, batch_size: int = 1, **_: Any) -> Any:
-        """The encoder ``twostage index --backend dense-flat`` builds with (``--model``, ``--max-length``)."""
-        return DenseEncoder(model or DEFAULT_DENSE, max_length=max_length, batch_size=batch_size)
+    def create_encoder(
+        cls,
+        *,
+        model: str | None = None,
+        max_length: int = 256,
+        batch_size: int = 1,
+        threads: int | None = None,
+        **_: Any,
+    ) -> Any:
+        """The encoder ``twostage index --backend dense-flat`` builds with (``--model``, ``--max-length``,
+        ``--batch-size``, ``--threads``: ONNX Runtime's intra-op threads)."""
+        return DenseEncoder(model or DEFAULT_DENSE, max_length=max_length, batch_size=batch_size, threads=threads)
 
     # ----------------------------------------------------------------------------------- build
     @classmethod
@@ -166,6 +184,27 @@ class DenseFlatIndex:
             write_meta(tmp, meta)
         return cls.open(path)
 
+    @classmethod
+    def set_query_encoder(cls, path: str | Path, spec: str = FULL) -> DenseFlatIndex:
+        """Record ``spec`` as the query side retrievers of the index at ``path`` use by default, atomically.
+
+        ``spec``: ``"full"`` (the encoder that built the index) or a student fitted onto that encoder
+        (``bundled:bge-small-query-l4`` or a directory; :mod:`twostage_search.engine.dense_query`). The
+        documents are not re-encoded: a student maps queries into the index's own space.
+        """
+        old = cls.open(path)
+        if spec != FULL:
+            check_teacher(read_student(Path(resolve_model(spec))), old.meta["encoder"])
+        with atomic_index(path, overwrite=True) as tmp:
+            for name in (VECTORS, DOC_IDS, docstore.FILENAME, HNSW_FILE):
+                if (old.path / name).is_file():
+                    shutil.copy2(old.path / name, tmp / name)
+            meta = {key: value for key, value in old.meta.items() if key not in ("format", "query_encoder")}
+            if spec != FULL:
+                meta["query_encoder"] = spec
+            write_meta(tmp, meta)
+        return cls.open(path)
+
     def __len__(self) -> int:
         return int(self.meta["doc_count"])
 
@@ -177,15 +216,43 @@ class DenseFlatIndex:
     def has_hnsw(self) -> bool:
         return "hnsw" in self.meta
 
+    def query_encoder(self, spec: str | None = None, *, encoder: object = None) -> QueryEncoder:
+        """The query side: ``spec`` (default: the index's recorded ``query_encoder``, else ``"full"``).
+
+        ``"full"`` is the encoder that built the index (``encoder``, a loaded :class:`DenseEncoder`, is
+        shared when given); anything else names a student fitted onto that encoder
+        (:class:`~twostage_search.engine.dense_query.TruncatedQueryEncoder`), or ``encoder`` may be a loaded one.
+        """
+        spec = spec or str(self.meta.get("query_encoder", FULL))
+        if spec == FULL:
+            return encoder if isinstance(encoder, DenseEncoder) else self.encoder()
+        if isinstance(encoder, TruncatedQueryEncoder) and encoder.spec == spec:
+            check_teacher(encoder.student, self.meta["encoder"])
+            return encoder
+        student = TruncatedQueryEncoder(spec)
+        check_teacher(student.student, self.meta["encoder"])
+        return student
+
     def retriever(
-        self, encoder: object = None, *, search: Search | None = None, ef_search: int | None = None
+        self,
+        encoder: object = None,
+        *,
+        search: Search | None = None,
+        ef_search: int | None = None,
+        query_encoder: str | None = None,
+        query_cache: int = 0,
     ) -> DenseRetriever:
         """A searcher over this index; pass a :class:`DenseEncoder` to share a loaded one (others are ignored).
 
         ``search``: ``"hnsw"`` (the default when the index has a graph) or ``"exact"`` (the full scan, the
-        default otherwise); ``ef_search`` overrides the graph's stored setting.
+        default otherwise); ``ef_search`` overrides the graph's stored setting. ``query_encoder``: see
+        :meth:`query_encoder`. ``query_cache``: keep the vectors of the last N distinct queries (LRU; 0: none).
         """
-        dense = encoder if isinstance(encoder, DenseEncoder) else self.encoder()
+        if query_cache < 0:
+            raise InputError(f"query_cache must be non-negative, got {query_cache}")
+        dense: QueryEncoder = self.query_encoder(query_encoder, encoder=encoder)
+        if query_cache:
+            dense = CachedQueryEncoder(dense, query_cache)
         mode = search or ("hnsw" if self.has_hnsw else "exact")
         if mode not in ("exact", "hnsw"):
             raise InputError(f"search must be 'exact' or 'hnsw', got {mode!r}")
@@ -208,7 +275,7 @@ class DenseRetriever:
 
     name = "dense"
 
-    def __init__(self, index: DenseFlatIndex, encoder: DenseEncoder, *, graph: HnswGraph | None = None) -> None:
+    def __init__(self, index: DenseFlatIndex, encoder: QueryEncoder, *, graph: HnswGraph | None = None) -> None:
         if encoder.dim != index.vectors.shape[1]:
             raise InputError(f"encoder gives {encoder.dim}-d vectors, the index holds {index.vectors.shape[1]}-d")
         self.index = index

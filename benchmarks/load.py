@@ -49,6 +49,65 @@ def stop_server(proc: subprocess.Popen[Any]) -> None:
             proc.wait(timeout=30)
 
 
+class ServeProcess:
+    """``twostage serve`` in a subprocess on a free local port, ready when constructed; ``close()`` stops it.
+
+    ``env`` adds to this process's environment (``HF_HUB_OFFLINE=1`` and the data directory are set);
+    ``headers`` go with every request of :attr:`client` (an ``httpx.Client``). Its output is in
+    ``data_dir/server.log``, quoted when it exits early or is not ready within ``timeout_s``.
+    """
+
+    def __init__(
+        self,
+        index: Path,
+        experiment: Path,
+        data_dir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float = 300.0,
+    ) -> None:
+        import httpx
+
+        from twostage_search.engine.errors import TwoStageError
+
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        full_env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+            "TWOSTAGE_DATA_DIR": str(data_dir),
+            **(env or {}),
+        }
+        cmd = [sys.executable, "-m", "twostage_search.cli", "serve", "--index", str(index)]
+        cmd += ["--experiment", str(experiment), "--host", "127.0.0.1", "--port", str(port)]
+        self.log_path = data_dir / "server.log"
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full_env
+            )
+        self.client = httpx.Client(timeout=180, headers=headers or {})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                self.close()
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise TwoStageError(f"twostage serve exited with status {self.proc.returncode}:\n{tail}")
+            try:
+                if self.client.get(f"{self.base}/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.close()
+                raise TwoStageError(f"twostage serve not ready after {timeout_s:.0f}s (see {self.log_path})")
+            time.sleep(0.25)
+
+    def close(self) -> None:
+        self.client.close()
+        stop_server(self.proc)
+
+
 def _experiment(reranker: str, rerank_depth: int, depth: int, name: str = "load") -> dict[str, Any]:
     arm: dict[str, Any] = {"name": reranker, "weight": 1.0, "reranker": {"name": reranker}, "depth": depth}
     if reranker != "identity":

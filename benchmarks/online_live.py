@@ -39,7 +39,7 @@ import numpy as np
 from twostage_search.benchmarks.click_models import CLICK_MODELS, CascadeModel, map_grades
 from twostage_search.benchmarks.datasets import load_beir
 from twostage_search.benchmarks.evaluation import machine
-from twostage_search.benchmarks.load import free_port, stop_server
+from twostage_search.benchmarks.load import ServeProcess
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 
@@ -68,42 +68,17 @@ def experiment_file(source: Path, mode: str | None, data_dir: Path) -> Path:
     return path
 
 
-class LiveService:
+class LiveService(ServeProcess):
     """``twostage serve`` in a subprocess on a free local port, with the UBI log in ``data_dir``."""
 
     def __init__(self, index: Path, experiment: Path, data_dir: Path, timeout_s: float = 300.0) -> None:
-        import httpx
-
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-            "TWOSTAGE_DATA_DIR": str(data_dir),
-            "TWOSTAGE_LOG_ENABLED": "true",
-            "TWOSTAGE_REQUEST_TIMEOUT_S": "120",
-        }
-        cmd = [sys.executable, "-m", "twostage_search.cli", "serve", "--index", str(index)]
-        cmd += ["--experiment", str(experiment), "--host", "127.0.0.1", "--port", str(port)]
-        self.log_path = data_dir / "server.log"
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
-        self.client = httpx.Client(timeout=180)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                self.close()
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise TwoStageError(f"twostage serve exited with status {self.proc.returncode}:\n{tail}")
-            try:
-                if self.client.get(f"{self.base}/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.close()
-                raise TwoStageError(f"twostage serve not ready after {timeout_s:.0f}s (see {self.log_path})")
-            time.sleep(0.25)
+        super().__init__(
+            index,
+            experiment,
+            data_dir,
+            env={"TWOSTAGE_LOG_ENABLED": "true", "TWOSTAGE_REQUEST_TIMEOUT_S": "120"},
+            timeout_s=timeout_s,
+        )
 
     def post(self, path: str, body: Any) -> Any:
         """POST JSON; 429 and 503 are retried after ``Retry-After``; any other error answer fails."""
@@ -116,10 +91,6 @@ class LiveService:
                 raise TwoStageError(f"{path} answered {resp.status_code}: {resp.text[:300]}")
             return resp.json()
         raise TwoStageError(f"{path}: refused {RETRIES} times (see {self.log_path})")
-
-    def close(self) -> None:
-        self.client.close()
-        stop_server(self.proc)
 
 
 def _shown(path: Path) -> str:

@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ from typing import Any
 from twostage_search.benchmarks.click_models import CLICK_MODELS, expected_ctr_rr, map_grades
 from twostage_search.benchmarks.datasets import load_beir
 from twostage_search.benchmarks.evaluation import evaluate, machine, mean
-from twostage_search.benchmarks.load import free_port, stop_server
+from twostage_search.benchmarks.load import ServeProcess
 from twostage_search.benchmarks.online_power import Grid, MethodPower, pair_lists, simulate_pair
 from twostage_search.benchmarks.online_table import markdown
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
@@ -61,43 +59,22 @@ def _arms_of(experiment: Path) -> dict[str, Any]:
     return {str(a.get("name")): a for a in config["arms"] if isinstance(a, dict)}
 
 
-class Service:
+class Service(ServeProcess):
     """``twostage serve`` in a subprocess on a free local port, logging off, with an admin token."""
 
     def __init__(self, index: Path, experiment: Path, data_dir: Path, timeout_s: float = 300.0) -> None:
-        import httpx
-
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-            "TWOSTAGE_DATA_DIR": str(data_dir),
-            "TWOSTAGE_LOG_ENABLED": "false",
-            "TWOSTAGE_ADMIN_TOKEN": ADMIN_TOKEN,
-            "TWOSTAGE_REQUEST_TIMEOUT_S": "120",
-        }
-        cmd = [sys.executable, "-m", "twostage_search.cli", "serve", "--index", str(index)]
-        cmd += ["--experiment", str(experiment), "--host", "127.0.0.1", "--port", str(port)]
-        self.log_path = data_dir / "server.log"
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
-        self.client = httpx.Client(timeout=180, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                self.close()
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise TwoStageError(f"twostage serve exited with status {self.proc.returncode}:\n{tail}")
-            try:
-                if self.client.get(f"{self.base}/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.close()
-                raise TwoStageError(f"twostage serve not ready after {timeout_s:.0f}s (see {self.log_path})")
-            time.sleep(0.25)
+        super().__init__(
+            index,
+            experiment,
+            data_dir,
+            env={
+                "TWOSTAGE_LOG_ENABLED": "false",
+                "TWOSTAGE_ADMIN_TOKEN": ADMIN_TOKEN,
+                "TWOSTAGE_REQUEST_TIMEOUT_S": "120",
+            },
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout_s=timeout_s,
+        )
 
     def ranking(self, arm: str, text: str, k: int) -> list[str]:
         """The arm's top-k document ids for a query; refused or degraded answers are retried, then fail."""
@@ -114,10 +91,6 @@ class Service:
                 return [h["doc_id"] for h in answer["hits"]]
             log.warning("arm %s: degraded answer (attempt %d), asking again", arm, attempt + 1)
         raise TwoStageError(f"arm {arm!r}: no complete answer after {RETRIES} attempts for query {text!r}")
-
-    def close(self) -> None:
-        self.client.close()
-        stop_server(self.proc)
 
 
 def rankings(

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -21,7 +21,7 @@ from twostage_search.indexes.opensearch.client import (
     resolve_settings,
     translate_errors,
 )
-from twostage_search.indexes.opensearch.ingest import Built, build_alias
+from twostage_search.indexes.opensearch.ingest import Built, DocFields, build_alias
 from twostage_search.indexes.opensearch.mapping import (
     ESCAPE_SCHEME,
     FIELD,
@@ -81,6 +81,51 @@ class AliasedIndex:
         self.client = client
 
     # ------------------------------------------------------------------------------------ open
+    @classmethod
+    def build_on_cluster(
+        cls,
+        docs: Iterable[Document],
+        path: str | Path,
+        fields: DocFields,
+        build_meta: dict[str, Any],
+        describe: Callable[[Built], dict[str, Any]],
+        *,
+        settings: OpenSearchSettings,
+        threads: int,
+        chunk_size: int,
+        total: int | None,
+        progress: bool,
+        overwrite: bool,
+        resume: bool,
+        **record: Any,
+    ) -> Self:
+        """Fill the alias ``build_meta["alias"]`` (:func:`~.ingest.build_alias`), then write ``meta.json``.
+
+        ``meta.json`` holds the backend, what ``describe`` says of the finished build, and the cluster
+        record (with ``record`` added to it); it is written atomically (temp dir + rename) after the alias
+        swap, so a failed build leaves the alias, the old physical index and ``path`` untouched.
+        """
+        if threads < 1 or chunk_size < 1:
+            raise InputError("threads and chunk_size must be at least 1")
+        alias = build_meta["alias"]
+        started = time.perf_counter()
+        with atomic_index(path, overwrite=overwrite) as tmp:
+            client, server = connect(settings)
+            with contextlib.closing(client), translate_errors(settings, f"building {alias!r}"):
+                built = build_alias(
+                    client, settings, alias, build_meta, docs, fields=fields, threads=threads,
+                    chunk_size=chunk_size, total=total, progress=progress, resume=resume,
+                )  # fmt: skip
+            seconds = time.perf_counter() - started
+            meta = {
+                "backend": cls.backend,
+                **describe(built),
+                **cluster_record(settings, server, alias, built, seconds, **record),
+            }
+            write_meta(tmp, meta)
+        log.info("built %s (alias %s → %s): %d docs in %.1fs", path, alias, built.physical, built.doc_count, seconds)
+        return cls.open(path, settings=settings)
+
     @classmethod
     def open(cls, path: str | Path, *, settings: OpenSearchSettings | None = None, **connection: Any) -> Self:
         """Open the index described by ``path/meta.json``; hosts default to the ones it was built on.
@@ -198,11 +243,8 @@ class OpenSearchIndex(AliasedIndex, ImpactIndexMeta):
         """
         if scale <= 0:
             raise InputError("scale must be positive")
-        if threads < 1 or chunk_size < 1:
-            raise InputError("threads and chunk_size must be at least 1")
         settings = resolve_settings(settings, **connection)
         alias = check_alias(index_name or default_alias(path))
-        started = time.perf_counter()
         build_meta = {
             "format": _FORMAT,
             "alias": alias,
@@ -212,30 +254,24 @@ class OpenSearchIndex(AliasedIndex, ImpactIndexMeta):
             "escape": ESCAPE_SCHEME,
         }
         fields = SpladeFields(encoder, scale, settings)
-        with atomic_index(path, overwrite=overwrite) as tmp:
-            client, server = connect(settings)
-            with contextlib.closing(client), translate_errors(settings, f"building {alias!r}"):
-                built = build_alias(
-                    client, settings, alias, build_meta, docs, fields=fields, threads=threads,
-                    chunk_size=chunk_size, total=total, progress=progress, resume=resume,
-                )  # fmt: skip
+
+        def describe(built: Built) -> dict[str, Any]:
             fields.warn_inexact()
-            physical, count, stats, _ = built
-            total_seconds = time.perf_counter() - started
-            meta = {
-                "backend": cls.backend,
+            stats = built.stats
+            return {
                 "encoder": encoder.config(),
                 "scale": scale,
-                "doc_count": count,
+                "doc_count": built.doc_count,
                 "empty_docs": fields.empty,
                 "max_impact": fields.max_impact,
                 "inexact_impacts": fields.inexact,
                 "mean_doc_terms": fields.terms / max(stats.docs - stats.skipped, 1),
-                **cluster_record(settings, server, alias, built, total_seconds, escape=ESCAPE_SCHEME),
             }
-            write_meta(tmp, meta)
-        log.info("built %s (alias %s → %s): %d docs in %.1fs", path, alias, physical, count, total_seconds)
-        return cls.open(path, settings=settings)
+
+        return cls.build_on_cluster(
+            docs, path, fields, build_meta, describe, settings=settings, threads=threads, chunk_size=chunk_size,
+            total=total, progress=progress, overwrite=overwrite, resume=resume, escape=ESCAPE_SCHEME,
+        )  # fmt: skip
 
     def retriever(
         self,

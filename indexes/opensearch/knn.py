@@ -19,7 +19,6 @@ For a hybrid on the cluster, compose this index with an ``opensearch`` (SPLADE) 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -34,10 +33,9 @@ from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes.dense import DenseFlatIndex
 from twostage_search.indexes.docstore import DocStore
-from twostage_search.indexes.meta import atomic_index, write_meta
-from twostage_search.indexes.opensearch.client import connect, resolve_settings, translate_errors
-from twostage_search.indexes.opensearch.index import AliasedIndex, check_alias, cluster_record
-from twostage_search.indexes.opensearch.ingest import build_alias
+from twostage_search.indexes.opensearch.client import resolve_settings, translate_errors
+from twostage_search.indexes.opensearch.index import AliasedIndex, check_alias
+from twostage_search.indexes.opensearch.ingest import Built
 from twostage_search.indexes.opensearch.mapping import SOURCE_FIELDS, default_alias
 
 if TYPE_CHECKING:
@@ -105,30 +103,20 @@ class OpenSearchKnnIndex(AliasedIndex):
         *,
         encoder: object = None,
         method: KnnMethod | None = None,
-        threads: int = 2,
         chunk_size: int = 64,
-        total: int | None = None,
-        progress: bool = True,
-        overwrite: bool = True,
-        index_name: str | None = None,
-        resume: bool = True,
-        settings: OpenSearchSettings | None = None,
         scale: float | None = None,  # `twostage index` passes every backend a SPLADE scale: unused
-        **connection: Any,
+        **options: Any,
     ) -> OpenSearchKnnIndex:
         """Encode ``docs`` into a new physical index on the cluster and point the alias at it.
 
-        ``encoder`` is a :class:`DenseEncoder` (anything else: the default bge-small); the other arguments
-        are those of :meth:`OpenSearchIndex.build <.index.OpenSearchIndex.build>`.
+        ``encoder`` is a :class:`DenseEncoder` (anything else: the default bge-small); ``options`` are those of
+        :meth:`OpenSearchIndex.build <.index.OpenSearchIndex.build>` (``threads``, ``total``, ``progress``,
+        ``overwrite``, ``index_name``, ``resume``, ``settings`` and connection fields such as ``hosts``).
         """
         dense = encoder if isinstance(encoder, DenseEncoder) else DenseEncoder()
         method = method or KnnMethod()
         fields = DenseFields(lambda chunk: dense.encode_docs([d.full_text for d in chunk]), dense.dim, method)
-        return cls._build(
-            docs, path, fields, dense.config(), method, chunk_size=chunk_size, threads=threads, total=total,
-            progress=progress, overwrite=overwrite, index_name=index_name, resume=resume, settings=settings,
-            **connection,
-        )  # fmt: skip
+        return cls._build(docs, path, fields, dense.config(), method, chunk_size=chunk_size, **options)
 
     @classmethod
     def from_dense(
@@ -183,11 +171,8 @@ class OpenSearchKnnIndex(AliasedIndex):
         settings: OpenSearchSettings | None = None,
         **connection: Any,
     ) -> OpenSearchKnnIndex:
-        if threads < 1 or chunk_size < 1:
-            raise InputError("threads and chunk_size must be at least 1")
         settings = resolve_settings(settings, **connection)
         alias = check_alias(index_name or default_alias(path))
-        started = time.perf_counter()
         build_meta = {
             "format": _FORMAT,
             "alias": alias,
@@ -195,24 +180,20 @@ class OpenSearchKnnIndex(AliasedIndex):
             "encoder": encoder_config,
             "method": fields.properties[VECTOR_FIELD]["method"],
         }
-        with atomic_index(path, overwrite=overwrite) as tmp:
-            client, server = connect(settings)
-            with contextlib.closing(client), translate_errors(settings, f"building {alias!r}"):
-                built = build_alias(
-                    client, settings, alias, build_meta, docs, fields=fields, threads=threads,
-                    chunk_size=chunk_size, total=total, progress=progress, resume=resume,
-                )  # fmt: skip
-            meta = {
-                "backend": cls.backend,
+
+        def describe(built: Built) -> dict[str, Any]:
+            return {
                 "encoder": encoder_config,
                 "dim": fields.properties[VECTOR_FIELD]["dimension"],
                 "doc_count": built.doc_count,
                 "method": asdict(method),
                 "similarity": "inner product of L2-normalised vectors (cosine), Lucene HNSW on the cluster",
-                **cluster_record(settings, server, alias, built, time.perf_counter() - started),
             }
-            write_meta(tmp, meta)
-        return cls.open(path, settings=settings)
+
+        return cls.build_on_cluster(
+            docs, path, fields, build_meta, describe, settings=settings, threads=threads, chunk_size=chunk_size,
+            total=total, progress=progress, overwrite=overwrite, resume=resume,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return int(self.meta["doc_count"])

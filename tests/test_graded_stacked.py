@@ -1,0 +1,176 @@
+"""The stacked graded model (``graded-stacked``): its features on hand-computed examples, BM25 among the
+candidates against the formula, the trees' fit (the loss falls), save/reload with the same predictions, and the
+registered reranker's judgements (grade, E[grade], P(grade) like the ``lore`` judge)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tests.helpers import need
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Candidate, Query
+from twostage_search.rerankers.stacked_features import (
+    STACKED_FEATURES,
+    extra_features,
+    numbers,
+    stem,
+    tokens,
+    trigrams,
+)
+
+need("lightgbm", "graded")
+need("bm25s", "graded")
+
+
+# ------------------------------------------------------------------------------------------ features
+def test_words_stems_and_numbers():
+    assert tokens("Red Running-Shoes, 10oz!") == ["red", "running", "shoes", "10oz"]
+    assert [stem(w) for w in ("shoes", "glass", "gas", "running")] == ["shoe", "glas", "gas", "running"]
+    # "32 GB" and "32gb" are the same number + unit; a bare number has no unit.
+    assert numbers("iPhone 32 GB, 2 pack") == ({"32", "2"}, {"32gb", "2pack"})
+    assert numbers("32gb card 1.5") == ({"32", "1.5"}, {"32gb"})
+    assert trigrams(["ipod", "tv"]) == {"ipo", "pod", "tv"}
+
+
+def test_extra_features_by_hand():
+    item = Candidate("a", 0.0, "Weighs 10oz. Lightweight mesh.", "Nike Red Running Shoe")
+    f = extra_features("red running shoes 10 oz", item)
+    # query words {red, running, shoes, 10, oz}; title {nike, red, running, shoe}; description
+    # {weighs, 10oz, lightweight, mesh}: no query word is a description word.
+    assert f["desc_overlap"] == 0.0
+    assert f["stem_overlap"] == pytest.approx(3 / 5)  # red, running, shoe(s)
+    assert f["title_coverage"] == pytest.approx(2 / 4)  # red, running of the title's 4 words
+    assert f["last_word"] == 0.0  # "oz" is not in the title
+    assert f["text_phrase"] == 0.0
+    # query trigrams: red, run, unn, nni, nin, ing, sho, hoe, oes, 10, oz (11); the title has all but oes, 10, oz
+    assert f["char_overlap"] == pytest.approx(8 / 11)
+    # the query's number 10 and its "10 oz" are both in the description's "10oz"
+    assert (f["query_numbers"], f["numbers_found"], f["units_found"]) == (1.0, 1.0, 1.0)
+    assert f["title_len"] == pytest.approx(math.log(5))
+    assert f["desc_len"] == pytest.approx(math.log(5))
+
+    g = extra_features("red running shoes", Candidate("b", 0.0, "", "Red Running Shoes for Men"))
+    assert (g["desc_overlap"], g["stem_overlap"], g["title_coverage"]) == (0.0, 1.0, pytest.approx(3 / 5))
+    assert (g["last_word"], g["text_phrase"]) == (1.0, 1.0)
+    assert (g["query_numbers"], g["numbers_found"], g["units_found"], g["desc_len"]) == (0.0, 0.0, 0.0, 0.0)
+
+    h = extra_features("tv 55 inch", Candidate("c", 0.0, "A 65 inch screen.", "Samsung TV"))
+    assert (h["numbers_found"], h["units_found"]) == (0.0, 0.0)  # 55 ≠ 65
+
+
+def test_bm25_among_the_candidates_by_hand():
+    from twostage_search.rerankers.stacked_features import bm25_scores
+
+    a = Candidate("a", 0.0, "", "red shoe")
+    b = Candidate("b", 0.0, "shoe box", "blue shoe")
+    # Two documents (the candidates), average length 3. Lucene's BM25 (k1 1.2, b 0.75):
+    # idf(t) = ln(1 + (N − n + 0.5) / (n + 0.5)); term score = idf · tf / (tf + k1 · (1 − b + b · len / avglen)).
+    idf_red, idf_shoe = math.log(1 + 1.5 / 1.5), math.log(1 + 0.5 / 2.5)
+    norm_a, norm_b = 1.2 * (0.25 + 0.75 * 2 / 3), 1.2 * (0.25 + 0.75 * 4 / 3)
+    want_a = idf_red / (1 + norm_a) + idf_shoe / (1 + norm_a)
+    want_b = idf_shoe * 2 / (2 + norm_b)
+    got = bm25_scores("Red shoe sandals", [a, b])  # "sandals" is in no candidate: adds nothing
+    assert got == pytest.approx([want_a, want_b], rel=1e-6)
+    assert bm25_scores("green", [a, b]) == [0.0, 0.0]
+    assert bm25_scores("red", []) == []
+
+
+def test_stacked_features_hold_every_feature():
+    from twostage_search.rerankers.stacked_features import stacked_features
+
+    items = [Candidate("a", 0.0, "", "red shoe"), Candidate("b", 0.0, "shoe box", "blue shoe")]
+    rows = stacked_features("red shoe", items, {"ce": [2.0, -1.0], "bge": [0.9, 0.7]})
+    assert [set(r) for r in rows] == [set(STACKED_FEATURES)] * 2
+    assert [r["ce_gap"] for r in rows] == [0.0, -3.0]
+    assert [r["bge_rank"] for r in rows] == [0.0, 1.0]
+    assert rows[0]["bm25_rank"] == 0.0 and rows[0]["bm25"] > rows[1]["bm25"]
+
+
+# ------------------------------------------------------------------------------------------- the trees
+def _toy(n_per_grade: int = 30) -> tuple[np.ndarray, list[int]]:
+    """Grades 1–4 with a first feature that separates them (noisy) and a second that is noise."""
+    rng = np.random.default_rng(0)
+    grades = [g for g in (1, 2, 3, 4) for _ in range(n_per_grade)]
+    x = np.column_stack([np.array(grades, dtype=float) + rng.normal(0, 0.6, len(grades)), rng.normal(size=len(grades))])
+    return x, grades
+
+
+def test_stacked_model_fits_and_reloads_with_the_same_predictions(tmp_path):
+    from twostage_search.rerankers.stacked import StackedModel, fit_stacked
+
+    x, grades = _toy()
+    model = fit_stacked(("signal", "noise"), x, grades, (1, 2, 3, 4), rounds=30, params={"min_data_in_leaf": 5})
+    p = model.probabilities(x)
+    assert p.shape == (len(grades), 4)
+    assert p.sum(axis=1) == pytest.approx(np.ones(len(grades)))
+    # the loss falls: the fitted P(true grade) beats the grade shares (1/4 each) on the training pairs
+    nll = -np.mean(np.log(p[np.arange(len(grades)), np.array(grades) - 1]))
+    assert nll < math.log(4) - 0.3
+    assert model.expected(np.array([[1.0, 0.0]]))[0] < model.expected(np.array([[4.0, 0.0]]))[0]
+
+    cut = model.with_grade_cuts([1.5, 2.5, 3.5])
+    path = tmp_path / "model.json"
+    cut.save(path)
+    again = StackedModel.load(path)
+    assert again.features == ("signal", "noise") and again.grade_cuts == (1.5, 2.5, 3.5)
+    assert np.array_equal(again.probabilities(x), cut.probabilities(x))
+    assert again.grade(x) == cut.grade(x)
+    # the hard grade is E[grade] cut at the thresholds
+    assert cut.grade(x) == [1 + int(np.searchsorted([1.5, 2.5, 3.5], e, side="right")) for e in cut.expected(x)]
+
+
+def test_stacked_model_refuses_bad_input(tmp_path):
+    from twostage_search.rerankers.stacked import StackedModel, fit_stacked
+
+    x, grades = _toy(5)
+    with pytest.raises(InputError):
+        fit_stacked(("a",), x, grades, (1, 2, 3, 4))  # two columns, one name
+    with pytest.raises(InputError):
+        fit_stacked(("a", "b"), x, grades, (1, 2, 3, 4, 5))  # grade 5 never occurs
+    model = fit_stacked(("a", "b"), x, grades, (1, 2, 3, 4), rounds=2, params={"min_data_in_leaf": 2})
+    with pytest.raises(InputError):
+        model.with_grade_cuts([2.5, 1.5, 3.5])
+    with pytest.raises(InputError):
+        model.matrix([{"a": 1.0}])  # "b" missing
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "twostage-ordinal/1"}')
+    with pytest.raises(InputError):
+        StackedModel.load(bad)
+
+
+# ------------------------------------------------------------------------------------------ the reranker
+def test_graded_stacked_judges_like_lore(tmp_path):
+    need("onnxruntime", "rerank")
+    from twostage_search.engine.registry import rerankers
+    from twostage_search.rerankers.graded_stacked import KNOWN, GradedStackedReranker
+    from twostage_search.rerankers.stacked import fit_stacked
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, len(KNOWN)))
+    grades = [1 + i % 4 for i in range(80)]
+    model = fit_stacked(KNOWN, x, grades, (1, 2, 3, 4), rounds=3, params={"min_data_in_leaf": 5})
+    model.with_grade_cuts([1.5, 2.5, 3.5]).save(tmp_path / "model.json")
+    assert rerankers.get("graded-stacked") is GradedStackedReranker
+
+    judge = GradedStackedReranker(str(tmp_path), threads=1)
+    query = Query("q1", "red running shoes")
+    items = [
+        Candidate("a", 3.0, "Lightweight mesh upper.", "Nike red running shoes"),
+        Candidate("b", 2.0, "", "Blender 500W"),
+        Candidate("c", 1.0, "Pack of 2.", "Running socks"),
+    ]
+    out = judge.judge(query, items)
+    assert [j.doc_id for j in out] == ["a", "b", "c"]
+    for j in out:
+        assert j.label in (1, 2, 3, 4) and j.probs is not None and len(j.probs) == 4
+        assert sum(j.probs) == pytest.approx(1.0)
+        assert j.expected == pytest.approx(sum((i + 1) * p for i, p in enumerate(j.probs)))
+        assert j.source == "graded-stacked"
+    ranking = judge.rerank(query, items)
+    assert sorted(ranking.doc_ids) == ["a", "b", "c"]
+    assert judge.judge(query, []) == []
+    again = GradedStackedReranker(str(tmp_path / "model.json"), threads=1).judge(query, items)
+    assert [(j.label, j.probs) for j in again] == [(j.label, j.probs) for j in out]

@@ -12,6 +12,7 @@ grade, columns: judge grade).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -214,3 +215,39 @@ def candidates(dataset: GradedSet, pairs: Sequence[GradedPair]) -> list[Candidat
         doc = dataset.corpus[p.doc_id]
         out.append(Candidate(p.doc_id, 0.0, doc.text, doc.title))
     return out
+
+
+def kappa_thresholds(
+    scores: Sequence[float], grades: Sequence[int], scale: Sequence[int], *, steps: int = 100, passes: int = 3
+) -> list[float]:
+    """K−1 score thresholds that maximise quadratic κ on held-out (score, grade) pairs.
+
+    Starts from :func:`fit_thresholds` (the grade mix) and moves one threshold at a time to the score quantile
+    (``steps`` evenly spaced levels, kept between its neighbours) that gives the highest quadratic κ, for up to
+    ``passes`` rounds (coordinate ascent; ties keep the current threshold).
+    """
+    np = require("numpy", "bench")
+    metrics = require("sklearn.metrics", "bench")
+    cuts = fit_thresholds(scores, grades, scale)
+    levels = sorted({float(v) for v in np.quantile(np.asarray(scores, dtype=float), np.linspace(0, 1, steps + 1))})
+
+    def kappa(c: Sequence[float]) -> float:
+        labels = apply_thresholds(scores, c, scale)
+        return float(metrics.cohen_kappa_score(grades, labels, labels=list(scale), weights="quadratic"))
+
+    best = kappa(cuts)
+    for _ in range(passes):
+        moved = False
+        for i in range(len(cuts)):
+            low = cuts[i - 1] if i > 0 else -math.inf
+            high = cuts[i + 1] if i + 1 < len(cuts) else math.inf
+            for level in levels:
+                if not low < level < high or level == cuts[i]:
+                    continue
+                trial = [*cuts[:i], level, *cuts[i + 1 :]]
+                value = kappa(trial)
+                if value > best:
+                    best, cuts, moved = value, trial, True
+        if not moved:
+            break
+    return cuts

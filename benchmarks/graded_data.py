@@ -12,10 +12,13 @@ import random
 from collections.abc import Mapping, Sequence
 from itertools import groupby
 from pathlib import Path
+from typing import Protocol
 
 from twostage_search.benchmarks.graded import GradedPair, GradedSet, candidates, load_graded, split_queries
+from twostage_search.engine.cost import StageCost
 from twostage_search.engine.errors import InputError
-from twostage_search.rerankers.graded import LOGITS, GradedReranker, pair_features
+from twostage_search.engine.types import Candidate, Query
+from twostage_search.rerankers.graded import LOGITS, pair_features
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,15 @@ def load_split_set(dataset: Path, sizes: Mapping[str, int] | None = None, cut: i
 
 
 # ------------------------------------------------------------------------------------ logits, features
+class LogitSource(Protocol):
+    """What scores a cache's pairs: ``GradedReranker`` (its cross-encoder logits) or the stacked model's
+    ``SignalScorer`` (its logits and cosines)."""
+
+    def logits(
+        self, query: Query, candidates: Sequence[Candidate], names: Sequence[str] | None = None
+    ) -> tuple[dict[str, list[float]], StageCost]: ...
+
+
 class LogitCache:
     """Cross-encoder logits of (query, doc) pairs in a TSV (``query-id``, ``doc-id``, logit), appended to."""
 
@@ -87,7 +99,7 @@ class LogitCache:
                 if len(parts) == 3:  # a line cut short by a killed run is skipped (and scored again)
                     self.values[(parts[0], parts[1])] = float(parts[2])
 
-    def fill(self, data: GradedSet, pairs: Sequence[GradedPair], model: GradedReranker, name: str) -> None:
+    def fill(self, data: GradedSet, pairs: Sequence[GradedPair], model: LogitSource, name: str) -> None:
         """Score the pairs not in the cache with ``model``'s ``name`` logit (query by query) and append them."""
         missing = [p for p in pairs if (p.query_id, p.doc_id) not in self.values]
         if not missing:
@@ -113,7 +125,7 @@ def open_caches(folder: Path, dataset: str, names: Sequence[str] = tuple(LOGITS)
     return {name: LogitCache(folder / f"{name.replace('_', '-')}-logits-{dataset}.tsv") for name in names}
 
 
-def fill(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches, model: GradedReranker) -> None:
+def fill(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches, model: LogitSource) -> None:
     for name, cache in caches.items():
         cache.fill(data, pairs, model, name)
 

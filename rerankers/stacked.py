@@ -100,6 +100,17 @@ class StackedModel:
     def with_grade_cuts(self, cuts: Sequence[float]) -> StackedModel:
         return replace(self, grade_cuts=tuple(float(c) for c in cuts))
 
+    @property
+    def rounds(self) -> int:
+        """The number of boosting rounds (trees per grade)."""
+        return int(self._trees.current_iteration())
+
+    def head(self, rounds: int) -> StackedModel:
+        """The model made of the first ``rounds`` boosting rounds only (what fitting that many would give)."""
+        if not 1 <= rounds <= self.rounds:
+            raise InputError(f"stacked model: head({rounds}) of a model with {self.rounds} rounds")
+        return replace(self, booster=self._trees.model_to_string(num_iteration=rounds))
+
     # --------------------------------------------------------------------------------- persist
     def to_json(self) -> dict[str, Any]:
         return {

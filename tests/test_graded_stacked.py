@@ -118,6 +118,10 @@ def test_stacked_model_fits_and_reloads_with_the_same_predictions(tmp_path):
     assert again.features == ("signal", "noise") and again.grade_cuts == (1.5, 2.5, 3.5)
     assert np.array_equal(again.probabilities(x), cut.probabilities(x))
     assert again.grade(x) == cut.grade(x)
+    # the first 10 rounds of the 30 are what fitting 10 rounds gives
+    ten = fit_stacked(("signal", "noise"), x, grades, (1, 2, 3, 4), rounds=10, params={"min_data_in_leaf": 5})
+    assert model.rounds == 30 and model.head(10).rounds == 10
+    assert np.array_equal(model.head(10).probabilities(x), ten.probabilities(x))
     # the hard grade is E[grade] cut at the thresholds
     assert cut.grade(x) == [1 + int(np.searchsorted([1.5, 2.5, 3.5], e, side="right")) for e in cut.expected(x)]
 
@@ -174,3 +178,31 @@ def test_graded_stacked_judges_like_lore(tmp_path):
     assert judge.judge(query, []) == []
     again = GradedStackedReranker(str(tmp_path / "model.json"), threads=1).judge(query, items)
     assert [(j.label, j.probs) for j in again] == [(j.label, j.probs) for j in out]
+
+
+# -------------------------------------------------------------------------------------- dev thresholds
+@pytest.mark.parametrize(
+    "scores",
+    [
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],  # in grade order: every pair can get its grade
+        [0.1, 0.5, 0.2, 0.4, 0.3, 0.8, 0.6, 0.7],
+        [0.1, 0.2, 0.6, 0.3, 0.4, 0.5, 0.7, 0.8],
+    ],
+)
+def test_kappa_thresholds_reach_the_best_cuts(scores):
+    import itertools
+
+    from twostage_search.benchmarks.graded import agreement, apply_thresholds, fit_thresholds, kappa_thresholds
+
+    grades, scale = [1, 1, 1, 2, 2, 3, 3, 4], (1, 2, 3, 4)
+
+    def kq(cuts):
+        return agreement(grades, apply_thresholds(scores, cuts, scale), scale, 3)["kappa_quadratic"]
+
+    # every way to put three cuts between (or around) the eight scores, tried one by one
+    gaps = [0.05] + [v + 0.05 for v in sorted(scores)]
+    best = max(kq(c) for c in itertools.combinations_with_replacement(gaps, 3))
+    found = kappa_thresholds(scores, grades, scale)
+    assert found == sorted(found)
+    assert kq(found) == pytest.approx(best)
+    assert kq(found) >= kq(fit_thresholds(scores, grades, scale))

@@ -206,3 +206,21 @@ def test_kappa_thresholds_reach_the_best_cuts(scores):
     assert found == sorted(found)
     assert kq(found) == pytest.approx(best)
     assert kq(found) >= kq(fit_thresholds(scores, grades, scale))
+
+
+def test_the_bundled_model_judges_and_ranks_the_matching_item_first():
+    need("onnxruntime", "rerank")
+    from twostage_search.rerankers.graded_stacked import KNOWN, GradedStackedReranker
+
+    judge = GradedStackedReranker(threads=1)  # bundled:graded-stacked-crowdflower
+    assert set(judge.model.features) <= set(KNOWN) and judge.grades == (1, 2, 3, 4)
+    assert len(judge.model.grade_cuts) == 3
+    query = Query("q1", "red running shoes")
+    items = [
+        Candidate("blender", 0.0, "A 500 W kitchen blender with a glass jar.", "Blender 500W"),
+        Candidate("shoes", 0.0, "Lightweight mesh upper, rubber sole.", "Nike Red Running Shoes"),
+    ]
+    out = judge.judge(query, items)
+    assert [len(j.probs or ()) for j in out] == [4, 4]
+    assert out[1].expected > out[0].expected
+    assert judge.rerank(query, items).doc_ids == ["shoes", "blender"]

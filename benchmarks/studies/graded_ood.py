@@ -14,7 +14,8 @@ product search; nothing is tuned on these sets except where said.
   model's E[grade] is cut into 0–3 by thresholds fitted on the dev pairs (as is the zero-shot cross-encoder's
   logit), and, untuned, its L1–L4 read as 0–3. The 33 submissions are scored on the same test pairs and every
   grader is placed among them by Cohen's κ.
-- **SciFact** test (binary qrels): a seeded sample of ``--scifact-queries`` test queries; BM25's top ``--depth``
+- **SciFact** test (binary qrels): the first ``--scifact-queries`` (by id) of a seeded sample of
+  ``--scifact-sample`` test queries; BM25's top ``--depth``
   reranked by each model's E[grade] and by the zero-shot cross-encoder (the default ``onnx-cross-encoder``, title
   + abstract, 256 tokens). nDCG@10: differences against BM25 and against the cross-encoder, 95% bootstrap CIs,
   paired randomisation tests, Holm over the table's comparisons.
@@ -177,9 +178,8 @@ def scifact(args: argparse.Namespace, cache: SignalCache, models: Models) -> dic
     everyone = sorted(
         (q for q in read_queries(find_file(args.scifact, "queries")) if q.query_id in qrels), key=lambda q: q.query_id
     )
-    queries = sorted(
-        random.Random(SEED).sample(everyone, min(args.scifact_queries, len(everyone))), key=lambda q: q.query_id
-    )
+    sample = random.Random(SEED).sample(everyone, min(args.scifact_sample, len(everyone)))
+    queries = sorted(sample, key=lambda q: q.query_id)[: args.scifact_queries]
     corpus = {d.doc_id: d for d in read_corpus(find_file(args.scifact, "corpus"))}
     retriever = indexes.load(args.bm25_index).retriever()
     runs: dict[str, dict[str, list[tuple[str, float]]]] = {"BM25": {}}
@@ -265,7 +265,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--per-query", type=int, default=40)
     p.add_argument("--scifact", type=Path, default=None, help="the SciFact BEIR folder (test qrels)")
     p.add_argument("--bm25-index", type=Path, default=Path("var/scifact-bm25"))
-    p.add_argument("--scifact-queries", type=int, default=100)
+    p.add_argument("--scifact-sample", type=int, default=100, help="test queries sampled (seeded)")
+    p.add_argument("--scifact-queries", type=int, default=100, help="of those, the first N by query id")
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--cache", type=Path, default=Path("var/graded"))
     p.add_argument("--threads", type=int, default=1)

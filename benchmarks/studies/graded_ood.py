@@ -42,11 +42,13 @@ from twostage_search.benchmarks.graded import (
     GradedSet,
     agreement,
     apply_thresholds,
+    candidates,
     fit_thresholds,
     load_graded,
     load_submissions,
 )
-from twostage_search.benchmarks.studies.judges import candidates, place, write_json
+from twostage_search.benchmarks.report import write_json
+from twostage_search.benchmarks.studies.judges import place
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.errors import TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
@@ -153,9 +155,9 @@ def llmjudge(args: argparse.Namespace, cache: SignalCache, models: Models) -> di
             rule = {"judge": name, "rule": "untuned: L1–L4 as 0–3 (E[grade] rounded)"}
             rows.append(rule | agreement(human, untuned, data.grades, data.cut))
     subs = []
-    for stem, labels in load_submissions(data, args.submissions).items():
-        if all((p.query_id, p.doc_id) in labels for p in test):
-            given = [labels[(p.query_id, p.doc_id)] for p in test]
+    for stem, submitted in load_submissions(data, args.submissions).items():
+        if all((p.query_id, p.doc_id) in submitted for p in test):
+            given = [submitted[(p.query_id, p.doc_id)] for p in test]
             subs.append({"judge": stem, "kind": "submission"} | agreement(human, given, data.grades, data.cut))
     subs.sort(key=lambda r: -float(r["kappa"]))
     place(rows, subs)

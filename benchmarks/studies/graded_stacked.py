@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from itertools import groupby
 from pathlib import Path
@@ -39,10 +39,12 @@ from twostage_search.benchmarks.graded import (
     GradedSet,
     agreement,
     apply_thresholds,
+    candidates,
     fit_thresholds,
     kappa_thresholds,
 )
 from twostage_search.benchmarks.graded_data import SEED, Caches, LogitCache, load_split_set
+from twostage_search.benchmarks.report import write_json
 from twostage_search.benchmarks.studies.graded_model import (
     HD_CUT,
     HD_SUBSAMPLE,
@@ -50,9 +52,9 @@ from twostage_search.benchmarks.studies.graded_model import (
     bootstrap_kappa_diff,
     score_rows,
 )
-from twostage_search.benchmarks.studies.judges import candidates, write_json
 from twostage_search.engine.errors import TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
+from twostage_search.engine.types import Candidate, Query
 from twostage_search.rerankers.graded import GradedReranker, load_graded_model
 from twostage_search.rerankers.graded_stacked import (
     DENSE_MAX_LENGTH,
@@ -249,7 +251,7 @@ def measure_speed(
         (q, list(g)) for q, g in groupby((p for p in data.pairs("test") if p.query_id in chosen), lambda p: p.query_id)
     ]
     pairs = sum(len(g) for _, g in groups)
-    runs = {
+    runs: dict[str, Callable[[Query, Sequence[Candidate]], object]] = {
         STACKED: lambda q, c: stacked.judge(q, c),
         GRADED: lambda q, c: graded.judge(q, c),
         ZERO_SHOT["ce"]: lambda q, c: stacked.scorer.logits(q, c, ["ce"]),

@@ -19,7 +19,7 @@ from tests.helpers import FIXTURES, need
 
 need("scipy", "bench")
 
-from twostage_search.benchmarks import online_sim
+from twostage_search.benchmarks.studies import online_sim
 from twostage_search.benchmarks.click_models import (
     CLICK_MODELS,
     CascadeModel,

@@ -181,6 +181,11 @@ class ChunkedDepth:
             raise InputError(f"chunked policy {path}: not valid JSON: {exc}") from None
         if not isinstance(data, dict) or data.get("policy") != "chunked":
             raise InputError(f"{path}: not a chunked depth policy")
+        return cls.from_dict(data, cost, first=first)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], cost: CostModel, *, first: DepthPolicy | None = None) -> ChunkedDepth:
+        """The policy :meth:`to_dict` wrote, pricing its chunks with ``cost``."""
         return cls(
             cost, stop_model_from_dict(data["stop"]), float(data["gain"]), float(data["lam"]), int(data["chunk"]),
             first if first is not None else int(data["first"]), data.get("max_depth"), int(data.get("top", 10)),

@@ -12,9 +12,10 @@ first chunk not worth its cost is the one-step look-ahead rule, optimal when the
 (Chow, Robbins & Siegmund, *Great Expectations: The Theory of Optimal Stopping*, 1971): here when later
 chunks are no more likely to change the top 10 than earlier ones.
 
-:func:`rerank_in_chunks` runs the loop with any :class:`~engine.protocols.PointwiseScorer`; ``TwoStage``
-uses it when its policy is a :class:`ChunkPolicy` and its reranker scores pointwise (the listwise LLM
-reranker, which is not pointwise, gets the first chunk's depth).
+:mod:`engine.chunk_loop` runs the chunks: with any pointwise scorer, or with a listwise reranker whose
+window steps run top-down (:class:`~engine.protocols.RerankInSteps`), where the stop model reads what an
+order shows (:data:`~engine.stopping.RANK_FEATURES`: what entered the top 10, where it came from, the depth
+read and the first-stage scores; no reranker scores). A reranker that can do neither gets the first chunk.
 """
 
 from __future__ import annotations
@@ -23,19 +24,26 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
-from twostage_search.engine.cost import StageCost
+from twostage_search.engine.chunk_loop import (
+    ChunkedRanking,
+    ChunkLoop,
+    ChunkPolicy,
+    chunk_loop,
+    rerank_in_chunks,
+    rerank_in_steps,
+)
 from twostage_search.engine.costmodel import CostModel
-from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.policy import Budget, Decision, DepthPolicy
-from twostage_search.engine.protocols import PointwiseScorer
 from twostage_search.engine.stopping import (
     CHUNK_FEATURES,
+    RANK_FEATURES,
     ChunkState,
+    EnteredRule,
     LogisticStop,
     MarginRule,
     StopModel,
@@ -43,38 +51,30 @@ from twostage_search.engine.stopping import (
     stop_model_from_dict,
     transitions,
 )
-from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.engine.types import Query, RankedList
 
 __all__ = [
+    "RANK_FEATURES",
+    "ChunkLoop",
     "ChunkPolicy",
     "ChunkState",
     "ChunkedDepth",
     "ChunkedRanking",
+    "EnteredRule",
     "LogisticStop",
     "MarginRule",
     "StopModel",
     "chunk_features",
+    "chunk_loop",
     "fit_chunked",
     "rerank_in_chunks",
+    "rerank_in_steps",
     "stop_model_from_dict",
     "transitions",
 ]
 
 
 # ---------------------------------------------------------------------------------------- the policy
-@runtime_checkable
-class ChunkPolicy(Protocol):
-    """A depth policy that also decides, after each reranked chunk, how many documents to rerank next."""
-
-    def decide(self, query: Query, first: RankedList, remaining: Budget | None) -> Decision: ...
-
-    def next_chunk(self, state: ChunkState) -> tuple[int, str]: ...
-
-    def limit(self, candidates: int) -> int:
-        """How many of ``candidates`` first-stage candidates it may rerank at most."""
-        ...
-
-
 @dataclass(frozen=True)
 class ChunkedDepth:
     """Rerank a first chunk, then chunks of ``chunk`` documents while the next one is worth its cost.
@@ -113,6 +113,9 @@ class ChunkedDepth:
 
     def limit(self, candidates: int) -> int:
         return candidates if self.max_depth is None else min(self.max_depth, candidates)
+
+    def needs_scores(self) -> bool:
+        return not set(self.stop.uses()) <= set(RANK_FEATURES)
 
     def decide(self, query: Query, first: RankedList, remaining: Budget | None) -> Decision:
         """The first chunk (what a reranker that cannot be stopped part-way gets as its whole depth)."""
@@ -178,76 +181,16 @@ class ChunkedDepth:
             raise InputError(f"chunked policy {path}: not valid JSON: {exc}") from None
         if not isinstance(data, dict) or data.get("policy") != "chunked":
             raise InputError(f"{path}: not a chunked depth policy")
+        return cls.from_dict(data, cost, first=first)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], cost: CostModel, *, first: DepthPolicy | None = None) -> ChunkedDepth:
+        """The policy :meth:`to_dict` wrote, pricing its chunks with ``cost``."""
         return cls(
             cost, stop_model_from_dict(data["stop"]), float(data["gain"]), float(data["lam"]), int(data["chunk"]),
             first if first is not None else int(data["first"]), data.get("max_depth"), int(data.get("top", 10)),
             float(data.get("usd_lam", 0.0)), data.get("stage", "rerank"), dict(data.get("meta", {})),
         )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------- the loop
-@dataclass(frozen=True, slots=True)
-class ChunkedRanking:
-    """What :func:`rerank_in_chunks` produced: the reranked head, the calls' costs and why it stopped."""
-
-    ranking: RankedList
-    costs: tuple[StageCost, ...]
-    chunks: tuple[int, ...]
-    reason: str
-    cut: bool = False  # the deadline had passed when it stopped with candidates left
-
-
-def rerank_in_chunks(
-    scorer: PointwiseScorer,
-    query: Query,
-    candidates: Sequence[Candidate],
-    policy: ChunkPolicy,
-    first: int,
-    *,
-    budget: Budget | None = None,
-    deadline: Deadline | None = None,
-) -> ChunkedRanking:
-    """Score ``first`` candidates, then as many chunks as ``policy.next_chunk`` asks for (never beyond the
-    candidates); stop before a chunk once ``deadline`` has passed. ``budget`` is what the request may spend
-    (its ``ms`` counted from now, reduced by the deadline when given)."""
-    firsts = tuple(c.score for c in candidates)
-    scores: list[float] = []
-    costs: list[StageCost] = []
-    chunks: list[int] = []
-    size, reason, cut = min(first, len(candidates)), "first chunk", False
-    while size > 0:
-        if deadline is not None and deadline.expired():
-            reason, cut = "deadline passed", True
-            break
-        part = candidates[len(scores) : len(scores) + size]
-        values, cost = scorer.score_candidates(query, part)
-        scores += values
-        costs.append(cost)
-        chunks.append(len(part))
-        state = ChunkState(
-            tuple(scores), firsts, len(part), sum(c.wall_ms for c in costs), sum(c.usd for c in costs),
-            _left(budget, deadline, costs),
-        )  # fmt: skip
-        size, reason = policy.next_chunk(state)
-        size = min(size, len(candidates) - len(scores))
-    if deadline is not None and deadline.expired() and len(scores) < len(candidates):
-        cut = True  # out of time with candidates left, whichever check noticed it
-    ranking = RankedList.from_scores(query.query_id, list(candidates[: len(scores)]), scores)
-    ms, usd = sum(c.wall_ms for c in costs), sum(c.usd for c in costs)
-    tokens_in, tokens_out = sum(c.tokens_in for c in costs), sum(c.tokens_out for c in costs)
-    total = StageCost("rerank", ms, docs=len(scores), tokens_in=tokens_in, tokens_out=tokens_out, usd=usd)
-    return ChunkedRanking(ranking, (total,) if costs else (), tuple(chunks), reason, cut)
-
-
-def _left(budget: Budget | None, deadline: Deadline | None, costs: Sequence[StageCost]) -> Budget | None:
-    ms = None if budget is None or budget.ms is None else budget.ms - sum(c.wall_ms for c in costs)
-    if deadline is not None:
-        left = deadline.remaining_s() * 1000
-        ms = left if ms is None else min(ms, left)
-    usd = None if budget is None else budget.usd
-    if ms is None and usd is None:
-        return None
-    return Budget(ms=max(ms, 1e-6) if ms is not None else None, usd=usd)
 
 
 # ---------------------------------------------------------------------------------------- training

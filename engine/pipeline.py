@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from twostage_search.engine.cache import ResultCache
-from twostage_search.engine.chunked import ChunkPolicy, rerank_in_chunks
+from twostage_search.engine.chunk_loop import ChunkLoop, ChunkPolicy, chunk_loop
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.costed import costed_reranker, costed_retriever, deadline_reranker
 from twostage_search.engine.costmodel import CostModel, Observation
 from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.policy import Budget, Decision, DepthPolicy, FixedDepth
-from twostage_search.engine.protocols import FetchesTextsLater, PointwiseScorer, Reranker, Retriever
+from twostage_search.engine.protocols import FetchesTextsLater, Reranker, Retriever
 from twostage_search.engine.types import Candidate, Query, RankedList
 
 
@@ -107,9 +107,10 @@ class TwoStage:
         cache: result cache for head queries; ``cache_key`` names this configuration in its keys.
         chunk: documents per chunk when a deadline is enforced on a pointwise reranker that does not
             honour deadlines itself (:class:`~engine.protocols.HonoursDeadline`).
-            A :class:`~engine.chunked.ChunkPolicy` (``ChunkedDepth``) with a pointwise reranker instead
-            reranks its own chunks and decides after each whether to go on (within budget and deadline);
-            with any other reranker it reranks the policy's first chunk.
+            A :class:`~engine.chunk_loop.ChunkPolicy` (``ChunkedDepth``) with a pointwise reranker, or with
+            a listwise one that runs its window steps top-down (:class:`~engine.protocols.RerankInSteps`),
+            instead reranks its own chunks and decides after each whether to go on (within budget and
+            deadline); with any other reranker it reranks the policy's first chunk.
         min_score: relevance floor: reranked documents scoring below it are dropped (and counted);
             documents the reranker did not reach are kept. Meant for calibrated scores or judged grades.
     """
@@ -152,10 +153,11 @@ class TwoStage:
         self.cache_key = cache_key
         self.chunk = chunk
         self.min_score = min_score
-        # A chunk policy decides while reranking, which needs scores comparable across calls.
-        self.chunks: tuple[ChunkPolicy, PointwiseScorer] | None = None
-        if isinstance(self.policy, ChunkPolicy) and isinstance(reranker, PointwiseScorer):
-            self.chunks = (self.policy, reranker)
+        # A chunk policy decides while reranking: chunks of a pointwise scorer or a listwise reranker's steps.
+        self.chunks: tuple[ChunkPolicy, ChunkLoop] | None = None
+        if isinstance(self.policy, ChunkPolicy):
+            loop = chunk_loop(reranker, self.policy)
+            self.chunks = None if loop is None else (self.policy, loop)
 
     def search(self, query: Query | str, k: int = 10, **kwargs: object) -> RankedList:
         return self.run(query, k, **kwargs).ranking  # type: ignore[arg-type]
@@ -212,12 +214,10 @@ class TwoStage:
         cut = False
         reranked = RankedList(query.query_id)
         if chunks and head:
-            policy, scorer = chunks
-            loop = rerank_in_chunks(
-                scorer,
+            policy, rerank_loop = chunks
+            loop = rerank_loop(
                 query,
                 candidates[: policy.limit(len(candidates))],
-                policy,
                 decision.rerank_depth,
                 budget=Budget(usd=budget.usd) if budget is not None and budget.usd is not None else None,
                 deadline=deadline,

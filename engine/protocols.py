@@ -65,6 +65,23 @@ class PointwiseScorer(Protocol):
 
 
 @runtime_checkable
+class RerankInSteps(Protocol):
+    """A listwise reranker whose window steps can run top-down, one at a time, so that the rerank depth
+    can be decided between steps (``TwoStage`` with a :class:`~engine.chunked.ChunkPolicy`).
+
+    ``rerank_step(query, ranked, new)`` orders ``new`` (the next candidates, in first-stage order) into
+    ``ranked`` (the order the earlier steps left, best first; empty before the first step) and returns the
+    whole new order, a permutation of ``ranked + new``, with the step's cost (``docs``: ``len(new)``). A
+    step reads ``new`` together with as much of the top of ``ranked`` as fills its window; the rest of
+    ``ranked`` keeps its order below what the step ordered.
+    """
+
+    def rerank_step(
+        self, query: Query, ranked: Sequence[Candidate], new: Sequence[Candidate]
+    ) -> tuple[list[Candidate], StageCost]: ...
+
+
+@runtime_checkable
 class HonoursDeadline(Protocol):
     """A reranker that stops cooperatively when a :class:`~twostage_search.engine.deadline.Deadline` passes.
 

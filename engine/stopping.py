@@ -15,6 +15,11 @@ Features (all computed; a :class:`LogisticStop` uses the subset it was fitted on
   the deepest document in the top 10 over the depth read (near 1: the top is still being fed from the
   bottom); ``chunk_mean``: the last chunk's mean score minus the 10th score; ``near``: documents of the
   last chunk within :data:`NEAR` of the 10th score (near misses).
+
+A listwise reranker gives an order, not scores (``ChunkState.ordinal``): after a step only the
+:data:`RANK_FEATURES` can be read (``entered``, ``log_position``, ``first_ratio``, ``from_below``,
+``deepest``); a stop model for it must use no other (:meth:`StopModel.uses`), e.g. :class:`EnteredRule`
+or a :class:`LogisticStop` fitted on ``names=RANK_FEATURES``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from twostage_search.engine.policy import Budget
 CHUNK_FEATURES = ("entered", "margin", "log_position", "tenth", "first_ratio")
 MORE_FEATURES = ("from_below", "deepest", "chunk_mean", "near")
 ALL_FEATURES = CHUNK_FEATURES + MORE_FEATURES
+RANK_FEATURES = ("entered", "log_position", "first_ratio", "from_below", "deepest")  # no scores needed
 NEAR = 1.0  # a near miss: within this many score units below the 10th score
 
 
@@ -43,6 +49,8 @@ class ChunkState:
 
     ``scores`` are the reranker's scores of the first ``len(scores)`` candidates (first-stage order),
     ``first_scores`` the first-stage scores of every candidate, ``last`` the size of the last chunk.
+    ``ordinal``: the scores are only an order (minus each candidate's position in a listwise ranking), so
+    differences between them mean nothing and only the :data:`RANK_FEATURES` are read.
     """
 
     scores: tuple[float, ...]
@@ -51,6 +59,7 @@ class ChunkState:
     spent_ms: float = 0.0
     spent_usd: float = 0.0
     remaining: Budget | None = None
+    ordinal: bool = False
 
     @property
     def scored(self) -> int:
@@ -63,7 +72,8 @@ class ChunkState:
 
 def chunk_features(state: ChunkState, top: int = 10) -> dict[str, float]:
     """The evidence after a chunk (see the module docstring); ``margin`` is ``+inf`` while fewer than
-    ``top`` documents are scored (every new document enters the top)."""
+    ``top`` documents are scored (every new document enters the top). For an ``ordinal`` state only the
+    :data:`RANK_FEATURES` once the top is full."""
     scores = np.asarray(state.scores, dtype=float)
     n, last = len(scores), min(state.last, len(scores))
     firsts = state.first_scores
@@ -78,15 +88,19 @@ def chunk_features(state: ChunkState, top: int = 10) -> dict[str, float]:
     tenth = float(scores[order[-1]])
     chunk = scores[n - last :]
     # documents of the last chunk in the current top: ties at the 10th score count as entered
-    entered = float(min(int((chunk >= tenth).sum()), top))
-    return {
-        "entered": entered,
-        "margin": float(chunk.max() - tenth),
+    ranks = {
+        "entered": float(min(int((chunk >= tenth).sum()), top)),
         "log_position": math.log(n),
-        "tenth": tenth,
         "first_ratio": ratio,
         "from_below": float(sum(1 for i in order if i >= top)),
         "deepest": (max(order) + 1) / n,
+    }
+    if state.ordinal:
+        return ranks
+    return {
+        **ranks,
+        "margin": float(chunk.max() - tenth),
+        "tenth": tenth,
         "chunk_mean": float(chunk.mean() - tenth),
         "near": float(((chunk < tenth) & (chunk >= tenth - NEAR)).sum()),
     }
@@ -98,6 +112,10 @@ class StopModel(Protocol):
     """The probability that the next chunk changes the top 10, from :func:`chunk_features`."""
 
     def p_change(self, features: Mapping[str, float]) -> float: ...
+
+    def uses(self) -> tuple[str, ...]:
+        """The features it reads (a listwise reranker gives only :data:`RANK_FEATURES`)."""
+        ...
 
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -112,8 +130,26 @@ class MarginRule:
     def p_change(self, features: Mapping[str, float]) -> float:
         return 0.0 if features["entered"] == 0 and features["margin"] <= -self.margin else 1.0
 
+    def uses(self) -> tuple[str, ...]:
+        return ("entered", "margin")
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": "margin-rule", "margin": self.margin}
+
+
+@dataclass(frozen=True, slots=True)
+class EnteredRule:
+    """A hand rule on the order alone (for listwise rerankers too): the next chunk will not change the top
+    10 (p = 0) once the last chunk put nothing into it; otherwise it will (p = 1)."""
+
+    def p_change(self, features: Mapping[str, float]) -> float:
+        return 0.0 if features["entered"] == 0 else 1.0
+
+    def uses(self) -> tuple[str, ...]:
+        return ("entered",)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": "entered-rule"}
 
 
 @dataclass(frozen=True)
@@ -139,10 +175,13 @@ class LogisticStop:
         return np.concatenate([[1.0], (raw - np.asarray(self.mean)) / np.asarray(self.std)])
 
     def p_change(self, features: Mapping[str, float]) -> float:
-        if math.isinf(features["margin"]) and features["margin"] > 0:
+        if features.get("margin", 0.0) == math.inf:
             return 1.0  # fewer than 10 scored: the next chunk fills the top
         z = float(np.asarray(self.weights) @ self._x(features))
         return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+    def uses(self) -> tuple[str, ...]:
+        return self.features
 
     @classmethod
     def fit(
@@ -156,8 +195,8 @@ class LogisticStop:
     ) -> LogisticStop:
         """L2-regularised logistic regression (scikit-learn) of "the next chunk changed the top 10" on the
         features ``names``."""
-        rows = [f for f in features if not math.isinf(f["margin"])]
-        labels = [y for f, y in zip(features, changed, strict=True) if not math.isinf(f["margin"])]
+        rows = [f for f in features if f.get("margin", 0.0) != math.inf]
+        labels = [y for f, y in zip(features, changed, strict=True) if f.get("margin", 0.0) != math.inf]
         if len(rows) < 10 or len(set(labels)) < 2:
             raise InputError("need at least 10 chunk transitions with both outcomes to fit the stop model")
         linear_model = require("sklearn.linear_model", "bench")
@@ -183,10 +222,12 @@ class LogisticStop:
 def stop_model_from_dict(data: Mapping[str, Any]) -> StopModel:
     if data.get("model") == "margin-rule":
         return MarginRule(float(data["margin"]))
+    if data.get("model") == "entered-rule":
+        return EnteredRule()
     if data.get("model") == "logistic":
         names = tuple(data.get("features", CHUNK_FEATURES))
         return LogisticStop(tuple(data["weights"]), tuple(data["mean"]), tuple(data["std"]), float(data["clip"]), names)
-    raise InputError(f"unknown stop model {data.get('model')!r} (logistic, margin-rule)")
+    raise InputError(f"unknown stop model {data.get('model')!r} (logistic, margin-rule, entered-rule)")
 
 
 # ---------------------------------------------------------------------------------------- training

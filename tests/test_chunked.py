@@ -284,3 +284,25 @@ def test_score_caches_merge_and_refuse_another_reranker():
     assert a.calls == [(10, 12.0, 0), (20, 22.0, 0)]
     with pytest.raises(InputError, match="cannot merge"):
         a.merge(ScoreCache("cross-encoder", {"threads": 1}))
+
+
+def test_depth_replicate_takes_the_dev_choices_from_the_report():
+    from twostage_search.benchmarks.studies.depth_replicate import policies
+
+    stop = LogisticStop((0.5, 1.0, 2.0, 0.0, 0.0, -1.0), (0.0,) * 5, (1.0,) * 5)
+    saved = ChunkedDepth(MS_PER_DOC, stop, 0.03, lam=1e-4, chunk=10, first=20, meta={"ms_per_doc": 2.5})
+    result = {
+        "chosen": {
+            "stop model": {"row": "chunked, stop model (chosen on dev)", "policy": saved.to_dict()},
+            "margin rule": {"setting": "first 10, margin 4"},
+        }
+    }
+    got = policies(result, chunk=10)
+    model = got["chunked, stop model (chosen on dev)"]
+    assert (model.stop, model.lam, model.first) == (stop, 1e-4, 20)
+    assert model.cost.predict_ms("rerank", 4) == 10.0  # priced at the 2.5 ms per document it was fitted at
+    rule = got["chunked, margin rule (first 10, margin 4, chosen on dev)"]
+    assert (rule.stop, rule.first, rule.chunk, rule.lam) == (MarginRule(4.0), 10, 10, 0.0)
+    result["chosen"]["margin rule"]["setting"] = "margin four"
+    with pytest.raises(InputError, match="margin rule's setting"):
+        policies(result, chunk=10)

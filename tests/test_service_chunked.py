@@ -83,3 +83,9 @@ def test_chunked_arm_configuration_errors(tmp_path, tiny_docs):
         body = {"name": "e2", "arms": [chunked_arm("a", str(tmp_path / "missing.json")) | {"weight": 1.0}]}
         resp = c.put("/admin/experiment", json=body, headers=AUTH)
         assert_error(resp, 422, "invalid_experiment", "cannot read chunked policy")
+        # a listwise arm decides between its window steps from the order alone: a stop model that reads
+        # scores is refused when the arm is built, not at its first query (the LLM is not loaded for this)
+        ChunkedDepth(MS_PER_DOC, MarginRule(1.0), 1.0).save(tmp_path / "margin.json")
+        listwise = chunked_arm("l", "margin.json") | {"weight": 1.0, "reranker": {"name": "listwise-llm"}}
+        resp = c.put("/admin/experiment", json={"name": "e3", "arms": [listwise]}, headers=AUTH)
+        assert_error(resp, 422, "invalid_experiment", "listwise-llm reranks listwise")

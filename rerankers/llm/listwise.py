@@ -6,12 +6,18 @@ answers with an order such as ``[3] > [1] > [2]``. Windows of ``window`` candida
 bottom of the first-stage ranking to the top in steps of ``stride``, so a relevant document can climb
 from the bottom to the top in one pass. Passages are cut to ``max_passage_tokens`` tokens.
 
+For depth decided while reranking (``TwoStage`` with ``ChunkedDepth``) the steps also run top-down
+(:meth:`ListwiseLLMReranker.rerank_step`): the first chunk is ordered on its own, then each step shows the
+current top ``window − stride`` with the next ``stride`` candidates, so that the policy can stop after any
+step that put nothing new into the top 10.
+
 Parsing never fails: repeated identifiers keep their first occurrence, out-of-range ones are dropped,
 missing ones are appended in their input order, and each repair is counted (:class:`PermutationParse`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Sequence
@@ -78,6 +84,7 @@ class WindowResult:
     parse: PermutationParse
     tokens_in: int
     tokens_out: int
+    usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,13 +198,37 @@ class ListwiseLLMReranker:
         """
         started = time.perf_counter()
         order = sorted(candidates, key=lambda c: (-c.score, c.doc_id))  # first-stage order
+        windows, cost = self._pass(query, order, deadline)
         n = len(order)
+        ranking = RankedList.from_scores(query.query_id, order, [float(n - i) for i in range(n)])
+        return ListwiseResult(ranking, windows, _timed(cost, started, n))
+
+    def rerank_step(
+        self, query: Query, ranked: Sequence[Candidate], new: Sequence[Candidate]
+    ) -> tuple[list[Candidate], StageCost]:
+        """One top-down step (:class:`~engine.protocols.RerankInSteps`, for depth decided while reranking).
+
+        ``new`` (the next candidates in first-stage order) is shown together with the top
+        ``window − min(len(new), stride)`` of ``ranked`` (the order so far): one window when ``new`` holds at
+        most ``stride`` candidates (RankGPT's 20/10: the current top 10 and the next 10), otherwise a
+        back-to-front pass over them. What the window pushes down stays above the rest of ``ranked``, which
+        lost to the documents kept on top before. With ``ranked`` empty it orders ``new`` as ``rerank`` does.
+        """
+        started = time.perf_counter()
+        keep = self.window - min(len(new), self.stride) if ranked else 0
+        block = [*ranked[:keep], *new]
+        _, cost = self._pass(query, block, None)
+        return [*block, *ranked[keep:]], _timed(cost, started, len(new))
+
+    def _pass(
+        self, query: Query, order: list[Candidate], deadline: Deadline | None
+    ) -> tuple[tuple[WindowResult, ...], StageCost]:
+        """Slide the windows over ``order`` back to front, reordering it in place; the windows and their
+        tokens (the cost's time and documents are the caller's)."""
         windows: list[WindowResult] = []
-        tokens_in = tokens_out = 0
-        usd = 0.0
-        if n > 1:
+        if len(order) > 1:
             passages = {c.doc_id: self._passage(c) for c in order}
-            for start in window_starts(n, self.window, self.stride):
+            for start in window_starts(len(order), self.window, self.stride):
                 if deadline is not None and deadline.expired():
                     break
                 block = order[start : start + self.window]
@@ -206,9 +237,6 @@ class ListwiseLLMReranker:
                 answer = self.prefill + completion.text
                 parsed = parse_permutation(answer, len(block))
                 order[start : start + len(block)] = [block[i] for i in parsed.order]
-                tokens_in += completion.tokens_in
-                tokens_out += completion.tokens_out
-                usd += completion.usd
                 windows.append(
                     WindowResult(
                         start,
@@ -217,18 +245,13 @@ class ListwiseLLMReranker:
                         parsed,
                         completion.tokens_in,
                         completion.tokens_out,
+                        completion.usd,
                     )
                 )
-        ranking = RankedList.from_scores(query.query_id, order, [float(n - i) for i in range(n)])
-        cost = StageCost(
-            "rerank",
-            (time.perf_counter() - started) * 1000,
-            docs=n,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            usd=usd,
-        )
-        return ListwiseResult(ranking, tuple(windows), cost)
+        tokens_in = sum(w.tokens_in for w in windows)
+        tokens_out = sum(w.tokens_out for w in windows)
+        usd = sum(w.usd for w in windows)
+        return tuple(windows), StageCost("rerank", 0.0, tokens_in=tokens_in, tokens_out=tokens_out, usd=usd)
 
     def rerank_until(self, query: Query, candidates: Sequence[Candidate], deadline: Deadline) -> PartialRanking:
         """Check ``deadline`` between windows (HonoursDeadline); cut short, the answer is marked degraded.
@@ -245,3 +268,7 @@ class ListwiseLLMReranker:
 
     def rerank(self, query: Query, candidates: Sequence[Candidate]) -> RankedList:
         return self.rerank_explained(query, candidates).ranking
+
+
+def _timed(cost: StageCost, started: float, docs: int) -> StageCost:
+    return dataclasses.replace(cost, wall_ms=(time.perf_counter() - started) * 1000, docs=docs)

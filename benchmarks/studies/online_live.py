@@ -1,6 +1,6 @@
 """An experiment end to end with simulated users: serve two arms, log searches and clicks, report.
 
-    python -m twostage_search.benchmarks.online_live --dataset ../shared/datasets/trec-dl-2019-passage \\
+    python -m twostage_search.benchmarks.studies.online_live --dataset ../shared/datasets/trec-dl-2019-passage \\
         --index var/online_sim/index-dl19-bm25 --impressions 400 --out runs/online_live
 
 1. Starts ``twostage serve`` (a real uvicorn process on a free local port) on ``--index`` with
@@ -39,7 +39,7 @@ import numpy as np
 from twostage_search.benchmarks.click_models import CLICK_MODELS, CascadeModel, map_grades
 from twostage_search.benchmarks.datasets import load_beir
 from twostage_search.benchmarks.evaluation import machine
-from twostage_search.benchmarks.load import ServeProcess
+from twostage_search.benchmarks.serve import ServeProcess
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 
@@ -183,7 +183,7 @@ def run_report(data_dir: Path, experiment: Path, out: Path) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m twostage_search.benchmarks.online_live",
+        prog="python -m twostage_search.benchmarks.studies.online_live",
         description=(__doc__ or "").split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -1,8 +1,8 @@
 """Fit and measure a cheap dense query side: bge-small's first layers + a linear head onto its query space.
 
-    python -m twostage_search.benchmarks.query_student fit --layers 2 --pooling mean --alpha 10 \\
+    python -m twostage_search.benchmarks.studies.query_student fit --layers 2 --pooling mean --alpha 10 \\
         --out engine/students/bge-small-query-l2
-    python -m twostage_search.benchmarks.query_student evaluate --dataset ../shared/datasets/scifact \\
+    python -m twostage_search.benchmarks.studies.query_student evaluate --dataset ../shared/datasets/scifact \\
         --dense-index var/scifact/dense --bm25-index var/scifact/bm25 --student bundled:bge-small-query-l2
 
 ``fit`` encodes query-like training texts with the full model (bge-small INT8, the query prefix, one per

@@ -1,6 +1,6 @@
 """SPLADE on OpenSearch against the embedded index, on SciFact: agreement, hybrid, ingest and latency.
 
-    python -m twostage_search.benchmarks.opensearch_first_stage [--docs N] [--dev-queries N] [--out FILE]
+    python -m twostage_search.benchmarks.studies.opensearch_first_stage [--docs N] [--dev-queries N] [--out FILE]
 
 One run, one corpus, one query set:
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twostage_search.engine.errors import InputError
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -143,3 +145,16 @@ async def closed_loop_requests(
     started = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(clients)))
     return outcomes, time.perf_counter() - started
+
+
+def read_experiment(path: Path) -> dict[str, Any]:
+    """An experiment file (YAML) as a mapping; a file that cannot be read or is not a mapping is an InputError."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: cannot read the experiment: {exc}") from exc
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: not an experiment file")
+    return config

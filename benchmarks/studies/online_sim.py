@@ -35,7 +35,7 @@ from twostage_search.benchmarks.click_models import CLICK_MODELS, expected_ctr_r
 from twostage_search.benchmarks.datasets import load_beir
 from twostage_search.benchmarks.evaluation import evaluate, machine, mean
 from twostage_search.benchmarks.online_power import Grid, MethodPower, pair_lists, simulate_pair
-from twostage_search.benchmarks.serve import ServeProcess
+from twostage_search.benchmarks.serve import ServeProcess, read_experiment
 from twostage_search.benchmarks.studies.online_table import markdown
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
@@ -48,13 +48,8 @@ SAVE_EVERY = 20
 
 
 def _arms_of(experiment: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        config = yaml.safe_load(experiment.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{experiment}: cannot read the experiment: {exc}") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("arms"), list):
+    config = read_experiment(experiment)
+    if not isinstance(config.get("arms"), list):
         raise InputError(f"{experiment}: not an experiment file (no list of arms)")
     return {str(a.get("name")): a for a in config["arms"] if isinstance(a, dict)}
 

@@ -38,7 +38,7 @@ from twostage_search.engine.types import Document, Query, SparseVector
 
 log = logging.getLogger(__name__)
 Run = dict[str, list[tuple[str, float]]]
-DATASET = Path(__file__).parent / "data" / "scifact"
+DATASET = Path(__file__).parent.parent / "data" / "scifact"
 GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 """SPLADE weights tried on the dev split, with BM25's weight 1 (0 = BM25 alone)."""
 

@@ -137,3 +137,20 @@ def test_dense_flat_searches_with_the_recorded_static_query_side(tmp_path, vocab
         other = dict(TEACHER, model="some/other-model")
         save_static(tmp_path / "other", {"teacher": other}, {"table": table, "bias": np.zeros(384)})
         DenseFlatIndex.set_query_encoder(path, str(tmp_path / "other"))
+
+
+BUNDLED = "bundled:bge-small-query-static"
+
+
+def test_bundled_static_student_loads_offline_and_names_its_teacher():
+    from twostage_search.engine.dense_query import check_teacher, student_config
+    from twostage_search.engine.models import resolve_model
+
+    path = Path(resolve_model(BUNDLED))
+    config = student_config(path)
+    assert config["kind"] == "static"
+    check_teacher(config, DenseEncoder(threads=1).config())  # fitted onto the default index's encoder
+    encoder = StaticQueryEncoder(BUNDLED)
+    vectors = encoder.encode_queries(["what causes ocean tides", "young kitten pet"])
+    assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(encoder.encode_queries(["young kitten pet"])[0], vectors[1])  # independent of batch-mates

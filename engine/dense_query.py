@@ -33,6 +33,7 @@ from twostage_search.engine.errors import InputError
 from twostage_search.engine.models import resolve_model
 from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
+from twostage_search.engine.static_query import STATIC_KIND, StaticQueryEncoder
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,22 @@ def read_student(path: Path) -> dict[str, Any]:
     if config.get("kind") != KIND or config.get("pooling") not in POOLINGS:
         raise InputError(f"query encoder {path}: kind must be {KIND!r} with pooling in {POOLINGS}")
     return config
+
+
+def student_config(path: Path) -> dict[str, Any]:
+    """``student.json`` of a truncated (:func:`read_student`) or static
+    (:mod:`~twostage_search.engine.static_query`) student directory, checked."""
+    file = path / STUDENT_FILE
+    if file.is_file() and json.loads(file.read_text(encoding="utf-8")).get("kind") == STATIC_KIND:
+        return StaticQueryEncoder.read_config(path)
+    return read_student(path)
+
+
+def open_student(spec: str, *, threads: int | None = None) -> TruncatedQueryEncoder | StaticQueryEncoder:
+    """The query encoder a student spec names: :class:`TruncatedQueryEncoder` or a static one."""
+    if student_config(Path(resolve_model(spec)))["kind"] == STATIC_KIND:
+        return StaticQueryEncoder(spec)
+    return TruncatedQueryEncoder(spec, threads=threads)
 
 
 def check_teacher(student: dict[str, Any], encoder: dict[str, Any]) -> None:

@@ -121,6 +121,17 @@ BUNDLED: dict[str, BundledModel] = {
         licence="MIT (bge-small-en-v1.5); the head is fitted on SciFact (CC BY-NC 2.0) and Kaggle texts",
         marker="student.json",
     ),
+    "bge-small-query-static": BundledModel(
+        package="twostage_search.engine",
+        subdir="students/bge-small-query-static",
+        extra="dense",
+        origin=(
+            "a static query side for bge-small-en-v1.5 indexes: a token table (bge-small's query vector of each word "
+            "piece, then tuned here onto its query vectors; benchmarks/studies/query_static.py), no network pass"
+        ),
+        licence="MIT (bge-small-en-v1.5); the table is tuned on SciFact (CC BY-NC 2.0) and Kaggle texts",
+        marker="student.json",
+    ),
 }
 
 DEFAULT_SPLADE = "bundled:splade-tiny"

@@ -40,10 +40,12 @@ from twostage_search.engine.dense_query import (
     QueryEncoder,
     TruncatedQueryEncoder,
     check_teacher,
-    read_student,
+    open_student,
+    student_config,
 )
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.models import resolve_model
+from twostage_search.engine.static_query import StaticQueryEncoder
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes import docstore
 from twostage_search.indexes.dense_hnsw import HNSW_FILE, HnswConfig, HnswGraph, build_hnsw
@@ -189,12 +191,13 @@ class DenseFlatIndex:
         """Record ``spec`` as the query side retrievers of the index at ``path`` use by default, atomically.
 
         ``spec``: ``"full"`` (the encoder that built the index) or a student fitted onto that encoder
-        (``bundled:bge-small-query-l4`` or a directory; :mod:`twostage_search.engine.dense_query`). The
+        (``bundled:bge-small-query-l2``, ``bundled:bge-small-query-static`` or a directory;
+        :mod:`twostage_search.engine.dense_query`, :mod:`twostage_search.engine.static_query`). The
         documents are not re-encoded: a student maps queries into the index's own space.
         """
         old = cls.open(path)
         if spec != FULL:
-            check_teacher(read_student(Path(resolve_model(spec))), old.meta["encoder"])
+            check_teacher(student_config(Path(resolve_model(spec))), old.meta["encoder"])
         with atomic_index(path, overwrite=True) as tmp:
             for name in (VECTORS, DOC_IDS, docstore.FILENAME, HNSW_FILE):
                 if (old.path / name).is_file():
@@ -220,16 +223,17 @@ class DenseFlatIndex:
         """The query side: ``spec`` (default: the index's recorded ``query_encoder``, else ``"full"``).
 
         ``"full"`` is the encoder that built the index (``encoder``, a loaded :class:`DenseEncoder`, is
-        shared when given); anything else names a student fitted onto that encoder
-        (:class:`~twostage_search.engine.dense_query.TruncatedQueryEncoder`), or ``encoder`` may be a loaded one.
+        shared when given); anything else names a student fitted onto that encoder (a
+        :class:`~twostage_search.engine.dense_query.TruncatedQueryEncoder` or a
+        :class:`~twostage_search.engine.static_query.StaticQueryEncoder`), or ``encoder`` may be a loaded one.
         """
         spec = spec or str(self.meta.get("query_encoder", FULL))
         if spec == FULL:
             return encoder if isinstance(encoder, DenseEncoder) else self.encoder()
-        if isinstance(encoder, TruncatedQueryEncoder) and encoder.spec == spec:
+        if isinstance(encoder, TruncatedQueryEncoder | StaticQueryEncoder) and encoder.spec == spec:
             check_teacher(encoder.student, self.meta["encoder"])
             return encoder
-        student = TruncatedQueryEncoder(spec)
+        student = open_student(spec)
         check_teacher(student.student, self.meta["encoder"])
         return student
 

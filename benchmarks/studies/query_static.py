@@ -1,0 +1,351 @@
+"""Distil and tune a static dense query side for bge-small indexes (a token table, Model2Vec-style).
+
+    python -m twostage_search.benchmarks.studies.query_static --out engine/students/bge-small-query-static \
+        --report benchmarks/results/query_static/fit.json --train-texts 20480
+
+(the bundled student: the defaults, cosine loss, lr 3e-3, 6 epochs, chosen on dev; ``--loss cov``, ``--hidden``
+and other rates were the candidates, ``benchmarks/results/query_static/candidates/``)
+
+(1) The token table: bge-small's query vector (CLS, normalised) of ``[CLS] prefix token [SEP]`` for every one
+of its 30,522 word pieces, fed as ids (nothing is detokenised), 256 per batch. This is Model2Vec's
+distillation (which needs the model in torch; here only the INT8 ONNX export exists, so the table is computed
+with ONNX Runtime) without its PCA and Zipf weighting: the table stays in bge-small's own query space.
+(2) The teacher's query vectors of query-like training texts that hold no dev or test query
+(:func:`training_texts`), 32 per pass, length-bucketed. (3) torch: the table (initialised from (1)), a bias
+and optionally a residual MLP are trained to minimise ``1 − cos(student(text), teacher(text))`` with Adam
+(sparse for the table); the epoch with the best mean dev cosine (SciFact, CrowdFlower and Home Depot dev
+queries, teacher vectors from the real one-query-per-pass encoder) is kept. ``--epochs 0`` writes the untuned
+table. Every encoding is cached under ``--cache``. ``benchmarks/studies/query_static_eval.py`` measures a
+student against the full query side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import random
+import re
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twostage_search.benchmarks.studies.query_student import read_split, scifact_train_ids, split_ids
+from twostage_search.engine.beir import find_file, read_corpus, read_queries
+from twostage_search.engine.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+SETS = ("scifact", "crowdflower-search-relevance", "homedepot-search-relevance")
+MEASURES = ("nDCG@10", "R@100")
+DEPTH = 100
+SCIFACT_DEV = 300
+TEACHER = "bundled:bge-small-en-int8"
+
+
+def training_texts(datasets: Path, seed: int = 0) -> list[tuple[str, str]]:
+    """(source, text) pairs, no dev or test query among them: SciFact train queries after the first 300 (those
+    are dev), the CrowdFlower and Home Depot ``train``-split queries, and pseudo-queries from the corpora:
+    titles (all of SciFact's, 5,000 of CrowdFlower's, 6,000 of Home Depot's), 6,000 SciFact abstract sentences
+    of 5–40 words, and one 1–4-word span of each of 3,000 CrowdFlower and 3,000 Home Depot titles. Seeded."""
+    rnd = random.Random(seed)
+    out: list[tuple[str, str]] = []
+    scifact = {q.query_id: q.text for q in read_queries(find_file(datasets / "scifact", "queries"))}
+    out += [
+        ("scifact-train-query", scifact[q])
+        for q in scifact_train_ids(datasets / "scifact")[SCIFACT_DEV:]
+        if q in scifact
+    ]
+    for name in SETS[1:]:
+        by_id = {q.query_id: q.text for q in read_queries(find_file(datasets / name, "queries"))}
+        split = read_split(datasets / name)
+        out += [(f"{name[:2]}-train-query", by_id[q]) for q, s in split.items() if s == "train" and q in by_id]
+    docs = {name: list(read_corpus(find_file(datasets / name, "corpus"))) for name in SETS}
+    for name, cap in zip(SETS, (5183, 5000, 6000), strict=True):
+        titles = [d.title for d in docs[name] if d.title]
+        rnd.shuffle(titles)
+        out += [(f"{name[:2]}-title", t) for t in titles[:cap]]
+    sentences = [s for d in docs["scifact"] for s in re.split(r"(?<=[.!?])\s+", d.text) if 5 <= len(s.split()) <= 40]
+    rnd.shuffle(sentences)
+    out += [("sc-sentence", s) for s in sentences[:6000]]
+    for name in SETS[1:]:
+        titles = [d.title for d in docs[name] if d.title]
+        for title in rnd.sample(titles, 3000):
+            words = title.split()
+            if len(words) < 2:
+                continue
+            width = rnd.randint(1, min(4, len(words)))
+            start = rnd.randint(0, len(words) - width)
+            out.append((f"{name[:2]}-span", " ".join(words[start : start + width])))
+    seen: set[str] = set()
+    unique = []
+    for source, text in out:
+        if text and text not in seen:
+            seen.add(text)
+            unique.append((source, text))
+    rnd.shuffle(unique)  # any prefix is a sample of every source (``--train-texts`` keeps a prefix)
+    return unique
+
+
+def dev_queries(datasets: Path) -> dict[str, list[str]]:
+    """The dev query texts of the three sets (choices are made on these only)."""
+    out = {}
+    for name in SETS:
+        texts = {q.query_id: q.text for q in read_queries(find_file(datasets / name, "queries"))}
+        ids, _ = split_ids(datasets / name, "dev")
+        out[name] = [texts[q] for q in ids if q in texts]
+    return out
+
+
+def cached(path: Path, make: Any) -> np.ndarray:
+    if path.is_file():
+        return np.asarray(np.load(path), dtype=np.float32)
+    array = np.asarray(make(), dtype=np.float32)
+    np.save(path, array)
+    return array
+
+
+def text_key(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+
+
+def teacher_batched(texts: Sequence[str], cache: Path, chunk: int = 1024) -> np.ndarray:
+    """The teacher's query vectors, 32 texts per pass (length-bucketed; training targets only), cached per
+    ``chunk`` texts so an interrupted run resumes."""
+    from twostage_search.engine.dense import BGE_QUERY_PREFIX, DenseEncoder
+
+    encoder = DenseEncoder(TEACHER, batch_size=32, threads=2)
+    parts = []
+    for start in range(0, len(texts), chunk):
+        part = list(texts[start : start + chunk])
+        parts.append(
+            cached(
+                cache / f"teacher-{text_key(part)}.npy",
+                lambda p=part: encoder.encode_docs([BGE_QUERY_PREFIX + t for t in p]),
+            )
+        )
+        log.info("teacher vectors %d/%d", min(start + chunk, len(texts)), len(texts))
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)
+
+
+def full_vectors(texts: Sequence[str], cache: Path) -> np.ndarray:
+    """The teacher's query vectors as a retriever computes them (one query per pass), cached."""
+    from twostage_search.engine.dense import DenseEncoder
+
+    return cached(
+        cache / f"full-{text_key(texts)}.npy", lambda: DenseEncoder(TEACHER, threads=2).encode_queries(list(texts))
+    )
+
+
+def token_table() -> np.ndarray:
+    """Model2Vec-style initial table: the teacher's unit query vector of ``[CLS] prefix token [SEP]`` per id."""
+    from twostage_search.engine.dense import BGE_QUERY_PREFIX, dense_model_files
+    from twostage_search.engine.onnx_session import cpu_session
+    from twostage_search.engine.optional import require
+
+    model, tokenizer_file = dense_model_files(TEACHER)
+    tokenizer = require("tokenizers", "dense").Tokenizer.from_file(str(tokenizer_file))
+    prefix = tokenizer.encode(BGE_QUERY_PREFIX, add_special_tokens=False).ids
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    vocab = tokenizer.get_vocab_size()
+    session = cpu_session(model, threads=2, extra="dense")
+    out = np.zeros((vocab, 384), dtype=np.float32)
+    for start in range(0, vocab, 256):
+        ids = np.asarray([[cls, *prefix, t, sep] for t in range(start, min(vocab, start + 256))], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        hidden = session.run(None, feed)[0][:, 0]
+        out[start : start + len(ids)] = hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
+    return out
+
+
+def tokenise(texts: Sequence[str]) -> list[list[int]]:
+    from twostage_search.engine.dense import dense_model_files
+    from twostage_search.engine.optional import require
+
+    tokenizer = require("tokenizers", "dense").Tokenizer.from_file(str(dense_model_files(TEACHER)[1]))
+    tokenizer.enable_truncation(max_length=256)
+    return [list(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def train(
+    table: np.ndarray,
+    train_ids: list[list[int]],
+    targets: np.ndarray,
+    dev: dict[str, tuple[list[list[int]], np.ndarray]],
+    *,
+    epochs: int,
+    lr: float,
+    hidden: int,
+    loss_kind: str = "cos",
+    batch: int = 256,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Tune the table (and bias, and a residual MLP of ``hidden`` units when > 0) towards the teacher's vectors;
+    return the weights of the epoch with the lowest mean dev loss and the per-epoch history.
+
+    ``loss_kind``: ``cos`` is ``1 − cos(s, t)``; ``cov`` weights the error ``e = s − t`` (both unit) by the
+    covariance ``C`` of the teacher's vectors of the training texts, ``0.5 · dim · eᵀCe / tr C + 0.1 (1 − cos)``:
+    a ranking only sees the part of a query vector along which texts differ, not the direction they share
+    (bge-small's vectors have a large common component, so a high cosine alone can still rank badly)."""
+    torch = __import__("torch")
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    centred = targets - targets.mean(axis=0)
+    cov = torch.from_numpy((centred.T @ centred / len(targets)).astype(np.float32))
+    scale = table.shape[1] / float(torch.trace(cov))
+
+    def loss_of(s: Any, t: Any) -> Any:
+        cos = 1 - (s * t).sum(dim=1)
+        if loss_kind == "cos":
+            return cos
+        e = s - t
+        return 0.5 * scale * ((e @ cov) * e).sum(dim=1) + 0.1 * cos
+
+    bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(table.copy()), freeze=False, mode="mean", sparse=True)
+    bias = torch.nn.Parameter(torch.zeros(table.shape[1]))
+    mlp = (
+        torch.nn.Sequential(
+            torch.nn.Linear(table.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, table.shape[1])
+        )
+        if hidden
+        else None
+    )
+    if mlp is not None:
+        torch.nn.init.zeros_(mlp[2].weight)  # starts as the identity: u = v
+        torch.nn.init.zeros_(mlp[2].bias)
+    dense_params = [bias, *(mlp.parameters() if mlp is not None else [])]
+    optimisers = [torch.optim.SparseAdam(list(bag.parameters()), lr=lr), torch.optim.Adam(dense_params, lr=lr)]
+
+    def forward(rows: list[list[int]]) -> Any:
+        flat = torch.tensor([t for r in rows for t in r] or [0], dtype=torch.long)
+        offsets = torch.tensor([0, *np.cumsum([len(r) for r in rows])[:-1].tolist()], dtype=torch.long)
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.float32)
+        v = bag(flat, offsets) * (lengths > 0).unsqueeze(1) + bias
+        if mlp is not None:
+            v = v + mlp(v)
+        return torch.nn.functional.normalize(v, dim=1)
+
+    def dev_cosines() -> dict[str, float]:
+        out = {}
+        with torch.no_grad():
+            for name, (rows, y) in dev.items():
+                s, t = forward(rows), torch.from_numpy(y)
+                out[f"cos/{name}"] = round(float((s * t).sum(dim=1).mean()), 4)
+                out[f"loss/{name}"] = round(float(loss_of(s, t).mean()), 5)
+        return out
+
+    def snapshot() -> dict[str, np.ndarray]:
+        out = {"table": bag.weight.detach().numpy().copy(), "bias": bias.detach().numpy().copy()}
+        if mlp is not None:
+            out |= {
+                "w1": mlp[0].weight.detach().numpy().T.copy(),
+                "b1": mlp[0].bias.detach().numpy().copy(),
+                "w2": mlp[2].weight.detach().numpy().T.copy(),
+                "b2": mlp[2].bias.detach().numpy().copy(),
+            }
+        return out
+
+    history: list[dict[str, Any]] = [{"epoch": 0, **dev_cosines()}]
+    best, best_score = snapshot(), statistics.fmean(history[0][f"loss/{name}"] for name in dev)
+    y_all = torch.from_numpy(targets)
+    order = np.arange(len(train_ids))
+    rnd = np.random.default_rng(seed)
+    for epoch in range(1, epochs + 1):
+        rnd.shuffle(order)
+        total = 0.0
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            predicted = forward([train_ids[i] for i in chunk])
+            loss = loss_of(predicted, y_all[chunk]).mean()
+            for o in optimisers:
+                o.zero_grad()
+            loss.backward()
+            for o in optimisers:
+                o.step()
+            total += float(loss.detach()) * len(chunk)
+        history.append({"epoch": epoch, "train_loss": round(total / len(order), 5), **dev_cosines()})
+        score = statistics.fmean(history[-1][f"loss/{name}"] for name in dev)
+        log.info("epoch %d %s", epoch, history[-1])
+        if score < best_score:
+            best, best_score = snapshot(), score
+    return best, history
+
+
+def fit(args: argparse.Namespace) -> dict[str, Any]:
+    from twostage_search.engine.dense import BGE_QUERY_PREFIX
+    from twostage_search.engine.static_query import save_static
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    items = training_texts(args.datasets)[: args.train_texts or None]
+    texts = [t for _, t in items]
+    table = cached(args.cache / "token-table.npy", token_table)
+    targets = teacher_batched(texts, args.cache)
+    if args.embed_only:
+        return {"training_texts": len(texts)}
+    dev = {}
+    for name, queries in dev_queries(args.datasets).items():
+        queries = queries[: args.dev_limit or None]
+        dev[name] = (tokenise(queries), full_vectors(queries, args.cache))
+    weights, history = train(
+        table, tokenise(texts), targets, dev, epochs=args.epochs, lr=args.lr, hidden=args.hidden, loss_kind=args.loss
+    )
+    best = min(history, key=lambda h: statistics.fmean(h[f"loss/{name}"] for name in dev))
+    config = {
+        "teacher": {"model": TEACHER, "pooling": "cls", "query_prefix": BGE_QUERY_PREFIX, "max_length": 256},
+        "max_length": 256,
+        "table": "bge-small's query vector of each word piece alone, then tuned (cosine to its query vectors)",
+        "training_texts": len(texts),
+        "trained_on": "SciFact train queries (not dev), CrowdFlower/Home Depot train-split queries, "
+        "titles, SciFact abstract sentences, title spans (no dev or test query)",
+        "epochs": args.epochs,
+        "kept_epoch": best["epoch"],
+        "lr": args.lr,
+        "hidden": args.hidden,
+        "loss": args.loss,
+        "dev": {key: value for key, value in best.items() if key != "epoch"},
+    }
+    if args.out:
+        save_static(args.out, config, weights, dtype=args.dtype)
+    return {"config": config, "history": history, "sources": dict(sorted(_count(items).items()))}
+
+
+def _count(items: list[tuple[str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for source, _ in items:
+        counts[source] = counts.get(source, 0) + 1
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
+    parser.add_argument("--epochs", type=int, default=6, help="0: the untuned Model2Vec-style table")
+    parser.add_argument("--train-texts", type=int, default=0, help="the first N (seeded order) training texts (0: all)")
+    parser.add_argument("--embed-only", action="store_true", help="only compute (and cache) the teacher's vectors")
+    parser.add_argument("--dev-limit", type=int, default=300, help="dev queries per set for the cosine (0: all)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--loss", choices=("cov", "cos"), default="cos", help="see train()")
+    parser.add_argument("--hidden", type=int, default=0, help="units of the residual MLP (0: none)")
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    parser.add_argument("--cache", type=Path, default=Path("var/query_static"))
+    parser.add_argument("--out", type=Path, default=None, help="write the student directory here")
+    parser.add_argument("--report", type=Path, default=None, help="write the fit report (history) here")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    report = fit(args)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    json.dump({k: v for k, v in report.items() if k != "history"}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,7 +42,7 @@ def _retrievers(root: Path, stages: list[str], ef: int) -> dict[str, Any]:
         elif stage.startswith("dense") or stage == "hybrid":
             if "dense" not in shared:
                 flat = opened.get("dense-flat") or indexes.load(root / "dense-flat")
-                shared["dense"] = flat.encoder()
+                shared["dense"] = flat.encoder(threads=1)
             out[stage] = index.retriever(shared["dense"], **_dense_options(stage, ef))
         else:
             out[stage] = index.retriever()
@@ -119,7 +119,8 @@ def measure_memory(root: Path, stage: str, args: argparse.Namespace) -> dict[str
     elif stage.startswith("dense") or stage == "hybrid":
         from twostage_search.engine.dense import DenseEncoder
 
-        encoder = DenseEncoder(**json.loads((root / "dense-flat" / "meta.json").read_text())["encoder"])
+        config = json.loads((root / "dense-flat" / "meta.json").read_text())["encoder"]
+        encoder = DenseEncoder(**{**config, "threads": 1})
         encoder.encode_queries([queries[0].text])
     else:
         encoder = None

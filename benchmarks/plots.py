@@ -96,3 +96,34 @@ def delta_histogram(report: BenchReport, path: Path) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def cost_curve_plot(report: dict[str, Any], path: Path) -> Path:
+    """The first stage's cost against corpus size (``benchmarks.studies.cost_curve``), log-log, one line per
+    stage: p50 as a ratio to BM25 (growth exponent of p50 in the legend), build time, index size, peak memory."""
+    fig = _figure(figsize=(10, 7), dpi=120)
+    axes = fig.subplots(2, 2)
+    panels = (
+        ("p50_vs_bm25", "p50 latency ÷ BM25's (same run)"),
+        ("build_seconds", "build seconds (from texts / pre-encoded vectors)"),
+        ("index_mb", "index on disk (MB)"),
+        ("peak_rss_mb", "peak RSS of a searching process (MB)"),
+    )
+    for ax, (key, label) in zip(axes.flat, panels, strict=True):
+        for stage, by_size in report["stages"].items():
+            sizes = [int(n) for n in by_size if key in by_size[n]]
+            values = [max(float(by_size[str(n)][key]), 1e-3) for n in sizes]
+            slope = report["growth_exponent"][stage]["p50"]
+            name = f"{stage} (p50 ∝ N^{slope})" if key == "p50_vs_bm25" and slope is not None else stage
+            ax.plot(sizes, values, marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("documents")
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"First-stage cost against corpus size ({report['queries']} Home Depot queries)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

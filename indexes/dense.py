@@ -24,7 +24,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +60,11 @@ DOC_IDS = "doc_ids.json"
 DTYPES = ("float32", "float16")
 SIMILARITY = "inner product of L2-normalised vectors (cosine), exact"
 Search = Literal["exact", "hnsw"]
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
 class DenseFlatIndex:
@@ -115,9 +120,35 @@ class DenseFlatIndex:
         corpus or bad parameters.
         """
         del threads, scale
-        if dtype not in DTYPES:
-            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        _check_dtype(dtype)
         dense = encoder if isinstance(encoder, DenseEncoder) else DenseEncoder()
+        batches = ((chunk, dense.encode_docs([d.full_text for d in chunk])) for chunk in chunked(docs, chunk_size))
+        return cls.build_encoded(
+            batches, path, encoder=dense, dtype=dtype, total=total, progress=progress, overwrite=overwrite, hnsw=hnsw
+        )
+
+    @classmethod
+    def build_encoded(
+        cls,
+        batches: Iterable[tuple[Sequence[Document], np.ndarray]],
+        path: str | Path,
+        *,
+        encoder: DenseEncoder,
+        dtype: str = "float32",
+        total: int | None = None,
+        progress: bool = True,
+        overwrite: bool = True,
+        hnsw: HnswConfig | None = None,
+    ) -> DenseFlatIndex:
+        """Write the index of documents whose vectors are already computed, atomically, as :meth:`build` does.
+
+        ``batches``: (documents, their vectors as a ``len(documents)`` × ``encoder.dim`` matrix, L2-normalised
+        by the caller) pairs. ``encoder`` is the encoder the vectors came from (or are meant to stand for): it is
+        recorded in ``meta.json`` and encodes the queries. :meth:`build` is this over ``encoder.encode_docs``.
+        Raises :class:`InputError` (nothing written) on an empty corpus, a matrix of the wrong shape or bad
+        parameters.
+        """
+        _check_dtype(dtype)
         started = time.perf_counter()
         with atomic_index(path, overwrite=overwrite) as tmp:
             ids: list[str] = []
@@ -126,8 +157,11 @@ class DenseFlatIndex:
                 DocStoreWriter(tmp) as store,
                 progress_bar(total, "encode", progress) as bar,
             ):
-                for chunk in chunked(docs, chunk_size):
-                    vectors = dense.encode_docs([d.full_text for d in chunk])
+                for chunk, vectors in batches:
+                    if vectors.shape != (len(chunk), encoder.dim):
+                        raise InputError(
+                            f"{len(chunk)} documents need {len(chunk)}×{encoder.dim} vectors, got {vectors.shape}"
+                        )
                     out.write(vectors.astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes())
                     store.add(chunk)
                     ids.extend(d.doc_id for d in chunk)
@@ -138,8 +172,8 @@ class DenseFlatIndex:
             seconds = time.perf_counter() - started
             meta: dict[str, Any] = {
                 "backend": cls.backend,
-                "encoder": dense.config(),
-                "dim": dense.dim,
+                "encoder": encoder.config(),
+                "dim": encoder.dim,
                 "dtype": dtype,
                 "similarity": SIMILARITY,
                 "fields": "title + text (flat)",

@@ -34,7 +34,7 @@ from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.optional import require
-from twostage_search.engine.types import Document
+from twostage_search.engine.types import Document, SparseVector
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
 from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders
 from twostage_search.indexes.meta import ImpactIndexMeta, atomic_index, read_meta, write_meta
@@ -101,6 +101,31 @@ class ImpactCscIndex(ImpactIndexMeta):
         parameters; any failure leaves an existing index at ``path`` untouched.
         """
         del threads
+        batches = ((chunk, encoder.encode_docs([d.full_text for d in chunk])) for chunk in chunked(docs, chunk_size))
+        return cls.build_encoded(
+            batches, path, encoder=encoder, scale=scale, total=total, progress=progress, overwrite=overwrite
+        )
+
+    @classmethod
+    def build_encoded(
+        cls,
+        batches: Iterable[tuple[Sequence[Document], Sequence[SparseVector]]],
+        path: str | Path,
+        *,
+        encoder: SparseEncoder,
+        scale: float = 100.0,
+        total: int | None = None,
+        progress: bool = True,
+        overwrite: bool = True,
+    ) -> ImpactCscIndex:
+        """Write the index of documents whose SPLADE vectors are already computed, atomically, as :meth:`build`
+        does (quantised with ``scale``).
+
+        ``batches``: (documents, one vector per document) pairs. ``encoder`` is the encoder the vectors came
+        from (or stand for): it is recorded in ``meta.json`` and encodes the queries. :meth:`build` is this
+        over ``encoder.encode_docs``. Raises :class:`InputError` (nothing written) on an empty corpus, a
+        batch whose vectors do not match its documents or bad parameters.
+        """
         if scale <= 0:
             raise InputError("scale must be positive")
         require("scipy.sparse", "impact")  # searching needs it: say so before encoding anything
@@ -113,8 +138,9 @@ class ImpactCscIndex(ImpactIndexMeta):
                 DocStoreWriter(tmp) as store,
                 progress_bar(total, "encode", progress) as bar,
             ):
-                for chunk in chunked(docs, chunk_size):
-                    vectors = encoder.encode_docs([d.full_text for d in chunk])
+                for chunk, vectors in batches:
+                    if len(vectors) != len(chunk):
+                        raise InputError(f"{len(chunk)} documents, {len(vectors)} vectors")
                     for doc, vector in zip(chunk, vectors, strict=True):
                         quantised = vector.quantize(scale)
                         term_ids.extend(vocab.setdefault(term, len(vocab)) for term in quantised)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import InputError, TwoStageError
-from twostage_search.engine.types import Document
+from twostage_search.engine.types import Document, SparseVector
 from twostage_search.indexes import _jvm, _lucene
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
 from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders
@@ -70,6 +70,33 @@ class LuceneImpactIndex(ImpactIndexMeta):
         Raises :class:`InputError` (nothing written) on an empty corpus or bad parameters; any failure
         leaves an existing index at ``path`` untouched.
         """
+        batches = ((chunk, encoder.encode_docs([d.full_text for d in chunk])) for chunk in chunked(docs, chunk_size))
+        return cls.build_encoded(
+            batches, path, encoder=encoder, scale=scale, threads=threads, total=total, progress=progress,
+            overwrite=overwrite,
+        )  # fmt: skip
+
+    @classmethod
+    def build_encoded(
+        cls,
+        batches: Iterable[tuple[Sequence[Document], Sequence[SparseVector]]],
+        path: str | Path,
+        *,
+        encoder: SparseEncoder,
+        scale: float = 100.0,
+        threads: int = 2,
+        total: int | None = None,
+        progress: bool = True,
+        overwrite: bool = True,
+    ) -> LuceneImpactIndex:
+        """Build the index of documents whose SPLADE vectors are already computed, atomically, as :meth:`build`
+        does (quantised with ``scale``, ``threads`` indexing threads).
+
+        ``batches``: (documents, one vector per document) pairs. ``encoder`` is the encoder the vectors came
+        from (or stand for): it is recorded in ``meta.json`` and encodes the queries. :meth:`build` is this
+        over ``encoder.encode_docs``. Raises :class:`InputError` (nothing written) on an empty corpus, a
+        batch whose vectors do not match its documents or bad parameters.
+        """
         if scale <= 0:
             raise InputError("scale must be positive")
         if threads < 1:
@@ -83,8 +110,9 @@ class LuceneImpactIndex(ImpactIndexMeta):
             encode_started = time.perf_counter()
             try:
                 with progress_bar(total, "encode", progress) as bar, DocStoreWriter(tmp) as store:
-                    for chunk_no, chunk in enumerate(chunked(docs, chunk_size)):
-                        vecs = encoder.encode_docs([d.full_text for d in chunk])
+                    for chunk_no, (chunk, vecs) in enumerate(batches):
+                        if len(vecs) != len(chunk):
+                            raise InputError(f"{len(chunk)} documents, {len(vecs)} vectors")
                         shard = shards[chunk_no % threads]
                         for doc, vec in zip(chunk, vecs, strict=True):
                             impacts = vec.quantize(scale)

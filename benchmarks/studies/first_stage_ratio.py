@@ -10,7 +10,8 @@ A variant is ``NAME=PATH[,option=value...]``: any index ``twostage index`` built
 with ``retriever(**options)`` (values parsed as int, float or string). Every query goes through every
 variant, one query at a time, the variants in an order that rotates per query, so all see the same machine
 load; ``--warmup`` queries run first, untimed. A variant's time is the first stage end to end as a pipeline
-calls it: query encoding, search of the top ``--depth`` and the texts of the top ``--texts`` documents.
+calls it: query encoding, search of the top ``--depth`` and the texts of the top ``--texts`` documents
+(all ``--depth`` texts for a retriever that returns its texts with the ranking: dense, hybrid).
 
 Reported per variant: p50 and p95 in ms, **p50 as a ratio to the ``--baseline`` variant** with a bootstrap
 95% CI (queries resampled, the ratio of the two medians recomputed: the timings are paired by query),
@@ -115,6 +116,16 @@ def median_ratio_ci(a: list[float], b: list[float], seed: int = SEED) -> tuple[f
     return float(np.median(x) / np.median(y)), float(low), float(high)
 
 
+def _first_stage(retriever: Any, query: Query, depth: int, texts: int) -> Any:
+    """The top ``depth`` with the texts of the top ``texts``: fetched apart where the retriever can, else all."""
+    if not hasattr(retriever, "with_texts"):
+        return retriever.retrieve(query, depth)
+    ranking = retriever.retrieve(query, depth, texts=False)
+    if texts:
+        retriever.with_texts(ranking.head(texts))
+    return ranking
+
+
 def time_variants(
     retrievers: dict[str, Any], queries: list[Query], depth: int, texts: int, warmup: int
 ) -> tuple[dict[str, list[float]], dict[str, dict[str, list[str]]]]:
@@ -122,16 +133,14 @@ def time_variants(
     names = list(retrievers)
     for q in queries[:warmup]:  # ONNX Runtime arenas, JIT, page cache
         for name in names:
-            retrievers[name].with_texts(retrievers[name].retrieve(q, depth, texts=False).head(texts))
+            _first_stage(retrievers[name], q, depth, texts)
     times: dict[str, list[float]] = {n: [] for n in names}
     rankings: dict[str, dict[str, list[str]]] = {n: {} for n in names}
     for i, q in enumerate(queries):
         for j in range(len(names)):
             name = names[(i + j) % len(names)]
             started = time.perf_counter()
-            ranking = retrievers[name].retrieve(q, depth, texts=False)
-            if texts:
-                retrievers[name].with_texts(ranking.head(texts))
+            ranking = _first_stage(retrievers[name], q, depth, texts)
             times[name].append((time.perf_counter() - started) * 1000)
             rankings[name][q.query_id] = list(ranking.doc_ids)
     return times, rankings

@@ -21,7 +21,7 @@ from typing import Any
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.optional import require
-from twostage_search.engine.types import Document, Query
+from twostage_search.engine.types import Candidate, Document, Query
 
 # Relevant/irrelevant cut per known scale: TREC's "relevance ≥ 2" on 0–3 (DL guidelines, LLMJudge),
 # "3–4 relevant" on CrowdFlower's 1–4 (the LORE report's Acc@2: L1–L2 vs L3–L4).
@@ -205,4 +205,12 @@ def load_submissions(dataset: GradedSet, folder: str | Path) -> dict[str, dict[t
     for f in files:
         labels = read_label_file(f)
         out[f.stem] = {k: v for k, v in labels.items() if k[1] in dataset.qrels.get(k[0], {})}
+    return out
+
+
+def candidates(dataset: GradedSet, pairs: Sequence[GradedPair]) -> list[Candidate]:
+    out = []
+    for p in pairs:
+        doc = dataset.corpus[p.doc_id]
+        out.append(Candidate(p.doc_id, 0.0, doc.text, doc.title))
     return out

@@ -13,8 +13,7 @@ from collections.abc import Mapping, Sequence
 from itertools import groupby
 from pathlib import Path
 
-from twostage_search.benchmarks.graded import GradedPair, GradedSet, load_graded, split_queries
-from twostage_search.benchmarks.judges import candidates
+from twostage_search.benchmarks.graded import GradedPair, GradedSet, candidates, load_graded, split_queries
 from twostage_search.engine.errors import InputError
 from twostage_search.rerankers.graded import LOGITS, GradedReranker, pair_features
 

@@ -13,7 +13,7 @@ Knowledge Distillation", EMNLP 2020), restricted to a linear map over a frozen, 
 A student is a directory with ``student.json`` (what the teacher is, which layer, pooling, how the head was
 fitted) and ``head.npz`` (``weight``: ``(in, dim)``, ``bias``: ``(dim,)``). It names its teacher's model
 spec; an index accepts a student only if the student's teacher is the encoder that built the index
-(:func:`check_teacher`). ``benchmarks/query_student.py`` fits one and measures it.
+(:func:`check_teacher`). ``benchmarks/studies/query_student.py`` fits one and measures it.
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ BUNDLED: dict[str, BundledModel] = {
         subdir="models/graded-crowdflower",
         extra="rerank",
         origin=(
-            "ordinal (cumulative-logit) model fitted here (benchmarks/graded_model.py) over the ms-marco-MiniLM-L-12 "
+            "ordinal (cumulative-logit) model fitted here (benchmarks/studies/graded_model.py) over the "
+            "ms-marco-MiniLM-L-12 "
             "INT8 logit and lexical features, on the CrowdFlower search-relevance train queries and Home Depot "
             "train queries (a seeded 600-query subsample)"
         ),
@@ -100,7 +101,8 @@ BUNDLED: dict[str, BundledModel] = {
         extra="dense",
         origin=(
             "a query side for bge-small-en-v1.5 indexes: the first 2 of its 12 layers (cut from the bundled INT8 "
-            "ONNX when it opens) and a linear head fitted here (benchmarks/query_student.py) onto its query vectors"
+            "ONNX when it opens) and a linear head fitted here (benchmarks/studies/query_student.py) "
+            "onto its query vectors"
         ),
         licence="MIT (bge-small-en-v1.5); the head is fitted on SciFact (CC BY-NC 2.0) and Kaggle texts",
         marker="student.json",

@@ -65,7 +65,7 @@ class OnnxCrossEncoderReranker:
             per physical core).
         exact_int8: exact 8-bit products (the default): the same scores on every x86 CPU. ``False`` lets CPUs
             without VNNI use ONNX Runtime's faster saturating product, whose scores differ from other CPUs'
-            (see engine/onnx_session.py and benchmarks/int8_kernels.py).
+            (see engine/onnx_session.py and benchmarks/studies/int8_kernels.py).
     """
 
     name = "onnx-cross-encoder"

@@ -265,7 +265,7 @@ def test_score_cache_scores_the_listed_queries_in_order(tmp_path, tiny_docs, tin
 
 
 def test_depth_sets_interleave_seeded_samples_of_dev_and_test():
-    from twostage_search.benchmarks.depth_sets import sample_order
+    from twostage_search.benchmarks.studies.depth_sets import sample_order
 
     order = sample_order(["a", "b", "c", "d"], ["x", "y"], seed=13)
     again = sample_order(["a", "b", "c", "d"], ["x", "y"], seed=13)

@@ -17,7 +17,7 @@ DL19, DL20 = SHARED / "trec-dl-2019-passage", SHARED / "trec-dl-2020-passage"
 
 def test_dl19_to_dl20_slice(tmp_path):
     need("onnxruntime", "rerank")  # the default reranker: onnx-cross-encoder (MS MARCO, zero-shot on DL)
-    from twostage_search.benchmarks.cost_quality import main
+    from twostage_search.benchmarks.studies.cost_quality import main
 
     out = tmp_path / "out"
     argv = [

@@ -122,7 +122,7 @@ def test_graph_of_another_size_is_refused(hnsw_index, tmp_path):
 
 def test_ann_benchmark_chooses_and_applies_a_setting(tmp_path, tiny_docs, dense):
     from tests.helpers import TINY
-    from twostage_search.benchmarks.dense_ann import main
+    from twostage_search.benchmarks.studies.dense_ann import main
 
     path = tmp_path / "idx"
     DenseFlatIndex.build(tiny_docs, path, encoder=dense, progress=False)

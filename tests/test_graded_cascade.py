@@ -115,7 +115,7 @@ def test_pair_mode_calls_the_real_llm_once_per_uncertain_pair_and_then_its_cache
 
 
 def test_benchmark_threshold_sends_the_target_share():
-    from twostage_search.benchmarks.graded_cascade import threshold_for
+    from twostage_search.benchmarks.studies.graded_cascade import threshold_for
 
     values = [0.1, 0.5, 0.3, 0.9]
     assert threshold_for(values, 0.5, 1.0) == 0.3  # 0.9 and 0.5 are above: 2 of 4

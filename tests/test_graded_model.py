@@ -107,7 +107,7 @@ def test_fit_on_a_tiny_slice_lowers_the_loss():
 def test_training_on_a_tiny_slice_picks_a_feature_set_on_dev_and_reloads_the_same(tmp_path):
     need("statsmodels", "train")
     need("sklearn", "bench")
-    from twostage_search.benchmarks.graded_model import feature_sets, train
+    from twostage_search.benchmarks.studies.graded_model import feature_sets, train
 
     # Grades rise with the logit; the lexical and match features are noise here.
     logit = [0.0, 1.0, 1.5, 2.0, 3.0, 3.5, 4.0, 5.0, 5.5, 6.0, 7.0, 8.0]

@@ -160,7 +160,7 @@ def test_rebuild_is_atomic_and_bad_input_writes_nothing(tmp_path):
 
 def test_equality_benchmark_on_the_tiny_corpus(tmp_path, capsys):
     from tests.helpers import TINY
-    from twostage_search.benchmarks.impact_equality import main
+    from twostage_search.benchmarks.studies.impact_equality import main
 
     assert main(["--dataset", str(TINY), "--prune", "2,0", "--depth", "5", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "impact_equality-tiny-test.json").read_text())

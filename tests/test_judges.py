@@ -18,7 +18,7 @@ from twostage_search.benchmarks.graded import (
     read_label_file,
     split_queries,
 )
-from twostage_search.benchmarks.llm_rerank import auc, binary_metrics
+from twostage_search.benchmarks.studies.llm_rerank import auc, binary_metrics
 from twostage_search.engine.errors import InputError
 
 need("sklearn", "bench")
@@ -89,7 +89,7 @@ def test_graded_set_scale_cut_samples_and_submissions():
 def test_judges_command_scores_lore_a_thresholded_cross_encoder_and_ranks_them(tmp_path, capsys):
     need("llama_cpp", "llm")
     need("sentence_transformers", "rerank")
-    from twostage_search.benchmarks.judges import main
+    from twostage_search.benchmarks.studies.judges import main
 
     out = tmp_path / "report.json"
     store = tmp_path / "lore.jsonl"
@@ -115,7 +115,7 @@ def test_judges_command_scores_lore_a_thresholded_cross_encoder_and_ranks_them(t
 def test_teacher_assistant_end_to_end_tiny(tmp_path):
     need("llama_cpp", "llm")
     need("datasets", "train")
-    from twostage_search.benchmarks.teacher_assistant import main
+    from twostage_search.benchmarks.studies.teacher_assistant import main
 
     out = tmp_path / "ta.json"
     argv = ["--dataset", str(GRADED), "--train-pairs", "6", "--dev-pairs", "6", "--test-pairs", "4", "--per-query", "2"]

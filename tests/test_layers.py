@@ -91,6 +91,22 @@ def test_layers_point_one_way():
     assert not bad, "\n".join(bad)
 
 
+STUDIES = f"{NS}.benchmarks.studies"
+
+
+def test_benchmark_library_does_not_import_studies():
+    """benchmarks/ is the library its studies build on; no library module reaches into benchmarks/studies/."""
+    bad = [
+        f"{MODULES[m].relative_to(ROOT)}:{line} imports {name}"
+        for m, names in GRAPH.items()
+        if m.startswith(f"{NS}.benchmarks.") and not m.startswith(STUDIES)
+        for name, line in names
+        if name == STUDIES or name.startswith(f"{STUDIES}.")
+    ]
+    assert any(m.startswith(f"{STUDIES}.") for m in MODULES), "no study modules found: the rule would be vacuous"
+    assert not bad, "\n".join(bad)
+
+
 def test_no_private_module_of_another_package():
     bad = []
     for module, names in GRAPH.items():

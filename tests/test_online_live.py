@@ -19,7 +19,7 @@ from tests.helpers import FIXTURES, need
 
 need("scipy", "bench")
 
-from twostage_search.benchmarks import online_live
+from twostage_search.benchmarks.studies import online_live
 
 
 def test_a_page_sends_one_impression_per_shown_document_and_its_clicks():

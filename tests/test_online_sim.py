@@ -19,7 +19,6 @@ from tests.helpers import FIXTURES, need
 
 need("scipy", "bench")
 
-from twostage_search.benchmarks import online_sim
 from twostage_search.benchmarks.click_models import (
     CLICK_MODELS,
     CascadeModel,
@@ -35,6 +34,7 @@ from twostage_search.benchmarks.online_power import (
     reciprocal_ranks,
     simulate_pair,
 )
+from twostage_search.benchmarks.studies import online_sim
 from twostage_search.engine.interleave import clicks_per_team, team_draft
 from twostage_search.engine.stats import two_proportion_z, welch_t
 

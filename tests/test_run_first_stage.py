@@ -107,7 +107,7 @@ def test_trec_dl_cell_reranks_a_run_with_a_real_cross_encoder(tmp_path):
     need("sentence_transformers", "rerank")
     from sentence_transformers import CrossEncoder
 
-    from twostage_search.benchmarks.trec_dl import load_cell, run_cell, table
+    from twostage_search.benchmarks.studies.trec_dl import load_cell, run_cell, table
     from twostage_search.engine.beir import read_corpus, read_trec_run
     from twostage_search.engine.models import resolve_model
 

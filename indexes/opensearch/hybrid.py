@@ -3,7 +3,7 @@
 One ``bool.should`` query: a ``multi_match`` (BM25, ``best_fields``) with boost ``bm25_weight`` and the
 SPLADE ``rank_feature`` clauses with boost ``splade_weight / scale**2``, so a document's score is
 ``bm25_weight × BM25 + splade_weight × (SPLADE dot product)``. The weights must be chosen on a dev
-split (``benchmarks/opensearch_first_stage.py`` does that on SciFact's train queries). With
+split (``benchmarks/studies/opensearch_first_stage.py`` does that on SciFact's train queries). With
 ``splade_weight=0`` it is BM25 alone on the same cluster. Ties are broken by ``doc_id`` on the server.
 """
 

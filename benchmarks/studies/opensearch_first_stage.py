@@ -1,6 +1,6 @@
 """SPLADE on OpenSearch against the embedded index, on SciFact: agreement, hybrid, ingest and latency.
 
-    python -m twostage_search.benchmarks.opensearch_first_stage [--docs N] [--dev-queries N] [--out FILE]
+    python -m twostage_search.benchmarks.studies.opensearch_first_stage [--docs N] [--dev-queries N] [--out FILE]
 
 One run, one corpus, one query set:
 
@@ -38,7 +38,7 @@ from twostage_search.engine.types import Document, Query, SparseVector
 
 log = logging.getLogger(__name__)
 Run = dict[str, list[tuple[str, float]]]
-DATASET = Path(__file__).parent / "data" / "scifact"
+DATASET = Path(__file__).parent.parent / "data" / "scifact"
 GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 """SPLADE weights tried on the dev split, with BM25's weight 1 (0 = BM25 alone)."""
 

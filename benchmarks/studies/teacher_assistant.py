@@ -1,6 +1,6 @@
 """Teacher → assistant, measured: an LLM judge's labels train a cross-encoder, scored on held-out queries.
 
-    python -m twostage_search.benchmarks.teacher_assistant \\
+    python -m twostage_search.benchmarks.studies.teacher_assistant \\
         --dataset ../shared/datasets/crowdflower-search-relevance \\
         --train-pairs 160 --dev-pairs 150 --test-pairs 120 --epochs 2
 
@@ -36,19 +36,19 @@ from twostage_search.benchmarks.graded import (
     GradedSet,
     agreement,
     apply_thresholds,
+    candidates,
     fit_thresholds,
     load_graded,
 )
-from twostage_search.benchmarks.judges import (
+from twostage_search.benchmarks.report import write_json
+from twostage_search.benchmarks.studies.judges import (
     JudgementStore,
-    candidates,
     ce_scores,
     lore_grades,
     lore_judge,
     run_lore,
-    write_json,
 )
-from twostage_search.benchmarks.judges import parser as judges_parser
+from twostage_search.benchmarks.studies.judges import parser as judges_parser
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
@@ -196,7 +196,7 @@ def table(report: dict[str, Any]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m twostage_search.benchmarks.teacher_assistant", description=__doc__.split("\n")[0]
+        prog="python -m twostage_search.benchmarks.studies.teacher_assistant", description=__doc__.split("\n")[0]
     )
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--train-pairs", type=int, default=160)

@@ -1,8 +1,8 @@
 """Load, overload, hot-swap and soak of the HTTP service on loopback, the server in its own process.
 
-    python -m twostage_search.benchmarks.overload --index var/scifact-1k --scenario capacity overload swap
-    python -m twostage_search.benchmarks.overload --index var/scifact-1k --scenario soak --soak-seconds 600
-    python -m twostage_search.benchmarks.overload --index var/scifact-1k --scenario arms --queue 64
+    python -m twostage_search.benchmarks.studies.overload --index var/scifact-1k --scenario capacity overload swap
+    python -m twostage_search.benchmarks.studies.overload --index var/scifact-1k --scenario soak --soak-seconds 600
+    python -m twostage_search.benchmarks.studies.overload --index var/scifact-1k --scenario arms --queue 64
 
 Starts ``twostage serve`` (a real uvicorn process) with ``--workers`` threads and a queue of ``--queue``
 per arm, so its admission capacity C is ``workers + queue`` requests per arm. Closed-loop asyncio
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.load import _wait_ready, closed_loop_requests, free_port, stop_server
+from twostage_search.benchmarks.serve import closed_loop_requests, free_port, stop_server, wait_ready
 from twostage_search.engine.assignment import assign
 from twostage_search.engine.beir import find_file, read_queries
 from twostage_search.engine.logs import setup_logging
@@ -295,7 +295,7 @@ async def drive(args: argparse.Namespace, base: str, proc: subprocess.Popen[byte
     out: dict[str, Any] = {"capacity": capacity}
     limits = httpx.Limits(max_connections=max(4 * capacity + 8, 512))  # open loop: never queue in the client
     async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
-        await _wait_ready(client, base, proc, args.start_timeout)
+        await wait_ready(client, base, proc, args.start_timeout)
         resp = await client.get(f"{base}/admin/experiment", headers={"Authorization": f"Bearer {token}"})
         resp.raise_for_status()
         default_experiment: dict[str, Any] = resp.json()["config"]  # the service's default (no --experiment)
@@ -345,7 +345,7 @@ async def drive(args: argparse.Namespace, base: str, proc: subprocess.Popen[byte
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m twostage_search.benchmarks.overload", description=__doc__.split("\n")[0]
+        prog="python -m twostage_search.benchmarks.studies.overload", description=__doc__.split("\n")[0]
     )
     p.add_argument("--index", type=Path, default=Path("var/scifact"))
     p.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"))

@@ -1,6 +1,6 @@
 """SPLADE first stage vs BM25, side by side in one process: latency, and quality per query-pruning level.
 
-    python -m twostage_search.benchmarks.first_stage_speed \\
+    python -m twostage_search.benchmarks.studies.first_stage_speed \\
         --dataset ../shared/datasets/scifact --split dev --prune 0,8,12,16,24,32
 
 Both indexes are built first unless they exist (``--splade-index``, ``--bm25-index``; SPLADE with the

@@ -1,6 +1,6 @@
 """Choose HNSW settings for ``dense-flat`` on dev queries: recall@k of the graph against the exact scan.
 
-    python -m twostage_search.benchmarks.dense_ann --dataset ../shared/datasets/scifact \\
+    python -m twostage_search.benchmarks.studies.dense_ann --dataset ../shared/datasets/scifact \\
         --dense-index var/scifact-dense --m 8,16,32 --ef 32,64,128,256,512 --k 100 --target 0.99
 
 The dense index is built first unless it exists (``--dense-index``; default encoder). Queries: with a

@@ -1,7 +1,7 @@
 """What the UBI query and event log costs: the event ingest rate the service sustains with its SQLite
 store, and the latency the log adds to ``/search``, logging on and off side by side.
 
-    python -m twostage_search.benchmarks.ubi_log --index var/scifact --requests 2000
+    python -m twostage_search.benchmarks.studies.ubi_log --index var/scifact --requests 2000
 
 Starts two ``twostage serve`` processes on the same index with one identity arm: one with the log on
 (SQLite in a temporary directory, ``--synchronous`` FULL or NORMAL) and one with
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.load import free_port, stop_server
+from twostage_search.benchmarks.serve import free_port, stop_server
 from twostage_search.engine.beir import find_file, read_queries
 
 BOOTSTRAP = 2000
@@ -60,7 +60,7 @@ def _start(args: argparse.Namespace, experiment: Path, data_dir: Path, log_on: b
     return proc, f"http://127.0.0.1:{port}"
 
 
-def _wait_ready(client: Any, base: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+def wait_ready(client: Any, base: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     try:
         with httpx.Client(timeout=60) as client:
             for proc, base in started.values():
-                _wait_ready(client, base, proc, args.start_timeout)
+                wait_ready(client, base, proc, args.start_timeout)
             report["search"] = search_latency(args, servers, client)
         report["ingest"] = []
         for size in args.batch_sizes:
@@ -186,7 +186,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m twostage_search.benchmarks.ubi_log", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m twostage_search.benchmarks.studies.ubi_log", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--index", type=Path, default=Path("var/scifact"))
     p.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"), help="BEIR dir (its queries)")
     p.add_argument("--requests", type=int, default=2000, help="timed searches per server")

@@ -1,7 +1,7 @@
 """LLM reranker benchmark: the LORE judge's graded-label accuracy and listwise nDCG@10.
 
-    python -m twostage_search.benchmarks.first_stage                          # writes runs/first_stage.run (top 100)
-    python -m twostage_search.benchmarks.llm_rerank --queries 30 --listwise-queries 20 --listwise-depth 20
+    python -m twostage_search.benchmarks.studies.first_stage                  # writes runs/first_stage.run (top 100)
+    python -m twostage_search.benchmarks.studies.llm_rerank --queries 30 --listwise-queries 20 --listwise-depth 20
 
 **LORE judge** (LORE report's measures): for a seeded sample of test queries, every judged-relevant
 document and the ``--negatives`` highest-ranked unjudged documents of the first stage (hard negatives)

@@ -1,6 +1,6 @@
 """``impact-csc`` against ``lucene-impact`` on one encoding of a corpus: the same top ``k`` for every query.
 
-    python -m twostage_search.benchmarks.impact_equality --dataset benchmarks/data/scifact --split test \\
+    python -m twostage_search.benchmarks.studies.impact_equality --dataset benchmarks/data/scifact --split test \\
         --out benchmarks/results/impact_equality
 
 The corpus is encoded once with the SPLADE encoder (default settings, or ``--max-length``); both indexes are

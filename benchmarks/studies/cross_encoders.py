@@ -4,7 +4,7 @@ INT8, plus the bundled general model (ms-marco-MiniLM-L-12-v2 INT8), in one proc
     twostage index ../shared/datasets/scifact/corpus.jsonl --index var/scifact-bm25 --backend lucene-bm25
     twostage export-onnx bundled:ce-minilm-l6-scifact var/ce-fp32 --precision fp32
     twostage export-onnx bundled:ce-minilm-l6-scifact var/ce-int8
-    nice -n 10 python -m twostage_search.benchmarks.cross_encoders --index var/scifact-bm25 \\
+    nice -n 10 python -m twostage_search.benchmarks.studies.cross_encoders --index var/scifact-bm25 \\
         --dataset ../shared/datasets/scifact --onnx-fp32 var/ce-fp32 --onnx-int8 var/ce-int8 --max-queries 30 --depth 10
 
 Each query's top ``--depth`` first-stage candidates are reranked by every system in turn (the order

@@ -2,7 +2,7 @@
 
     python -m twostage_search.benchmarks.score_cache --dataset ../shared/datasets/trec-dl-2019-passage \\
         --out var/depth/scores-trec-dl-2019-passage.json        # and the same for 2020 (once, slow)
-    python -m twostage_search.benchmarks.depth_policy --out runs/depth
+    python -m twostage_search.benchmarks.studies.depth_policy --out runs/depth
 
 Every (query, document) of the top 100 of each first-stage run was scored once
 (:mod:`benchmarks.score_cache`), so any depth and any stopping policy is evaluated offline: the cascade
@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.depth_sets import KS, RunSet, load_dl, load_set, subset
 from twostage_search.benchmarks.evaluation import compare, mean
 from twostage_search.benchmarks.published import published_dl
 from twostage_search.benchmarks.score_cache import ScoreCache
+from twostage_search.benchmarks.studies.depth_sets import KS, RunSet, load_dl, load_set, subset
 from twostage_search.engine.chunked import ChunkedDepth, MarginRule, fit_chunked, rerank_in_chunks, transitions
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.costmodel import CostModel

@@ -1,6 +1,6 @@
 """Dense search on OpenSearch (``opensearch-knn``: the k-NN plugin's Lucene HNSW) against the exact scan.
 
-    python -m twostage_search.benchmarks.opensearch_dense --dataset ../shared/datasets/scifact \\
+    python -m twostage_search.benchmarks.studies.opensearch_dense --dataset ../shared/datasets/scifact \\
         --dense-index var/scifact-dense --ef 100,200,400 --k 100 --target 0.99
 
 The ``dense-flat`` index (built first unless it exists) is moved to a local one-node OpenSearch with the
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.dense_ann import dev_test_queries, ensure_index
 from twostage_search.benchmarks.evaluation import machine, percentile
+from twostage_search.benchmarks.studies.dense_ann import dev_test_queries, ensure_index
 from twostage_search.engine.logs import setup_logging
 
 

@@ -1,6 +1,6 @@
 """Load test of the HTTP service on loopback: throughput and latency percentiles at a few concurrencies.
 
-    python -m twostage_search.benchmarks.load --index var/scifact --concurrency 1 4 16 --requests 300
+    python -m twostage_search.benchmarks.studies.load --index var/scifact --concurrency 1 4 16 --requests 300
 
 Starts ``twostage serve`` (a real uvicorn process) on 127.0.0.1 with a free port and an experiment with
 one arm (``--reranker identity`` by default; the cross-encoder costs ~50 ms per document on a 2-core CPU),
@@ -18,94 +18,17 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from twostage_search.benchmarks.serve import closed_loop_requests, free_port, stop_server, wait_ready
 from twostage_search.engine.beir import find_file, read_queries
 from twostage_search.engine.logs import setup_logging
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop_server(proc: subprocess.Popen[Any]) -> None:
-    """Stop a server process the benchmark started: SIGTERM, then SIGKILL after 30 s; reaped either way."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-
-class ServeProcess:
-    """``twostage serve`` in a subprocess on a free local port, ready when constructed; ``close()`` stops it.
-
-    ``env`` adds to this process's environment (``HF_HUB_OFFLINE=1`` and the data directory are set);
-    ``headers`` go with every request of :attr:`client` (an ``httpx.Client``). Its output is in
-    ``data_dir/server.log``, quoted when it exits early or is not ready within ``timeout_s``.
-    """
-
-    def __init__(
-        self,
-        index: Path,
-        experiment: Path,
-        data_dir: Path,
-        *,
-        env: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-        timeout_s: float = 300.0,
-    ) -> None:
-        import httpx
-
-        from twostage_search.engine.errors import TwoStageError
-
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        full_env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-            "TWOSTAGE_DATA_DIR": str(data_dir),
-            **(env or {}),
-        }
-        cmd = [sys.executable, "-m", "twostage_search.cli", "serve", "--index", str(index)]
-        cmd += ["--experiment", str(experiment), "--host", "127.0.0.1", "--port", str(port)]
-        self.log_path = data_dir / "server.log"
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full_env
-            )
-        self.client = httpx.Client(timeout=180, headers=headers or {})
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                self.close()
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise TwoStageError(f"twostage serve exited with status {self.proc.returncode}:\n{tail}")
-            try:
-                if self.client.get(f"{self.base}/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.close()
-                raise TwoStageError(f"twostage serve not ready after {timeout_s:.0f}s (see {self.log_path})")
-            time.sleep(0.25)
-
-    def close(self) -> None:
-        self.client.close()
-        stop_server(self.proc)
 
 
 def _experiment(reranker: str, rerank_depth: int, depth: int, name: str = "load") -> dict[str, Any]:
@@ -113,62 +36,6 @@ def _experiment(reranker: str, rerank_depth: int, depth: int, name: str = "load"
     if reranker != "identity":
         arm["rerank_depth"] = rerank_depth
     return {"name": name, "arms": [arm]}
-
-
-async def _wait_ready(client: Any, base: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}")
-        try:
-            if (await client.get(f"{base}/readyz")).status_code == 200:
-                return
-        except Exception:
-            pass
-        await asyncio.sleep(0.25)
-    raise RuntimeError("server not ready in time")
-
-
-async def closed_loop_requests(
-    client: Any,
-    base: str,
-    queries: list[str],
-    clients: int,
-    n: int,
-    max_seconds: float,
-    k: int,
-    *,
-    user_prefix: str,
-    pause_after_429_s: float = 0.0,
-) -> tuple[list[tuple[str, float]], float]:
-    """``clients`` closed loops POSTing ``/search`` until ``n`` requests or ``max_seconds``.
-
-    Returns each request's outcome (the HTTP status, or the exception's class name) with its latency in
-    ms, and the wall seconds of the whole run. ``pause_after_429_s`` makes a refused client wait a little.
-    """
-    outcomes: list[tuple[str, float]] = []
-    sent = 0
-    stop_at = time.perf_counter() + max_seconds
-
-    async def loop() -> None:
-        nonlocal sent
-        while sent < n and time.perf_counter() < stop_at:
-            i = sent
-            sent += 1
-            body = {"query": queries[i % len(queries)], "k": k, "user_id": f"{user_prefix}{i}"}
-            started = time.perf_counter()
-            try:
-                resp = await client.post(f"{base}/search", json=body)
-                status = str(resp.status_code)
-            except Exception as exc:
-                status = type(exc).__name__
-            outcomes.append((status, (time.perf_counter() - started) * 1000))
-            if status == "429" and pause_after_429_s:
-                await asyncio.sleep(pause_after_429_s)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(clients)))
-    return outcomes, time.perf_counter() - started
 
 
 async def _level(
@@ -212,7 +79,7 @@ async def _drive(args: argparse.Namespace, base: str, proc: subprocess.Popen[byt
     queries = [q.text for q in read_queries(find_file(args.dataset, "queries"))]
     limits = httpx.Limits(max_connections=max(args.concurrency) + 2)
     async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
-        await _wait_ready(client, base, proc, args.start_timeout)
+        await wait_ready(client, base, proc, args.start_timeout)
         await _level(client, base, queries[::-1], 2, args.warmup, args.max_seconds, args.k)
         swaps: list[int] = []
         task = None
@@ -235,7 +102,9 @@ async def _drive(args: argparse.Namespace, base: str, proc: subprocess.Popen[byt
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m twostage_search.benchmarks.load", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m twostage_search.benchmarks.studies.load", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--index", type=Path, default=Path("var/scifact"))
     p.add_argument("--dataset", type=Path, default=Path("benchmarks/data/scifact"))
     p.add_argument("--reranker", default="identity", help="the one arm's reranker (default identity)")

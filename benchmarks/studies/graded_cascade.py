@@ -1,7 +1,7 @@
 """LORE-style deployment of the graded model: the ``cascade`` reranker in pair mode serves ``graded`` to every
 (query, item) pair and asks the ``lore`` LLM judge only where P(grade) is uncertain.
 
-    python -m twostage_search.benchmarks.graded_cascade \\
+    python -m twostage_search.benchmarks.studies.graded_cascade \\
         --crowdflower ../shared/datasets/crowdflower-search-relevance \\
         --llm-budget 300 --out benchmarks/results/graded-cascade.json
 
@@ -34,10 +34,10 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, cast
 
-from twostage_search.benchmarks.graded import GradedPair, GradedSet, agreement
+from twostage_search.benchmarks.graded import GradedPair, GradedSet, agreement, candidates
 from twostage_search.benchmarks.graded_data import fill, load_split_set, open_caches
-from twostage_search.benchmarks.graded_model import bootstrap_kappa_diff
-from twostage_search.benchmarks.judges import candidates, write_json
+from twostage_search.benchmarks.report import write_json
+from twostage_search.benchmarks.studies.graded_model import bootstrap_kappa_diff
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Candidate, Query
@@ -280,7 +280,7 @@ def table(report: Mapping[str, Any]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m twostage_search.benchmarks.graded_cascade", description=__doc__.split("\n")[0]
+        prog="python -m twostage_search.benchmarks.studies.graded_cascade", description=__doc__.split("\n")[0]
     )
     p.add_argument("--crowdflower", type=Path, required=True, help="the CrowdFlower search-relevance BEIR folder")
     p.add_argument("--cache", type=Path, default=Path("var/graded"), help="folder of cached logits and LLM judgements")

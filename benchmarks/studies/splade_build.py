@@ -1,6 +1,6 @@
 """SPLADE document encoding throughput, torch vs ONNX Runtime, on the same texts in one process.
 
-    python -m twostage_search.benchmarks.splade_build \\
+    python -m twostage_search.benchmarks.studies.splade_build \\
         --dataset ../shared/datasets/scifact --docs 256 --onnx-batch 4,8,16 --rounds 2
 
 The first ``--docs`` corpus documents (title + abstract, file order) at ``--max-length`` tokens are encoded

@@ -1,8 +1,8 @@
 """Fit and measure a cheap dense query side: bge-small's first layers + a linear head onto its query space.
 
-    python -m twostage_search.benchmarks.query_student fit --layers 2 --pooling mean --alpha 10 \\
+    python -m twostage_search.benchmarks.studies.query_student fit --layers 2 --pooling mean --alpha 10 \\
         --out engine/students/bge-small-query-l2
-    python -m twostage_search.benchmarks.query_student evaluate --dataset ../shared/datasets/scifact \\
+    python -m twostage_search.benchmarks.studies.query_student evaluate --dataset ../shared/datasets/scifact \\
         --dense-index var/scifact/dense --bm25-index var/scifact/bm25 --student bundled:bge-small-query-l2
 
 ``fit`` encodes query-like training texts with the full model (bge-small INT8, the query prefix, one per
@@ -37,12 +37,12 @@ from typing import Any
 import numpy as np
 
 from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean
+from twostage_search.benchmarks.graded_data import SPLITS_DIR
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-SPLITS = Path(__file__).parent / "data" / "splits"
 MEASURES = ("nDCG@10", "R@100")
 DEPTH = 100
 SCIFACT_DEV = 300
@@ -50,7 +50,7 @@ SCIFACT_DEV = 300
 
 def read_split(dataset: Path) -> dict[str, str]:
     """query id → ``train``/``dev``/``test`` from benchmarks/data/splits (empty when the dataset has no file)."""
-    path = SPLITS / f"{dataset.name}.tsv"
+    path = SPLITS_DIR / f"{dataset.name}.tsv"
     if not path.is_file():
         return {}
     rows = [line.rstrip("\n").split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:]]

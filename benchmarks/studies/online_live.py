@@ -1,6 +1,6 @@
 """An experiment end to end with simulated users: serve two arms, log searches and clicks, report.
 
-    python -m twostage_search.benchmarks.online_live --dataset ../shared/datasets/trec-dl-2019-passage \\
+    python -m twostage_search.benchmarks.studies.online_live --dataset ../shared/datasets/trec-dl-2019-passage \\
         --index var/online_sim/index-dl19-bm25 --impressions 400 --out runs/online_live
 
 1. Starts ``twostage serve`` (a real uvicorn process on a free local port) on ``--index`` with
@@ -39,13 +39,13 @@ import numpy as np
 from twostage_search.benchmarks.click_models import CLICK_MODELS, CascadeModel, map_grades
 from twostage_search.benchmarks.datasets import load_beir
 from twostage_search.benchmarks.evaluation import machine
-from twostage_search.benchmarks.load import ServeProcess
+from twostage_search.benchmarks.serve import ServeProcess, read_experiment
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = Path(__file__).resolve().parent / "experiments" / "online-live.yaml"
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "online-live.yaml"
 LOG_FILE = "ubi.sqlite3"  # the service's SQLite log in its data directory
 RETRIES = 5
 
@@ -56,12 +56,7 @@ def experiment_file(source: Path, mode: str | None, data_dir: Path) -> Path:
         return source
     import yaml
 
-    try:
-        config = yaml.safe_load(source.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{source}: cannot read the experiment: {exc}") from exc
-    if not isinstance(config, dict):
-        raise InputError(f"{source}: not an experiment file")
+    config = read_experiment(source)
     config["mode"] = mode
     path = data_dir / "experiment.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -183,7 +178,7 @@ def run_report(data_dir: Path, experiment: Path, out: Path) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m twostage_search.benchmarks.online_live",
+        prog="python -m twostage_search.benchmarks.studies.online_live",
         description=(__doc__ or "").split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -1,10 +1,10 @@
 """Cost–quality of rerank-depth policies, adaptive vs fixed k, with every choice made off the test split.
 
-    python -m twostage_search.benchmarks.first_stage --dataset ../shared/datasets/scifact --split train \\
+    python -m twostage_search.benchmarks.studies.first_stage --dataset ../shared/datasets/scifact --split train \\
         --index var/scifact --out runs/scifact-first/train
-    python -m twostage_search.benchmarks.first_stage --dataset ../shared/datasets/scifact --split test \\
+    python -m twostage_search.benchmarks.studies.first_stage --dataset ../shared/datasets/scifact --split test \\
         --index var/scifact --out runs/scifact-first
-    python -m twostage_search.benchmarks.cost_quality --dataset ../shared/datasets/scifact \\
+    python -m twostage_search.benchmarks.studies.cost_quality --dataset ../shared/datasets/scifact \\
         --train-run runs/scifact-first/train/first_stage.run --test-run runs/scifact-first/first_stage.run
 
 Protocol. The *train* split's queries are shuffled with ``--seed`` and cut in two: **dev** (the first

@@ -1,6 +1,6 @@
 """First-stage benchmark on a BEIR-format dataset: build throughput, query latency and quality.
 
-    python -m twostage_search.benchmarks.first_stage --dataset benchmarks/data/scifact --index var/scifact
+    python -m twostage_search.benchmarks.studies.first_stage --dataset benchmarks/data/scifact --index var/scifact
 
 Builds the index unless ``--index`` already holds one (``--rebuild`` forces it), then runs every
 query of the split through ``TwoStage(retriever, IdentityReranker)`` one at a time, as a service

@@ -1,4 +1,4 @@
-"""The Markdown table of :mod:`twostage_search.benchmarks.online_sim`'s report."""
+"""The Markdown table of :mod:`twostage_search.benchmarks.studies.online_sim`'s report."""
 
 from __future__ import annotations
 

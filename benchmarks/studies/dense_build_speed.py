@@ -1,6 +1,6 @@
 """Dense document encoding speed, encoder settings side by side in one process (the dense side of a build).
 
-    python -m twostage_search.benchmarks.dense_build_speed --dataset ../shared/datasets/scifact \\
+    python -m twostage_search.benchmarks.studies.dense_build_speed --dataset ../shared/datasets/scifact \\
         --docs 256 --variants b1-l256,b16-l256,b16-l192 --threads 2
 
 Each variant is a :class:`~twostage_search.engine.dense.DenseEncoder` setting written ``bB-lL`` (batch size

@@ -1,6 +1,6 @@
 """Our SPLADE encoder vs sentence-transformers' ``SparseEncoder`` on the same model, same texts, one process.
 
-    nice -n 10 python -m twostage_search.benchmarks.splade_encoders --dataset ../shared/datasets/scifact \\
+    nice -n 10 python -m twostage_search.benchmarks.studies.splade_encoders --dataset ../shared/datasets/scifact \\
         --docs 256 --queries 100
 
 Document side: ``--docs`` corpus texts (title + abstract, the first by id), encoded in batches of

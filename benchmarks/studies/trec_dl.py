@@ -1,8 +1,8 @@
 """TREC DL 2019/2020 passage: rerank the published top-100 runs, nDCG@10 beside the published figures.
 
-    python -m twostage_search.benchmarks.trec_dl --out runs/trec-dl            # everything (hours on 2 CPUs)
-    python -m twostage_search.benchmarks.trec_dl --runs bm25 --rerankers onnx-cross-encoder
-    python -m twostage_search.benchmarks.trec_dl --rerankers listwise-llm --limit listwise-llm=10:20
+    python -m twostage_search.benchmarks.studies.trec_dl --out runs/trec-dl            # everything (hours on 2 CPUs)
+    python -m twostage_search.benchmarks.studies.trec_dl --runs bm25 --rerankers onnx-cross-encoder
+    python -m twostage_search.benchmarks.studies.trec_dl --rerankers listwise-llm --limit listwise-llm=10:20
 
 Each (dataset, first-stage run, reranker) cell goes through ``twostage bench`` with the run as the first
 stage (``first_stage: {run: ...}``): the run alone and the run reranked, over the same queries, so each

@@ -1,6 +1,6 @@
 """The query sets of the depth table: which queries are dev and test, and their cascade nDCG@10 per depth.
 
-    python -m twostage_search.benchmarks.depth_sets --set scifact --out var/depth/ids-scifact.txt
+    python -m twostage_search.benchmarks.studies.depth_sets --set scifact --out var/depth/ids-scifact.txt
 
 TREC DL: dev = DL19, test = DL20 (every judged query). SciFact: dev = the queries of ``qrels/train.tsv``
 (the stop model is fitted and λ chosen there, cross-fitted), test = ``qrels/test.tsv``. CrowdFlower: the

@@ -1,7 +1,7 @@
 """Dense and hybrid first stages against SPLADE and BM25: fusion settings chosen on dev, reported on test.
 
-    python -m twostage_search.benchmarks.hybrid --dataset ../shared/datasets/scifact --indexes var/scifact
-    python -m twostage_search.benchmarks.hybrid --dataset ../shared/datasets/crowdflower-search-relevance \\
+    python -m twostage_search.benchmarks.studies.hybrid --dataset ../shared/datasets/scifact --indexes var/scifact
+    python -m twostage_search.benchmarks.studies.hybrid --dataset ../shared/datasets/crowdflower-search-relevance \\
         --indexes var/crowdflower --grade-offset 1 --rel 2
 
 Component indexes are read from ``INDEXES-lucene-impact``, ``INDEXES-lucene-bm25`` and

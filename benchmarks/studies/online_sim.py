@@ -1,6 +1,6 @@
 """Plan an online experiment before going live: how many impressions A/B and interleaving need.
 
-    python -m twostage_search.benchmarks.online_sim --dataset ../shared/datasets/trec-dl-2019-passage \\
+    python -m twostage_search.benchmarks.studies.online_sim --dataset ../shared/datasets/trec-dl-2019-passage \\
         --index var/dl19-bm25 --experiment benchmarks/experiments/online-sim.yaml --pairs first:ce20 ce10:ce50
 
 1. Starts ``twostage serve`` on ``--index`` with ``--experiment`` and asks it, over HTTP, for each arm's
@@ -34,9 +34,9 @@ from typing import Any
 from twostage_search.benchmarks.click_models import CLICK_MODELS, expected_ctr_rr, map_grades
 from twostage_search.benchmarks.datasets import load_beir
 from twostage_search.benchmarks.evaluation import evaluate, machine, mean
-from twostage_search.benchmarks.load import ServeProcess
 from twostage_search.benchmarks.online_power import Grid, MethodPower, pair_lists, simulate_pair
-from twostage_search.benchmarks.online_table import markdown
+from twostage_search.benchmarks.serve import ServeProcess, read_experiment
+from twostage_search.benchmarks.studies.online_table import markdown
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 
@@ -48,13 +48,8 @@ SAVE_EVERY = 20
 
 
 def _arms_of(experiment: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        config = yaml.safe_load(experiment.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{experiment}: cannot read the experiment: {exc}") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("arms"), list):
+    config = read_experiment(experiment)
+    if not isinstance(config.get("arms"), list):
         raise InputError(f"{experiment}: not an experiment file (no list of arms)")
     return {str(a.get("name")): a for a in config["arms"] if isinstance(a, dict)}
 
@@ -204,7 +199,7 @@ def _pair(text: str) -> tuple[str, str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m twostage_search.benchmarks.online_sim",
+        prog="python -m twostage_search.benchmarks.studies.online_sim",
         description=(__doc__ or "").split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

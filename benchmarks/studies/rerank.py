@@ -1,7 +1,7 @@
 """Reranking benchmark: first stage vs first stage + cross-encoder at several rerank depths.
 
-    python -m twostage_search.benchmarks.first_stage                     # writes runs/first_stage.run (top 100)
-    python -m twostage_search.benchmarks.rerank --run runs/first_stage.run --depths 10 50 100
+    python -m twostage_search.benchmarks.studies.first_stage                     # writes runs/first_stage.run (top 100)
+    python -m twostage_search.benchmarks.studies.rerank --run runs/first_stage.run --depths 10 50 100
 
 Quality: every query's top ``max(depths)`` first-stage candidates are scored once by the cross-encoder;
 for each depth k the top k are reordered by those scores and the rest keep first-stage order below them

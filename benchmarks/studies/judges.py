@@ -1,8 +1,8 @@
 """Graded judge evaluation: a relevance judge's labels against human grades, with its cost per pair.
 
-    python -m twostage_search.benchmarks.judges --dataset ../shared/datasets/crowdflower-search-relevance \\
+    python -m twostage_search.benchmarks.studies.judges --dataset ../shared/datasets/crowdflower-search-relevance \\
         --judge lore --judge cross-encoder --test-pairs 200 --dev-pairs 300
-    python -m twostage_search.benchmarks.judges --dataset ../shared/datasets/llmjudge-2024-test \\
+    python -m twostage_search.benchmarks.studies.judges --dataset ../shared/datasets/llmjudge-2024-test \\
         --judge lore --judge cross-encoder --submissions \\
         ../shared/datasets/llmjudge-2024-test/baselines/llmjudge-benchmark-submissions
 
@@ -38,24 +38,17 @@ from twostage_search.benchmarks.graded import (
     GradedSet,
     agreement,
     apply_thresholds,
+    candidates,
     fit_thresholds,
     load_graded,
     load_submissions,
 )
+from twostage_search.benchmarks.report import write_json
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
-from twostage_search.engine.types import Candidate
 
 log = logging.getLogger(__name__)
-
-
-def candidates(dataset: GradedSet, pairs: Sequence[GradedPair]) -> list[Candidate]:
-    out = []
-    for p in pairs:
-        doc = dataset.corpus[p.doc_id]
-        out.append(Candidate(p.doc_id, 0.0, doc.text, doc.title))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- LORE
@@ -280,16 +273,10 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` atomically (temp file beside it, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m twostage_search.benchmarks.judges", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m twostage_search.benchmarks.studies.judges", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--dataset", type=Path, required=True, help="graded BEIR folder (qrels/test.tsv holds the grades)")
     p.add_argument("--judge", action="append", default=[], help="lore | cross-encoder (repeatable)")
     p.add_argument("--test-pairs", type=int, default=200, help="seeded sample of test-split pairs (default 200)")

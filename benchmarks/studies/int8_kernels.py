@@ -2,7 +2,7 @@
 TREC DL19 BM25 top 20, with ONNX Runtime's default 8-bit product and with the exact one the engine uses
 (``session.x64quantprecision``; see engine/onnx_session.py), side by side in one process.
 
-    python -m twostage_search.benchmarks.int8_kernels --dataset ../shared/datasets/trec-dl-2019-passage
+    python -m twostage_search.benchmarks.studies.int8_kernels --dataset ../shared/datasets/trec-dl-2019-passage
 
 On CPUs with VNNI both products are exact and the two columns agree; on AVX2 CPUs without VNNI the default
 saturates intermediate sums. Each pair is scored by both sessions in turn (the order alternates per query),

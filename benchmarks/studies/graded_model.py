@@ -1,6 +1,6 @@
 """Train and score the graded relevance model (``graded`` reranker) on query-level splits of graded e-commerce sets.
 
-    python -m twostage_search.benchmarks.graded_model \\
+    python -m twostage_search.benchmarks.studies.graded_model \\
         --crowdflower ../shared/datasets/crowdflower-search-relevance \\
         --homedepot ../shared/datasets/homedepot-search-relevance \\
         --save rerankers/models/graded-crowdflower/model.json --out benchmarks/results/graded-model.json
@@ -36,6 +36,7 @@ from twostage_search.benchmarks.graded import (
     GradedSet,
     agreement,
     apply_thresholds,
+    candidates,
     fit_thresholds,
 )
 from twostage_search.benchmarks.graded_data import (
@@ -46,7 +47,7 @@ from twostage_search.benchmarks.graded_data import (
     load_split_set,
     open_caches,
 )
-from twostage_search.benchmarks.judges import candidates, write_json
+from twostage_search.benchmarks.report import write_json
 from twostage_search.engine.errors import TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.rerankers.graded import LEXICAL, LOGITS, MATCH, RELATIVE, GradedReranker
@@ -218,7 +219,7 @@ def subset(
 
 def lore_labels(data: GradedSet, pairs: Sequence[GradedPair], store: Path, threads: int) -> tuple[list[int], float]:
     """The bundled LLM judge's (``lore``, label-only, zero-shot) grades for ``pairs`` and its pairs/s."""
-    from twostage_search.benchmarks.judges import JudgementStore, lore_grades, run_lore
+    from twostage_search.benchmarks.studies.judges import JudgementStore, lore_grades, run_lore
     from twostage_search.rerankers.llm.lore import JudgementCache, LoreReranker
 
     judge = LoreReranker("llama-cpp", cache=JudgementCache(0), backend_options={"threads": threads})
@@ -363,7 +364,7 @@ def table(report: Mapping[str, Any]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m twostage_search.benchmarks.graded_model", description=__doc__.split("\n")[0]
+        prog="python -m twostage_search.benchmarks.studies.graded_model", description=__doc__.split("\n")[0]
     )
     p.add_argument("--crowdflower", type=Path, required=True, help="the CrowdFlower search-relevance BEIR folder")
     p.add_argument("--homedepot", type=Path, default=None, help="the Home Depot search-relevance BEIR folder")

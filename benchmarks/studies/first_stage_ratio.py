@@ -1,0 +1,279 @@
+"""Every first stage against BM25, side by side in one process: p50/p95 latency ratios and quality.
+
+    python -m twostage_search.benchmarks.studies.first_stage_ratio --dataset ../shared/datasets/scifact \\
+        --variant bm25=var/scifact-bm25 --variant splade=var/scifact-splade \\
+        --variant splade-csc=var/scifact-csc --variant dense=var/scifact-dense,search=exact \\
+        --variant dense-hnsw=var/scifact-dense-hnsw,search=hnsw,ef_search=100 \\
+        --variant hybrid=var/scifact-hybrid --same splade-csc=splade --same dense-hnsw=dense
+
+A variant is ``NAME=PATH[,option=value...]``: any index ``twostage index`` built (``indexes.load``), opened
+with ``retriever(**options)`` (values parsed as int, float or string). Every query goes through every
+variant, one query at a time, the variants in an order that rotates per query, so all see the same machine
+load; ``--warmup`` queries run first, untimed. A variant's time is the first stage end to end as a pipeline
+calls it: query encoding, search of the top ``--depth`` and the texts of the top ``--texts`` documents.
+
+Reported per variant: p50 and p95 in ms, **p50 as a ratio to the ``--baseline`` variant** with a bootstrap
+95% CI (queries resampled, the ratio of the two medians recomputed: the timings are paired by query),
+nDCG@10 and R@100. ``--same A=B`` checks that A is a faithful stand-in for B (an exact in-process index for
+Lucene's, a graph for the exact scan): the share of queries whose top ``--depth`` ids are identical, the
+mean overlap of the two top ``--depth`` sets, and the nDCG@10 and R@100 differences (bootstrap CI, paired
+randomisation test, Holm across the table).
+
+Queries: ``--split test`` is ``qrels/test.tsv``; ``--split dev`` the first ``--dev-queries`` ids of
+``qrels/train.tsv``; ``--splits-file F --split NAME`` the queries a committed query-level split file assigns
+to NAME (e.g. ``benchmarks/data/splits/homedepot-search-relevance.tsv``: graded sets without a train file),
+judged by ``qrels/test.tsv``. ``--grade-offset`` is subtracted from every grade and ``--rel`` is the lowest
+shifted grade R@100 counts. ``--max-queries`` keeps a seeded sample. Writes ``--out/NAME.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, percentile
+from twostage_search.benchmarks.graded_data import read_splits
+from twostage_search.engine.beir import find_file, read_qrels, read_queries
+from twostage_search.engine.errors import InputError, exit_status
+from twostage_search.engine.logs import setup_logging
+from twostage_search.engine.types import Query
+
+log = logging.getLogger(__name__)
+
+MEASURES = ("nDCG@10", "R@100")
+SEED = 13
+BOOTSTRAP = 2000
+
+
+def parse_variant(spec: str) -> tuple[str, Path, dict[str, Any]]:
+    """``NAME=PATH[,key=value...]`` → (name, path, retriever options); numbers become int or float."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise InputError(f"--variant wants NAME=PATH[,option=value...], got {spec!r}")
+    path, *pairs = rest.split(",")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--variant {name}: option {pair!r} is not key=value")
+        value: Any = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                pass
+        options[key] = value
+    return name, Path(path), options
+
+
+def load_queries(args: argparse.Namespace) -> tuple[list[Query], dict[str, dict[str, int]]]:
+    """The split's queries (a seeded sample of ``--max-queries``) and their shifted qrels."""
+    qrels_file = "test.tsv"
+    if args.splits_file is not None:
+        splits = read_splits(args.splits_file)
+        if args.split not in splits:
+            raise InputError(f"{args.splits_file} has no split {args.split!r} (it has {', '.join(sorted(splits))})")
+        wanted: set[str] | None = set(splits[args.split])
+    elif args.split == "test":
+        wanted = None
+    elif args.split == "dev":
+        qrels_file, wanted = "train.tsv", None
+    else:
+        raise InputError(f"--split must be dev or test without --splits-file, got {args.split!r}")
+    qrels = read_qrels(args.dataset / "qrels" / qrels_file)
+    if args.split == "dev" and args.splits_file is None:
+        qrels = dict(list(qrels.items())[: args.dev_queries])  # read_qrels keeps file order
+    if wanted is not None:
+        qrels = {q: docs for q, docs in qrels.items() if q in wanted}
+    qrels = {q: {d: g - args.grade_offset for d, g in docs.items()} for q, docs in qrels.items()}
+    queries = sorted(
+        (q for q in read_queries(find_file(args.dataset, "queries")) if q.query_id in qrels), key=lambda q: q.query_id
+    )
+    if args.max_queries and len(queries) > args.max_queries:
+        queries = sorted(random.Random(SEED).sample(queries, args.max_queries), key=lambda q: q.query_id)
+    if not queries:
+        raise InputError(f"no judged queries in split {args.split!r} of {args.dataset}")
+    return queries, qrels
+
+
+def median_ratio_ci(a: list[float], b: list[float], seed: int = SEED) -> tuple[float, float, float]:
+    """median(a) / median(b) over paired per-query times, with a bootstrap 95% CI (queries resampled)."""
+    import numpy as np
+
+    x, y = np.asarray(a), np.asarray(b)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))
+    ratios = np.median(x[idx], axis=1) / np.median(y[idx], axis=1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(np.median(x) / np.median(y)), float(low), float(high)
+
+
+def time_variants(
+    retrievers: dict[str, Any], queries: list[Query], depth: int, texts: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, dict[str, list[str]]]]:
+    """Per-query wall ms and top-``depth`` ids of every variant, the order rotating per query."""
+    names = list(retrievers)
+    for q in queries[:warmup]:  # ONNX Runtime arenas, JIT, page cache
+        for name in names:
+            retrievers[name].with_texts(retrievers[name].retrieve(q, depth, texts=False).head(texts))
+    times: dict[str, list[float]] = {n: [] for n in names}
+    rankings: dict[str, dict[str, list[str]]] = {n: {} for n in names}
+    for i, q in enumerate(queries):
+        for j in range(len(names)):
+            name = names[(i + j) % len(names)]
+            started = time.perf_counter()
+            ranking = retrievers[name].retrieve(q, depth, texts=False)
+            if texts:
+                retrievers[name].with_texts(ranking.head(texts))
+            times[name].append((time.perf_counter() - started) * 1000)
+            rankings[name][q.query_id] = list(ranking.doc_ids)
+    return times, rankings
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from twostage_search import indexes
+
+    variants = [parse_variant(s) for s in args.variant]
+    names = [v[0] for v in variants]
+    if len(set(names)) != len(names):
+        raise InputError(f"variant names must differ: {names}")
+    if args.baseline not in names:
+        raise InputError(f"--baseline {args.baseline!r} is not a variant ({', '.join(names)})")
+    same = [tuple(s.split("=", 1)) for s in args.same]
+    for pair in same:
+        if len(pair) != 2 or not set(pair) <= set(names):
+            raise InputError(f"--same wants A=B over variant names ({', '.join(names)}), got {'='.join(pair)!r}")
+    queries, qrels = load_queries(args)
+    opened: dict[str, Any] = {}
+    retrievers: dict[str, Any] = {}
+    for name, path, options in variants:
+        opened[name] = indexes.load(path)
+        retrievers[name] = opened[name].retriever(**options)
+    log.info("%d queries through %d variants", len(queries), len(names))
+    times, rankings = time_variants(retrievers, queries, args.depth, args.texts, args.warmup)
+    query_ids = [q.query_id for q in queries]
+    per_query = {n: evaluate(qrels, query_ids, rankings[n], MEASURES, rel=args.rel) for n in names}
+    rows: dict[str, Any] = {}
+    for name, path, options in variants:
+        ratio, low, high = median_ratio_ci(times[name], times[args.baseline])
+        rows[name] = {
+            "index": str(path),
+            "backend": opened[name].meta.get("backend"),
+            "options": options,
+            "p50_ms": round(percentile(times[name], 50), 2),
+            "p95_ms": round(percentile(times[name], 95), 2),
+            "p50_vs_baseline": [round(ratio, 3), round(low, 3), round(high, 3)],
+            "quality": {m: round(mean(per_query[name][m]), 4) for m in MEASURES},
+        }
+    pairs = [(per_query[a][m], per_query[b][m]) for a, b in same for m in MEASURES]
+    stats = iter(compare(pairs)) if pairs else iter(())
+    checks = []
+    for a, b in same:
+        identical = sum(rankings[a][q] == rankings[b][q] for q in query_ids) / len(query_ids)
+        overlap = mean(
+            [len(set(rankings[a][q]) & set(rankings[b][q])) / max(1, len(rankings[b][q])) for q in query_ids]
+        )
+        checks.append(
+            {
+                "variant": a,
+                "reference": b,
+                "identical_top": round(identical, 4),
+                "mean_overlap": round(overlap, 4),
+                **{m: next(stats).as_dict() for m in MEASURES},
+            }
+        )
+    report = {
+        "dataset": str(args.dataset),
+        "split": args.split + (f" of {args.splits_file}" if args.splits_file else ""),
+        "queries": len(queries),
+        "depth": args.depth,
+        "texts_fetched": args.texts,
+        "warmup_queries": min(args.warmup, len(queries)),
+        "baseline": args.baseline,
+        "grade_offset": args.grade_offset,
+        "rel": args.rel,
+        "variants": rows,
+        "same": checks,
+        "machine": machine(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or args.dataset.name
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (args.out / f"{stem}.md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    base = report["baseline"]
+    lines = [
+        f"{report['dataset']}, {report['split']} ({report['queries']} queries), top {report['depth']}, texts of the "
+        f"top {report['texts_fetched']}; load average {report['machine'].get('load_average', '?')}",
+        "",
+        f"| first stage | backend | p50 ms | p95 ms | p50 × {base} [95% CI] | nDCG@10 | R@100 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["variants"].items():
+        r, lo, hi = row["p50_vs_baseline"]
+        q = row["quality"]
+        lines.append(
+            f"| {name} | {row['backend']} | {row['p50_ms']} | {row['p95_ms']} | {r:.2f} [{lo:.2f}, {hi:.2f}] "
+            f"| {q['nDCG@10']:.4f} | {q['R@100']:.4f} |"
+        )
+    if report["same"]:
+        lines += [
+            "",
+            "| variant vs reference | identical top | mean overlap | ΔnDCG@10 [95% CI] | ΔR@100 [95% CI] |",
+            "|---|---|---|---|---|",
+        ]
+        for c in report["same"]:
+            cells = [f"{c[m]['delta']:+.4f} [{c[m]['ci95'][0]:+.4f}, {c[m]['ci95'][1]:+.4f}]" for m in MEASURES]
+            lines.append(
+                f"| {c['variant']} vs {c['reference']} | {c['identical_top']:.3f} | {c['mean_overlap']:.4f} | "
+                f"{cells[0]} | {cells[1]} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m twostage_search.benchmarks.studies.first_stage_ratio", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--dataset", type=Path, required=True, help="BEIR folder (queries, qrels)")
+    p.add_argument("--variant", action="append", default=[], required=True, help="NAME=PATH[,option=value...]")
+    p.add_argument("--baseline", default="bm25", help="the variant every p50 is divided by")
+    p.add_argument("--same", action="append", default=[], help="A=B: A must give B's rankings (repeatable)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--splits-file", type=Path, help="committed query-level split file (query-id<TAB>split)")
+    p.add_argument("--dev-queries", type=int, default=300)
+    p.add_argument("--max-queries", type=int, default=0, help="a seeded sample of this many (0: all)")
+    p.add_argument("--grade-offset", type=int, default=0)
+    p.add_argument("--rel", type=int, default=1)
+    p.add_argument("--depth", type=int, default=100)
+    p.add_argument("--texts", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--name", help="report file stem (default: the dataset folder's name)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/first_stage_ratio"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging()
+    try:
+        report = run(args)
+    except (InputError, OSError) as exc:  # one line and a nonzero status, as every command
+        log.error("%s", exc)
+        return exit_status(exc)
+    sys.stdout.write(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -128,3 +128,14 @@ def test_bad_student_specs_are_clear_errors(tmp_path, capsys):
     assert main([*argv, "--encoder", "splade"]) != 0  # a sparse encoder is not a dense kind
     assert "unknown dense encoder 'splade'" in capsys.readouterr().err
     assert not (tmp_path / "idx").exists()
+
+
+def test_cli_hybrid_takes_the_student_as_its_dense_component(trained, tmp_path, capsys):
+    index_dir = tmp_path / "hybrid"
+    argv = ["index", str(TINY / "corpus.jsonl"), "--index", str(index_dir), "--no-progress"]
+    assert main([*argv, "--dense-encoder", "sentence-transformers", "--dense-model", str(trained.path)]) == 0
+    dense_meta = json.loads((index_dir / "dense" / "meta.json").read_text())
+    assert dense_meta["encoder"]["kind"] == "sentence-transformers"
+    capsys.readouterr()
+    assert main(["search", "--index", str(index_dir), "what is the capital of france", "--k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["doc_id"] == "d01"

@@ -53,13 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BACKEND,
         help=f"index backend (default: {DEFAULT_BACKEND}: BM25 + dense, fused; lucene-impact: SPLADE)",
     )
-    p.add_argument("--encoder", default="splade", help="registered encoder (splade, splade-doc)")
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="registered encoder: SPLADE (splade, splade-doc; default splade) or, for dense-flat, a dense kind "
+        "(onnx, the default; sentence-transformers with --model DIR, a local sentence-transformers directory)",
+    )
     p.add_argument(
         "--model",
         default=None,
         help="bundled:NAME, a local HF directory or a hub name (the SPLADE model; for dense-flat the dense model)",
     )
     p.add_argument("--dense-model", default=None, help="dense model of --backend hybrid (default: bge-small INT8)")
+    p.add_argument(
+        "--dense-encoder", default=None, help="dense encoder kind of --backend hybrid (onnx, sentence-transformers)"
+    )
     p.add_argument("--max-length", type=_positive, default=256, help="document tokens (default 256)")
     p.add_argument("--top-n", type=_positive, default=None, help="keep the N heaviest terms per document")
     p.add_argument("--scale", type=_positive_float, default=100.0, help="impact quantisation scale (default 100)")
@@ -165,12 +173,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     from itertools import islice
 
     from twostage_search.engine.beir import count_docs, read_corpus
+    from twostage_search.engine.dense import ONNX_KIND
     from twostage_search.engine.encoders import create_encoder
     from twostage_search.engine.models import DEFAULT_SPLADE
-    from twostage_search.engine.registry import encoders, index_backends
+    from twostage_search.engine.registry import dense_encoders, encoders, index_backends
 
     backend = index_backends.get(args.backend)
-    encoders.get(args.encoder)  # unknown name → error before any work
+    own_encoder = getattr(backend, "create_encoder", None)
+    sparse_encoder = args.encoder or "splade"
+    # unknown name → error before any work
+    dense_encoders.get(args.encoder or ONNX_KIND) if own_encoder is not None else encoders.get(sparse_encoder)
     options = _backend_options(args)
     total = count_docs(args.corpus)  # validates every line before anything is written
     if total == 0:
@@ -180,14 +192,14 @@ def cmd_index(args: argparse.Namespace) -> int:
     from twostage_search.indexes.hybrid_cli import build_options
 
     options.update(build_options(args))
-    own_encoder = getattr(backend, "create_encoder", None)
     if own_encoder is not None:  # a backend with its own kind of encoder (dense-flat)
         encoder = own_encoder(
-            model=args.model, max_length=args.max_length, batch_size=args.batch_size or 1, threads=args.threads
-        )
+            kind=args.encoder, model=args.model, max_length=args.max_length, batch_size=args.batch_size,
+            threads=args.threads,
+        )  # fmt: skip
     elif getattr(backend, "needs_encoder", True) or "splade" in (args.components or "").replace(" ", "").split(","):
         encoder = create_encoder(
-            args.encoder,
+            sparse_encoder,
             model=args.model or DEFAULT_SPLADE,
             max_length=args.max_length,
             top_n=args.top_n,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from twostage_search.engine.optional import require
 log = logging.getLogger(__name__)
 
 DEFAULT_DENSE = "bundled:bge-small-en-int8"
+ONNX_KIND = "onnx"  # the dense-encoder kind of :class:`DenseEncoder`, and of an index config without ``kind``
 BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
 POOLINGS = ("cls", "mean")
 MODEL_FILE = "model.onnx"
@@ -48,6 +49,44 @@ def dense_model_files(spec: str) -> tuple[Path, Path]:
         if not needed.is_file():
             raise InputError(f"dense model {spec!r}: {needed} not found")
     return model, tokenizer
+
+
+@runtime_checkable
+class DenseTextEncoder(Protocol):
+    """What a dense index builds and searches with: unit vectors for documents and queries, and its config.
+
+    Kinds are registered in the ``twostage_search.dense_encoders`` entry-point group (``onnx``:
+    :class:`DenseEncoder`; ``sentence-transformers``: a local sentence-transformers directory). ``config()``
+    holds ``kind`` (absent: ``onnx``) and the keyword arguments that re-create the encoder.
+    """
+
+    dim: int
+    query_prefix: str
+
+    def encode_docs(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> int: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+def create_dense_encoder(kind: str | None = None, **params: Any) -> DenseTextEncoder:
+    """A registered dense encoder by kind (default ``onnx``), e.g. ``create_dense_encoder("sentence-transformers",
+    model="path/to/model")``; an unknown kind is an :class:`~twostage_search.engine.errors.UnknownBackendError`."""
+    from twostage_search.engine.registry import dense_encoders
+
+    encoder = dense_encoders.get(kind or ONNX_KIND)(**params)
+    if not isinstance(encoder, DenseTextEncoder):  # pragma: no cover - registry misuse
+        raise TypeError(f"dense encoder {kind!r} did not build a dense text encoder")
+    return encoder
+
+
+def dense_encoder_from_config(config: dict[str, Any], **overrides: Any) -> DenseTextEncoder:
+    """Re-create the dense encoder an index recorded (its ``config()``), with optional ``overrides``."""
+    params = {**config, **overrides}
+    return create_dense_encoder(str(params.pop("kind", ONNX_KIND)), **params)
 
 
 class DenseEncoder:

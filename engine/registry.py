@@ -1,7 +1,8 @@
 """Backends registered by name through package entry points; never guessed from a model name.
 
 Each kind of backend has an entry-point group (``twostage_search.rerankers``,
-``twostage_search.index_backends``, ``twostage_search.encoders``, ``twostage_search.llm_backends``).
+``twostage_search.index_backends``, ``twostage_search.encoders`` (sparse), ``twostage_search.dense_encoders``,
+``twostage_search.llm_backends``).
 A third-party package adds a reranker by declaring one in its own ``pyproject.toml``::
 
     [project.entry-points."twostage_search.rerankers"]
@@ -78,3 +79,4 @@ class Registry(Generic[T]):
 encoders: Registry[Callable[..., Encoder]] = Registry("encoder", GROUP_PREFIX + "encoders")
 rerankers: Registry[Callable[..., Reranker]] = Registry("reranker", GROUP_PREFIX + "rerankers")
 index_backends: Registry[Any] = Registry("index backend", GROUP_PREFIX + "index_backends")
+dense_encoders: Registry[Callable[..., Any]] = Registry("dense encoder", GROUP_PREFIX + "dense_encoders")

@@ -1,11 +1,13 @@
 """Dense first stage (``dense-flat``): exact inner-product search over a memory-mapped matrix of vectors.
 
-Build: each document's title and text (``Document.full_text``) is encoded by a
-:class:`~twostage_search.engine.dense.DenseEncoder` (default bge-small-en-v1.5 INT8, CLS pooling, L2
-normalised) and appended, row by row, to ``vectors.bin`` (raw little-endian float32, or float16 with
+Build: each document's title and text (``Document.full_text``) is encoded by a registered dense encoder
+(:func:`~twostage_search.engine.dense.create_dense_encoder`; default the ``onnx`` kind,
+:class:`~twostage_search.engine.dense.DenseEncoder` on bge-small-en-v1.5 INT8, CLS pooling, L2 normalised;
+``sentence-transformers`` loads a local sentence-transformers directory, such as a bi-encoder trained here)
+and appended, row by row, to ``vectors.bin`` (raw little-endian float32, or float16 with
 ``dtype="float16"``: half the memory, scores change by about 1e-3). ``doc_ids.json`` holds the row order,
-``docs.sqlite`` the texts, ``meta.json`` the encoder (model, pooling, query prefix, max length, batch size),
-the dimension and the dtype. The directory is written atomically like every index.
+``docs.sqlite`` the texts, ``meta.json`` the encoder (its kind and the settings that re-create it: model,
+pooling, query prefix, ...), the dimension and the dtype. The directory is written atomically like every index.
 
 Search: the query vector's inner product with every row (a matrix-vector product over the memory map; the
 OS page cache keeps the matrix in memory after the first queries), the top ``k`` by score, ties broken
@@ -27,13 +29,19 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 
 from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.cost import StageCost
-from twostage_search.engine.dense import DEFAULT_DENSE, DenseEncoder
+from twostage_search.engine.dense import (
+    DEFAULT_DENSE,
+    ONNX_KIND,
+    DenseTextEncoder,
+    create_dense_encoder,
+    dense_encoder_from_config,
+)
 from twostage_search.engine.dense_query import (
     FULL,
     CachedQueryEncoder,
@@ -84,15 +92,27 @@ class DenseFlatIndex:
     def create_encoder(
         cls,
         *,
+        kind: str | None = None,
         model: str | None = None,
         max_length: int = 256,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         threads: int | None = None,
         **_: Any,
-    ) -> Any:
-        """The encoder ``twostage index --backend dense-flat`` builds with (``--model``, ``--max-length``,
-        ``--batch-size``, ``--threads``: ONNX Runtime's intra-op threads)."""
-        return DenseEncoder(model or DEFAULT_DENSE, max_length=max_length, batch_size=batch_size, threads=threads)
+    ) -> DenseTextEncoder:
+        """The encoder ``twostage index --backend dense-flat`` builds with: ``--encoder`` (a registered dense
+        encoder kind: ``onnx``, the default, or ``sentence-transformers`` with ``--model DIR``), ``--model``,
+        ``--max-length``, ``--batch-size`` (default: 1 for ONNX, the kind's own otherwise), ``--threads``."""
+        kind = kind or ONNX_KIND
+        if kind == ONNX_KIND:
+            return create_dense_encoder(
+                kind, model=model or DEFAULT_DENSE, max_length=max_length, batch_size=batch_size or 1, threads=threads
+            )
+        if model is None:
+            raise InputError(f"dense encoder {kind!r} needs --model (a local model directory)")
+        params: dict[str, Any] = {"model": model, "max_length": max_length, "threads": threads}
+        if batch_size is not None:
+            params["batch_size"] = batch_size
+        return create_dense_encoder(kind, **params)
 
     # ----------------------------------------------------------------------------------- build
     @classmethod
@@ -113,15 +133,16 @@ class DenseFlatIndex:
     ) -> DenseFlatIndex:
         """Encode ``docs`` and write the index at ``path`` atomically.
 
-        ``encoder`` is a :class:`DenseEncoder`; anything else (such as the SPLADE encoder every backend
-        is handed by generic callers) is ignored and the default dense model is loaded. ``threads`` and
+        ``encoder`` is a dense encoder (:class:`~twostage_search.engine.dense.DenseTextEncoder`, recorded in
+        ``meta.json``); anything else (such as the SPLADE encoder every backend is handed by generic callers)
+        is ignored and the default dense model is loaded. ``threads`` and
         ``scale`` are accepted so every backend builds with the same call. ``hnsw`` also builds an HNSW graph
         of the vectors for approximate search. Raises :class:`InputError` (nothing written) on an empty
         corpus or bad parameters.
         """
         del threads, scale
         _check_dtype(dtype)
-        dense = encoder if isinstance(encoder, DenseEncoder) else DenseEncoder()
+        dense = encoder if isinstance(encoder, DenseTextEncoder) else create_dense_encoder()
         batches = ((chunk, dense.encode_docs([d.full_text for d in chunk])) for chunk in chunked(docs, chunk_size))
         return cls.build_encoded(
             batches, path, encoder=dense, dtype=dtype, total=total, progress=progress, overwrite=overwrite, hnsw=hnsw
@@ -133,7 +154,7 @@ class DenseFlatIndex:
         batches: Iterable[tuple[Sequence[Document], np.ndarray]],
         path: str | Path,
         *,
-        encoder: DenseEncoder,
+        encoder: DenseTextEncoder,
         dtype: str = "float32",
         total: int | None = None,
         progress: bool = True,
@@ -245,9 +266,9 @@ class DenseFlatIndex:
     def __len__(self) -> int:
         return int(self.meta["doc_count"])
 
-    def encoder(self, **overrides: Any) -> DenseEncoder:
+    def encoder(self, **overrides: Any) -> DenseTextEncoder:
         """The encoder this index was built with, re-created from ``meta.json`` (``threads=`` etc. may be set)."""
-        return DenseEncoder(**{**self.meta["encoder"], **overrides})
+        return dense_encoder_from_config(self.meta["encoder"], **overrides)
 
     @property
     def has_hnsw(self) -> bool:
@@ -256,20 +277,27 @@ class DenseFlatIndex:
     def query_encoder(self, spec: str | None = None, *, encoder: object = None) -> QueryEncoder:
         """The query side: ``spec`` (default: the index's recorded ``query_encoder``, else ``"full"``).
 
-        ``"full"`` is the encoder that built the index (``encoder``, a loaded :class:`DenseEncoder`, is
-        shared when given); anything else names a student fitted onto that encoder (a
+        ``"full"`` is the encoder that built the index (``encoder``, a loaded dense encoder with the same
+        config, is shared when given); anything else names a student fitted onto that encoder (a
         :class:`~twostage_search.engine.dense_query.TruncatedQueryEncoder` or a
         :class:`~twostage_search.engine.static_query.StaticQueryEncoder`), or ``encoder`` may be a loaded one.
         """
         spec = spec or str(self.meta.get("query_encoder", FULL))
         if spec == FULL:
-            return encoder if isinstance(encoder, DenseEncoder) else self.encoder()
+            return encoder if self._same_encoder(encoder) else self.encoder()
         if isinstance(encoder, TruncatedQueryEncoder | StaticQueryEncoder) and encoder.spec == spec:
             check_teacher(encoder.student, self.meta["encoder"])
             return encoder
         student = open_student(spec)
         check_teacher(student.student, self.meta["encoder"])
         return student
+
+    def _same_encoder(self, encoder: object) -> TypeGuard[DenseTextEncoder]:
+        """``encoder`` is a loaded dense encoder of this index's kind and model (so it may be shared)."""
+        if not isinstance(encoder, DenseTextEncoder):
+            return False
+        mine, theirs = self.meta["encoder"], encoder.config()
+        return all(mine.get(k) == theirs.get(k) for k in ("kind", "model", "query_prefix", "sha256"))
 
     def retriever(
         self,
@@ -280,7 +308,7 @@ class DenseFlatIndex:
         query_encoder: str | None = None,
         query_cache: int = 0,
     ) -> DenseRetriever:
-        """A searcher over this index; pass a :class:`DenseEncoder` to share a loaded one (others are ignored).
+        """A searcher over this index; pass a loaded dense encoder of the same model to share it (others are ignored).
 
         ``search``: ``"hnsw"`` (the default when the index has a graph) or ``"exact"`` (the full scan, the
         default otherwise); ``ef_search`` overrides the graph's stored setting. ``query_encoder``: see

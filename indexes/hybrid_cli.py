@@ -65,16 +65,18 @@ def weights(values: Sequence[str]) -> dict[str, float]:
 def build_options(args: argparse.Namespace) -> dict[str, Any]:
     """Extra ``build`` options of ``twostage index`` for ``--backend hybrid`` (none for other backends)."""
     if args.backend != "hybrid":
-        if args.weight or args.dense_model or args.components:
-            raise InputError("--components, --weight and --dense-model apply only to --backend hybrid")
+        if args.weight or args.dense_model or args.dense_encoder or args.components:
+            raise InputError("--components, --weight, --dense-model and --dense-encoder apply only to --backend hybrid")
         return {}
     options: dict[str, Any] = {"fusion": fusion(args), "weights": weights(args.weight)}
     if args.components:
         options["components"] = [c.strip() for c in args.components.split(",") if c.strip()]
-    if args.dense_model:
+    if args.dense_model or args.dense_encoder:
         from twostage_search.indexes.dense import DenseFlatIndex
 
-        options["dense_encoder"] = DenseFlatIndex.create_encoder(model=args.dense_model, max_length=args.max_length)
+        options["dense_encoder"] = DenseFlatIndex.create_encoder(
+            kind=args.dense_encoder, model=args.dense_model, max_length=args.max_length
+        )
     return options
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from twostage_search.engine.cost import StageCost
-from twostage_search.engine.dense import DenseEncoder
+from twostage_search.engine.dense import DenseTextEncoder, create_dense_encoder, dense_encoder_from_config
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes.dense import DenseFlatIndex
@@ -109,11 +109,12 @@ class OpenSearchKnnIndex(AliasedIndex):
     ) -> OpenSearchKnnIndex:
         """Encode ``docs`` into a new physical index on the cluster and point the alias at it.
 
-        ``encoder`` is a :class:`DenseEncoder` (anything else: the default bge-small); ``options`` are those of
-        :meth:`OpenSearchIndex.build <.index.OpenSearchIndex.build>` (``threads``, ``total``, ``progress``,
-        ``overwrite``, ``index_name``, ``resume``, ``settings`` and connection fields such as ``hosts``).
+        ``encoder`` is a dense encoder (:class:`DenseTextEncoder`; anything else: the default bge-small);
+        ``options`` are those of :meth:`OpenSearchIndex.build <.index.OpenSearchIndex.build>` (``threads``,
+        ``total``, ``progress``, ``overwrite``, ``index_name``, ``resume``, ``settings`` and connection fields
+        such as ``hosts``).
         """
-        dense = encoder if isinstance(encoder, DenseEncoder) else DenseEncoder()
+        dense = encoder if isinstance(encoder, DenseTextEncoder) else create_dense_encoder()
         method = method or KnnMethod()
         fields = DenseFields(lambda chunk: dense.encode_docs([d.full_text for d in chunk]), dense.dim, method)
         return cls._build(docs, path, fields, dense.config(), method, chunk_size=chunk_size, **options)
@@ -198,16 +199,16 @@ class OpenSearchKnnIndex(AliasedIndex):
     def __len__(self) -> int:
         return int(self.meta["doc_count"])
 
-    def encoder(self, **overrides: Any) -> DenseEncoder:
+    def encoder(self, **overrides: Any) -> DenseTextEncoder:
         """The encoder this index was built with, re-created from ``meta.json``."""
-        return DenseEncoder(**{**self.meta["encoder"], **overrides})
+        return dense_encoder_from_config(self.meta["encoder"], **overrides)
 
     def retriever(self, encoder: object = None, *, ef_search: int | None = None) -> OpenSearchKnnRetriever:
-        """A searcher; pass a :class:`DenseEncoder` to share a loaded one (other encoders are ignored)."""
+        """A searcher; pass a dense encoder (:class:`DenseTextEncoder`) to share a loaded one (others are ignored)."""
         ef = ef_search if ef_search is not None else int(self.meta["method"]["ef_search"])
         if ef < 1:
             raise InputError(f"ef_search must be at least 1, got {ef}")
-        dense = encoder if isinstance(encoder, DenseEncoder) else self.encoder()
+        dense = encoder if isinstance(encoder, DenseTextEncoder) else self.encoder()
         if dense.dim != int(self.meta["dim"]):
             raise InputError(f"encoder gives {dense.dim}-d vectors, the index holds {self.meta['dim']}-d")
         return OpenSearchKnnRetriever(self, dense, ef_search=ef)
@@ -221,7 +222,7 @@ class OpenSearchKnnRetriever:
 
     name = "dense"
 
-    def __init__(self, index: OpenSearchKnnIndex, encoder: DenseEncoder, *, ef_search: int) -> None:
+    def __init__(self, index: OpenSearchKnnIndex, encoder: DenseTextEncoder, *, ef_search: int) -> None:
         self.index = index
         self.encoder = encoder
         self.ef_search = ef_search

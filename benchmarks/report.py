@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from twostage_search.benchmarks.configs import PASS_THROUGH
 from twostage_search.benchmarks.published import MODEL_NOTE
+from twostage_search.engine.errors import TwoStageError, exit_status
 
 
 @dataclass
@@ -177,3 +179,18 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def run_study(args: Any, run: Callable[[Any], dict[str, Any]], table: Callable[[dict[str, Any]], str]) -> int:
+    """A study's command: ``run(args)``, its report written to ``args.out`` (JSON, atomically) when given and
+    ``table(report)`` on stdout; a :class:`TwoStageError` or ``OSError`` is one line on stderr and a nonzero
+    status (:func:`~twostage_search.engine.errors.exit_status`)."""
+    try:
+        report = run(args)
+    except (TwoStageError, OSError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exit_status(exc)
+    if getattr(args, "out", None) is not None:
+        write_json(args.out, report)
+    sys.stdout.write(table(report).rstrip("\n") + "\n")
+    return 0

@@ -36,9 +36,9 @@ from typing import Any, cast
 
 from twostage_search.benchmarks.graded import GradedPair, GradedSet, agreement, candidates
 from twostage_search.benchmarks.graded_data import fill, load_split_set, open_caches
-from twostage_search.benchmarks.report import write_json
+from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies.graded_model import bootstrap_kappa_diff
-from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.errors import InputError
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Candidate, Query
 from twostage_search.rerankers.cascade import UNCERTAINTY, CascadeReranker
@@ -307,15 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(not 0 < s < 1 for s in args.shares) or args.llm_budget < 0:
         print("error: shares must be in (0, 1) and --llm-budget ≥ 0", file=sys.stderr)
         return 2
-    try:
-        report = run(args)
-    except TwoStageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return exit_status(err)
-    if args.out:
-        write_json(args.out, report)
-    print(table(report))
-    return 0
+    return run_study(args, run, table)
 
 
 if __name__ == "__main__":

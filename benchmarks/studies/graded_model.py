@@ -47,8 +47,7 @@ from twostage_search.benchmarks.graded_data import (
     load_split_set,
     open_caches,
 )
-from twostage_search.benchmarks.report import write_json
-from twostage_search.engine.errors import TwoStageError, exit_status
+from twostage_search.benchmarks.report import run_study
 from twostage_search.engine.logs import setup_logging
 from twostage_search.rerankers.graded import LEXICAL, LOGITS, MATCH, RELATIVE, GradedReranker
 from twostage_search.rerankers.ordinal import OrdinalModel, fit_ordinal, null_model
@@ -385,15 +384,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(1)
     args = parser().parse_args(argv)
-    try:
-        report = run(args)
-    except TwoStageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return exit_status(e)
-    if args.out is not None:
-        write_json(args.out, report)
-    print(table(report))
-    return 0
+    return run_study(args, run, table)
 
 
 if __name__ == "__main__":

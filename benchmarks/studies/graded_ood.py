@@ -47,10 +47,9 @@ from twostage_search.benchmarks.graded import (
     load_graded,
     load_submissions,
 )
-from twostage_search.benchmarks.report import write_json
+from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies.judges import place
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
-from twostage_search.engine.errors import TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Candidate, Query
 
@@ -283,15 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.llmjudge is not None and args.submissions is None:
         print("error: --llmjudge needs --submissions", file=sys.stderr)
         return 2
-    try:
-        report = run(args)
-    except TwoStageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return exit_status(e)
-    if args.out is not None:
-        write_json(args.out, report)
-    print(table(report))
-    return 0
+    return run_study(args, run, table)
 
 
 if __name__ == "__main__":

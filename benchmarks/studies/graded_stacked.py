@@ -44,7 +44,7 @@ from twostage_search.benchmarks.graded import (
     kappa_thresholds,
 )
 from twostage_search.benchmarks.graded_data import SEED, Caches, LogitCache, load_split_set
-from twostage_search.benchmarks.report import write_json
+from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies.graded_model import (
     HD_CUT,
     HD_SUBSAMPLE,
@@ -52,7 +52,6 @@ from twostage_search.benchmarks.studies.graded_model import (
     bootstrap_kappa_diff,
     score_rows,
 )
-from twostage_search.engine.errors import TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Candidate, Query
 from twostage_search.rerankers.graded import GradedReranker, load_graded_model
@@ -380,15 +379,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(1)
     args = parser().parse_args(argv)
-    try:
-        report = run(args)
-    except TwoStageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return exit_status(e)
-    if args.out is not None:
-        write_json(args.out, report)
-    print(table(report))
-    return 0
+    return run_study(args, run, table)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ real local OpenSearch node, and the hybrid fused over the cluster's SPLADE and k
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -84,6 +85,23 @@ def test_dense_flat_moves_without_re_encoding(tmp_path, flat, dense, tiny_querie
         assert got.doc_ids == expected.doc_ids, q.text
         assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-4)
         assert [h.text for h in got] == [h.text for h in expected]
+
+
+def test_from_dense_keeps_the_recorded_query_side(tmp_path, flat, tiny_queries, opensearch_url, name):
+    """A dense-flat index searched with a student query side moves with it: the cluster answers as the exact
+    scan with that student does."""
+    shutil.copytree(flat.path, tmp_path / "flat-static")
+    static = DenseFlatIndex.set_query_encoder(tmp_path / "flat-static", "bundled:bge-small-query-static")
+    moved = OpenSearchKnnIndex.from_dense(static.path, tmp_path / "moved", hosts=[opensearch_url], index_name=name())
+    assert moved.meta["query_encoder"] == "bundled:bge-small-query-static"
+    on_cluster, local = moved.retriever(), static.retriever(search="exact")
+    assert type(on_cluster.encoder).__name__ == "StaticQueryEncoder"
+    full = moved.retriever(query_encoder="full")
+    assert type(full.encoder).__name__ != "StaticQueryEncoder"
+    for q in tiny_queries:
+        got, expected = on_cluster.retrieve(q, k=6), local.retrieve(q, k=6)
+        assert got.doc_ids == expected.doc_ids, q.text
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-4)
 
 
 def test_hybrid_over_the_cluster_equals_the_embedded_hybrid(tmp_path, os_index, knn_index, lucene_index, flat,

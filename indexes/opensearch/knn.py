@@ -29,6 +29,7 @@ import numpy as np
 
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.dense import DenseTextEncoder, create_dense_encoder, dense_encoder_from_config
+from twostage_search.engine.dense_query import FULL, QueryEncoder, check_teacher, open_student
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes.dense import DenseFlatIndex
@@ -132,7 +133,9 @@ class OpenSearchKnnIndex(AliasedIndex):
         """The documents and vectors of the ``dense-flat`` index at ``source`` on the cluster, not re-encoded.
 
         ``options`` are :meth:`build`'s (``hosts=``, ``index_name=``, ``threads=``, ...). The new index
-        records ``source``'s encoder, so queries are encoded as they were for ``source``.
+        records ``source``'s encoder and its recorded query side (``query_encoder``: a student such as
+        ``bundled:bge-small-query-static``, when ``source`` has one), so queries are encoded as they were for
+        ``source``.
         """
         flat = DenseFlatIndex.open(source)
         rows = {doc_id: row for row, doc_id in enumerate(flat.doc_ids)}
@@ -151,7 +154,7 @@ class OpenSearchKnnIndex(AliasedIndex):
         fields = DenseFields(vectors, int(flat.meta["dim"]), method)
         options.setdefault("total", len(flat))
         return cls._build(documents(), path, fields, dict(flat.meta["encoder"]), method, chunk_size=chunk_size,
-                          **options)  # fmt: skip
+                          query_encoder=flat.meta.get("query_encoder"), **options)  # fmt: skip
 
     @classmethod
     def _build(
@@ -170,6 +173,7 @@ class OpenSearchKnnIndex(AliasedIndex):
         index_name: str | None = None,
         resume: bool = True,
         settings: OpenSearchSettings | None = None,
+        query_encoder: str | None = None,
         **connection: Any,
     ) -> OpenSearchKnnIndex:
         settings = resolve_settings(settings, **connection)
@@ -183,7 +187,8 @@ class OpenSearchKnnIndex(AliasedIndex):
         }
 
         def describe(built: Built) -> dict[str, Any]:
-            return {
+            recorded = {"query_encoder": query_encoder} if query_encoder not in (None, FULL) else {}
+            return recorded | {
                 "encoder": encoder_config,
                 "dim": fields.properties[VECTOR_FIELD]["dimension"],
                 "doc_count": built.doc_count,
@@ -203,12 +208,25 @@ class OpenSearchKnnIndex(AliasedIndex):
         """The encoder this index was built with, re-created from ``meta.json``."""
         return dense_encoder_from_config(self.meta["encoder"], **overrides)
 
-    def retriever(self, encoder: object = None, *, ef_search: int | None = None) -> OpenSearchKnnRetriever:
-        """A searcher; pass a dense encoder (:class:`DenseTextEncoder`) to share a loaded one (others are ignored)."""
+    def retriever(
+        self, encoder: object = None, *, ef_search: int | None = None, query_encoder: str | None = None
+    ) -> OpenSearchKnnRetriever:
+        """A searcher; pass a dense encoder (:class:`DenseTextEncoder`) to share a loaded one (others are ignored).
+
+        ``query_encoder``: ``"full"`` (the encoder that built the index) or a student fitted onto it (see
+        :meth:`DenseFlatIndex.query_encoder`); default: the one recorded in ``meta.json``, else ``"full"``.
+        """
         ef = ef_search if ef_search is not None else int(self.meta["method"]["ef_search"])
         if ef < 1:
             raise InputError(f"ef_search must be at least 1, got {ef}")
-        dense = encoder if isinstance(encoder, DenseTextEncoder) else self.encoder()
+        spec = query_encoder or str(self.meta.get("query_encoder", FULL))
+        dense: QueryEncoder
+        if spec == FULL:
+            dense = encoder if isinstance(encoder, DenseTextEncoder) else self.encoder()
+        else:
+            student = open_student(spec)
+            check_teacher(student.student, self.meta["encoder"])
+            dense = student
         if dense.dim != int(self.meta["dim"]):
             raise InputError(f"encoder gives {dense.dim}-d vectors, the index holds {self.meta['dim']}-d")
         return OpenSearchKnnRetriever(self, dense, ef_search=ef)
@@ -222,7 +240,7 @@ class OpenSearchKnnRetriever:
 
     name = "dense"
 
-    def __init__(self, index: OpenSearchKnnIndex, encoder: DenseTextEncoder, *, ef_search: int) -> None:
+    def __init__(self, index: OpenSearchKnnIndex, encoder: QueryEncoder, *, ef_search: int) -> None:
         self.index = index
         self.encoder = encoder
         self.ef_search = ef_search

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 
 from twostage_search.benchmarks.configs import PASS_THROUGH
 from twostage_search.benchmarks.published import MODEL_NOTE
+from twostage_search.engine.atomic import atomic_write_text
 from twostage_search.engine.errors import TwoStageError, exit_status
 
 
@@ -175,10 +175,7 @@ def write_report(report: BenchReport, out: Path) -> None:
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
     """Write ``record`` atomically (temp file beside it, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
 
 def run_study(args: Any, run: Callable[[Any], dict[str, Any]], table: Callable[[dict[str, Any]], str]) -> int:

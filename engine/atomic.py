@@ -1,4 +1,4 @@
-"""Atomic directory writes: build in a temp directory beside the target, rename on success.
+"""Atomic writes: build in a temp directory (or file) beside the target, rename on success.
 
 Used by every writer of a directory that must never be seen half-written: index builds, trained
 models, reassembled model files, dataset downloads.
@@ -100,3 +100,12 @@ def versioned_directory(target: str | Path, *, overwrite: bool = True, marker: s
     for old in sorted(done, key=lambda p: (p.stat().st_mtime, p.name))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     log.info("%s now points at %s", target, built.name)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a temp file beside it (parents created), then one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

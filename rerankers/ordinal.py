@@ -16,7 +16,6 @@ right more than the mode).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from twostage_search.engine.atomic import atomic_write_text
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.optional import require
 
@@ -124,11 +124,7 @@ class OrdinalModel:
 
     def save(self, path: str | Path) -> None:
         """Write the model as JSON, atomically (temp file beside it, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> OrdinalModel:

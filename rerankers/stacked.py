@@ -11,7 +11,6 @@ Training is deterministic: one thread, LightGBM's ``deterministic`` mode, no bag
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from twostage_search.engine.atomic import atomic_write_text
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.optional import require
 
@@ -139,11 +139,7 @@ class StackedModel:
 
     def save(self, path: str | Path) -> None:
         """Write the model as JSON, atomically (temp file beside it, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> StackedModel:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from twostage_search.benchmarks.graded import split_queries
+from twostage_search.engine.atomic import atomic_write_text
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.types import Document, Query, SparseVector
 
@@ -54,12 +55,6 @@ def query_sample(dataset: Path, n: int, seed: int = 0) -> list[Query]:
     ids = split_queries(list(read_qrels(dataset / "qrels" / "test.tsv")), PARTS)["test"]
     chosen = set(random.Random(seed).sample(list(ids), min(n, len(ids))))
     return [q for q in read_queries(find_file(dataset, "queries")) if q.query_id in chosen]
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _paths(cache: Path, k: int) -> tuple[Path, Path]:
@@ -98,8 +93,8 @@ def encode(
             started = time.perf_counter()
             sparse = sparse_encoder.encode_docs(texts)
             seconds[f"sparse-{k:03d}"] = time.perf_counter() - started
-            _write(sparse_path, json.dumps([v.as_dict() for v in sparse]))
-        _write(rates, json.dumps(seconds, indent=1))
+            atomic_write_text(sparse_path, json.dumps([v.as_dict() for v in sparse]))
+        atomic_write_text(rates, json.dumps(seconds, indent=1))
         log.info("encoded %d titles", k * CHUNK + len(texts))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.argtypes import positive_float, positive_int
+from twostage_search.engine.atomic import atomic_write_text
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Document
 from twostage_search.service.judging.store import SOURCES
@@ -152,7 +153,7 @@ def _export(args: argparse.Namespace, store: Any) -> int:
     if args.out is None:
         sys.stdout.write(text)
     else:
-        _write(args.out, text)
+        atomic_write_text(args.out, text)
         print(f"{args.out}: {len(qrels)} judged pairs ({args.format})", file=sys.stderr)
     return 0
 
@@ -174,11 +175,3 @@ def _agreement(args: argparse.Namespace, store: Any) -> int:
         for grade, row in enumerate(r.confusion):
             print(f"  {grade}: " + " ".join(f"{v:5d}" for v in row))
     return 0
-
-
-def _write(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all (a temporary file beside it, then one rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -144,3 +144,14 @@ def load_beir(path: str | Path, split: str = "test") -> BeirDataset:
         doc_ids=doc_ids,
         fingerprint=fingerprint(corpus_path),
     )
+
+
+def split_queries(dataset: Path, split: str, dev_queries: int) -> tuple[list[Query], dict[str, dict[str, int]]]:
+    """The queries and qrels of ``test`` or of ``dev`` (the first ``dev_queries`` ids of train.tsv, file order)."""
+    if split not in ("dev", "test"):
+        raise InputError(f"split must be dev or test, got {split!r}")
+    qrels = read_qrels(dataset / "qrels" / ("train.tsv" if split == "dev" else "test.tsv"))
+    if split == "dev":
+        qrels = dict(list(qrels.items())[:dev_queries])  # read_qrels keeps file order
+    queries = [q for q in read_queries(find_file(dataset, "queries")) if q.query_id in qrels]
+    return queries, qrels

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twostage_search.benchmarks.datasets import split_queries
 from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, percentile
 from twostage_search.benchmarks.graded_data import read_splits
 from twostage_search.engine.beir import find_file, read_qrels, read_queries
@@ -76,27 +77,17 @@ def parse_variant(spec: str) -> tuple[str, Path, dict[str, Any]]:
 
 def load_queries(args: argparse.Namespace) -> tuple[list[Query], dict[str, dict[str, int]]]:
     """The split's queries (a seeded sample of ``--max-queries``) and their shifted qrels."""
-    qrels_file = "test.tsv"
-    if args.splits_file is not None:
+    if args.splits_file is None:
+        queries, qrels = split_queries(args.dataset, args.split, args.dev_queries)
+    else:
         splits = read_splits(args.splits_file)
         if args.split not in splits:
             raise InputError(f"{args.splits_file} has no split {args.split!r} (it has {', '.join(sorted(splits))})")
-        wanted: set[str] | None = set(splits[args.split])
-    elif args.split == "test":
-        wanted = None
-    elif args.split == "dev":
-        qrels_file, wanted = "train.tsv", None
-    else:
-        raise InputError(f"--split must be dev or test without --splits-file, got {args.split!r}")
-    qrels = read_qrels(args.dataset / "qrels" / qrels_file)
-    if args.split == "dev" and args.splits_file is None:
-        qrels = dict(list(qrels.items())[: args.dev_queries])  # read_qrels keeps file order
-    if wanted is not None:
-        qrels = {q: docs for q, docs in qrels.items() if q in wanted}
+        wanted = set(splits[args.split])
+        qrels = {q: docs for q, docs in read_qrels(args.dataset / "qrels" / "test.tsv").items() if q in wanted}
+        queries = [q for q in read_queries(find_file(args.dataset, "queries")) if q.query_id in qrels]
     qrels = {q: {d: g - args.grade_offset for d, g in docs.items()} for q, docs in qrels.items()}
-    queries = sorted(
-        (q for q in read_queries(find_file(args.dataset, "queries")) if q.query_id in qrels), key=lambda q: q.query_id
-    )
+    queries = sorted(queries, key=lambda q: q.query_id)
     if args.max_queries and len(queries) > args.max_queries:
         queries = sorted(random.Random(SEED).sample(queries, args.max_queries), key=lambda q: q.query_id)
     if not queries:

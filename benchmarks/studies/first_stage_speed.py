@@ -38,25 +38,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twostage_search.benchmarks.datasets import split_queries
 from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, percentile
-from twostage_search.engine.beir import count_docs, find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.beir import count_docs, find_file, read_corpus
 from twostage_search.engine.logs import setup_logging
-from twostage_search.engine.types import Query
 
 log = logging.getLogger(__name__)
 
 MEASURES = ("nDCG@10", "R@100")
-
-
-def split_queries(dataset: Path, split: str, dev_queries: int) -> tuple[list[Query], dict[str, dict[str, int]]]:
-    """The queries and qrels of ``test`` or of ``dev`` (the first ``dev_queries`` ids of train.tsv, file order)."""
-    if split not in ("dev", "test"):
-        raise ValueError(f"split must be dev or test, got {split!r}")
-    qrels = read_qrels(dataset / "qrels" / ("train.tsv" if split == "dev" else "test.tsv"))
-    if split == "dev":
-        qrels = dict(list(qrels.items())[:dev_queries])  # read_qrels keeps file order
-    queries = [q for q in read_queries(find_file(dataset, "queries")) if q.query_id in qrels]
-    return queries, qrels
 
 
 def ensure_indexes(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -112,6 +112,19 @@ def open_student(spec: str, *, threads: int | None = None) -> TruncatedQueryEnco
     return TruncatedQueryEncoder(spec, threads=threads)
 
 
+def student_for(
+    spec: str, encoder: dict[str, Any], loaded: object = None
+) -> TruncatedQueryEncoder | StaticQueryEncoder:
+    """The student ``spec`` names for an index built with ``encoder`` (its config): ``loaded`` when it is that
+    student already, else opened; :func:`check_teacher` either way."""
+    if isinstance(loaded, TruncatedQueryEncoder | StaticQueryEncoder) and loaded.spec == spec:
+        student = loaded
+    else:
+        student = open_student(spec)
+    check_teacher(student.student, encoder)
+    return student
+
+
 def check_teacher(student: dict[str, Any], encoder: dict[str, Any]) -> None:
     """Raise :class:`InputError` unless ``student`` was fitted onto the encoder (config) that built an index."""
     teacher = student["teacher"]

@@ -46,14 +46,12 @@ from twostage_search.engine.dense_query import (
     FULL,
     CachedQueryEncoder,
     QueryEncoder,
-    TruncatedQueryEncoder,
     check_teacher,
-    open_student,
     student_config,
+    student_for,
 )
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.models import resolve_model
-from twostage_search.engine.static_query import StaticQueryEncoder
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes import docstore
 from twostage_search.indexes.dense_hnsw import HNSW_FILE, HnswConfig, HnswGraph, build_hnsw
@@ -285,12 +283,7 @@ class DenseFlatIndex:
         spec = spec or str(self.meta.get("query_encoder", FULL))
         if spec == FULL:
             return encoder if self._same_encoder(encoder) else self.encoder()
-        if isinstance(encoder, TruncatedQueryEncoder | StaticQueryEncoder) and encoder.spec == spec:
-            check_teacher(encoder.student, self.meta["encoder"])
-            return encoder
-        student = open_student(spec)
-        check_teacher(student.student, self.meta["encoder"])
-        return student
+        return student_for(spec, self.meta["encoder"], encoder)
 
     def _same_encoder(self, encoder: object) -> TypeGuard[DenseTextEncoder]:
         """``encoder`` is a loaded dense encoder of this index's kind and model (so it may be shared)."""

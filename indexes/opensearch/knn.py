@@ -29,7 +29,7 @@ import numpy as np
 
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.dense import DenseTextEncoder, create_dense_encoder, dense_encoder_from_config
-from twostage_search.engine.dense_query import FULL, QueryEncoder, check_teacher, open_student
+from twostage_search.engine.dense_query import FULL, QueryEncoder, student_for
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes.dense import DenseFlatIndex
@@ -224,9 +224,7 @@ class OpenSearchKnnIndex(AliasedIndex):
         if spec == FULL:
             dense = encoder if isinstance(encoder, DenseTextEncoder) else self.encoder()
         else:
-            student = open_student(spec)
-            check_teacher(student.student, self.meta["encoder"])
-            dense = student
+            dense = student_for(spec, self.meta["encoder"], encoder)
         if dense.dim != int(self.meta["dim"]):
             raise InputError(f"encoder gives {dense.dim}-d vectors, the index holds {self.meta['dim']}-d")
         return OpenSearchKnnRetriever(self, dense, ef_search=ef)

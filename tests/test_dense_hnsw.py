@@ -132,3 +132,21 @@ def test_ann_benchmark_chooses_and_applies_a_setting(tmp_path, tiny_docs, dense)
     assert report["queries"] == {"dev": 3, "test": 3} and len(report["settings"]) == 2
     assert report["chosen"]["dev_recall"] >= 0.99 and report["applied"]
     assert DenseFlatIndex.open(path).meta["hnsw"]["ef_search"] == report["chosen"]["ef_search"]
+
+
+def test_ann_benchmark_takes_dev_and_test_from_a_split_file(tmp_path, tiny_docs, dense):
+    from tests.helpers import TINY
+    from twostage_search.benchmarks.studies.dense_ann import dev_test_queries, main
+
+    splits = tmp_path / "splits.tsv"
+    splits.write_text("query-id\tsplit\nq1\ttrain\nq2\tdev\nq5\tdev\nq3\ttest\nq4\ttest\nq6\ttest\n", encoding="utf-8")
+    chosen = dev_test_queries(TINY, 2, splits)
+    assert [q.query_id for q in chosen["dev"]] == ["q2", "q5"]
+    assert len(chosen["test"]) == 2 and {q.query_id for q in chosen["test"]} < {"q3", "q4", "q6"}
+    assert [q.query_id for q in dev_test_queries(TINY, 5, splits)["test"]] == ["q3", "q4", "q6"]
+    no_dev = tmp_path / "no-dev.tsv"
+    no_dev.write_text("query-id\tsplit\nq1\ttrain\nq3\ttest\n", encoding="utf-8")
+    path = tmp_path / "idx"
+    DenseFlatIndex.build(tiny_docs, path, encoder=dense, progress=False)
+    args = ["--dataset", str(TINY), "--dense-index", str(path), "--m", "4", "--ef", "4", "--out", str(tmp_path)]
+    assert main([*args, "--splits-file", str(no_dev)]) != 0

@@ -5,8 +5,10 @@
 
 The dense index is built first unless it exists (``--dense-index``; default encoder). Queries: with a
 ``qrels/train.tsv`` (SciFact), dev is its first ``--max-queries`` ids and test is ``qrels/test.tsv``;
-otherwise (CrowdFlower, Home Depot) the ids of ``qrels/test.tsv`` are split 50/50 by
-``benchmarks.graded.split_queries`` (seeded) and each half is cut to its first ``--max-queries`` ids. The
+with ``--splits-file`` (a committed query-level split, e.g. ``benchmarks/data/splits/homedepot-search-relevance.tsv``)
+its ``dev`` and ``test`` queries, a seeded sample of ``--max-queries`` of each; otherwise (a graded set without
+a split file) the ids of ``qrels/test.tsv`` are split 50/50 by ``benchmarks.graded.split_queries`` (seeded) and
+each half is cut to its first ``--max-queries`` ids. The
 queries are encoded once; the exact scan's top ``k`` is the reference. For each ``M`` an HNSW graph is built
 (one thread, ``--ef-construction``) in a temporary directory, and for each ``ef_search`` the mean recall@k
 (|graph's top k ∩ exact top k| / |exact top k|) is measured on the dev and test queries, with the mean
@@ -32,17 +34,25 @@ import numpy as np
 
 from twostage_search.benchmarks.evaluation import machine, percentile
 from twostage_search.benchmarks.graded import split_queries
+from twostage_search.benchmarks.graded_data import read_splits, subsample
 from twostage_search.engine.beir import count_docs, find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.errors import InputError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Query
 
 log = logging.getLogger(__name__)
 
 
-def dev_test_queries(dataset: Path, max_queries: int) -> dict[str, list[Query]]:
+def dev_test_queries(dataset: Path, max_queries: int, splits_file: Path | None = None) -> dict[str, list[Query]]:
     """The dev and test queries (see the module docstring), at most ``max_queries`` each."""
     test_ids = list(read_qrels(dataset / "qrels" / "test.tsv"))
-    if (dataset / "qrels" / "train.tsv").is_file():
+    if splits_file is not None:
+        named = read_splits(splits_file)
+        missing = {"dev", "test"} - set(named)
+        if missing:
+            raise InputError(f"{splits_file} has no split {', '.join(sorted(missing))}")
+        ids = {name: list(part) for name, part in subsample(named, {"dev": max_queries, "test": max_queries}).items()}
+    elif (dataset / "qrels" / "train.tsv").is_file():
         ids = {"dev": list(read_qrels(dataset / "qrels" / "train.tsv"))[:max_queries], "test": test_ids}
     else:
         halves = split_queries(test_ids, {"dev": 0.5, "test": 0.5})
@@ -66,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     index = ensure_index(args)
     encoder = index.encoder()
-    splits = dev_test_queries(args.dataset, args.max_queries)
+    splits = dev_test_queries(args.dataset, args.max_queries, args.splits_file)
     vectors = {name: encoder.encode_queries([q.text for q in queries]) for name, queries in splits.items()}
     exact = index.retriever(encoder, search="exact")
     reference = {name: [[d for d, _ in exact.search_vector(v, args.k)] for v in vecs] for name, vecs in vectors.items()}
@@ -114,6 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "k": args.k,
         "target": args.target,
         "queries": {name: len(q) for name, q in splits.items()},
+        "splits_file": str(args.splits_file) if args.splits_file else None,
         "ef_construction": args.ef_construction,
         "machine": machine(),
         "settings": rows,
@@ -132,11 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--target", type=float, default=0.99, help="mean dev recall@k to reach")
     parser.add_argument("--max-queries", type=int, default=300, help="queries per split at most")
+    parser.add_argument("--splits-file", type=Path, help="a query-level split file with dev and test splits")
     parser.add_argument("--apply", action="store_true", help="add the chosen graph to --dense-index")
     parser.add_argument("--out", type=Path, default=Path("runs"))
     args = parser.parse_args(argv)
     setup_logging(0)
-    report = run(args)
+    try:
+        report = run(args)
+    except (InputError, OSError) as exc:  # one line and a nonzero status, as every command
+        log.error("%s", exc)
+        return exit_status(exc)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"dense_ann-{report['dataset']}.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

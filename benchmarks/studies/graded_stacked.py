@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ from twostage_search.benchmarks.studies.graded_model import (
 )
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Candidate, Query
-from twostage_search.rerankers.graded import GradedReranker, load_graded_model
+from twostage_search.rerankers.graded import RELATIVE, GradedReranker, load_graded_model
 from twostage_search.rerankers.graded_stacked import (
     DENSE_MAX_LENGTH,
     GRADED_FEATURE,
@@ -65,7 +66,7 @@ from twostage_search.rerankers.graded_stacked import (
 )
 from twostage_search.rerankers.ordinal import OrdinalModel
 from twostage_search.rerankers.stacked import StackedModel, fit_stacked
-from twostage_search.rerankers.stacked_features import stacked_features
+from twostage_search.rerankers.stacked_features import QUERY, signals_read, stacked_features
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +74,23 @@ STACKED = "graded-stacked (LightGBM)"
 GRADED = "graded (ordinal model, bundled)"
 ZERO_SHOT = {
     "ce": "ms-marco cross-encoder on the title (64 tokens), dev thresholds",
+    "ce_text": "ms-marco cross-encoder on title + description (128 tokens), dev thresholds",
     "bge": f"bge-small cosine, title + description ({DENSE_MAX_LENGTH} tokens), dev thresholds",
 }
 GRADED_SPEC = "bundled:graded-crowdflower"
-# The feature sets tried: everything; without the graded model's E[grade]; without the dense cosine; the
-# cross-encoder and lexical features alone (the graded model's inputs, through trees).
+MODEL_SIGNALS = ("ce", "ce_text", "bge")  # the signals scored by a model (BM25 is computed with the features)
+CE_TEXT = tuple(f"ce_text{r}" for r in ("", *RELATIVE))
+# The pair features of the earlier model: title logit, bge cosine, BM25, lexical (no ce_text, query-level, graded).
+BASE = tuple(f for f in KNOWN if f not in (*CE_TEXT, *QUERY, GRADED_FEATURE))
+# The feature sets tried: the base; with the title + description logit; with the query-level features; both;
+# everything (the graded model's E[grade] too); without the dense cosine.
 FEATURE_SETS = {
+    "base": BASE,
+    "base + ce_text": BASE + CE_TEXT,
+    "base + query": BASE + QUERY,
+    "base + ce_text + query": BASE + CE_TEXT + QUERY,
     "all": KNOWN,
-    "all but graded": tuple(f for f in KNOWN if f != GRADED_FEATURE),
-    "all but bge": tuple(f for f in KNOWN if not f.startswith("bge")),
-    "ce + bm25 + lexical": tuple(f for f in KNOWN if not f.startswith("bge") and f != GRADED_FEATURE),
+    "base + ce_text, no bge": tuple(f for f in BASE + CE_TEXT if not f.startswith("bge")),
 }
 # LightGBM settings tried (the rest: stacked.DEFAULT_PARAMS / FIXED); each is fitted to the most rounds once and
 # read at every number of rounds in ROUNDS (its first trees).
@@ -95,9 +103,10 @@ ROUNDS = (100, 200, 400)
 
 
 # ------------------------------------------------------------------------------------------- signals
-def open_signal_caches(folder: Path, dataset: str) -> dict[str, LogitCache]:
-    """``ce-logits-<dataset>.tsv`` (shared with the ``graded`` study) and ``bge-logits-<dataset>.tsv``."""
-    return {name: LogitCache(folder / f"{name}-logits-{dataset}.tsv") for name in ("ce", "bge")}
+def open_signal_caches(folder: Path, dataset: str, names: Sequence[str] = MODEL_SIGNALS) -> dict[str, LogitCache]:
+    """``<signal>-logits-<dataset>.tsv`` for each of ``names`` (``ce``, ``ce-text``: shared with the ``graded``
+    study; ``bge``)."""
+    return {name: LogitCache(folder / f"{name.replace('_', '-')}-logits-{dataset}.tsv") for name in names}
 
 
 def fill(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches, scorer: SignalScorer) -> None:
@@ -253,9 +262,9 @@ def measure_speed(
     runs: dict[str, Callable[[Query, Sequence[Candidate]], object]] = {
         STACKED: lambda q, c: stacked.judge(q, c),
         GRADED: lambda q, c: graded.judge(q, c),
-        ZERO_SHOT["ce"]: lambda q, c: stacked.scorer.logits(q, c, ["ce"]),
-        ZERO_SHOT["bge"]: lambda q, c: stacked.scorer.logits(q, c, ["bge"]),
     }
+    for signal in stacked.scorer.names:
+        runs[ZERO_SHOT[signal]] = partial(stacked.scorer.logits, names=[signal])
     out = {}
     for name, run_one in runs.items():
         started = time.perf_counter()
@@ -314,7 +323,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "grade_rule": f"E[grade] cut at thresholds: {rule['chosen']} (CrowdFlower dev)",
             "chosen_on": "quadratic kappa on CrowdFlower dev queries",
             "graded_model": GRADED_SPEC,
-            "cross_encoder": "bundled:ms-marco-minilm-l12-int8 (query + title, 64 tokens)",
+            "cross_encoder": "bundled:ms-marco-minilm-l12-int8 (ce: query + title, 64 tokens; "
+            "ce_text: query + title + description, 128 tokens)",
             "dense": "bundled:bge-small-en-int8",
             "dense_max_length": DENSE_MAX_LENGTH,
         },
@@ -329,10 +339,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["speed_load"] = os.getloadavg()[0]
     labels, _ = grader_labels(cf, model, graded, cf_caches, train_grades, in_domain=True)
     report["crowdflower"] = compare(cf, labels, speed)
-    if hd is not None:
+    if hd is not None:  # the signals the chosen model reads, and the zero-shot ones of the comparison
+        wanted = {*signals_read(model.features), "ce", "bge"}
+        hd_used = {name: cache for name, cache in hd_caches.items() if name in wanted}
         for s in ("test", "dev"):
-            fill(hd, hd.pairs(s), hd_caches, scorer)
-        labels, _ = grader_labels(hd, model, graded, hd_caches, [p.grade for p in hd.pairs("dev")], in_domain=False)
+            fill(hd, hd.pairs(s), hd_used, scorer)
+        labels, _ = grader_labels(hd, model, graded, hd_used, [p.grade for p in hd.pairs("dev")], in_domain=False)
         report["homedepot"] = compare(hd, labels, speed) | {"subsample_queries": HD_SUBSAMPLE}
     report["load_after"] = os.getloadavg()[0]
     return report

@@ -155,6 +155,23 @@ def test_stacked_model_fits_and_reloads_with_the_same_predictions(tmp_path):
     assert cut.grade(x) == [1 + int(np.searchsorted([1.5, 2.5, 3.5], e, side="right")) for e in cut.expected(x)]
 
 
+def test_out_of_fold_predictions_never_see_their_own_query():
+    from twostage_search.rerankers.stacked import out_of_fold
+
+    x, grades = _toy(20)  # 80 rows, grades 1–4
+    queries = [f"q{i % 8}" for i in range(80)]  # 8 queries of 10 rows, each with every grade
+    setting = {"min_data_in_leaf": 5}
+    first = out_of_fold(("signal", "noise"), x, grades, queries, (1, 2, 3, 4), setting, 20, folds=4)
+    assert len(first) == 80 and all(1.0 <= e <= 4.0 for e in first)
+    # Relabel q0's rows (its grades reversed): its own predictions stay exactly the same, since the trees that
+    # predict them were fitted without q0; another fold's predictions do change.
+    flipped = [5 - g if q == "q0" else g for g, q in zip(grades, queries, strict=True)]
+    again = out_of_fold(("signal", "noise"), x, flipped, queries, (1, 2, 3, 4), setting, 20, folds=4)
+    own = [i for i, q in enumerate(queries) if q == "q0"]
+    assert [again[i] for i in own] == [first[i] for i in own]
+    assert again != first
+
+
 def test_stacked_model_refuses_bad_input(tmp_path):
     from twostage_search.rerankers.stacked import StackedModel, fit_stacked
 

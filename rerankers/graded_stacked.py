@@ -1,12 +1,14 @@
 """The ``graded-stacked`` reranker and judge: grades L1–L4 with P(grade) from boosted trees over many signals.
 
 Per (query, item) pair, computed at serving time from the query and the candidates' texts
-(:mod:`~twostage_search.rerankers.stacked_features`): the MS MARCO cross-encoder's logit on the title, the
-bge-small cosine of query and title + description, BM25 among the query's candidates, each also relative to
-the query's other candidates, lexical overlap, phrase, number and unit matches, lengths, and the ``graded``
-ordinal model's E[grade] (``graded``). A :class:`~twostage_search.rerankers.stacked.StackedModel` turns them
-into P(L1..L4); like ``graded`` and the ``lore`` judge, :meth:`GradedStackedReranker.judge` gives each item a
-grade, E[grade] and P(grade), and documents are ranked by E[grade].
+(:mod:`~twostage_search.rerankers.stacked_features`): the MS MARCO cross-encoder's logit on the title and on
+title + description, the bge-small cosine of query and title + description, BM25 among the query's candidates,
+each also relative to the query's other candidates, lexical overlap, phrase, number and unit matches, lengths,
+query-level features (number of candidates, spread of their logits, share holding every query word), and the
+``graded`` ordinal model's E[grade] (``graded``); a model computes only the signals its features read. A
+:class:`~twostage_search.rerankers.stacked.StackedModel` turns them into P(L1..L4); like ``graded`` and the
+``lore`` judge, :meth:`GradedStackedReranker.judge` gives each item a grade, E[grade] and P(grade), and
+documents are ranked by E[grade].
 
 The bundled model, ``bundled:graded-stacked-crowdflower``, was fitted on the CrowdFlower search-relevance train
 queries (in-domain there; zero-shot everywhere else). Features relative to the query's candidates assume a list
@@ -28,11 +30,11 @@ from twostage_search.engine.dense import DEFAULT_DENSE
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER, resolve_model
 from twostage_search.engine.types import Candidate, Query, RankedList
-from twostage_search.rerankers.graded import MODEL_FILE, load_graded_model, passage, probs4
+from twostage_search.rerankers.graded import LOGITS, MODEL_FILE, load_graded_model, passage, probs4
 from twostage_search.rerankers.llm.lore_labels import Judgement
 from twostage_search.rerankers.ordinal import OrdinalModel
 from twostage_search.rerankers.stacked import StackedModel
-from twostage_search.rerankers.stacked_features import SIGNALS, STACKED_FEATURES, stacked_features
+from twostage_search.rerankers.stacked_features import SIGNALS, STACKED_FEATURES, signals_read, stacked_features
 
 DEFAULT_STACKED_MODEL = "bundled:graded-stacked-crowdflower"
 GRADED_FEATURE = "graded"  # the ``graded`` ordinal model's E[grade]
@@ -56,11 +58,12 @@ def with_graded(rows: list[dict[str, float]], graded: OrdinalModel | None) -> li
 
 class SignalScorer:
     """The model-scored signals of the stacked features: ``ce`` (the cross-encoder's logit of query and title,
-    64 tokens) and ``bge`` (the cosine of the query's and the title + description's bge-small vectors,
-    :data:`DENSE_MAX_LENGTH` tokens). ``bm25`` needs no model (computed with the features).
+    64 tokens), ``ce_text`` (its logit of query and title + description, 128 tokens) and ``bge`` (the cosine of
+    the query's and the title + description's bge-small vectors, :data:`DENSE_MAX_LENGTH` tokens). ``bm25`` needs
+    no model (computed with the features).
 
     Args:
-        names: the signals to score (``ce``, ``bge``).
+        names: the signals to score (``ce``, ``ce_text``, ``bge``).
         cross_encoder: the ONNX cross-encoder (default: the bundled ms-marco-MiniLM-L-12 INT8).
         dense: the dense encoder (default: the ``dense-flat`` one, bge-small).
         threads: ONNX Runtime intra-op threads (None: its default).
@@ -78,12 +81,16 @@ class SignalScorer:
         if unknown:
             raise InputError(f"unknown signals {sorted(unknown)} (known: {', '.join(SIGNALS)})")
         self.names = tuple(n for n in names if n != "bm25")
-        self._ce: Any = None
+        self._ce: dict[str, Any] = {}
         self._dense: Any = None
-        if "ce" in self.names:
+        if set(self.names) & set(LOGITS):
             from twostage_search.rerankers.onnx_cross_encoder import OnnxCrossEncoderReranker
 
-            self._ce = OnnxCrossEncoderReranker(cross_encoder, max_length=64, threads=threads)
+            self._ce = {
+                name: OnnxCrossEncoderReranker(cross_encoder, max_length=LOGITS[name][1], threads=threads)
+                for name in LOGITS
+                if name in self.names
+            }
         if "bge" in self.names:
             from twostage_search.engine.dense import DenseEncoder
 
@@ -97,9 +104,10 @@ class SignalScorer:
         out: dict[str, list[float]] = {}
         tokens = 0
         wanted = self.names if names is None else [n for n in self.names if n in names]
-        if "ce" in wanted:
-            out["ce"], cost = self._ce.score_candidates(query, [passage(c, "ce") for c in candidates])
-            tokens += cost.tokens_in
+        for name, ce in self._ce.items():
+            if name in wanted:
+                out[name], cost = ce.score_candidates(query, [passage(c, name) for c in candidates])
+                tokens += cost.tokens_in
         if "bge" in wanted:
             texts = [f"{c.title} {c.text}".strip() for c in candidates]
             q = self._dense.encode_queries([query.text])[0]
@@ -144,7 +152,7 @@ class GradedStackedReranker:
         self._graded: OrdinalModel | None = None
         if GRADED_FEATURE in self.model.features:
             self._graded = load_graded_model(graded_model or meta.get("graded_model", "bundled:graded-crowdflower"))
-        used = {f.split("_")[0] for f in self.model.features} | ({"ce"} if self._graded is not None else set())
+        used = set(signals_read(self.model.features)) | ({"ce"} if self._graded is not None else set())
         self.scorer = SignalScorer(
             tuple(n for n in SIGNALS if n in used),
             cross_encoder=cross_encoder,
@@ -153,13 +161,18 @@ class GradedStackedReranker:
         )
 
     def signals(self, query: Query, candidates: Sequence[Candidate]) -> tuple[dict[str, list[float]], StageCost]:
-        """The model's ``ce`` logits and ``bge`` cosines of ``candidates`` (input order), and their cost."""
+        """The model's signals (``ce``, ``ce_text`` logits, ``bge`` cosines) of ``candidates`` (input order), and
+        their cost."""
         return self.scorer.logits(query, candidates)
 
     def features(
         self, query: Query, candidates: Sequence[Candidate], signals: Mapping[str, Sequence[float]]
     ) -> list[dict[str, float]]:
-        """Every pair's feature row from precomputed ``signals`` (see :meth:`signals`)."""
+        """Every pair's feature row from precomputed ``signals`` (see :meth:`signals`); a signal the model needs
+        that ``signals`` lacks is scored here."""
+        missing = [n for n in self.scorer.names if n not in signals]
+        if missing and candidates:
+            signals = {**signals, **self.scorer.logits(query, candidates, missing)[0]}
         return with_graded(stacked_features(query.text, candidates, signals), self._graded)
 
     def predict(

@@ -181,3 +181,29 @@ def fit_stacked(
     data = lgb.Dataset(x, label=codes, feature_name=[f.replace(" ", "_") for f in features], free_raw_data=False)
     booster = lgb.train(settings, data, num_boost_round=rounds)
     return StackedModel(tuple(features), tuple(scale), booster.model_to_string())
+
+
+def out_of_fold(
+    features: Sequence[str],
+    x: np.ndarray,
+    grades: Sequence[int],
+    queries: Sequence[str],
+    scale: Sequence[int],
+    setting: Mapping[str, Any],
+    rounds: int,
+    folds: int = 4,
+    seed: int = 13,
+) -> list[float]:
+    """E[grade] of each row from trees fitted (as :func:`fit_stacked`) on the other folds' rows, the folds grouping
+    rows by query (``queries``: each row's query id; a seeded shuffle of the sorted ids dealt into ``folds``), so
+    no query's rows are predicted by trees that saw them."""
+    order = sorted(set(queries))
+    np.random.default_rng(seed).shuffle(order)
+    fold = {q: i % folds for i, q in enumerate(order)}
+    of = np.array([fold[q] for q in queries])
+    out = np.zeros(len(grades))
+    labels = np.array(grades)
+    for k in range(folds):
+        model = fit_stacked(features, x[of != k], list(labels[of != k]), scale, rounds=rounds, params=setting)
+        out[of == k] = model.expected(x[of == k])
+    return [float(v) for v in out]

@@ -4,7 +4,9 @@ time from the query and its candidates' texts.
 Signals, each one number per candidate, with their values relative to the query's candidates (``_gap`` to the
 best, ``_rank`` scaled to [0, 1], ``_mean``, ``_z``; see :func:`~twostage_search.rerankers.graded.pair_features`):
 
-- ``ce``: the MS MARCO cross-encoder's logit of (query, title);
+- ``ce``: the MS MARCO cross-encoder's logit of (query, title), 64 tokens;
+- ``ce_text``: the same cross-encoder's logit of (query, title + description), 128 tokens (the description's
+  first part);
 - ``bge``: the cosine of the query's and the item's (title + description) bge-small vectors, the ``dense-flat``
   encoder's;
 - ``bm25``: Okapi BM25 (k1 1.2, b 0.75) of the query against the item's title + description, with the query's
@@ -24,6 +26,11 @@ Lexical features, per pair (lower-cased ``\\w+`` words; a word's *stem* drops a 
   numbers found in the item's title + description, 0 without numbers), ``units_found`` (the same for
   number + unit, e.g. ``32 gb`` = ``32gb``);
 - lengths: ``title_len`` and ``desc_len``, log(1 + number of words).
+
+Query-level features, the same for every candidate of a query (so that the trees can set their cut points by
+query): ``candidates`` (log(1 + number of candidates)), ``ce_spread`` (the population standard deviation of the
+candidates' ``ce`` logits) and ``all_words`` (the share of the candidates whose title + description hold every
+query word).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from twostage_search.engine.optional import require
 from twostage_search.engine.types import Candidate
 from twostage_search.rerankers.graded import LEXICAL, MATCH, RELATIVE, pair_features
 
-SIGNALS = ("ce", "bge", "bm25")
+SIGNALS = ("ce", "ce_text", "bge", "bm25")
 EXTRA = (
     "desc_overlap",
     "stem_overlap",
@@ -52,7 +59,8 @@ EXTRA = (
     "title_len",
     "desc_len",
 )
-STACKED_FEATURES = tuple(f"{s}{r}" for s in SIGNALS for r in ("", *RELATIVE)) + LEXICAL + MATCH + EXTRA
+QUERY = ("candidates", "ce_spread", "all_words")
+STACKED_FEATURES = tuple(f"{s}{r}" for s in SIGNALS for r in ("", *RELATIVE)) + LEXICAL + MATCH + EXTRA + QUERY
 BM25_K1, BM25_B = 1.2, 0.75
 
 _WORD = re.compile(r"\w+")
@@ -111,6 +119,23 @@ def extra_features(query: str, item: Candidate) -> dict[str, float]:
     }
 
 
+def signals_read(features: Sequence[str]) -> tuple[str, ...]:
+    """The signals (of :data:`SIGNALS`) whose values ``features`` read: a signal, its relative forms, and ``ce`` for
+    ``ce_spread``."""
+    wanted = set(features) | ({"ce"} if "ce_spread" in features else set())
+    return tuple(s for s in SIGNALS if wanted & {s, *(s + r for r in RELATIVE)})
+
+
+def query_features(query: str, candidates: Sequence[Candidate], ce: Sequence[float] | None) -> dict[str, float]:
+    """The query-level features of ``query`` among ``candidates`` (``ce_spread`` only with the ``ce`` logits)."""
+    q = set(tokens(query))
+    every = [bool(q) and q <= set(tokens(f"{c.title} {c.text}")) for c in candidates]
+    out = {"candidates": math.log1p(len(candidates)), "all_words": sum(every) / len(every) if every else 0.0}
+    if ce is not None:
+        out["ce_spread"] = float(np.std(np.asarray(ce, dtype=np.float64))) if len(ce) else 0.0
+    return out
+
+
 def bm25_scores(query: str, candidates: Sequence[Candidate]) -> list[float]:
     """Okapi BM25 of ``query`` against each candidate's title + description, the candidates being the collection.
 
@@ -134,11 +159,13 @@ def stacked_features(
     query: str, candidates: Sequence[Candidate], signals: Mapping[str, Sequence[float]]
 ) -> list[dict[str, float]]:
     """Every pair's features, in input order: ``signals`` (name → one value per candidate, e.g. ``ce`` and
-    ``bge``) with their relative values, BM25 among the candidates (unless given), and the lexical features."""
+    ``bge``) with their relative values, BM25 among the candidates (unless given), the lexical features and the
+    query-level ones."""
     signals = dict(signals)
     if "bm25" not in signals:
         signals["bm25"] = bm25_scores(query, candidates)
     rows = pair_features(query, candidates, signals)
+    shared = query_features(query, candidates, signals.get("ce"))
     for row, c in zip(rows, candidates, strict=True):
-        row |= extra_features(query, c)
+        row |= extra_features(query, c) | shared
     return rows

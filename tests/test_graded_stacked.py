@@ -82,11 +82,40 @@ def test_stacked_features_hold_every_feature():
     from twostage_search.rerankers.stacked_features import stacked_features
 
     items = [Candidate("a", 0.0, "", "red shoe"), Candidate("b", 0.0, "shoe box", "blue shoe")]
-    rows = stacked_features("red shoe", items, {"ce": [2.0, -1.0], "bge": [0.9, 0.7]})
+    signals = {"ce": [2.0, -1.0], "ce_text": [1.0, 3.0], "bge": [0.9, 0.7]}
+    rows = stacked_features("red shoe", items, signals)
     assert [set(r) for r in rows] == [set(STACKED_FEATURES)] * 2
     assert [r["ce_gap"] for r in rows] == [0.0, -3.0]
+    assert [r["ce_text_gap"] for r in rows] == [-2.0, 0.0]
+    assert [r["ce_text_rank"] for r in rows] == [1.0, 0.0]
     assert [r["bge_rank"] for r in rows] == [0.0, 1.0]
     assert rows[0]["bm25_rank"] == 0.0 and rows[0]["bm25"] > rows[1]["bm25"]
+    # query-level, the same for both: log(1 + 2 candidates); only "a" holds both query words (b lacks "red");
+    # the ce logits 2 and −1 have mean 0.5 and population standard deviation 1.5
+    for r in rows:
+        assert (r["candidates"], r["all_words"], r["ce_spread"]) == (pytest.approx(math.log(3)), 0.5, 1.5)
+
+
+def test_query_features_and_the_signals_a_model_reads():
+    from twostage_search.rerankers.stacked_features import query_features, signals_read
+
+    items = [
+        Candidate("a", 0.0, "Tent pegs, 4 pack", "Camping tent"),
+        Candidate("b", 0.0, "", "Tent"),
+        Candidate("c", 0.0, "", "Stove"),
+        Candidate("d", 0.0, "pegs", "Peg bag"),
+    ]
+    # "tent pegs": a (tent, pegs in its description) holds both words; b only tent; c none; d only pegs
+    f = query_features("Tent pegs", items, [3.0, 1.0, -1.0, 1.0])
+    # logits 3, 1, −1, 1: mean 1, squared deviations 4, 0, 4, 0, population variance 2
+    assert f == {"candidates": pytest.approx(math.log(5)), "all_words": 0.25, "ce_spread": pytest.approx(math.sqrt(2))}
+    assert "ce_spread" not in query_features("tent", items, None)
+    assert query_features("tent", [], []) == {"candidates": 0.0, "all_words": 0.0, "ce_spread": 0.0}
+
+    assert signals_read(("ce_text_gap", "title_len")) == ("ce_text",)
+    assert signals_read(("ce_spread", "bge_z", "bm25")) == ("ce", "bge", "bm25")
+    assert signals_read(("ce_gap", "ce_text")) == ("ce", "ce_text")
+    assert signals_read(("phrase", "candidates")) == ()
 
 
 # ------------------------------------------------------------------------------------------- the trees
@@ -124,6 +153,23 @@ def test_stacked_model_fits_and_reloads_with_the_same_predictions(tmp_path):
     assert np.array_equal(model.head(10).probabilities(x), ten.probabilities(x))
     # the hard grade is E[grade] cut at the thresholds
     assert cut.grade(x) == [1 + int(np.searchsorted([1.5, 2.5, 3.5], e, side="right")) for e in cut.expected(x)]
+
+
+def test_out_of_fold_predictions_never_see_their_own_query():
+    from twostage_search.rerankers.stacked import out_of_fold
+
+    x, grades = _toy(20)  # 80 rows, grades 1–4
+    queries = [f"q{i % 8}" for i in range(80)]  # 8 queries of 10 rows, each with every grade
+    setting = {"min_data_in_leaf": 5}
+    first = out_of_fold(("signal", "noise"), x, grades, queries, (1, 2, 3, 4), setting, 20, folds=4)
+    assert len(first) == 80 and all(1.0 <= e <= 4.0 for e in first)
+    # Relabel q0's rows (its grades reversed): its own predictions stay exactly the same, since the trees that
+    # predict them were fitted without q0; another fold's predictions do change.
+    flipped = [5 - g if q == "q0" else g for g, q in zip(grades, queries, strict=True)]
+    again = out_of_fold(("signal", "noise"), x, flipped, queries, (1, 2, 3, 4), setting, 20, folds=4)
+    own = [i for i, q in enumerate(queries) if q == "q0"]
+    assert [again[i] for i in own] == [first[i] for i in own]
+    assert again != first
 
 
 def test_stacked_model_refuses_bad_input(tmp_path):
@@ -224,3 +270,47 @@ def test_the_bundled_model_judges_and_ranks_the_matching_item_first():
     assert [len(j.probs or ()) for j in out] == [4, 4]
     assert out[1].expected > out[0].expected
     assert judge.rerank(query, items).doc_ids == ["shoes", "blender"]
+
+
+def test_serving_features_equal_the_cached_ones_the_study_fits_on(tmp_path):
+    """The study's rows (signals scored into its TSV caches, then read back) are what the reranker computes when
+    it scores the same candidates itself, for every signal (``ce``, ``ce_text``, ``bge``)."""
+    need("onnxruntime", "rerank")
+    from twostage_search.benchmarks.graded import GradedSet
+    from twostage_search.benchmarks.studies.graded_stacked import MODEL_SIGNALS, fill, open_signal_caches, rows_of
+    from twostage_search.engine.types import Document
+    from twostage_search.rerankers.graded import load_graded_model
+    from twostage_search.rerankers.graded_stacked import KNOWN, GradedStackedReranker
+    from twostage_search.rerankers.stacked import fit_stacked
+
+    docs = {
+        "a": Document("a", "Lightweight mesh upper, rubber sole.", "Nike Red Running Shoes"),
+        "b": Document("b", "A 500 W kitchen blender.", "Blender 500W"),
+        "c": Document("c", "", "Running socks, 2 pack"),
+    }
+    data = GradedSet(
+        "toy", {"q1": Query("q1", "red running shoes")}, docs, {"q1": {"a": 4, "b": 1, "c": 2}}, (1, 2, 3, 4), 3
+    )
+    data.splits = {"test": ("q1",)}
+    pairs = data.pairs("test")
+    rng = np.random.default_rng(2)
+    model = fit_stacked(
+        KNOWN,
+        rng.normal(size=(40, len(KNOWN))),
+        [1 + i % 4 for i in range(40)],
+        (1, 2, 3, 4),
+        rounds=2,
+        params={"min_data_in_leaf": 5},
+    )
+    judge = GradedStackedReranker(model, threads=1)
+    assert judge.scorer.names == MODEL_SIGNALS
+
+    caches = open_signal_caches(tmp_path, "toy")
+    fill(data, pairs, caches, judge.scorer)
+    reread = open_signal_caches(tmp_path, "toy")  # from the files, as a later run reads them
+    cached = rows_of(data, pairs, reread, load_graded_model("bundled:graded-crowdflower"))  # the judge's default
+    items = [Candidate(d, 0.0, docs[d].text, docs[d].title) for d in ("a", "b", "c")]
+    serving = judge.features(data.queries["q1"], items, judge.signals(data.queries["q1"], items)[0])
+    assert serving == cached
+    # and without precomputed signals the reranker scores them itself
+    assert judge.features(data.queries["q1"], items, {}) == cached

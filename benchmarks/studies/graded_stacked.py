@@ -2,12 +2,13 @@
 
     python -m twostage_search.benchmarks.studies.graded_stacked \\
         --crowdflower ../shared/datasets/crowdflower-search-relevance \\
-        --homedepot ../shared/datasets/homedepot-search-relevance \\
+        --homedepot ../shared/datasets/homedepot-search-relevance --homedepot-train \\
         --save rerankers/models/graded-stacked-crowdflower/model.json --out benchmarks/results/graded-stacked.json
 
 Splits: the committed ones of the ``graded`` model (``benchmarks/data/splits``, 60/20/20 of the queries, seed 13;
-Home Depot on the same seeded subsample of each split's queries). Signals (the cross-encoder's title logit ``ce``
-and the bge-small cosine ``bge``) are cached in ``--cache`` (one TSV per signal and dataset).
+Home Depot on the same seeded subsample of each split's queries). Signals (the cross-encoder's title logit ``ce``,
+its title + description logit ``ce_text`` and the bge-small cosine ``bge``) are cached in ``--cache`` (one TSV per
+signal and dataset).
 
 Protocol: LightGBM trees (multiclass, P(grade)) are fitted on CrowdFlower train (and, as a second option,
 on CrowdFlower train + Home Depot train with its 1/2/3 as 1/3/4); the feature set, the training data and the
@@ -22,12 +23,14 @@ quadratic-κ differences.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -54,7 +57,7 @@ from twostage_search.benchmarks.studies.graded_model import (
 )
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Candidate, Query
-from twostage_search.rerankers.graded import GradedReranker, load_graded_model
+from twostage_search.rerankers.graded import RELATIVE, GradedReranker, load_graded_model
 from twostage_search.rerankers.graded_stacked import (
     DENSE_MAX_LENGTH,
     GRADED_FEATURE,
@@ -64,8 +67,8 @@ from twostage_search.rerankers.graded_stacked import (
     with_graded,
 )
 from twostage_search.rerankers.ordinal import OrdinalModel
-from twostage_search.rerankers.stacked import StackedModel, fit_stacked
-from twostage_search.rerankers.stacked_features import stacked_features
+from twostage_search.rerankers.stacked import StackedModel, fit_stacked, out_of_fold
+from twostage_search.rerankers.stacked_features import QUERY, signals_read, stacked_features
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +76,22 @@ STACKED = "graded-stacked (LightGBM)"
 GRADED = "graded (ordinal model, bundled)"
 ZERO_SHOT = {
     "ce": "ms-marco cross-encoder on the title (64 tokens), dev thresholds",
+    "ce_text": "ms-marco cross-encoder on title + description (128 tokens), dev thresholds",
     "bge": f"bge-small cosine, title + description ({DENSE_MAX_LENGTH} tokens), dev thresholds",
 }
 GRADED_SPEC = "bundled:graded-crowdflower"
-# The feature sets tried: everything; without the graded model's E[grade]; without the dense cosine; the
-# cross-encoder and lexical features alone (the graded model's inputs, through trees).
+MODEL_SIGNALS = ("ce", "ce_text", "bge")  # the signals scored by a model (BM25 is computed with the features)
+CE_TEXT = tuple(f"ce_text{r}" for r in ("", *RELATIVE))
+# The pair features of the earlier model: title logit, bge cosine, BM25, lexical (no ce_text, query-level, graded).
+BASE = tuple(f for f in KNOWN if f not in (*CE_TEXT, *QUERY, GRADED_FEATURE))
+# The feature sets tried: the base; with the title + description logit; with the query-level features; both;
+# everything (the graded model's E[grade] too).
 FEATURE_SETS = {
+    "base": BASE,
+    "base + ce_text": BASE + CE_TEXT,
+    "base + query": BASE + QUERY,
+    "base + ce_text + query": BASE + CE_TEXT + QUERY,
     "all": KNOWN,
-    "all but graded": tuple(f for f in KNOWN if f != GRADED_FEATURE),
-    "all but bge": tuple(f for f in KNOWN if not f.startswith("bge")),
-    "ce + bm25 + lexical": tuple(f for f in KNOWN if not f.startswith("bge") and f != GRADED_FEATURE),
 }
 # LightGBM settings tried (the rest: stacked.DEFAULT_PARAMS / FIXED); each is fitted to the most rounds once and
 # read at every number of rounds in ROUNDS (its first trees).
@@ -95,9 +104,10 @@ ROUNDS = (100, 200, 400)
 
 
 # ------------------------------------------------------------------------------------------- signals
-def open_signal_caches(folder: Path, dataset: str) -> dict[str, LogitCache]:
-    """``ce-logits-<dataset>.tsv`` (shared with the ``graded`` study) and ``bge-logits-<dataset>.tsv``."""
-    return {name: LogitCache(folder / f"{name}-logits-{dataset}.tsv") for name in ("ce", "bge")}
+def open_signal_caches(folder: Path, dataset: str, names: Sequence[str] = MODEL_SIGNALS) -> dict[str, LogitCache]:
+    """``<signal>-logits-<dataset>.tsv`` for each of ``names`` (``ce``, ``ce-text``: shared with the ``graded``
+    study; ``bge``)."""
+    return {name: LogitCache(folder / f"{name.replace('_', '-')}-logits-{dataset}.tsv") for name in names}
 
 
 def fill(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches, scorer: SignalScorer) -> None:
@@ -154,6 +164,7 @@ def threshold_rule(
 def train(
     train_rows: Sequence[Mapping[str, float]],
     train_grades: Sequence[int],
+    train_queries: Sequence[str],
     dev_rows: Sequence[Mapping[str, float]],
     dev: Sequence[GradedPair],
     scale: Sequence[int],
@@ -161,7 +172,8 @@ def train(
     extra: tuple[str, Sequence[Mapping[str, float]], Sequence[int]] | None = None,
 ) -> tuple[StackedModel, list[dict[str, Any]], dict[str, Any]]:
     """Fit every feature set × setting × training data; keep the best by dev κ (dev-mix thresholds); then
-    choose the threshold rule by cross-fitting over the dev halves and set the final cuts on all of dev."""
+    choose the threshold rule by dev κ: the dev grade mix or the max-κ cuts (each cross-fitted over the dev
+    halves; final cuts from all of dev), or the same two fitted on out-of-fold E[grade] of the train queries."""
     dev_grades = [p.grade for p in dev]
     data = [("CrowdFlower train", train_rows, train_grades)]
     if extra is not None:
@@ -190,13 +202,25 @@ def train(
     assert best is not None
     _, model, expected = best
     rules = threshold_rule(expected, dev, scale, cut)
+    # the same two rules fitted on out-of-fold E[grade] of the CrowdFlower train queries, scored on all of dev
+    setting = {k: v for k, v in (model.meta or {}).items() if k not in ("features", "data", "rounds")}
+    oof = out_of_fold(
+        model.features, matrix(train_rows, model.features), train_grades, train_queries, scale, setting, model.rounds
+    )
+    fitted = {
+        "train out-of-fold grade mix": fit_thresholds(oof, train_grades, scale),
+        "train out-of-fold max kappa": kappa_thresholds(oof, train_grades, scale),
+    }
+    for name, found in fitted.items():
+        labels = apply_thresholds(expected, found, scale)
+        rules[name] = agreement(dev_grades, labels, scale, cut)["kappa_quadratic"]
     rule = max(rules, key=lambda r: rules[r])
-    cuts = (
+    cuts = fitted.get(rule) or (
         fit_thresholds(expected, dev_grades, scale)
         if rule == "dev grade mix"
         else kappa_thresholds(expected, dev_grades, scale)
     )
-    return model.with_grade_cuts(cuts), trials, {"cross_fitted_dev_kappa": rules, "chosen": rule}
+    return model.with_grade_cuts(cuts), trials, {"dev_kappa": rules, "chosen": rule}
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -253,9 +277,9 @@ def measure_speed(
     runs: dict[str, Callable[[Query, Sequence[Candidate]], object]] = {
         STACKED: lambda q, c: stacked.judge(q, c),
         GRADED: lambda q, c: graded.judge(q, c),
-        ZERO_SHOT["ce"]: lambda q, c: stacked.scorer.logits(q, c, ["ce"]),
-        ZERO_SHOT["bge"]: lambda q, c: stacked.scorer.logits(q, c, ["bge"]),
     }
+    for signal in stacked.scorer.names:
+        runs[ZERO_SHOT[signal]] = partial(stacked.scorer.logits, names=[signal])
     out = {}
     for name, run_one in runs.items():
         started = time.perf_counter()
@@ -303,7 +327,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fill(hd, hd_train, hd_caches, scorer)
         mapped = [HD_TO_CROWDFLOWER[p.grade] for p in hd_train]
         extra = ("Home Depot train (1/2/3 as 1/3/4)", rows_of(hd, hd_train, hd_caches, graded), mapped)
-    model, trials, rule = train(train_rows, train_grades, dev_rows, split_pairs["dev"], cf.grades, cf.cut, extra)
+    train_queries = [p.query_id for p in split_pairs["train"]]
+    model, trials, rule = train(
+        train_rows, train_grades, train_queries, dev_rows, split_pairs["dev"], cf.grades, cf.cut, extra
+    )
     chosen = model.meta or {}
     model = replace(
         model,
@@ -311,10 +338,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "trained_on": f"CrowdFlower search relevance, {chosen['data']} (benchmarks/data/splits, seed 13)",
             "feature_set": chosen["features"],
             "settings": {k: v for k, v in chosen.items() if k not in ("features", "data")},
-            "grade_rule": f"E[grade] cut at thresholds: {rule['chosen']} (CrowdFlower dev)",
+            "grade_rule": f"E[grade] cut at thresholds: {rule['chosen']} (the rule chosen by CrowdFlower dev kappa)",
             "chosen_on": "quadratic kappa on CrowdFlower dev queries",
             "graded_model": GRADED_SPEC,
-            "cross_encoder": "bundled:ms-marco-minilm-l12-int8 (query + title, 64 tokens)",
+            "cross_encoder": "bundled:ms-marco-minilm-l12-int8 (ce: query + title, 64 tokens; "
+            "ce_text: query + title + description, 128 tokens)",
             "dense": "bundled:bge-small-en-int8",
             "dense_max_length": DENSE_MAX_LENGTH,
         },
@@ -322,6 +350,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.save is not None:
         model.save(args.save)
     report |= {"trials": trials, "threshold_rule": rule, "model_meta": model.meta, "grade_cuts": model.grade_cuts}
+    if args.exploratory is not None:  # earlier dev-only trials, kept beside this run's
+        lines = args.exploratory.read_text(encoding="utf-8").splitlines()
+        report["exploratory_trials"] = [json.loads(line) for line in lines if line.strip()]
     speed = {}
     if args.speed_queries:
         judge = GradedStackedReranker(model, threads=args.threads)
@@ -329,10 +360,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["speed_load"] = os.getloadavg()[0]
     labels, _ = grader_labels(cf, model, graded, cf_caches, train_grades, in_domain=True)
     report["crowdflower"] = compare(cf, labels, speed)
-    if hd is not None:
+    if hd is not None:  # the signals the chosen model reads, and the zero-shot ones of the comparison
+        wanted = {*signals_read(model.features), "ce", "bge"}
+        hd_used = {name: cache for name, cache in hd_caches.items() if name in wanted}
         for s in ("test", "dev"):
-            fill(hd, hd.pairs(s), hd_caches, scorer)
-        labels, _ = grader_labels(hd, model, graded, hd_caches, [p.grade for p in hd.pairs("dev")], in_domain=False)
+            fill(hd, hd.pairs(s), hd_used, scorer)
+        labels, _ = grader_labels(hd, model, graded, hd_used, [p.grade for p in hd.pairs("dev")], in_domain=False)
         report["homedepot"] = compare(hd, labels, speed) | {"subsample_queries": HD_SUBSAMPLE}
     report["load_after"] = os.getloadavg()[0]
     return report
@@ -373,6 +406,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--speed-queries", type=int, default=5, help="test queries scored afresh for pairs/s (0: none)")
     p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    p.add_argument(
+        "--exploratory", type=Path, default=None, help="JSON lines of earlier dev-only trials to keep in the report"
+    )
     return p
 
 

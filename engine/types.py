@@ -72,7 +72,8 @@ def _order_key(c: Candidate) -> tuple[float, str]:
 class RankedList:
     """A ranking for one query: sorted by score descending (ties by ``doc_id``), ranks 1..n, unique ids.
 
-    Build one with :meth:`from_candidates`; the constructor only validates.
+    Build one with :meth:`from_candidates` (or :meth:`from_sorted` for hits already in order); the
+    constructor only validates.
     """
 
     query_id: str
@@ -80,6 +81,7 @@ class RankedList:
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
+        previous: tuple[float, str] | None = None
         for i, item in enumerate(self.items):
             if item.rank != i + 1:
                 raise ValueError(f"ranks must be contiguous from 1, got {item.rank} at position {i}")
@@ -90,8 +92,10 @@ class RankedList:
             if math.isnan(item.score):
                 raise ValueError(f"NaN score for doc {item.doc_id!r}")
             seen.add(item.doc_id)
-            if i and _order_key(self.items[i - 1].as_candidate()) > _order_key(item.as_candidate()):
+            key = (-item.score, item.doc_id)
+            if previous is not None and previous > key:
                 raise ValueError("items must be sorted by score descending, ties by doc_id")
+            previous = key
 
     @classmethod
     def from_candidates(cls, query_id: str, candidates: Iterable[Candidate], k: int | None = None) -> RankedList:
@@ -104,6 +108,39 @@ class RankedList:
             for rank, c in enumerate(ordered, start=1)
         )
         return cls(query_id, items)
+
+    @classmethod
+    def from_sorted(
+        cls,
+        query_id: str,
+        hits: Iterable[tuple[str, float]],
+        docs: Mapping[str, Document | ScoredDoc] | None = None,
+    ) -> RankedList:
+        """Rank ``hits``, (doc_id, score) pairs **already in ranking order** (score descending, ties by
+        ``doc_id``, unique ids, no NaN), as an index's top ``k`` or a fusion's output is: the ranking
+        :meth:`from_candidates` gives for them, without sorting or checking them again.
+
+        With ``docs`` (a document or a ranked row per id) each hit takes its text and title, and a hit
+        ``docs`` lacks is left out.
+        For rankings built by code that guarantees the order; anything else goes through :meth:`from_candidates`.
+        """
+        if docs is None:
+            items = tuple(ScoredDoc(query_id, d, float(s), rank) for rank, (d, s) in enumerate(hits, start=1))
+        else:
+            found = [(d, s, docs[d]) for d, s in hits if d in docs]
+            items = tuple(
+                ScoredDoc(query_id, d, float(s), rank, doc.text, doc.title)
+                for rank, (d, s, doc) in enumerate(found, start=1)
+            )
+        return cls._unchecked(query_id, items)
+
+    @classmethod
+    def _unchecked(cls, query_id: str, items: tuple[ScoredDoc, ...]) -> RankedList:
+        """A ranking of ``items`` known to be valid (a valid ranking's head, hits in order): no checks."""
+        ranking = object.__new__(cls)
+        object.__setattr__(ranking, "query_id", query_id)
+        object.__setattr__(ranking, "items", items)
+        return ranking
 
     @classmethod
     def from_scores(cls, query_id: str, candidates: Sequence[Candidate], scores: Sequence[float]) -> RankedList:
@@ -124,7 +161,7 @@ class RankedList:
         return [item.doc_id for item in self.items]
 
     def head(self, k: int) -> RankedList:
-        return RankedList(self.query_id, self.items[: max(k, 0)])
+        return RankedList._unchecked(self.query_id, self.items[: max(k, 0)])
 
     def __len__(self) -> int:
         return len(self.items)

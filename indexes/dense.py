@@ -52,7 +52,7 @@ from twostage_search.engine.dense_query import (
 )
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.models import resolve_model
-from twostage_search.engine.types import Candidate, Document, Query, RankedList
+from twostage_search.engine.types import Document, Query, RankedList
 from twostage_search.indexes import docstore
 from twostage_search.indexes.dense_hnsw import HNSW_FILE, HnswConfig, HnswGraph, build_hnsw
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
@@ -342,22 +342,25 @@ class DenseRetriever:
         self.graph = graph
         self._docs = DocStore(index.path)
 
-    def retrieve(self, query: Query, k: int) -> RankedList:
-        return self.retrieve_with_cost(query, k)[0]
+    def retrieve(self, query: Query, k: int, *, texts: bool = True) -> RankedList:
+        return self.retrieve_with_cost(query, k, texts=texts)[0]
 
-    def retrieve_with_cost(self, query: Query, k: int) -> tuple[RankedList, tuple[StageCost, ...]]:
-        """The ranking and its cost split into ``encode`` (query vector) and ``retrieve`` (scan + texts)."""
+    def retrieve_with_cost(
+        self, query: Query, k: int, *, texts: bool = True
+    ) -> tuple[RankedList, tuple[StageCost, ...]]:
+        """The ranking and its cost split into ``encode`` (query vector) and ``retrieve`` (scan + texts).
+
+        ``texts=False`` skips the document store: candidates carry ids and scores only (fill the ones
+        you rerank or return with :meth:`with_texts`).
+        """
         if k < 0:
             raise InputError(f"k must be non-negative, got {k}")
         started = time.perf_counter()
         vector = self.encoder.encode_queries([query.text])[0]
         encoded = time.perf_counter()
         hits = self.search_vector(vector, k)
-        docs = self._docs.get_many([doc_id for doc_id, _ in hits])
-        ranking = RankedList.from_candidates(
-            query.query_id,
-            (Candidate(d, s, docs[d].text, docs[d].title) for d, s in hits if d in docs),
-        )
+        docs = self._docs.get_many([doc_id for doc_id, _ in hits]) if texts else None
+        ranking = RankedList.from_sorted(query.query_id, hits, docs)
         done = time.perf_counter()
         tokens = self.encoder.count_tokens([self.encoder.query_prefix + query.text])
         return ranking, (
@@ -365,8 +368,13 @@ class DenseRetriever:
             StageCost("retrieve", (done - encoded) * 1000, docs=len(ranking)),
         )
 
+    def with_texts(self, ranking: RankedList) -> RankedList:
+        """``ranking`` with each document's text and title from the document store."""
+        return self._docs.with_texts(ranking)
+
     def search_vector(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """Top ``k`` (doc_id, inner product) for a query vector: exact, or over the HNSW graph's candidates."""
+        """Top ``k`` (doc_id, inner product) for a query vector, exact or over the HNSW graph's candidates, in
+        ranking order (score descending, ties by ``doc_id``)."""
         query = vector.astype(self.index.vectors.dtype)
         if self.graph is None:
             return top_k(np.asarray(self.index.vectors @ query, dtype=np.float32), self.index.doc_ids, k)

@@ -1,4 +1,9 @@
-"""The document store of an index: ``doc_id`` → title and text, in SQLite (stdlib, read-only at search)."""
+"""The document store of an index: ``doc_id`` → title and text, in SQLite (stdlib, read-only at search).
+
+An index's files never change after its build (a rebuild writes a new directory), so searches open the
+database as immutable (no locks or change checks per statement) and memory-mapped (pages read from the
+OS page cache without a copy into SQLite's own cache).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Document, RankedList
 
 FILENAME = "docs.sqlite"
+MMAP_BYTES = 1 << 40  # map the whole file (SQLite caps it at its compile-time limit, 2 GiB by default)
 
 
 class DocStoreWriter:
@@ -46,7 +52,8 @@ class DocStore:
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            con = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+            con.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
             self._local.con = con
         return con
 
@@ -67,6 +74,8 @@ class DocStore:
     def with_texts(self, ranking: RankedList) -> RankedList:
         """``ranking`` (same ids, scores and order) with each document's stored text and title."""
         docs = self.get_many(ranking.doc_ids)
+        if len(docs) == len(ranking):  # every document found (the usual case): same ranking, texts added
+            return RankedList.from_sorted(ranking.query_id, ((item.doc_id, item.score) for item in ranking), docs)
         return RankedList(
             ranking.query_id,
             tuple(

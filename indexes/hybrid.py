@@ -33,8 +33,9 @@ from twostage_search.engine.cost import StageCost
 from twostage_search.engine.costed import RetrieveCall, costed_retriever
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.fusion import DEFAULT_RRF_K, METHODS, MINMAX, fuse
+from twostage_search.engine.protocols import FetchesTextsLater
 from twostage_search.engine.registry import index_backends
-from twostage_search.engine.types import Candidate, Document, Query, RankedList
+from twostage_search.engine.types import Document, Query, RankedList, ScoredDoc
 from twostage_search.indexes import load
 from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
 
@@ -232,6 +233,10 @@ class HybridIndex:
 class HybridRetriever:
     """Runs each component retriever to ``max(k, depth)``, fuses, keeps ``k``.
 
+    A component that can leave texts out (:class:`~twostage_search.engine.protocols.FetchesTextsLater`)
+    returns ids and scores only; the texts of the fused top ``k`` are then fetched once, each document's
+    from the first component (in order) that returned it, as if every component had returned its texts.
+
     Costs: with ``parallel=False`` (components one after another) the query's cost is ``encode`` (the
     components' query encodings, summed) and ``retrieve`` (their searches plus fusion), so the records
     add up to the wall time as for any retriever; with ``parallel=True`` (one thread per component) the
@@ -249,7 +254,11 @@ class HybridRetriever:
         self.components = components
         self.weights = weights
         self.fusion = fusion
-        self._calls: dict[str, RetrieveCall] = {n: costed_retriever(r) for n, r in components.items()}
+        # Components that fetch texts later search without them; texts come for the fused top k only.
+        self._lazy = {n for n, r in components.items() if isinstance(r, FetchesTextsLater)}
+        self._calls: dict[str, RetrieveCall] = {
+            n: costed_retriever(r, texts=n not in self._lazy) for n, r in components.items()
+        }
         self._pool = ThreadPoolExecutor(len(components), thread_name_prefix="hybrid") if parallel else None
 
     def retrieve(self, query: Query, k: int) -> RankedList:
@@ -279,10 +288,7 @@ class HybridRetriever:
             method=self.fusion.method,
             k=self.fusion.k,
         )[:k]
-        texts = {h.doc_id: h for n in reversed(names) for h in results[n][0]}
-        ranking = RankedList.from_candidates(
-            query.query_id, (Candidate(d, s, texts[d].text, texts[d].title) for d, s in fused)
-        )
+        ranking = RankedList.from_sorted(query.query_id, fused, self._texts(query.query_id, fused, results))
         wall = (time.perf_counter() - started) * 1000
         per_component = {n: results[n][1] for n in names}
         tokens = sum(c.tokens_in for costs in per_component.values() for c in costs)
@@ -297,6 +303,27 @@ class HybridRetriever:
             ),
             per_component,
         )
+
+    def _texts(
+        self,
+        query_id: str,
+        fused: list[tuple[str, float]],
+        results: dict[str, tuple[RankedList, tuple[StageCost, ...]]],
+    ) -> dict[str, ScoredDoc]:
+        """Text and title of every fused document, from the first component (in order) that returned it:
+        from its ranking, or, for a component that left texts out, fetched now (one lookup per component)."""
+        source: dict[str, str] = {}
+        for name in reversed(results):  # the first component that returned a document wins
+            source.update(dict.fromkeys(results[name][0].doc_ids, name))
+        texts: dict[str, ScoredDoc] = {}
+        for name, (ranking, _) in results.items():
+            wanted = [(d, s) for d, s in fused if source[d] == name]
+            if not wanted:
+                continue
+            if name in self._lazy:
+                ranking = self.components[name].with_texts(RankedList.from_sorted(query_id, wanted))
+            texts.update((h.doc_id, h) for h in ranking if source[h.doc_id] == name)
+        return texts
 
     def close(self) -> None:
         if self._pool is not None:

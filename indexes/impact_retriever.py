@@ -17,7 +17,7 @@ from typing import Protocol
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import InputError
-from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.engine.types import Query, RankedList
 from twostage_search.indexes.docstore import DocStore
 
 
@@ -97,19 +97,10 @@ class ImpactRetriever:
         return self._docs.with_texts(ranking)
 
     def _search(self, query: Query, impacts: dict[str, int], k: int, texts: bool = True) -> RankedList:
-        hits = self.search_impacts(impacts, k)
         norm = self.index.scale**2
-        if not texts:
-            return RankedList.from_candidates(query.query_id, (Candidate(d, score / norm) for d, score in hits))
-        docs = self._docs.get_many([doc_id for doc_id, _ in hits])
-        return RankedList.from_candidates(
-            query.query_id,
-            (
-                Candidate(doc_id, score / norm, docs[doc_id].text, docs[doc_id].title)
-                for doc_id, score in hits
-                if doc_id in docs
-            ),
-        )
+        hits = [(doc_id, score / norm) for doc_id, score in self.search_impacts(impacts, k)]  # order kept
+        docs = self._docs.get_many([doc_id for doc_id, _ in hits]) if texts else None
+        return RankedList.from_sorted(query.query_id, hits, docs)
 
     def search_impacts(self, impacts: Mapping[str, int], k: int) -> list[tuple[str, int]]:
         """Top ``k`` (doc_id, integer score) for integer query impacts, score descending, ties by doc_id."""

@@ -218,7 +218,7 @@ def load_corpora(specs: Sequence[str]) -> dict[str, Any]:
         index = indexes.load(Path(path))
         if index.meta["encoder"]["model"] != TEACHER:
             raise SystemExit(f"{path} was not built with {TEACHER}")
-        out[name] = Corpus(list(index.doc_ids), np.asarray(index.vectors, dtype=np.float32))
+        out[name] = Corpus(list(index.doc_ids), np.array(index.vectors, dtype=np.float32))
     return out
 
 

@@ -83,9 +83,13 @@ def dense_ndcg(vectors: np.ndarray, dev: DevSet, depth: int = 10) -> float:
     from twostage_search.benchmarks.evaluation import evaluate, mean
 
     assert dev.corpus is not None
-    scores = vectors @ dev.corpus.vectors.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-    run = {q: [(dev.corpus.doc_ids[j], float(scores[row, j])) for j in top[row]] for row, q in enumerate(dev.query_ids)}
+    run = {}
+    for start in range(0, len(vectors), 512):
+        scores = vectors[start : start + 512] @ dev.corpus.vectors.T
+        top = np.argpartition(-scores, min(depth, scores.shape[1]) - 1, axis=1)[:, :depth]
+        for row, unordered in enumerate(top):
+            ids = unordered[np.argsort(-scores[row, unordered], kind="stable")]
+            run[dev.query_ids[start + row]] = [(dev.corpus.doc_ids[j], float(scores[row, j])) for j in ids]
     return mean(evaluate(dev.qrels, list(dev.query_ids), run, (f"nDCG@{depth}",))[f"nDCG@{depth}"])
 
 

@@ -1,22 +1,24 @@
 """Distil and tune a static dense query side for bge-small indexes (a token table, Model2Vec-style).
 
     python -m twostage_search.benchmarks.studies.query_static --out engine/students/bge-small-query-static \
-        --report benchmarks/results/query_static/fit.json --train-texts 20480
+        --report benchmarks/results/query_static/fit.json --epochs 3 --listwise 1 --tau 0.05 \
+        --dense-index scifact=var/scifact-dense --dense-index homedepot-search-relevance=var/hd-dense
 
-(the bundled student: the defaults, cosine loss, lr 3e-3, 6 epochs, chosen on dev; ``--loss cov``, ``--hidden``
-and other rates were the candidates, ``benchmarks/results/query_static/candidates/``)
+(the bundled student, chosen on dev; the cosine-only candidates are in ``benchmarks/results/query_static/candidates/``)
 
 (1) The token table: bge-small's query vector (CLS, normalised) of ``[CLS] prefix token [SEP]`` for every one
 of its 30,522 word pieces, fed as ids (nothing is detokenised), 256 per batch. This is Model2Vec's
 distillation (which needs the model in torch; here only the INT8 ONNX export exists, so the table is computed
 with ONNX Runtime) without its PCA and Zipf weighting: the table stays in bge-small's own query space.
 (2) The teacher's query vectors of query-like training texts that hold no dev or test query
-(:func:`training_texts`), 32 per pass, length-bucketed. (3) torch: the table (initialised from (1)), a bias
-and optionally a residual MLP are trained to minimise ``1 − cos(student(text), teacher(text))`` with Adam
-(sparse for the table); the epoch with the best mean dev cosine (SciFact, CrowdFlower and Home Depot dev
-queries, teacher vectors from the real one-query-per-pass encoder) is kept. ``--epochs 0`` writes the untuned
-table. Every encoding is cached under ``--cache``. ``benchmarks/studies/query_static_eval.py`` measures a
-student against the full query side.
+(:func:`training_texts`, and ``--extra-texts`` more from :func:`extra_texts`), 32 per pass, length-bucketed.
+(3) torch (``query_static_train.py``): the table (initialised from (1)), a bias and optionally per-token
+weights and a residual MLP are trained on ``1 − cos(student(text), teacher(text))`` plus ``--listwise`` times
+a KL divergence over documents of the ``--dense-index`` corpora (the teacher's top ``--top`` and ``--random``
+random ones; texts are matched to a corpus by their source); the epoch with the best mean dense nDCG@10 over the
+dev queries of the sets with an index (teacher vectors from the real one-query-per-pass encoder) is kept.
+``--epochs 0`` writes the untuned table. Every encoding is cached under ``--cache``.
+``benchmarks/studies/query_static_eval.py`` measures a student against the full query side.
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ BUNDLED: dict[str, BundledModel] = {
         extra="dense",
         origin=(
             "a static query side for bge-small-en-v1.5 indexes: a token table (bge-small's query vector of each word "
-            "piece, then tuned here onto its query vectors; benchmarks/studies/query_static.py), no network pass"
+            "piece, then tuned here onto its query vectors and its rankings of documents; "
+            "benchmarks/studies/query_static.py), no network pass"
         ),
         licence="MIT (bge-small-en-v1.5); the table is tuned on SciFact (CC BY-NC 2.0) and Kaggle texts",
         marker="student.json",

@@ -9,14 +9,17 @@ that the mean of a text's token rows points where the full model's query vector 
 and a table lookup instead of a 12-layer pass.
 
 Vector of a query with word-piece ids ``t_1..t_n`` (no special tokens, no prefix; the tokenizer is the
-teacher's, truncated at ``max_length``): ``v = bias + (1/n) Σ_i table[t_i]``, then ``v / |v|``. A text
-with no tokens gets ``bias / |bias|``. Optionally a residual MLP refines it:
-``u = v + W2 · relu(W1 · v + b1) + b2``, then ``u / |u|`` (the "asymmetric residual").
+teacher's, truncated at ``max_length``): ``v = bias + (1/n) Σ_i table[t_i]``, then ``v / |v|``; with
+per-token weights ``w`` (positive, one per vocabulary entry) the mean is weighted,
+``v = bias + Σ_i w[t_i] table[t_i] / Σ_i w[t_i]``. A text with no tokens gets ``bias / |bias|``.
+Optionally a residual MLP refines it: ``u = v + W2 · relu(W1 · v + b1) + b2``, then ``u / |u|`` (the
+"asymmetric residual").
 
 A static student is a directory with ``student.json`` (``kind: "static"``, the teacher's model spec, pooling
 and query prefix, as every student names its teacher) and ``table.npz``: ``table`` ``(vocab, dim)``
-(stored float16 or float32, used as float32), ``bias`` ``(dim,)``, and, for the residual, ``w1`` ``(dim,
-hidden)``, ``b1``, ``w2`` ``(hidden, dim)``, ``b2``. :func:`save_static` writes one atomically.
+(stored float16 or float32, used as float32), ``bias`` ``(dim,)``, optionally ``weights`` ``(vocab,)``
+(float32), and, for the residual, ``w1`` ``(dim, hidden)``, ``b1``, ``w2`` ``(hidden, dim)``, ``b2``.
+:func:`save_static` writes one atomically.
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ def check_arrays(weights: Mapping[str, np.ndarray], *, where: str) -> None:
     table, bias = weights.get("table"), weights.get("bias")
     if table is None or bias is None or table.ndim != 2 or bias.shape != (table.shape[1],):
         raise InputError(f"static query encoder {where}: needs table (vocab, dim) and bias (dim,)")
+    token_weights = weights.get("weights")
+    if token_weights is not None and (
+        token_weights.shape != (table.shape[0],) or not bool(np.all(np.isfinite(token_weights) & (token_weights > 0)))
+    ):
+        raise InputError(f"static query encoder {where}: weights must be ({table.shape[0]},), finite and positive")
     present = [name for name in RESIDUAL if name in weights]
     if present and len(present) != len(RESIDUAL):
         raise InputError(f"static query encoder {where}: the residual MLP needs all of {', '.join(RESIDUAL)}")
@@ -95,10 +103,17 @@ def save_static(
 
 def static_vectors(token_ids: Sequence[Sequence[int]], weights: Mapping[str, np.ndarray]) -> np.ndarray:
     """Unit query vectors of tokenised texts under ``weights`` (see the module docstring)."""
-    table, bias = weights["table"], weights["bias"]
+    table, bias, token_weights = weights["table"], weights["bias"], weights.get("weights")
     out = np.zeros((len(token_ids), table.shape[1]), dtype=np.float32)
     for row, ids in enumerate(token_ids):
-        out[row] = bias + table[np.asarray(ids, dtype=np.int64)].mean(axis=0) if len(ids) else bias
+        index = np.asarray(ids, dtype=np.int64)
+        if not len(index):
+            out[row] = bias
+        elif token_weights is None:
+            out[row] = bias + table[index].mean(axis=0)
+        else:
+            w = token_weights[index]
+            out[row] = bias + (w @ table[index]) / w.sum()
     if "w1" in weights:
         hidden = np.maximum(out @ weights["w1"] + weights["b1"], 0.0)
         out = out + hidden @ weights["w2"] + weights["b2"]
@@ -143,7 +158,12 @@ class StaticQueryEncoder:
         return read_static(path)[0]
 
     def config(self) -> dict[str, Any]:
-        return {"query_encoder": self.spec, "kind": STATIC_KIND, "residual": "w1" in self._weights}
+        return {
+            "query_encoder": self.spec,
+            "kind": STATIC_KIND,
+            "residual": "w1" in self._weights,
+            "token_weights": "weights" in self._weights,
+        }
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Word-piece ids of ``texts`` without special tokens or the teacher's prefix."""

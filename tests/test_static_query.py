@@ -85,6 +85,26 @@ def test_residual_mlp_refines_the_static_vector(tmp_path, vocab):
     assert encoder.config()["residual"] is True
 
 
+def test_token_weights_make_a_weighted_mean(tmp_path, vocab):
+    table = tiny_table(vocab, {"young": [1.0, 0.0], "kitten": [0.0, 1.0], "pet": [3.0, 3.0]})
+    weights = np.ones(len(vocab), dtype=np.float32)
+    weights[vocab["young"]], weights[vocab["kitten"]], weights[vocab["pet"]] = 3.0, 1.0, 0.5
+    bias = np.array([0.0, 0.25])
+    encoder = StaticQueryEncoder(str(write(tmp_path / "s", {"table": table, "bias": bias, "weights": weights})))
+    got = encoder.encode_queries(["young kitten", "kitten pet", "pet", ""])
+    # (3·(1, 0) + 1·(0, 1)) / 4 = (0.75, 0.25), + bias → (0.75, 0.5) → (3, 2)/√13
+    assert np.allclose(got[0], [3 / math.sqrt(13), 2 / math.sqrt(13)], atol=1e-6)
+    # (1·(0, 1) + 0.5·(3, 3)) / 1.5 = (1, 5/3), + bias → (1, 23/12) → (12, 23)/√673
+    assert np.allclose(got[1], [12 / math.sqrt(673), 23 / math.sqrt(673)], atol=1e-6)
+    # one token: its weight cancels, (3, 3) + bias = (3, 3.25) → (12, 13)/√313; no token → the bias
+    assert np.allclose(got[2], [12 / math.sqrt(313), 13 / math.sqrt(313)], atol=1e-6)
+    assert np.allclose(got[3], [0.0, 1.0], atol=1e-6)
+    assert encoder.config()["token_weights"] is True
+    for bad in (np.zeros(len(vocab)), np.ones(3), np.full(len(vocab), np.nan)):
+        with pytest.raises(InputError, match="weights"):
+            write(tmp_path / "bad", {"table": table, "bias": bias, "weights": bad})
+
+
 def test_save_reloads_the_same_vectors_and_replaces_atomically(tmp_path, vocab):
     path = tmp_path / "s"
     first = tiny_table(vocab, {"young": [0.25, 1.5]})

@@ -1,22 +1,24 @@
 """Distil and tune a static dense query side for bge-small indexes (a token table, Model2Vec-style).
 
     python -m twostage_search.benchmarks.studies.query_static --out engine/students/bge-small-query-static \
-        --report benchmarks/results/query_static/fit.json --train-texts 20480
+        --report benchmarks/results/query_static/fit.json --epochs 3 --listwise 1 --tau 0.05 \
+        --dense-index scifact=var/scifact-dense --dense-index homedepot-search-relevance=var/hd-dense
 
-(the bundled student: the defaults, cosine loss, lr 3e-3, 6 epochs, chosen on dev; ``--loss cov``, ``--hidden``
-and other rates were the candidates, ``benchmarks/results/query_static/candidates/``)
+(the bundled student, chosen on dev; the cosine-only candidates are in ``benchmarks/results/query_static/candidates/``)
 
 (1) The token table: bge-small's query vector (CLS, normalised) of ``[CLS] prefix token [SEP]`` for every one
 of its 30,522 word pieces, fed as ids (nothing is detokenised), 256 per batch. This is Model2Vec's
 distillation (which needs the model in torch; here only the INT8 ONNX export exists, so the table is computed
 with ONNX Runtime) without its PCA and Zipf weighting: the table stays in bge-small's own query space.
 (2) The teacher's query vectors of query-like training texts that hold no dev or test query
-(:func:`training_texts`), 32 per pass, length-bucketed. (3) torch: the table (initialised from (1)), a bias
-and optionally a residual MLP are trained to minimise ``1 − cos(student(text), teacher(text))`` with Adam
-(sparse for the table); the epoch with the best mean dev cosine (SciFact, CrowdFlower and Home Depot dev
-queries, teacher vectors from the real one-query-per-pass encoder) is kept. ``--epochs 0`` writes the untuned
-table. Every encoding is cached under ``--cache``. ``benchmarks/studies/query_static_eval.py`` measures a
-student against the full query side.
+(:func:`training_texts`, and ``--extra-texts`` more from :func:`extra_texts`), 32 per pass, length-bucketed.
+(3) torch (``query_static_train.py``): the table (initialised from (1)), a bias and optionally per-token
+weights and a residual MLP are trained on ``1 − cos(student(text), teacher(text))`` plus ``--listwise`` times
+a KL divergence over documents of the ``--dense-index`` corpora (the teacher's top ``--top`` and ``--random``
+random ones; texts are matched to a corpus by their source); the epoch with the best mean dense nDCG@10 over the
+dev queries of the sets with an index (teacher vectors from the real one-query-per-pass encoder) is kept.
+``--epochs 0`` writes the untuned table. Every encoding is cached under ``--cache``.
+``benchmarks/studies/query_static_eval.py`` measures a student against the full query side.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import json
 import logging
 import random
 import re
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,6 +91,38 @@ def training_texts(datasets: Path, seed: int = 0) -> list[tuple[str, str]]:
             unique.append((source, text))
     rnd.shuffle(unique)  # any prefix is a sample of every source (``--train-texts`` keeps a prefix)
     return unique
+
+
+def extra_texts(datasets: Path, known: Sequence[str], count: int, seed: int = 1) -> list[tuple[str, str]]:
+    """Up to ``count`` more corpus pseudo-queries, none in ``known``: half SciFact abstract sentences (5–40
+    words), a quarter Home Depot titles, a quarter title spans of 2–6 words (Home Depot and CrowdFlower),
+    interleaved and seeded; appended after :func:`training_texts` so its cached teacher vectors stay valid."""
+    rnd = random.Random(seed)
+    seen = set(known)
+    docs = {name: list(read_corpus(find_file(datasets / name, "corpus"))) for name in SETS}
+    sentences = [s for d in docs["scifact"] for s in re.split(r"(?<=[.!?])\s+", d.text) if 5 <= len(s.split()) <= 40]
+    titles = [d.title for d in docs[SETS[2]] if d.title]
+    spans: dict[str, str] = {}
+    for name in SETS[1:]:
+        for title in [d.title for d in docs[name] if d.title]:
+            words = title.split()
+            if len(words) >= 3:
+                width = rnd.randint(2, min(6, len(words)))
+                start = rnd.randint(0, len(words) - width)
+                spans.setdefault(" ".join(words[start : start + width]), f"{name[:2]}-span")
+    sources = {t: "sc-sentence" for t in sentences} | {t: "ho-title" for t in titles}
+    pools = []
+    for texts, share in ((sentences, 2), (titles, 1), (list(spans), 1)):
+        fresh = sorted({t for t in texts if t and t not in seen})
+        rnd.shuffle(fresh)
+        pools += [(spans.get(t) or sources[t], t) for t in fresh[: count * share // 4]]
+    rnd.shuffle(pools)
+    out, taken = [], set()
+    for source, text in pools:
+        if text not in taken:
+            taken.add(text)
+            out.append((source, text))
+    return out[:count]
 
 
 def dev_queries(datasets: Path) -> dict[str, list[str]]:
@@ -172,141 +205,81 @@ def tokenise(texts: Sequence[str]) -> list[list[int]]:
     return [list(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
 
-def train(
-    table: np.ndarray,
-    train_ids: list[list[int]],
-    targets: np.ndarray,
-    dev: dict[str, tuple[list[list[int]], np.ndarray]],
-    *,
-    epochs: int,
-    lr: float,
-    hidden: int,
-    loss_kind: str = "cos",
-    batch: int = 256,
-    seed: int = 0,
-) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Tune the table (and bias, and a residual MLP of ``hidden`` units when > 0) towards the teacher's vectors;
-    return the weights of the epoch with the lowest mean dev loss and the per-epoch history.
+CORPUS_OF = {"sc": "scifact", "cr": "crowdflower-search-relevance", "ho": "homedepot-search-relevance"}
+GRADE_OFFSET = {"scifact": 0, "crowdflower-search-relevance": 1, "homedepot-search-relevance": 1}
 
-    ``loss_kind``: ``cos`` is ``1 − cos(s, t)``; ``cov`` weights the error ``e = s − t`` (both unit) by the
-    covariance ``C`` of the teacher's vectors of the training texts, ``0.5 · dim · eᵀCe / tr C + 0.1 (1 − cos)``:
-    a ranking only sees the part of a query vector along which texts differ, not the direction they share
-    (bge-small's vectors have a large common component, so a high cosine alone can still rank badly)."""
-    torch = __import__("torch")
-    torch.manual_seed(seed)
-    torch.set_num_threads(2)
-    centred = targets - targets.mean(axis=0)
-    cov = torch.from_numpy((centred.T @ centred / len(targets)).astype(np.float32))
-    scale = table.shape[1] / float(torch.trace(cov))
 
-    def loss_of(s: Any, t: Any) -> Any:
-        cos = 1 - (s * t).sum(dim=1)
-        if loss_kind == "cos":
-            return cos
-        e = s - t
-        return 0.5 * scale * ((e @ cov) * e).sum(dim=1) + 0.1 * cos
+def load_corpora(specs: Sequence[str]) -> dict[str, Any]:
+    """``NAME=PATH`` dense-flat indexes built with the teacher → their document vectors (float32, in memory)."""
+    from twostage_search import indexes
+    from twostage_search.benchmarks.studies.query_static_train import Corpus
 
-    bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(table.copy()), freeze=False, mode="mean", sparse=True)
-    bias = torch.nn.Parameter(torch.zeros(table.shape[1]))
-    mlp = (
-        torch.nn.Sequential(
-            torch.nn.Linear(table.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, table.shape[1])
-        )
-        if hidden
-        else None
-    )
-    if mlp is not None:
-        torch.nn.init.zeros_(mlp[2].weight)  # starts as the identity: u = v
-        torch.nn.init.zeros_(mlp[2].bias)
-    dense_params = [bias, *(mlp.parameters() if mlp is not None else [])]
-    optimisers = [torch.optim.SparseAdam(list(bag.parameters()), lr=lr), torch.optim.Adam(dense_params, lr=lr)]
+    out = {}
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        index = indexes.load(Path(path))
+        if index.meta["encoder"]["model"] != TEACHER:
+            raise SystemExit(f"{path} was not built with {TEACHER}")
+        out[name] = Corpus(list(index.doc_ids), np.array(index.vectors, dtype=np.float32))
+    return out
 
-    def forward(rows: list[list[int]]) -> Any:
-        flat = torch.tensor([t for r in rows for t in r] or [0], dtype=torch.long)
-        offsets = torch.tensor([0, *np.cumsum([len(r) for r in rows])[:-1].tolist()], dtype=torch.long)
-        lengths = torch.tensor([len(r) for r in rows], dtype=torch.float32)
-        v = bag(flat, offsets) * (lengths > 0).unsqueeze(1) + bias
-        if mlp is not None:
-            v = v + mlp(v)
-        return torch.nn.functional.normalize(v, dim=1)
 
-    def dev_cosines() -> dict[str, float]:
-        out = {}
-        with torch.no_grad():
-            for name, (rows, y) in dev.items():
-                s, t = forward(rows), torch.from_numpy(y)
-                out[f"cos/{name}"] = round(float((s * t).sum(dim=1).mean()), 4)
-                out[f"loss/{name}"] = round(float(loss_of(s, t).mean()), 5)
-        return out
+def dev_sets(datasets: Path, corpora: dict[str, Any], cache: Path, limit: int) -> dict[str, Any]:
+    """Each set's dev queries (the first ``limit``; 0: all) with the teacher's vectors and grade-shifted qrels."""
+    from twostage_search.benchmarks.studies.query_static_train import DevSet
 
-    def snapshot() -> dict[str, np.ndarray]:
-        out = {"table": bag.weight.detach().numpy().copy(), "bias": bias.detach().numpy().copy()}
-        if mlp is not None:
-            out |= {
-                "w1": mlp[0].weight.detach().numpy().T.copy(),
-                "b1": mlp[0].bias.detach().numpy().copy(),
-                "w2": mlp[2].weight.detach().numpy().T.copy(),
-                "b2": mlp[2].bias.detach().numpy().copy(),
-            }
-        return out
-
-    history: list[dict[str, Any]] = [{"epoch": 0, **dev_cosines()}]
-    best, best_score = snapshot(), statistics.fmean(history[0][f"loss/{name}"] for name in dev)
-    y_all = torch.from_numpy(targets)
-    order = np.arange(len(train_ids))
-    rnd = np.random.default_rng(seed)
-    for epoch in range(1, epochs + 1):
-        rnd.shuffle(order)
-        total = 0.0
-        for start in range(0, len(order), batch):
-            chunk = order[start : start + batch]
-            predicted = forward([train_ids[i] for i in chunk])
-            loss = loss_of(predicted, y_all[chunk]).mean()
-            for o in optimisers:
-                o.zero_grad()
-            loss.backward()
-            for o in optimisers:
-                o.step()
-            total += float(loss.detach()) * len(chunk)
-        history.append({"epoch": epoch, "train_loss": round(total / len(order), 5), **dev_cosines()})
-        score = statistics.fmean(history[-1][f"loss/{name}"] for name in dev)
-        log.info("epoch %d %s", epoch, history[-1])
-        if score < best_score:
-            best, best_score = snapshot(), score
-    return best, history
+    out = {}
+    for name in SETS:
+        texts = {q.query_id: q.text for q in read_queries(find_file(datasets / name, "queries"))}
+        ids, graded = split_ids(datasets / name, "dev")
+        ids = [q for q in ids if q in texts][: limit or None]
+        queries = [texts[q] for q in ids]
+        qrels = {q: {d: g - GRADE_OFFSET[name] for d, g in graded.get(q, {}).items()} for q in ids}
+        out[name] = DevSet(ids, tokenise(queries), full_vectors(queries, cache), qrels, corpora.get(name))
+    return out
 
 
 def fit(args: argparse.Namespace) -> dict[str, Any]:
+    from twostage_search.benchmarks.studies.query_static_train import Settings, dev_score, train
     from twostage_search.engine.dense import BGE_QUERY_PREFIX
     from twostage_search.engine.static_query import save_static
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    items = training_texts(args.datasets)[: args.train_texts or None]
+    base = training_texts(args.datasets)[: args.train_texts or None]
+    extra = extra_texts(args.datasets, [t for _, t in base], args.extra_texts) if args.extra_texts else []
+    items = base + extra
     texts = [t for _, t in items]
     table = cached(args.cache / "token-table.npy", token_table)
-    targets = teacher_batched(texts, args.cache)
+    targets = teacher_batched([t for _, t in base], args.cache)
+    if extra:
+        targets = np.concatenate([targets, teacher_batched([t for _, t in extra], args.cache)])
     if args.embed_only:
         return {"training_texts": len(texts)}
-    dev = {}
-    for name, queries in dev_queries(args.datasets).items():
-        queries = queries[: args.dev_limit or None]
-        dev[name] = (tokenise(queries), full_vectors(queries, args.cache))
-    weights, history = train(
-        table, tokenise(texts), targets, dev, epochs=args.epochs, lr=args.lr, hidden=args.hidden, loss_kind=args.loss
+    corpora = load_corpora(args.dense_index)
+    dev = dev_sets(args.datasets, corpora, args.cache, args.dev_limit)
+    settings = Settings(
+        epochs=args.epochs,
+        lr=args.lr,
+        hidden=args.hidden,
+        token_weights=args.token_weights,
+        listwise=args.listwise,
+        tau=args.tau,
+        top=args.top,
+        random=args.random,
     )
-    best = min(history, key=lambda h: statistics.fmean(h[f"loss/{name}"] for name in dev))
+    corpus_of = [CORPUS_OF.get(source[:2]) if CORPUS_OF.get(source[:2]) in corpora else None for source, _ in items]
+    weights, history = train(table, tokenise(texts), targets, corpus_of, corpora, dev, settings)
+    best = max(history, key=dev_score)
     config = {
         "teacher": {"model": TEACHER, "pooling": "cls", "query_prefix": BGE_QUERY_PREFIX, "max_length": 256},
         "max_length": 256,
-        "table": "bge-small's query vector of each word piece alone, then tuned (cosine to its query vectors)",
+        "table": "bge-small's query vector of each word piece alone, then tuned (cosine to its query vectors"
+        + (", plus a listwise KL over documents' scores)" if args.listwise else ")"),
         "training_texts": len(texts),
         "trained_on": "SciFact train queries (not dev), CrowdFlower/Home Depot train-split queries, "
         "titles, SciFact abstract sentences, title spans (no dev or test query)",
-        "epochs": args.epochs,
+        "settings": settings.__dict__,
         "kept_epoch": best["epoch"],
-        "lr": args.lr,
-        "hidden": args.hidden,
-        "loss": args.loss,
         "dev": {key: value for key, value in best.items() if key != "epoch"},
     }
     if args.out:
@@ -328,9 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6, help="0: the untuned Model2Vec-style table")
     parser.add_argument("--train-texts", type=int, default=0, help="the first N (seeded order) training texts (0: all)")
     parser.add_argument("--embed-only", action="store_true", help="only compute (and cache) the teacher's vectors")
-    parser.add_argument("--dev-limit", type=int, default=300, help="dev queries per set for the cosine (0: all)")
+    parser.add_argument("--extra-texts", type=int, default=0, help="more corpus pseudo-queries (extra_texts)")
+    parser.add_argument("--dev-limit", type=int, default=0, help="dev queries per set (0: all)")
+    parser.add_argument(
+        "--dense-index", action="append", default=[], help="NAME=PATH of a teacher dense-flat index (repeat)"
+    )
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--loss", choices=("cov", "cos"), default="cos", help="see train()")
+    parser.add_argument("--listwise", type=float, default=0.0, help="weight of the listwise KL (0: cosine only)")
+    parser.add_argument("--tau", type=float, default=0.05, help="softmax temperature of the listwise term")
+    parser.add_argument("--top", type=int, default=32, help="teacher's top documents per text (listwise)")
+    parser.add_argument("--random", type=int, default=32, help="random documents per text and step (listwise)")
+    parser.add_argument("--token-weights", action="store_true", help="learn one positive weight per word piece")
     parser.add_argument("--hidden", type=int, default=0, help="units of the residual MLP (0: none)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--cache", type=Path, default=Path("var/query_static"))

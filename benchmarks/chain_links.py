@@ -69,7 +69,7 @@ def fit_assistant(
     thresholds fitted on the dev pairs' human grades (the bundled ``graded`` model's rule)."""
     x = np.array([[r[f] for f in features] for r in train_rows], dtype=np.float64).reshape(len(train_rows), -1)
     model = fit_ordinal(features, x, train_grades, scale)
-    dev = model.expected(model.matrix(list(dev_rows)))
+    dev = model.expected(model.matrix([dict(r) for r in dev_rows]))
     cuts = fit_thresholds([float(v) for v in dev], list(dev_grades), scale)
     return replace(model.with_grade_cuts(cuts), meta=dict(meta))
 

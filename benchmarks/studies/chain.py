@@ -57,7 +57,9 @@ from twostage_search.benchmarks.graded import GradedPair, apply_thresholds, fit_
 from twostage_search.benchmarks.graded_data import features, fill, open_caches
 from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies import student as st
+from twostage_search.engine.atomic import atomic_write_text
 from twostage_search.engine.dense_train import MarginTriple, StudentConfig, train_student
+from twostage_search.engine.errors import InputError
 from twostage_search.engine.logs import setup_logging, verbosity
 from twostage_search.rerankers.ordinal import OrdinalModel
 
@@ -109,19 +111,19 @@ def train_or_load(
     """The student of ``teacher``'s assistant (trained unless its directory holds a finished model)."""
     lr, epochs = st.parse_grid(args.grid)[0]
     path = args.work / "models" / f"chain-{teacher}-lr{lr:g}-ep{epochs}"
-    fitted = assistant.model.model.to_json()
+    fitted = json.loads(json.dumps(assistant.model.model.to_json()))  # as training.json holds it
     done = path / "training.json"
     if done.is_file() and json.loads(done.read_text())["triples_source"].get("assistant_model") != fitted:
         log.warning("%s was trained on another assistant: training it again", path)
     if not done.is_file() or json.loads(done.read_text())["triples_source"].get("assistant_model") != fitted:
         triples = student_triples(args, sets, assistant)
         config = StudentConfig(epochs=epochs, learning_rate=lr, batch_size=args.batch_size, max_length=args.max_length)
-        provenance = {"assistant": f"graded recipe on teacher ({teacher})", "assistant_model": fitted}
+        provenance: dict[str, Any] = {"assistant": f"graded recipe on teacher ({teacher})", "assistant_model": fitted}
         provenance["load_before"] = os.getloadavg()[0]
         train_student(triples, path, config, provenance=provenance)
         record = json.loads((path / "training.json").read_text())
         record["triples_source"]["load_after"] = os.getloadavg()[0]
-        (path / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_text(path / "training.json", json.dumps(record, indent=2) + "\n")
     record = json.loads((path / "training.json").read_text())
     return {"dir": str(path), **record}
 
@@ -198,11 +200,13 @@ def rankings_table(
 
 def index_name(system: str, args: argparse.Namespace) -> str:
     lr, epochs = st.parse_grid(args.grid)[0]
-    return {
-        "student-a": args.student_a.name,
-        "student-b": f"chain-b-lr{lr:g}-ep{epochs}",
-        "student-c": f"chain-c-lr{lr:g}-ep{epochs}",
-    }.get(system, system)
+    return str(
+        {
+            "student-a": args.student_a.name,
+            "student-b": f"chain-b-lr{lr:g}-ep{epochs}",
+            "student-c": f"chain-c-lr{lr:g}-ep{epochs}",
+        }.get(system, system)
+    )
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -243,14 +247,19 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     if "b" in teachers:
         soft = [r["expected"] for r in lore_train]
         labelled["b"] = (llm_sample, teacher_grades(soft, lore_grades(g, lore_train), dev_mix, scale))
+        if len(llm_sample) < len(sample):  # human grades of the LLM's pairs: (a) at (b)'s sample size
+            labelled["a@llm-sample"] = (llm_sample, TeacherGrades([p.grade for p in llm_sample], "human grades"))
     lore_counts = {str(k): lore_grades(g, lore_train).count(k) for k in scale}
     dev_rows = [rows[(p.query_id, p.doc_id)] for p in splits["dev"]]
     assistants: dict[str, OrdinalModel] = {"a": bundled}
     for t, (pairs, tg) in labelled.items():
-        meta = {"teacher": TEACHERS[t], "teacher_rule": tg.rule, "train_pairs": len(pairs)}
-        model = fit_assistant(
-            bundled.features, [rows[(p.query_id, p.doc_id)] for p in pairs], tg.grades, dev_rows, dev_mix, scale, meta
-        )
+        meta = {"teacher": TEACHERS[t[0]], "teacher_rule": tg.rule, "train_pairs": len(pairs)}
+        x = [rows[(p.query_id, p.doc_id)] for p in pairs]
+        try:
+            model = fit_assistant(bundled.features, x, tg.grades, dev_rows, dev_mix, scale, meta)
+        except InputError as exc:  # e.g. a grade missing from a small sample's human grades
+            log.warning("assistant %s not fitted: %s", t, exc)
+            continue
         model.save(args.work / "assistants" / t / "model.json")
         assistants[t if t != "a" else "a@sample"] = model
 
@@ -272,11 +281,12 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     # ---- agreement on CrowdFlower test (all pairs, and the LLM-labelled sample)
     def teacher_labels(pairs: Sequence[GradedPair]) -> dict[str, dict[str, list[int]]]:
         cuts = mix_thresholds([ce[(p.query_id, p.doc_id)] for p in sample], dev_mix, scale)
+        logits = [ce[(p.query_id, p.doc_id)] for p in pairs]
+        dev_cuts = fit_thresholds([ce[(p.query_id, p.doc_id)] for p in splits["dev"]], dev_mix, scale)
         out = {
             "c": {
-                "logit, cut at its train-sample quantiles of the dev grade mix": apply_thresholds(
-                    [ce[(p.query_id, p.doc_id)] for p in pairs], cuts, scale
-                )
+                "logit, cut at its train-sample quantiles of the dev grade mix": apply_thresholds(logits, cuts, scale),
+                "logit, dev thresholds": apply_thresholds(logits, dev_cuts, scale),
             }
         }
         if {(p.query_id, p.doc_id) for p in pairs} <= {(p.query_id, p.doc_id) for p in test_sample}:
@@ -307,13 +317,16 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     results = {}
     for data in [cf, hd] if args.homedepot_eval else [cf]:
         bm25 = st.bm25_index([data.corpus[d] for d in data.eval_ids], args.work / data.name / "bm25")
-        chosen = {t: assistants[t] for t in ("a", "b", "c")}
+        chosen: dict[str, OrdinalModel] = {t: assistants[t] for t in ("a", "b", "c") if t in assistants}
         results[data.name] = rankings_table(args, data, chosen, encoders, bm25)
     return {
         "teachers": TEACHERS,
         "label_sample": {"train_pairs": len(sample), "test_pairs": len(test_sample), "per_query": 10, "seed": 13},
         "lore_train_label_counts": lore_counts,
-        "teacher_rules": {t: {"rule": tg.rule, "thresholds": tg.thresholds} for t, tg in labelled.items()},
+        "teacher_rules": {
+            t: {"train_pairs": len(pairs), "rule": tg.rule, "thresholds": tg.thresholds}
+            for t, (pairs, tg) in labelled.items()
+        },
         "assistants": {t: m.to_json() for t, m in assistants.items()},
         "students": students,
         "agreement_crowdflower": agreement,

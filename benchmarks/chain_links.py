@@ -18,7 +18,7 @@ import numpy as np
 
 from twostage_search.benchmarks.graded import agreement, fit_thresholds
 from twostage_search.engine.errors import InputError
-from twostage_search.rerankers.ordinal import OrdinalModel, fit_ordinal
+from twostage_search.rerankers.ordinal import OrdinalModel, fit_ordinal, null_model
 
 
 def mix_thresholds(scores: Sequence[float], mix: Sequence[int], scale: Sequence[int]) -> list[float]:
@@ -66,9 +66,24 @@ def fit_assistant(
     meta: Mapping[str, Any],
 ) -> OrdinalModel:
     """The ordinal model on ``features`` fitted on the teacher's grades, its hard grade E[grade] cut by
-    thresholds fitted on the dev pairs' human grades (the bundled ``graded`` model's rule)."""
+    thresholds fitted on the dev pairs' human grades (the bundled ``graded`` model's rule). A feature that
+    does not vary among the training pairs gets weight 0 (the ordinal fit refuses a constant column)."""
     x = np.array([[r[f] for f in features] for r in train_rows], dtype=np.float64).reshape(len(train_rows), -1)
-    model = fit_ordinal(features, x, train_grades, scale)
+    varying = [i for i in range(x.shape[1]) if np.ptp(x[:, i]) > 0]
+    if not varying:
+        raise InputError("fit_assistant: no feature varies among the training pairs")
+    whole = len(varying) == x.shape[1]
+    part = (
+        fit_ordinal(features, x, train_grades, scale)
+        if whole
+        else fit_ordinal([features[i] for i in varying], x[:, varying], train_grades, scale)
+    )
+    # a feature constant over the pairs (e.g. a query-level one on a one-query sample) carries nothing: weight 0
+    null = null_model(features, x, train_grades, scale)
+    coef = [0.0] * len(features)
+    for j, i in enumerate(varying):
+        coef[i] = part.coef[j]
+    model = replace(null, coef=tuple(coef), cuts=part.cuts)
     dev = model.expected(model.matrix([dict(r) for r in dev_rows]))
     cuts = fit_thresholds([float(v) for v in dev], list(dev_grades), scale)
     return replace(model.with_grade_cuts(cuts), meta=dict(meta))

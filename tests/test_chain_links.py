@@ -63,9 +63,10 @@ def test_an_assistant_fitted_on_a_teachers_grades_orders_pairs_as_the_teacher_do
     grades = [min(4, max(1, 1 + int(x) + (1 if i % 4 == 0 else 0) - (1 if i % 4 == 2 and x >= 1 else 0)))
               for i, x in enumerate(xs)]  # fmt: skip
     assert set(grades) == set(SCALE)
-    rows = [{"x": x} for x in xs]
-    dev = [{"x": x} for x in (0.5, 1.5, 2.5, 3.5)]
-    model = fit_assistant(("x",), rows, grades, dev, [1, 2, 3, 4], SCALE, {"teacher": "toy"})
+    rows = [{"x": x, "q": 2.0} for x in xs]  # q: a query-level feature, constant on a one-query sample
+    dev = [{"x": x, "q": 1.0 + x} for x in (0.5, 1.5, 2.5, 3.5)]
+    model = fit_assistant(("x", "q"), rows, grades, dev, [1, 2, 3, 4], SCALE, {"teacher": "toy"})
+    assert model.coef[1] == 0.0 and model.coef[0] > 0  # the constant feature gets no weight
     expected = model.expected(model.matrix(rows))
     assert np.all(np.diff(expected) > 0)  # E[grade] rises with x, as the teacher's grades do
     assert len(model.grade_cuts) == 3 and model.meta == {"teacher": "toy"}
@@ -73,3 +74,27 @@ def test_an_assistant_fitted_on_a_teachers_grades_orders_pairs_as_the_teacher_do
     model.save(tmp_path / "model.json")
     again = OrdinalModel.load(tmp_path / "model.json")
     assert np.array_equal(again.probabilities(again.matrix(rows)), model.probabilities(model.matrix(rows)))
+
+
+def test_the_students_pair_scores_are_the_cosines_its_dense_index_ranks_by(tmp_path, tiny_docs, tiny_queries):
+    """The chain's student link on real models: a pair's score read from a ``dense-flat`` index's stored vectors
+    (all-MiniLM-L6-v2) is the cosine of the separately encoded query and document, and grades follow from it."""
+    need("sentence_transformers", "rerank")
+    from twostage_search.benchmarks.graded import GradedPair, GradedSet
+    from twostage_search.benchmarks.studies.chain import dense_scores
+    from twostage_search.benchmarks.studies.student import Data
+    from twostage_search.engine.dense import create_dense_encoder
+    from twostage_search.indexes.dense import DenseFlatIndex
+
+    encoder = create_dense_encoder("sentence-transformers", model="bundled:minilm-l6", max_length=32)
+    docs = tiny_docs[:4]
+    index = DenseFlatIndex.build(docs, tmp_path / "index", encoder=encoder, progress=False)
+    queries = {q.query_id: q for q in tiny_queries[:2]}
+    graded = GradedSet("tiny", queries, {d.doc_id: d for d in docs}, {}, SCALE, 3)
+    data = Data("tiny", graded, graded.corpus, [d.doc_id for d in docs])
+    pairs = [GradedPair(q, d.doc_id, 1) for q in queries for d in docs[:3]]
+    scores = dense_scores(index, encoder, data, pairs)
+    qv = encoder.encode_queries([queries[p.query_id].text for p in pairs])
+    dv = encoder.encode_docs([graded.corpus[p.doc_id].full_text for p in pairs])
+    assert scores == pytest.approx(cosines(qv, dv), abs=1e-4)
+    assert all(-1.0 <= s <= 1.0 for s in scores) and len(set(scores)) == len(scores)

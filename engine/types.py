@@ -64,7 +64,7 @@ class ScoredDoc:
         return Candidate(self.doc_id, self.score, self.text, self.title)
 
 
-def _order_key(c: Candidate) -> tuple[float, str]:
+def _order_key(c: Candidate | ScoredDoc) -> tuple[float, str]:
     return (-c.score, c.doc_id)
 
 
@@ -92,7 +92,7 @@ class RankedList:
             if math.isnan(item.score):
                 raise ValueError(f"NaN score for doc {item.doc_id!r}")
             seen.add(item.doc_id)
-            key = (-item.score, item.doc_id)
+            key = _order_key(item)
             if previous is not None and previous > key:
                 raise ValueError("items must be sorted by score descending, ties by doc_id")
             previous = key

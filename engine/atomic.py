@@ -7,6 +7,7 @@ models, reassembled model files, dataset downloads.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from twostage_search.engine.errors import InputError
 
@@ -109,3 +111,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_json_file(path: str | Path, what: str) -> Any:
+    """The JSON value in ``path`` (a file :func:`atomic_write_text` wrote); a missing file or one that is not
+    JSON is an :class:`InputError` naming ``what`` (e.g. ``"stacked model file"``) or the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not JSON ({e})") from None

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.engine.atomic import atomic_write_text
+from twostage_search.engine.atomic import atomic_write_text, read_json_file
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.optional import require
 
@@ -128,14 +128,7 @@ class OrdinalModel:
 
     @classmethod
     def load(cls, path: str | Path) -> OrdinalModel:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"ordinal model file not found: {path}")
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: not JSON ({e})") from None
-        return cls.from_json(record)
+        return cls.from_json(read_json_file(path, "ordinal model file"))
 
     def with_grade_cuts(self, cuts: Sequence[float]) -> OrdinalModel:
         return replace(self, grade_cuts=tuple(float(c) for c in cuts))

@@ -133,6 +133,17 @@ BUNDLED: dict[str, BundledModel] = {
         licence="MIT (bge-small-en-v1.5); the table is tuned on SciFact (CC BY-NC 2.0) and Kaggle texts",
         marker="student.json",
     ),
+    "splade-tiny-query-lookup": BundledModel(
+        package="twostage_search.engine",
+        subdir="students/splade-tiny-query-lookup",
+        extra="splade",
+        origin=(
+            "an inference-free query side for splade-tiny indexes: each word piece's mean weight under "
+            "splade-tiny's query encoder over 12,514 unlabelled texts (benchmarks/studies/splade_query_table.py)"
+        ),
+        licence="Apache-2.0 (splade-tiny); fitted on SciFact titles (CC BY-NC 2.0), Kaggle and TREC DL queries",
+        marker="table.json",
+    ),
 }
 
 DEFAULT_SPLADE = "bundled:splade-tiny"

@@ -34,6 +34,7 @@ from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.optional import require
+from twostage_search.engine.splade_lookup import DEFAULT_IDF_POWER, lookup_encoder
 from twostage_search.engine.types import Document, SparseVector
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
 from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders
@@ -219,15 +220,38 @@ class ImpactCscIndex(ImpactIndexMeta):
         return self._limited.get(encoder, lambda: self.terms)
 
     def retriever(
-        self, encoder: SparseEncoder | None = None, *, query_top_n: int | None = None, index_terms_only: bool = True
+        self,
+        encoder: SparseEncoder | None = None,
+        *,
+        query_top_n: int | None = None,
+        index_terms_only: bool = True,
+        query_side: str = "model",
+        query_table: str | None = None,
+        idf_power: float = DEFAULT_IDF_POWER,
     ) -> ImpactCscRetriever:
         """A searcher over this index; pass ``encoder`` to share an already loaded one.
 
         ``query_top_n``, ``index_terms_only``: as for ``lucene-impact`` (:class:`ImpactCscRetriever`).
+        ``query_side="lookup"`` encodes queries without a network pass: each word piece weighs its
+        ``query_table`` weight (default: the bundled table of the index's model) times this index's IDF to
+        the power ``idf_power`` (:mod:`engine.splade_lookup`); ``"model"`` (the default) runs the encoder.
         """
+        if query_side == "lookup":
+            if encoder is not None:
+                raise InputError("pass either encoder or query_side='lookup', not both")
+            encoder = lookup_encoder(
+                self.meta["encoder"], self.doc_freqs(), len(self), table=query_table, idf_power=idf_power
+            )
+            index_terms_only = False  # the lookup already keeps the index's terms only
+        elif query_side != "model":
+            raise InputError(f"query_side must be 'model' or 'lookup', got {query_side!r}")
         return ImpactCscRetriever(
             self, encoder or self.encoder(), query_top_n=query_top_n, index_terms_only=index_terms_only
         )
+
+    def doc_freqs(self) -> dict[str, int]:
+        """The number of documents each term of the index occurs in."""
+        return dict(zip(self.terms, np.diff(self.postings.indptr).tolist(), strict=True))
 
     def scores(self, rows: Sequence[int], weights: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(document rows, integer scores) of every document with a positive dot product with the query

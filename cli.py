@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from twostage_search.engine.argtypes import key_values
 from twostage_search.engine.argtypes import positive_float as _positive_float
 from twostage_search.engine.argtypes import positive_int as _positive
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
@@ -98,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rerank-depth", type=int, default=None, help="how many of them to rerank (default: all)")
     s.add_argument("--reranker", default="identity", help="registered reranker (default: identity)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument(
+        "--retriever-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a search option of the index's backend, e.g. query_side=lookup (impact-csc), ef_search=256 (dense)",
+    )
 
     c = sub.add_parser("calibrate", help="measure retrieve/rerank cost on this machine and fit the cost model")
     c.add_argument("--index", required=True, type=Path)
@@ -241,7 +249,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = indexes.load(args.index)
     if args.rerank_depth is not None and args.rerank_depth < 0:
         raise InputError(f"--rerank-depth must be non-negative, got {args.rerank_depth}")
-    pipeline = TwoStage(index.retriever(), reranker_factory(), depth=args.depth, rerank_depth=args.rerank_depth)
+    try:
+        options = key_values(args.retriever_option, "--retriever-option")
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    retriever = indexes.open_retriever(index, options)
+    pipeline = TwoStage(retriever, reranker_factory(), depth=args.depth, rerank_depth=args.rerank_depth)
     result = pipeline.run(query, k=args.k)
     ranking, ms = result.ranking, result.wall_ms
     if args.json:

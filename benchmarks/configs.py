@@ -10,6 +10,7 @@ depths::
       encoder: splade               # SPLADE backends only
       encoder_params: {max_length: 256}
       options: {scale: 100}         # passed to the backend's build (BM25: k1, b)
+      search: {}                    # retriever options (impact-csc: {query_side: lookup}; dense: {ef_search: 256})
       # or, instead of all of the above, rerank a given TREC run (documents from the dataset's corpus):
       # run: ../shared/datasets/trec-dl-2019-passage/runs/bm25.top100.trec
     reranker:
@@ -54,6 +55,7 @@ class FirstStage(_Strict):
     encoder: str | None = None
     encoder_params: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Any] = Field(default_factory=dict)  # the retriever's options, e.g. query_side: lookup
     run: Path | None = None
 
     @field_validator("backend")
@@ -72,7 +74,7 @@ class FirstStage(_Strict):
 
     @model_validator(mode="after")
     def _run_alone(self) -> FirstStage:
-        clash = sorted(self.model_fields_set & {"backend", "index", "encoder", "encoder_params", "options"})
+        clash = sorted(self.model_fields_set & {"backend", "index", "encoder", "encoder_params", "options", "search"})
         if self.run is not None and clash:
             raise ValueError(f"a first stage read from a run takes no {', '.join(clash)}")
         return self

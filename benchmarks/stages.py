@@ -174,16 +174,17 @@ def resolve_first_stage(system: SystemConfig, dataset: BeirDataset, settings: In
                 f"the {dataset.name} corpus {dataset.doc_count}"
             )
         if encoder_name is None:
-            return Resolved(index.retriever(), Path(fs.index), "given")
-        if not fs.encoder_params and fs.encoder is None:
-            return Resolved(index.retriever(), Path(fs.index), "given")  # the index's own encoder
+            return Resolved(indexes.open_retriever(index, fs.search), Path(fs.index), "given")
+        if not fs.encoder_params and fs.encoder is None:  # the index's own encoder
+            return Resolved(indexes.open_retriever(index, fs.search), Path(fs.index), "given")
         key: dict[str, Any] = {"backend": fs.backend, "encoder": encoder_name, "encoder_doc": doc_side, "options": {}}
         if not meta_matches(index.meta, key):
             raise InputError(
                 f"system {system.name!r}: {fs.index} was built with encoder "
                 f"{index.meta.get('encoder', {}).get('params')}, not {doc_side}"
             )
-        return Resolved(index.retriever(res.encoder(encoder_name, encoder_params)), Path(fs.index), "given")
+        encoder = res.encoder(encoder_name, encoder_params)
+        return Resolved(indexes.open_retriever(index, fs.search, encoder), Path(fs.index), "given")
 
     options = _build_options(backend, dict(fs.options), system.name)
     key = {"backend": fs.backend, "encoder": encoder_name, "encoder_doc": doc_side, "options": options}
@@ -192,7 +193,7 @@ def resolve_first_stage(system: SystemConfig, dataset: BeirDataset, settings: In
 
     def open_with(path: Path, how: str) -> Resolved:
         index = backend.open(path)
-        return Resolved(index.retriever(encoder) if encoder is not None else index.retriever(), path, how)
+        return Resolved(indexes.open_retriever(index, fs.search, encoder), path, how)
 
     if settings.reuse_dir is not None:
         legacy = settings.reuse_dir / dataset.name

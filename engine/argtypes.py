@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from typing import Any
 
 
 def positive_int(text: str) -> int:
@@ -25,3 +27,25 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def scalar(text: str) -> int | float | str:
+    """``text`` as an int, else a float, else the string itself (option values on a command line)."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def key_values(pairs: Iterable[str], what: str) -> dict[str, Any]:
+    """``["key=value", ...]`` → a dict, values through :func:`scalar`; ``ValueError`` naming ``what`` for a
+    pair without ``=`` or key."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what}: {pair!r} is not key=value")
+        options[key] = scalar(raw)
+    return options

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TWOSTAGE_", extra="ignore", frozen=True)
 
     index: Path = Field(default=Path("var/scifact"), description="index directory (any backend; see indexes.load)")
+    retriever_options: dict[str, str | int | float] = Field(
+        default_factory=dict,
+        description='search options of the index\'s backend, as JSON: {"query_side": "lookup"} (impact-csc), '
+        '{"ef_search": 256} (dense)',
+    )
     experiment: Path = Field(default=DEFAULT_EXPERIMENT, description="experiment file (YAML or JSON) with the arms")
     admin_token: SecretStr | None = Field(default=None, description="bearer token of /admin/*; unset disables them")
     judge_token: SecretStr | None = Field(

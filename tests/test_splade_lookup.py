@@ -163,3 +163,41 @@ def test_bundled_table_on_the_tiny_corpus_equals_a_python_dot_product(built_inde
         assert [(h.doc_id, h.score) for h in ranking] == [(d, s / index.scale**2) for d, s in want], q.text
         found += len(ranking)
     assert found > 0
+
+
+def test_open_retriever_checks_the_options(toy):
+    from twostage_search import indexes
+
+    index, table = toy
+    retriever = indexes.open_retriever(index, {"query_side": "lookup", "query_table": str(table)})
+    assert isinstance(retriever.encoder.query, LookupQuerySide)
+    with pytest.raises(InputError, match=r"impact-csc retrievers take no option ef_search \(they take: .*query_side"):
+        indexes.open_retriever(index, {"ef_search": 5})
+
+
+def test_cli_search_with_a_retriever_option(built_indexes, capsys):
+    from twostage_search.cli import main
+
+    path = str(built_indexes["impact-csc"].path)
+    capsys.readouterr()
+    args = ["search", "--index", path, "what is the capital of france", "--k", "2", "--json"]
+    assert main([*args, "--retriever-option", "query_side=lookup"]) == 0
+    lookup = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    model = json.loads(capsys.readouterr().out)
+    assert len(lookup["hits"]) == 2 and len(model["hits"]) == 2
+    for bad in ("ef_search=3", "query_side"):
+        assert main([*args, "--retriever-option", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("twostage: error: ") and bad.split("=")[0] in err
+
+
+def test_service_setting_opens_the_lookup(built_indexes, monkeypatch):
+    from twostage_search.service.routes.admin import open_index_at
+    from twostage_search.service.settings import Settings
+
+    monkeypatch.setenv("TWOSTAGE_RETRIEVER_OPTIONS", '{"query_side": "lookup", "idf_power": 0.5}')
+    settings = Settings(index=built_indexes["impact-csc"].path)
+    assert settings.retriever_options == {"query_side": "lookup", "idf_power": 0.5}
+    retriever, _ = open_index_at(settings)
+    assert isinstance(retriever.encoder.query, LookupQuerySide) and retriever.encoder.query.idf_power == 0.5

@@ -41,6 +41,7 @@ from typing import Any
 from twostage_search.benchmarks.datasets import split_queries
 from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, percentile
 from twostage_search.benchmarks.graded_data import read_splits
+from twostage_search.engine.argtypes import key_values
 from twostage_search.engine.beir import find_file, read_qrels, read_queries
 from twostage_search.engine.errors import InputError, exit_status
 from twostage_search.engine.logs import setup_logging
@@ -59,19 +60,10 @@ def parse_variant(spec: str) -> tuple[str, Path, dict[str, Any]]:
     if not sep or not name or not rest:
         raise InputError(f"--variant wants NAME=PATH[,option=value...], got {spec!r}")
     path, *pairs = rest.split(",")
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"--variant {name}: option {pair!r} is not key=value")
-        value: Any = raw
-        for cast in (int, float):
-            try:
-                value = cast(raw)
-                break
-            except ValueError:
-                pass
-        options[key] = value
+    try:
+        options = key_values(pairs, f"--variant {name}")
+    except ValueError as e:
+        raise InputError(str(e)) from None
     return name, Path(path), options
 
 
@@ -155,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     retrievers: dict[str, Any] = {}
     for name, path, options in variants:
         opened[name] = indexes.load(path)
-        retrievers[name] = opened[name].retriever(**options)
+        retrievers[name] = indexes.open_retriever(opened[name], options)
     log.info("%d queries through %d variants", len(queries), len(names))
     times, rankings = time_variants(retrievers, queries, args.depth, args.texts, args.warmup)
     query_ids = [q.query_id for q in queries]

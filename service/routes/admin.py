@@ -108,7 +108,7 @@ def open_index_at(settings: Settings) -> tuple[Retriever, str]:
     from twostage_search import indexes
 
     path = settings.index.resolve()
-    return indexes.load(path).retriever(), str(path)
+    return indexes.open_retriever(indexes.load(path), settings.retriever_options), str(path)
 
 
 @router.post("/reload-index", response_model=ExperimentInfo, responses=REJECTED)

@@ -236,12 +236,9 @@ class ImpactCscIndex(ImpactIndexMeta):
         ``query_table`` weight (default: the bundled table of the index's model) times this index's IDF to
         the power ``idf_power`` (:mod:`engine.splade_lookup`); ``"model"`` (the default) runs the encoder.
         """
-        if query_side == "lookup":
-            if encoder is not None:
-                raise InputError("pass either encoder or query_side='lookup', not both")
-            encoder = lookup_encoder(
-                self.meta["encoder"], self.doc_freqs(), len(self), table=query_table, idf_power=idf_power
-            )
+        if query_side == "lookup":  # of ``encoder``, only its model and query limits are used
+            config = self.meta["encoder"] if encoder is None else encoder.config()
+            encoder = lookup_encoder(config, self.doc_freqs(), len(self), table=query_table, idf_power=idf_power)
             index_terms_only = False  # the lookup already keeps the index's terms only
         elif query_side != "model":
             raise InputError(f"query_side must be 'model' or 'lookup', got {query_side!r}")

@@ -110,6 +110,7 @@ def test_example_configs_are_valid():
     dl = by_name["DL19 BM25 run + onnx-cross-encoder"]
     assert dl.first_stage.run is not None and dl.first_stage.run.name == "bm25.top100.trec"
     assert by_name["BM25@100"].depth == 100
+    assert by_name["SPLADE lookup"].first_stage.search == {"query_side": "lookup"}
 
 
 @pytest.mark.parametrize(

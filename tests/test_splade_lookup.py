@@ -107,8 +107,8 @@ def test_bad_settings_are_input_errors(toy, tmp_path):
     index, table = toy
     with pytest.raises(InputError, match="query_side"):
         index.retriever(query_side="bogus")
-    with pytest.raises(InputError, match="not both"):
-        index.retriever(toy_encoder(), query_side="lookup")
+    with pytest.raises(InputError, match="is for bundled:splade-tiny"):  # a given encoder names the model
+        index.retriever(toy_encoder("some/model"), query_side="lookup", query_table=str(table))
     with pytest.raises(InputError, match="idf_power"):
         index.retriever(query_side="lookup", query_table=str(table), idf_power=-1)
     other = ImpactCscIndex.build(DOCS, tmp_path / "other", encoder=toy_encoder("some/model"), progress=False)

@@ -251,3 +251,36 @@ def kappa_thresholds(
         if not moved:
             break
     return cuts
+
+
+def dev_halves(pairs: Sequence[GradedPair], seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
+    """Indices of ``pairs`` in two halves by query (a seeded shuffle of the sorted query ids)."""
+    np = require("numpy", "bench")
+    queries = sorted({p.query_id for p in pairs})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(queries)
+    first = set(queries[: len(queries) // 2])
+    a = [i for i, p in enumerate(pairs) if p.query_id in first]
+    b = [i for i, p in enumerate(pairs) if p.query_id not in first]
+    return a, b
+
+
+def threshold_rule(
+    expected: Sequence[float], dev: Sequence[GradedPair], scale: Sequence[int], cut: int
+) -> dict[str, float]:
+    """Quadratic κ of the two threshold rules on ``expected`` (a score of each dev pair, e.g. E[grade]): the cuts
+    matching the grade mix (:func:`fit_thresholds`) and those maximising κ (:func:`kappa_thresholds`), each
+    fitted on one half of the dev queries (:func:`dev_halves`) and scored on the other, the two halves averaged."""
+    np = require("numpy", "bench")
+    grades = [p.grade for p in dev]
+    halves = dev_halves(dev)
+    out: dict[str, float] = {}
+    for rule in ("dev grade mix", "max dev kappa"):
+        kappas = []
+        for fit_on, score_on in (halves, halves[::-1]):
+            e, g = [expected[i] for i in fit_on], [grades[i] for i in fit_on]
+            cuts = fit_thresholds(e, g, scale) if rule == "dev grade mix" else kappa_thresholds(e, g, scale)
+            labels = apply_thresholds([expected[i] for i in score_on], cuts, scale)
+            kappas.append(agreement([grades[i] for i in score_on], labels, scale, cut)["kappa_quadratic"])
+        out[rule] = float(np.mean(kappas))
+    return out

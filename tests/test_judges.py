@@ -15,8 +15,10 @@ from twostage_search.benchmarks.graded import (
     fit_thresholds,
     load_graded,
     load_submissions,
+    place,
     read_label_file,
     split_queries,
+    submission_rows,
 )
 from twostage_search.benchmarks.studies.llm_rerank import auc, binary_metrics
 from twostage_search.engine.errors import InputError
@@ -84,6 +86,24 @@ def test_graded_set_scale_cut_samples_and_submissions():
     assert read_label_file(GRADED / "submissions" / "constant.txt")[("q00", "d000")] == 3
     with pytest.raises(InputError):
         load_graded(GRADED, cut=None, parts={"dev": 1.0}).pairs("test")
+
+
+def test_submission_rows_score_each_label_file_on_the_test_pairs_best_first(tmp_path):
+    ds = load_graded(GRADED)
+    test = ds.sample("test", 4, per_query=2)
+    rows = submission_rows(ds, GRADED / "submissions", test, all_pairs=True)
+    assert [r["judge"] for r in rows] == ["perfect", "constant"]  # κ 1 (a copy of the grades), then κ 0 (all 3s)
+    assert rows[0]["kappa"] == 1.0 and rows[0]["kappa_all_pairs"] == 1.0 and rows[1]["kappa"] == 0.0
+    assert all(r["kind"] == "submission" and r["pairs"] == 4 for r in rows)
+    assert "kappa_all_pairs" not in submission_rows(ds, GRADED / "submissions", test)[0]
+    # a file that leaves one sampled test pair unlabelled is left out
+    lines = (GRADED / "submissions" / "perfect.txt").read_text().splitlines()
+    (tmp_path / "short.txt").write_text("\n".join(x for x in lines if x.split()[2] != test[0].doc_id) + "\n")
+    (tmp_path / "whole.txt").write_text("\n".join(lines) + "\n")
+    assert [r["judge"] for r in submission_rows(ds, tmp_path, test)] == ["whole"]
+    judges = [{"judge": "a", "kappa": 0.5}, {"judge": "b", "kappa": 1.0}]
+    place(judges, rows)  # only perfect (κ 1) beats a; nobody beats b (a tie is no better)
+    assert [j["rank_by_kappa"] for j in judges] == ["2 of 3", "1 of 3"]
 
 
 def test_judges_command_scores_lore_a_thresholded_cross_encoder_and_ranks_them(tmp_path, capsys):

@@ -129,10 +129,11 @@ def test_judges_command_scores_lore_a_thresholded_cross_encoder_and_ranks_them(t
     # A rerun reads the stored judgements: same grades, nothing judged again.
     lines = store.read_text().count("\n")
     assert main(argv) == 0 and store.read_text().count("\n") == lines == 4
-    assert "| lore (llama-cpp" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("graded: 4 test pairs (relevant = grade ≥ 3); load ") and "| lore (llama-cpp" in printed
 
 
-def test_teacher_assistant_end_to_end_tiny(tmp_path):
+def test_teacher_assistant_end_to_end_tiny(tmp_path, capsys):
     need("llama_cpp", "llm")
     need("datasets", "train")
     from twostage_search.benchmarks.studies.teacher_assistant import main
@@ -147,3 +148,7 @@ def test_teacher_assistant_end_to_end_tiny(tmp_path):
     assert all(r["pairs"] == 4 for r in report["rows"])
     assert report["cost"]["pairs"] == 2 and report["cost"]["assistant_over_teacher"] > 0
     assert (tmp_path / "work" / "teacher" / "training.json").is_file()
+    printed = capsys.readouterr().out.splitlines()  # the trainer prints its own lines first
+    head = next(i for i, line in enumerate(printed) if line.startswith("graded: {'train': "))
+    assert printed[head + 1].startswith("| judge") and len(printed) == head + 8  # header, table (2 + 4 rows), cost
+    assert printed[-1].startswith("cost on 2 test pairs, interleaved: teacher ")

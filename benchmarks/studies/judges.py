@@ -44,8 +44,8 @@ from twostage_search.benchmarks.graded import (
     place,
     submission_rows,
 )
-from twostage_search.benchmarks.report import write_json
-from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.benchmarks.report import run_study
+from twostage_search.engine.errors import InputError
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
 
@@ -237,7 +237,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     k = len(report["grades"])
     head = f"| judge | Acc@{k} | Acc@2 | Macro-F1@{k} | κ | κ linear | pairs/s | rank by κ |"
-    lines = [head, "|" + " --- |" * 8]
+    lines = [
+        f"{report['dataset']}: {report['test_pairs']} test pairs ({report['cut']}); load {report['load_before']:.2f}",
+        head,
+        "|" + " --- |" * 8,
+    ]
     subs = report.get("submissions", [])
     shown = list(report["judges"]) + subs[:3] + ([subs[len(subs) // 2]] if subs else []) + subs[-1:]
     for r in shown:
@@ -281,16 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.judge and args.submissions is None:
         print("error: give --judge and/or --submissions", file=sys.stderr)
         return 2
-    try:
-        report = run(args)
-    except (TwoStageError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exit_status(exc)
-    print(f"{report['dataset']}: {report['test_pairs']} test pairs ({report['cut']}); load {report['load_before']:.2f}")
-    print(table(report))
-    if args.out is not None:
-        write_json(args.out, report)
-    return 0
+    return run_study(args, run, table)
 
 
 if __name__ == "__main__":

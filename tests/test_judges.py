@@ -67,6 +67,20 @@ def test_thresholds_from_dev_quantiles_recover_a_monotone_grading():
     assert apply_thresholds([-5.0, 9.0], t, [1, 2, 3, 4]) == [1, 4]
 
 
+def test_threshold_rules_are_cross_fitted_over_two_halves_of_the_dev_queries():
+    from twostage_search.benchmarks.graded import GradedPair, dev_halves, threshold_rule
+
+    dev = [GradedPair(f"q{q}", f"d{g}", g) for q in range(8) for g in (1, 2, 3, 4)]  # each query: one pair a grade
+    a, b = dev_halves(dev)
+    assert len(a) == len(b) == 16 and sorted(a + b) == list(range(32)) and (a, b) == dev_halves(dev)
+    assert not {dev[i].query_id for i in a} & {dev[i].query_id for i in b}  # whole queries in each half
+    # a score equal to the grade: the grade-mix cuts of either half (1.75, 2.5, 3.25) grade the other half exactly
+    exact = threshold_rule([float(p.grade) for p in dev], dev, (1, 2, 3, 4), 3)
+    assert exact == {"dev grade mix": 1.0, "max dev kappa": 1.0}
+    # the grade reversed: the grade-mix cuts give 5 − grade, quadratic κ 1 − 5 / 2.5 = −1 on each half
+    assert threshold_rule([-float(p.grade) for p in dev], dev, (1, 2, 3, 4), 3)["dev grade mix"] == pytest.approx(-1.0)
+
+
 def test_split_is_seeded_disjoint_and_complete():
     ids = [f"q{i}" for i in range(10)]
     a = split_queries(ids, {"train": 0.4, "dev": 0.2, "test": 0.4})

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.graded import agreement, fit_thresholds
+from twostage_search.benchmarks.graded import GradedPair, agreement, fit_thresholds
 from twostage_search.engine.errors import InputError
+from twostage_search.engine.types import Query
 from twostage_search.rerankers.ordinal import OrdinalModel, fit_ordinal, null_model
 
 
@@ -106,3 +107,15 @@ def cosines(query_vectors: np.ndarray, doc_vectors: np.ndarray) -> list[float]:
     q = np.asarray(query_vectors, dtype=np.float64)
     d = np.asarray(doc_vectors, dtype=np.float64)
     return [float(v) for v in (q * d).sum(axis=1)]
+
+
+def dense_scores(index: Any, encoder: Any, queries: Mapping[str, Query], pairs: Sequence[GradedPair]) -> list[float]:
+    """The cosine of each pair from a dense index's stored document vectors (``index.doc_ids``, ``index.vectors``)
+    and its query (of ``queries``) encoded by ``encoder``."""
+    position = {d: i for i, d in enumerate(index.doc_ids)}
+    qids = sorted({p.query_id for p in pairs})
+    qv = encoder.encode_queries([queries[q].text for q in qids])
+    qrow = {q: i for i, q in enumerate(qids)}
+    query_vectors = np.stack([qv[qrow[p.query_id]] for p in pairs])
+    doc_vectors = np.stack([np.asarray(index.vectors[position[p.doc_id]]) for p in pairs])
+    return cosines(query_vectors, doc_vectors)

@@ -12,6 +12,7 @@ grade, columns: judge grade).
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,8 @@ from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.optional import require
 from twostage_search.engine.types import Candidate, Document, Query
+
+log = logging.getLogger(__name__)
 
 # Relevant/irrelevant cut per known scale: TREC's "relevance ≥ 2" on 0–3 (DL guidelines, LLMJudge),
 # "3–4 relevant" on CrowdFlower's 1–4 (the LORE report's Acc@2: L1–L2 vs L3–L4).
@@ -209,6 +212,38 @@ def load_submissions(dataset: GradedSet, folder: str | Path) -> dict[str, dict[t
     return out
 
 
+def submission_rows(
+    dataset: GradedSet, folder: str | Path, test: Sequence[GradedPair], *, all_pairs: bool = False
+) -> list[dict[str, Any]]:
+    """An :func:`agreement` row on the ``test`` pairs (``judge``: the file stem, ``kind``: ``submission``) for each
+    label file in ``folder`` (:func:`load_submissions`), best κ first. A submission that leaves a test pair
+    unlabelled is left out (logged). With ``all_pairs``, a submission that labels every pair of the set's splits
+    also gets its κ on them all (``kappa_all_pairs``)."""
+    human = [p.grade for p in test]
+    everything = [p for split in dataset.splits for p in dataset.pairs(split)] if all_pairs else []
+    rows = []
+    for stem, labels in load_submissions(dataset, folder).items():
+        missing = [p for p in test if (p.query_id, p.doc_id) not in labels]
+        if missing:
+            log.warning("%s: %d test pairs unlabelled, skipped", stem, len(missing))
+            continue
+        row = {"judge": stem, "kind": "submission"}
+        row |= agreement(human, [labels[(p.query_id, p.doc_id)] for p in test], dataset.grades, dataset.cut)
+        if everything and all((p.query_id, p.doc_id) in labels for p in everything):
+            given = [labels[(p.query_id, p.doc_id)] for p in everything]
+            full = agreement([p.grade for p in everything], given, dataset.grades, dataset.cut)
+            row["kappa_all_pairs"] = full["kappa"]
+        rows.append(row)
+    return sorted(rows, key=lambda r: -float(r["kappa"]))
+
+
+def place(rows: Sequence[dict[str, Any]], submissions: Sequence[Mapping[str, Any]]) -> None:
+    """Set each row's rank by κ among the submissions (1 = better than all), e.g. ``rank_by_kappa: 30 of 34``."""
+    for row in rows:
+        better = sum(1 for s in submissions if s["kappa"] > row["kappa"])
+        row["rank_by_kappa"] = f"{better + 1} of {len(submissions) + 1}"
+
+
 def candidates(dataset: GradedSet, pairs: Sequence[GradedPair]) -> list[Candidate]:
     out = []
     for p in pairs:
@@ -251,3 +286,36 @@ def kappa_thresholds(
         if not moved:
             break
     return cuts
+
+
+def dev_halves(pairs: Sequence[GradedPair], seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
+    """Indices of ``pairs`` in two halves by query (a seeded shuffle of the sorted query ids)."""
+    np = require("numpy", "bench")
+    queries = sorted({p.query_id for p in pairs})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(queries)
+    first = set(queries[: len(queries) // 2])
+    a = [i for i, p in enumerate(pairs) if p.query_id in first]
+    b = [i for i, p in enumerate(pairs) if p.query_id not in first]
+    return a, b
+
+
+def threshold_rule(
+    expected: Sequence[float], dev: Sequence[GradedPair], scale: Sequence[int], cut: int
+) -> dict[str, float]:
+    """Quadratic κ of the two threshold rules on ``expected`` (a score of each dev pair, e.g. E[grade]): the cuts
+    matching the grade mix (:func:`fit_thresholds`) and those maximising κ (:func:`kappa_thresholds`), each
+    fitted on one half of the dev queries (:func:`dev_halves`) and scored on the other, the two halves averaged."""
+    np = require("numpy", "bench")
+    grades = [p.grade for p in dev]
+    halves = dev_halves(dev)
+    out: dict[str, float] = {}
+    for rule in ("dev grade mix", "max dev kappa"):
+        kappas = []
+        for fit_on, score_on in (halves, halves[::-1]):
+            e, g = [expected[i] for i in fit_on], [grades[i] for i in fit_on]
+            cuts = fit_thresholds(e, g, scale) if rule == "dev grade mix" else kappa_thresholds(e, g, scale)
+            labels = apply_thresholds([expected[i] for i in score_on], cuts, scale)
+            kappas.append(agreement([grades[i] for i in score_on], labels, scale, cut)["kappa_quadratic"])
+        out[rule] = float(np.mean(kappas))
+    return out

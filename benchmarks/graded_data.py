@@ -1,4 +1,5 @@
-"""Query-level splits of the graded e-commerce sets and the cross-encoder logit cache the graded model is fitted on.
+"""Query-level splits of the graded e-commerce sets, the logit caches the graded models are fitted on, and their
+feature rows.
 
 Splits are committed (``benchmarks/data/splits/<dataset>.tsv``: ``query-id``, ``split``): 60/20/20 of the
 queries into train/dev/test by :func:`~twostage_search.benchmarks.graded.split_queries` with seed 13, so no
@@ -19,6 +20,9 @@ from twostage_search.engine.cost import StageCost
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Candidate, Query
 from twostage_search.rerankers.graded import LOGITS, pair_features
+from twostage_search.rerankers.graded_stacked import with_graded
+from twostage_search.rerankers.ordinal import OrdinalModel
+from twostage_search.rerankers.stacked_features import stacked_features
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +124,8 @@ Caches = Mapping[str, LogitCache]
 
 
 def open_caches(folder: Path, dataset: str, names: Sequence[str] = tuple(LOGITS)) -> dict[str, LogitCache]:
-    """The logit caches of one dataset: ``ce-logits-<dataset>.tsv`` (title) and ``ce-text-logits-<dataset>.tsv``
-    (or those of ``names`` only)."""
+    """The logit caches of one dataset, ``<name>-logits-<dataset>.tsv`` for each of ``names`` (``_`` written
+    ``-``): by default the graded model's ``ce`` (title) and ``ce_text``; the stacked model's also ``bge``."""
     return {name: LogitCache(folder / f"{name.replace('_', '-')}-logits-{dataset}.tsv") for name in names}
 
 
@@ -138,3 +142,16 @@ def features(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches) -> li
         logits = {name: [c.values[(qid, p.doc_id)] for p in todo] for name, c in caches.items()}
         rows += pair_features(data.queries[qid].text, candidates(data, todo), logits)
     return rows
+
+
+def stacked_rows(
+    data: GradedSet, pairs: Sequence[GradedPair], caches: Caches, graded: OrdinalModel
+) -> list[dict[str, float]]:
+    """The stacked model's feature rows of ``pairs`` (input order; each query's pairs are its candidates), with
+    ``graded``'s E[grade] as a feature."""
+    out: list[dict[str, float]] = []
+    for qid, group in groupby(pairs, key=lambda p: p.query_id):
+        todo = list(group)
+        signals = {name: [c.values[(qid, p.doc_id)] for p in todo] for name, c in caches.items()}
+        out += with_graded(stacked_features(data.queries[qid].text, candidates(data, todo), signals), graded)
+    return out

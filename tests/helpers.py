@@ -9,10 +9,15 @@ from types import ModuleType
 
 import pytest
 
+from twostage_search.engine.costmodel import CostModel, LinearCost
+from twostage_search.engine.types import Candidate, RankedList
+
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny"
 NEEDS_NODE = "[needs the local OpenSearch node]"
 """Prefix of the skip reason of OpenSearch tests when the node did not start (test_opensearch_node.py fails)."""
+MS_PER_DOC = CostModel({"rerank": LinearCost((0.0, 1.0, 0.0))})
+"""A rerank cost model of 1 ms per reranked document and no per-call cost (the chunked-depth tests)."""
 
 
 def need(module: str, extra: str) -> ModuleType:
@@ -60,3 +65,19 @@ def reference_run(model_path: str | Path, feed: dict) -> list:
         model = version_converter.convert_version(model, 21)
     wanted = {i.name for i in model.graph.input}
     return ReferenceEvaluator(model).run(None, {k: v for k, v in feed.items() if k in wanted})
+
+
+def numbered_candidates(n: int) -> list[Candidate]:
+    """``d00`` … ``d{n-1}`` with falling first-stage scores n … 1 (no text)."""
+    return [Candidate(f"d{i:02d}", float(n - i)) for i in range(n)]
+
+
+class CorpusOrderRetriever:
+    """A fake first stage: every given document, in the given order, with falling scores len(docs) … 1."""
+
+    def __init__(self, docs):
+        self.docs = docs
+
+    def retrieve(self, query, k):
+        cands = [Candidate(d.doc_id, float(len(self.docs) - i), d.text, d.title) for i, d in enumerate(self.docs)]
+        return RankedList.from_candidates(query.query_id, cands, k=k)

@@ -12,6 +12,7 @@ need("sklearn", "bench")
 from twostage_search.benchmarks.chain_links import (
     agreement_row,
     cosines,
+    dense_scores,
     fit_assistant,
     mix_thresholds,
     teacher_grades,
@@ -80,9 +81,7 @@ def test_the_students_pair_scores_are_the_cosines_its_dense_index_ranks_by(tmp_p
     """The chain's student link on real models: a pair's score read from a ``dense-flat`` index's stored vectors
     (all-MiniLM-L6-v2) is the cosine of the separately encoded query and document, and grades follow from it."""
     need("sentence_transformers", "rerank")
-    from twostage_search.benchmarks.graded import GradedPair, GradedSet
-    from twostage_search.benchmarks.studies.chain import dense_scores
-    from twostage_search.benchmarks.studies.student import Data
+    from twostage_search.benchmarks.graded import GradedPair
     from twostage_search.engine.dense import create_dense_encoder
     from twostage_search.indexes.dense import DenseFlatIndex
 
@@ -90,11 +89,10 @@ def test_the_students_pair_scores_are_the_cosines_its_dense_index_ranks_by(tmp_p
     docs = tiny_docs[:4]
     index = DenseFlatIndex.build(docs, tmp_path / "index", encoder=encoder, progress=False)
     queries = {q.query_id: q for q in tiny_queries[:2]}
-    graded = GradedSet("tiny", queries, {d.doc_id: d for d in docs}, {}, SCALE, 3)
-    data = Data("tiny", graded, graded.corpus, [d.doc_id for d in docs])
+    corpus = {d.doc_id: d for d in docs}
     pairs = [GradedPair(q, d.doc_id, 1) for q in queries for d in docs[:3]]
-    scores = dense_scores(index, encoder, data, pairs)
+    scores = dense_scores(index, encoder, queries, pairs)
     qv = encoder.encode_queries([queries[p.query_id].text for p in pairs])
-    dv = encoder.encode_docs([graded.corpus[p.doc_id].full_text for p in pairs])
+    dv = encoder.encode_docs([corpus[p.doc_id].full_text for p in pairs])
     assert scores == pytest.approx(cosines(qv, dv), abs=1e-4)
     assert all(-1.0 <= s <= 1.0 for s in scores) and len(set(scores)) == len(scores)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tests.helpers import TINY, need
+from tests.helpers import MS_PER_DOC, TINY, CorpusOrderRetriever, need, numbered_candidates
 from twostage_search.engine.chunked import (
     ChunkedDepth,
     ChunkState,
@@ -16,16 +16,14 @@ from twostage_search.engine.chunked import (
     transitions,
 )
 from twostage_search.engine.cost import StageCost
-from twostage_search.engine.costmodel import CostModel, LinearCost
 from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.pipeline import TwoStage
 from twostage_search.engine.policy import Budget
 from twostage_search.engine.stopping import ALL_FEATURES
-from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.engine.types import Query, RankedList
 from twostage_search.rerankers.identity import IdentityReranker
 
-MS_PER_DOC = CostModel({"rerank": LinearCost((0.0, 1.0, 0.0))})  # 1 ms per document, no per-call cost
 Q = Query("q", "x")
 
 
@@ -46,10 +44,6 @@ class TableScorer:
     def rerank(self, query, candidates):
         values, _ = self.score_candidates(query, candidates)
         return RankedList.from_scores(query.query_id, candidates, values)
-
-
-def candidates(n):
-    return [Candidate(f"d{i:02d}", float(n - i)) for i in range(n)]
 
 
 def policy(margin=0.5, **kwargs):
@@ -144,7 +138,7 @@ SCORES |= {"d08": 1.0, "d09": 8.0, "d10": 8.0, "d11": 8.0}
 
 def test_loop_scores_chunks_until_one_changes_nothing():
     scorer = TableScorer(SCORES)
-    out = rerank_in_chunks(scorer, Q, candidates(12), policy(), 3)
+    out = rerank_in_chunks(scorer, Q, numbered_candidates(12), policy(), 3)
     # chunk 1 fills the top; chunk 2 brings in d03 (9); chunk 3 (0, 0, 1) stays 1 below the 3rd (2): stop
     assert out.chunks == (3, 3, 3)
     assert scorer.calls == [["d00", "d01", "d02"], ["d03", "d04", "d05"], ["d06", "d07", "d08"]]
@@ -155,37 +149,30 @@ def test_loop_scores_chunks_until_one_changes_nothing():
 
 def test_loop_stops_at_the_last_candidate():
     rising = {f"d{i:02d}": float(i) for i in range(8)}  # every chunk enters the top
-    out = rerank_in_chunks(TableScorer(rising), Q, candidates(8), policy(), 3)
+    out = rerank_in_chunks(TableScorer(rising), Q, numbered_candidates(8), policy(), 3)
     assert out.chunks == (3, 3, 2) and len(out.ranking) == 8
 
 
 def test_loop_respects_the_budget_and_the_deadline():
     rising = {f"d{i:02d}": float(i) for i in range(12)}
-    out = rerank_in_chunks(TableScorer(rising), Q, candidates(12), policy(), 3, budget=Budget(ms=7.0))
+    out = rerank_in_chunks(TableScorer(rising), Q, numbered_candidates(12), policy(), 3, budget=Budget(ms=7.0))
     assert out.chunks == (3, 3)  # 3 + 3 ms spent; the third chunk (3 ms) would pass 7 ms
     deadline = Deadline.after(3600)
     scorer = TableScorer(rising, on_call=deadline.cancel)
-    out = rerank_in_chunks(scorer, Q, candidates(12), policy(), 3, deadline=deadline)
+    out = rerank_in_chunks(scorer, Q, numbered_candidates(12), policy(), 3, deadline=deadline)
     assert out.chunks == (3,) and out.cut and out.reason == "next chunk does not fit the time left"
-    out = rerank_in_chunks(TableScorer(rising), Q, candidates(12), policy(), 3, deadline=Deadline(0.0))
+    out = rerank_in_chunks(TableScorer(rising), Q, numbered_candidates(12), policy(), 3, deadline=Deadline(0.0))
     assert out.chunks == () and len(out.ranking) == 0 and out.costs == () and out.reason == "deadline passed"
 
 
 # ------------------------------------------------------------------------------------------ TwoStage
-class ListRetriever:
-    def __init__(self, docs):
-        self.docs = docs
-
-    def retrieve(self, query, k):
-        cands = [Candidate(d.doc_id, float(len(self.docs) - i), d.text, d.title) for i, d in enumerate(self.docs)]
-        return RankedList.from_candidates(query.query_id, cands, k=k)
 
 
 def test_two_stage_reranks_in_chunks_on_the_tiny_corpus(tiny_docs):
     ids = [d.doc_id for d in tiny_docs]  # d01 … d12, first stage in that order
     table = dict(zip(ids, [1.0, 2.0, 3.0, 9.0, 0.0, 0.0, 0.0, 0.0, 1.0, 8.0, 8.0, 8.0], strict=True))
     scorer = TableScorer(table)
-    engine = TwoStage(ListRetriever(tiny_docs), scorer, depth=12, policy=policy())
+    engine = TwoStage(CorpusOrderRetriever(tiny_docs), scorer, depth=12, policy=policy())
     result = engine.run(Query("q1", "capital of france"), k=12)
     assert result.rerank_depth == 9
     assert "chunks 3+3+3" in result.decision.reason
@@ -198,7 +185,7 @@ def test_two_stage_reranks_in_chunks_on_the_tiny_corpus(tiny_docs):
 
 
 def test_two_stage_gives_a_non_pointwise_reranker_the_first_chunk(tiny_docs):
-    result = TwoStage(ListRetriever(tiny_docs), IdentityReranker(), depth=12, policy=policy()).run("q", k=5)
+    result = TwoStage(CorpusOrderRetriever(tiny_docs), IdentityReranker(), depth=12, policy=policy()).run("q", k=5)
     assert result.rerank_depth == 3 and result.decision.policy == "chunked"
 
 

@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from tests.helpers import MS_PER_DOC, CorpusOrderRetriever, numbered_candidates
 from twostage_search.engine.chunked import (
     RANK_FEATURES,
     ChunkedDepth,
@@ -21,16 +22,14 @@ from twostage_search.engine.chunked import (
     rerank_in_steps,
 )
 from twostage_search.engine.cost import StageCost
-from twostage_search.engine.costmodel import CostModel, LinearCost
 from twostage_search.engine.deadline import Deadline
 from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.pipeline import TwoStage
 from twostage_search.engine.policy import Budget
 from twostage_search.engine.protocols import PointwiseScorer, RerankInSteps
 from twostage_search.engine.stopping import stop_model_from_dict
-from twostage_search.engine.types import Candidate, Query, RankedList
+from twostage_search.engine.types import Query, RankedList
 
-MS_PER_DOC = CostModel({"rerank": LinearCost((0.0, 1.0, 0.0))})  # 1 ms per document, no per-call cost
 Q = Query("q", "x")
 WORTH = {"d00": 1, "d01": 2, "d02": 3, "d03": 9, "d04": 0, "d05": 0, "d06": 0, "d07": 0, "d08": 1}
 WORTH |= {"d09": 8, "d10": 8, "d11": 8}
@@ -59,10 +58,6 @@ class WindowStepper:
     def rerank(self, query, candidates):
         ordered = self._order(candidates)
         return RankedList.from_scores(query.query_id, ordered, [float(len(ordered) - i) for i in range(len(ordered))])
-
-
-def candidates(n):
-    return [Candidate(f"d{i:02d}", float(n - i)) for i in range(n)]
 
 
 def policy(stop=None, **kwargs):
@@ -96,7 +91,7 @@ def test_which_stop_models_can_follow_a_listwise_reranker():
 def test_steps_go_on_while_a_step_puts_something_into_the_top():
     reranker = WindowStepper(WORTH)
     assert isinstance(reranker, RerankInSteps) and not isinstance(reranker, PointwiseScorer)
-    out = rerank_in_steps(reranker, Q, candidates(12), policy(), 3)
+    out = rerank_in_steps(reranker, Q, numbered_candidates(12), policy(), 3)
     # step 1 orders d00 d01 d02 alone -> d02 d01 d00 (all 3 entered: go on)
     # step 2 shows d02 d01 d00 + d03 d04 d05 -> d03 d02 d01 d00 d04 d05 (d03 entered: go on)
     # step 3 shows d03 d02 d01 + d06 d07 d08 -> d03 d02 d01 d08 d06 d07, then d00 d04 d05 (nothing entered: stop)
@@ -113,23 +108,23 @@ def test_steps_go_on_while_a_step_puts_something_into_the_top():
 
 def test_steps_respect_the_price_the_budget_and_the_deadline():
     # at λ = 0.4 per ms, 3 ms of next step cost 1.2 > p·gain = 1: only the first chunk
-    out = rerank_in_steps(WindowStepper(WORTH), Q, candidates(12), policy().with_lambda(0.4), 3)
+    out = rerank_in_steps(WindowStepper(WORTH), Q, numbered_candidates(12), policy().with_lambda(0.4), 3)
     assert out.chunks == (3,)
     rising = {f"d{i:02d}": i for i in range(12)}  # every step puts its candidates on top: never stops by itself
-    assert rerank_in_steps(WindowStepper(rising), Q, candidates(12), policy(), 3).chunks == (3, 3, 3, 3)
-    out = rerank_in_steps(WindowStepper(rising), Q, candidates(12), policy(), 3, budget=Budget(ms=7.0))
+    assert rerank_in_steps(WindowStepper(rising), Q, numbered_candidates(12), policy(), 3).chunks == (3, 3, 3, 3)
+    out = rerank_in_steps(WindowStepper(rising), Q, numbered_candidates(12), policy(), 3, budget=Budget(ms=7.0))
     assert out.chunks == (3, 3)  # 6 ms spent; the next step (3 ms) would pass 7 ms
     deadline = Deadline.after(3600)
     cancelling = WindowStepper(rising, on_call=deadline.cancel)
-    out = rerank_in_steps(cancelling, Q, candidates(12), policy(), 3, deadline=deadline)
+    out = rerank_in_steps(cancelling, Q, numbered_candidates(12), policy(), 3, deadline=deadline)
     assert out.chunks == (3,) and out.cut
 
 
 def test_a_stop_model_that_reads_scores_is_refused_for_a_listwise_reranker(tiny_docs):
     with pytest.raises(InputError, match="reranks listwise"):
-        rerank_in_steps(WindowStepper(WORTH), Q, candidates(12), policy(MarginRule(1.0)), 3)
+        rerank_in_steps(WindowStepper(WORTH), Q, numbered_candidates(12), policy(MarginRule(1.0)), 3)
     with pytest.raises(InputError, match="fake-listwise reranks listwise"):
-        TwoStage(ListRetriever(tiny_docs), WindowStepper(WORTH), policy=policy(MarginRule(1.0)))
+        TwoStage(CorpusOrderRetriever(tiny_docs), WindowStepper(WORTH), policy=policy(MarginRule(1.0)))
 
 
 def test_a_step_that_loses_a_candidate_is_an_error():
@@ -139,24 +134,17 @@ def test_a_step_that_loses_a_candidate_is_an_error():
             return order[:-1], cost
 
     with pytest.raises(TwoStageError, match="not return a permutation"):
-        rerank_in_steps(Lossy(WORTH), Q, candidates(12), policy(), 3)
+        rerank_in_steps(Lossy(WORTH), Q, numbered_candidates(12), policy(), 3)
 
 
 # ------------------------------------------------------------------------------------------ TwoStage
-class ListRetriever:
-    def __init__(self, docs):
-        self.docs = docs
-
-    def retrieve(self, query, k):
-        cands = [Candidate(d.doc_id, float(len(self.docs) - i), d.text, d.title) for i, d in enumerate(self.docs)]
-        return RankedList.from_candidates(query.query_id, cands, k=k)
 
 
 def test_two_stage_runs_a_listwise_rerankers_steps_as_chunks(tiny_docs):
     ids = [d.doc_id for d in tiny_docs]  # d01 … d12, first stage in that order
     worth = dict(zip(ids, [1, 2, 3, 9, 0, 0, 0, 0, 1, 8, 8, 8], strict=True))  # WORTH shifted by one id
     reranker = WindowStepper(worth)
-    result = TwoStage(ListRetriever(tiny_docs), reranker, depth=12, policy=policy()).run(Query("q1", "x"), k=12)
+    result = TwoStage(CorpusOrderRetriever(tiny_docs), reranker, depth=12, policy=policy()).run(Query("q1", "x"), k=12)
     assert result.rerank_depth == 9 and "chunks 3+3+3" in result.decision.reason
     # the 9 read lead in the steps' order, the 3 not read follow in first-stage order
     assert result.ranking.doc_ids == ["d04", "d03", "d02", "d09", "d07", "d08", "d01", "d05", "d06", *ids[9:]]

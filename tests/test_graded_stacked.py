@@ -277,7 +277,8 @@ def test_serving_features_equal_the_cached_ones_the_study_fits_on(tmp_path):
     it scores the same candidates itself, for every signal (``ce``, ``ce_text``, ``bge``)."""
     need("onnxruntime", "rerank")
     from twostage_search.benchmarks.graded import GradedSet
-    from twostage_search.benchmarks.studies.graded_stacked import MODEL_SIGNALS, fill, open_signal_caches, rows_of
+    from twostage_search.benchmarks.graded_data import fill, open_caches, stacked_rows
+    from twostage_search.benchmarks.studies.graded_stacked import MODEL_SIGNALS
     from twostage_search.engine.types import Document
     from twostage_search.rerankers.graded import load_graded_model
     from twostage_search.rerankers.graded_stacked import KNOWN, GradedStackedReranker
@@ -305,10 +306,10 @@ def test_serving_features_equal_the_cached_ones_the_study_fits_on(tmp_path):
     judge = GradedStackedReranker(model, threads=1)
     assert judge.scorer.names == MODEL_SIGNALS
 
-    caches = open_signal_caches(tmp_path, "toy")
+    caches = open_caches(tmp_path, "toy", MODEL_SIGNALS)
     fill(data, pairs, caches, judge.scorer)
-    reread = open_signal_caches(tmp_path, "toy")  # from the files, as a later run reads them
-    cached = rows_of(data, pairs, reread, load_graded_model("bundled:graded-crowdflower"))  # the judge's default
+    reread = open_caches(tmp_path, "toy", MODEL_SIGNALS)  # from the files, as a later run reads them
+    cached = stacked_rows(data, pairs, reread, load_graded_model("bundled:graded-crowdflower"))  # the judge's default
     items = [Candidate(d, 0.0, docs[d].text, docs[d].title) for d in ("a", "b", "c")]
     serving = judge.features(data.queries["q1"], items, judge.signals(data.queries["q1"], items)[0])
     assert serving == cached

@@ -15,8 +15,10 @@ from twostage_search.benchmarks.graded import (
     fit_thresholds,
     load_graded,
     load_submissions,
+    place,
     read_label_file,
     split_queries,
+    submission_rows,
 )
 from twostage_search.benchmarks.studies.llm_rerank import auc, binary_metrics
 from twostage_search.engine.errors import InputError
@@ -65,6 +67,20 @@ def test_thresholds_from_dev_quantiles_recover_a_monotone_grading():
     assert apply_thresholds([-5.0, 9.0], t, [1, 2, 3, 4]) == [1, 4]
 
 
+def test_threshold_rules_are_cross_fitted_over_two_halves_of_the_dev_queries():
+    from twostage_search.benchmarks.graded import GradedPair, dev_halves, threshold_rule
+
+    dev = [GradedPair(f"q{q}", f"d{g}", g) for q in range(8) for g in (1, 2, 3, 4)]  # each query: one pair a grade
+    a, b = dev_halves(dev)
+    assert len(a) == len(b) == 16 and sorted(a + b) == list(range(32)) and (a, b) == dev_halves(dev)
+    assert not {dev[i].query_id for i in a} & {dev[i].query_id for i in b}  # whole queries in each half
+    # a score equal to the grade: the grade-mix cuts of either half (1.75, 2.5, 3.25) grade the other half exactly
+    exact = threshold_rule([float(p.grade) for p in dev], dev, (1, 2, 3, 4), 3)
+    assert exact == {"dev grade mix": 1.0, "max dev kappa": 1.0}
+    # the grade reversed: the grade-mix cuts give 5 − grade, quadratic κ 1 − 5 / 2.5 = −1 on each half
+    assert threshold_rule([-float(p.grade) for p in dev], dev, (1, 2, 3, 4), 3)["dev grade mix"] == pytest.approx(-1.0)
+
+
 def test_split_is_seeded_disjoint_and_complete():
     ids = [f"q{i}" for i in range(10)]
     a = split_queries(ids, {"train": 0.4, "dev": 0.2, "test": 0.4})
@@ -84,6 +100,24 @@ def test_graded_set_scale_cut_samples_and_submissions():
     assert read_label_file(GRADED / "submissions" / "constant.txt")[("q00", "d000")] == 3
     with pytest.raises(InputError):
         load_graded(GRADED, cut=None, parts={"dev": 1.0}).pairs("test")
+
+
+def test_submission_rows_score_each_label_file_on_the_test_pairs_best_first(tmp_path):
+    ds = load_graded(GRADED)
+    test = ds.sample("test", 4, per_query=2)
+    rows = submission_rows(ds, GRADED / "submissions", test, all_pairs=True)
+    assert [r["judge"] for r in rows] == ["perfect", "constant"]  # κ 1 (a copy of the grades), then κ 0 (all 3s)
+    assert rows[0]["kappa"] == 1.0 and rows[0]["kappa_all_pairs"] == 1.0 and rows[1]["kappa"] == 0.0
+    assert all(r["kind"] == "submission" and r["pairs"] == 4 for r in rows)
+    assert "kappa_all_pairs" not in submission_rows(ds, GRADED / "submissions", test)[0]
+    # a file that leaves one sampled test pair unlabelled is left out
+    lines = (GRADED / "submissions" / "perfect.txt").read_text().splitlines()
+    (tmp_path / "short.txt").write_text("\n".join(x for x in lines if x.split()[2] != test[0].doc_id) + "\n")
+    (tmp_path / "whole.txt").write_text("\n".join(lines) + "\n")
+    assert [r["judge"] for r in submission_rows(ds, tmp_path, test)] == ["whole"]
+    judges = [{"judge": "a", "kappa": 0.5}, {"judge": "b", "kappa": 1.0}]
+    place(judges, rows)  # only perfect (κ 1) beats a; nobody beats b (a tie is no better)
+    assert [j["rank_by_kappa"] for j in judges] == ["2 of 3", "1 of 3"]
 
 
 def test_judges_command_scores_lore_a_thresholded_cross_encoder_and_ranks_them(tmp_path, capsys):
@@ -109,10 +143,11 @@ def test_judges_command_scores_lore_a_thresholded_cross_encoder_and_ranks_them(t
     # A rerun reads the stored judgements: same grades, nothing judged again.
     lines = store.read_text().count("\n")
     assert main(argv) == 0 and store.read_text().count("\n") == lines == 4
-    assert "| lore (llama-cpp" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("graded: 4 test pairs (relevant = grade ≥ 3); load ") and "| lore (llama-cpp" in printed
 
 
-def test_teacher_assistant_end_to_end_tiny(tmp_path):
+def test_teacher_assistant_end_to_end_tiny(tmp_path, capsys):
     need("llama_cpp", "llm")
     need("datasets", "train")
     from twostage_search.benchmarks.studies.teacher_assistant import main
@@ -127,3 +162,7 @@ def test_teacher_assistant_end_to_end_tiny(tmp_path):
     assert all(r["pairs"] == 4 for r in report["rows"])
     assert report["cost"]["pairs"] == 2 and report["cost"]["assistant_over_teacher"] > 0
     assert (tmp_path / "work" / "teacher" / "training.json").is_file()
+    printed = capsys.readouterr().out.splitlines()  # the trainer prints its own lines first
+    head = next(i for i, line in enumerate(printed) if line.startswith("graded: {'train': "))
+    assert printed[head + 1].startswith("| judge") and len(printed) == head + 8  # header, table (2 + 4 rows), cost
+    assert printed[-1].startswith("cost on 2 test pairs, interleaved: teacher ")

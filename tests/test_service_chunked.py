@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import need
+from tests.helpers import MS_PER_DOC, CorpusOrderRetriever, need
 
 need("fastapi", "service")
 need("onnxruntime", "rerank")
 
 from tests.service_helpers import AUTH, assert_error, search, small_app
 from twostage_search.engine.chunked import ChunkedDepth, MarginRule
-from twostage_search.engine.costmodel import CostModel, LinearCost
-from twostage_search.engine.types import Candidate, RankedList
 from twostage_search.service.experiment import ExperimentError, parse_experiment
 
 pytestmark = pytest.mark.slow
-
-MS_PER_DOC = CostModel({"rerank": LinearCost((0.0, 1.0, 0.0))})  # 1 ms per reranked document
-
-
-class ListRetriever:
-    """Every tiny document, in corpus order, with falling first-stage scores."""
-
-    def __init__(self, docs):
-        self.docs = docs
-
-    def retrieve(self, query, k):
-        cands = [Candidate(d.doc_id, float(len(self.docs) - i), d.text, d.title) for i, d in enumerate(self.docs)]
-        return RankedList.from_candidates(query.query_id, cands, k=k)
 
 
 def chunked_arm(name: str, policy: str) -> dict:
@@ -53,7 +38,7 @@ def test_chunked_arms_rerank_as_deep_as_their_price_allows(tmp_path, tiny_docs):
     ChunkedDepth(MS_PER_DOC, always, 1.0, lam=0.0, **settings).save(tmp_path / "deep.json")
     ChunkedDepth(MS_PER_DOC, always, 1.0, lam=1e6, **settings).save(tmp_path / "cheap.json")
     arms = [chunked_arm("deep", "deep.json"), chunked_arm("cheap", "cheap.json")]
-    with small_app(tmp_path, ListRetriever(tiny_docs), arms=arms) as c:
+    with small_app(tmp_path, CorpusOrderRetriever(tiny_docs), arms=arms) as c:
         deep = search(c, k=10, arm="deep", explain=True).json()
         assert deep["rerank_depth"] == 9 and deep["explain"]["policy"] == "chunked"
         assert "chunks 3+3+3" in deep["explain"]["reason"]
@@ -79,7 +64,7 @@ def test_chunked_arm_configuration_errors(tmp_path, tiny_docs):
     assert parsed.arms[0].chunked_policy == tmp_path / "p.json"
     # a policy file that is not there: the experiment is refused with a clear message at build time
     MS_PER_DOC.save(tmp_path / "cost.json")
-    with small_app(tmp_path, ListRetriever(tiny_docs)) as c:
+    with small_app(tmp_path, CorpusOrderRetriever(tiny_docs)) as c:
         body = {"name": "e2", "arms": [chunked_arm("a", str(tmp_path / "missing.json")) | {"weight": 1.0}]}
         resp = c.put("/admin/experiment", json=body, headers=AUTH)
         assert_error(resp, 422, "invalid_experiment", "cannot read chunked policy")

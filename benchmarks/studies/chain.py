@@ -38,25 +38,28 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from twostage_search.benchmarks.chain_links import (
     TeacherGrades,
-    agreement_row,
-    cosines,
     fit_assistant,
     mix_thresholds,
     teacher_grades,
 )
-from twostage_search.benchmarks.evaluation import compare, machine, mean, ranked
+from twostage_search.benchmarks.evaluation import machine
 from twostage_search.benchmarks.graded import GradedPair, apply_thresholds, fit_thresholds
 from twostage_search.benchmarks.graded_data import features, fill, open_caches
 from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies import student as st
+from twostage_search.benchmarks.studies.chain_scores import (
+    TEACHERS,
+    FittedAssistant,
+    agreement_rows,
+    index_name,
+    rankings_table,
+)
 from twostage_search.engine.atomic import atomic_write_text
 from twostage_search.engine.dense_train import MarginTriple, StudentConfig, train_student
 from twostage_search.engine.errors import InputError
@@ -64,22 +67,6 @@ from twostage_search.engine.logs import setup_logging, verbosity
 from twostage_search.rerankers.ordinal import OrdinalModel
 
 log = logging.getLogger(__name__)
-
-TEACHERS = {
-    "a": "human grades",
-    "b": "lore LLM judge (Qwen2.5-Coder-0.5B, label-only)",
-    "c": "MS MARCO cross-encoder logit (zero-shot)",
-}
-
-
-class FittedAssistant(st.Assistant):
-    """:class:`.student.Assistant` with a given ordinal model instead of the bundled one."""
-
-    def __init__(self, cache: Path, model: OrdinalModel) -> None:
-        from twostage_search.rerankers.graded import GradedReranker
-
-        self.model = GradedReranker(model, threads=2)
-        self.cache = cache
 
 
 def lore_rows(args: argparse.Namespace, data: st.Data, pairs: Sequence[GradedPair]) -> list[dict[str, Any]]:
@@ -126,87 +113,6 @@ def train_or_load(
         atomic_write_text(path / "training.json", json.dumps(record, indent=2) + "\n")
     record = json.loads((path / "training.json").read_text())
     return {"dir": str(path), **record}
-
-
-# ------------------------------------------------------------------------------------------- links
-def dense_scores(index: Any, encoder: Any, data: st.Data, pairs: Sequence[GradedPair]) -> list[float]:
-    """The cosine of each pair from the index's stored document vectors and the encoded query."""
-    position = {d: i for i, d in enumerate(index.doc_ids)}
-    qids = sorted({p.query_id for p in pairs})
-    qv = encoder.encode_queries([data.graded.queries[q].text for q in qids])
-    qrow = {q: i for i, q in enumerate(qids)}
-    queries = np.stack([qv[qrow[p.query_id]] for p in pairs])
-    docs = np.stack([np.asarray(index.vectors[position[p.doc_id]]) for p in pairs])
-    return cosines(queries, docs)
-
-
-def agreement_rows(
-    data: st.Data,
-    splits: Mapping[str, Sequence[GradedPair]],
-    teachers: Callable[[Sequence[GradedPair]], dict[str, dict[str, list[int]]]],
-    assistants: Mapping[str, Any],
-    dense: Mapping[str, tuple[Any, Any]],
-    rows: Mapping[tuple[str, str], Mapping[str, float]],
-) -> list[dict[str, Any]]:
-    """One agreement row per link on ``splits['test']`` (each link's grades as the module doc says)."""
-    g = data.graded
-    scale, cut = g.grades, g.cut
-    test, dev = splits["test"], splits["dev"]
-    human = [p.grade for p in test]
-    out: list[dict[str, Any]] = []
-    for t, graders in teachers(test).items():
-        for name, labels in graders.items():
-            out.append(agreement_row(human, labels, scale, cut, link="teacher", teacher=t, grader=name))
-    for t, model in assistants.items():
-        labels = model.grade(model.matrix([rows[(p.query_id, p.doc_id)] for p in test]))
-        out.append(agreement_row(human, labels, scale, cut, link="assistant", teacher=t, grader="dev thresholds"))
-    for t, (index, encoder) in dense.items():
-        cuts = fit_thresholds(dense_scores(index, encoder, data, dev), [p.grade for p in dev], scale)
-        labels = apply_thresholds(dense_scores(index, encoder, data, test), cuts, scale)
-        link = "student" if t in TEACHERS else "dense baseline"
-        out.append(agreement_row(human, labels, scale, cut, link=link, teacher=t, grader="cosine, dev thresholds"))
-    return out
-
-
-def rankings_table(
-    args: argparse.Namespace,
-    data: st.Data,
-    assistants: Mapping[str, OrdinalModel],
-    encoders: Mapping[str, Any],
-    bm25: Any,
-) -> dict[str, Any]:
-    """nDCG@10 on ``data``'s test queries for BM25, the dense models and the assistants, with paired tests."""
-    docs = [data.corpus[d] for d in data.eval_ids]
-    qids = data.graded.splits["test"]
-    rankings = {"bm25": st.run(bm25.retriever(), data, qids)[0]}
-    for name, encoder in encoders.items():
-        index = st.dense_index(docs, args.work / data.name / f"dense-{index_name(name, args)}", encoder)
-        rankings[name] = st.run(index.retriever(encoder), data, qids)[0]
-    tops = st.bm25_top(bm25.retriever(), data, qids, args.rerank_depth)
-    for t, model in assistants.items():
-        scores = FittedAssistant(args.work, model).scores(data, tops)
-        rankings[f"assistant-{t}"] = {q: ranked(zip(tops[q], scores[q], strict=True))[:10] for q in qids}
-    per_query = {name: st.ndcg(data, qids, r) for name, r in rankings.items()}
-    base = ("bm25", "bge-small", "minilm-untrained")
-    pairs = [(s, b) for s in per_query for b in base if s != b and (b != "minilm-untrained" or "student" in s)]
-    stats = compare([(per_query[s], per_query[b]) for s, b in pairs])
-    return {
-        "queries": len(qids),
-        "corpus": len(docs),
-        "ndcg10": {s: round(mean(v), 4) for s, v in per_query.items()},
-        "comparisons": [{"system": s, "baseline": b, **c.as_dict()} for (s, b), c in zip(pairs, stats, strict=True)],
-    }
-
-
-def index_name(system: str, args: argparse.Namespace) -> str:
-    lr, epochs = st.parse_grid(args.grid)[0]
-    return str(
-        {
-            "student-a": args.student_a.name,
-            "student-b": f"chain-b-lr{lr:g}-ep{epochs}",
-            "student-c": f"chain-c-lr{lr:g}-ep{epochs}",
-        }.get(system, system)
-    )
 
 
 # ------------------------------------------------------------------------------------------ the run

@@ -45,10 +45,10 @@ from twostage_search.benchmarks.graded import (
     candidates,
     fit_thresholds,
     load_graded,
-    load_submissions,
+    place,
+    submission_rows,
 )
 from twostage_search.benchmarks.report import run_study
-from twostage_search.benchmarks.studies.judges import place
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Candidate, Query
@@ -153,12 +153,7 @@ def llmjudge(args: argparse.Namespace, cache: SignalCache, models: Models) -> di
             untuned = [min(max(round(s), 1), 4) - 1 for s in test_scores[name]]
             rule = {"judge": name, "rule": "untuned: L1–L4 as 0–3 (E[grade] rounded)"}
             rows.append(rule | agreement(human, untuned, data.grades, data.cut))
-    subs = []
-    for stem, submitted in load_submissions(data, args.submissions).items():
-        if all((p.query_id, p.doc_id) in submitted for p in test):
-            given = [submitted[(p.query_id, p.doc_id)] for p in test]
-            subs.append({"judge": stem, "kind": "submission"} | agreement(human, given, data.grades, data.cut))
-    subs.sort(key=lambda r: -float(r["kappa"]))
+    subs = submission_rows(data, args.submissions, test)
     place(rows, subs)
     for r in (*rows, *subs):
         r.pop("confusion", None)

@@ -45,8 +45,9 @@ from twostage_search.benchmarks.graded import (
     candidates,
     fit_thresholds,
     kappa_thresholds,
+    threshold_rule,
 )
-from twostage_search.benchmarks.graded_data import SEED, Caches, LogitCache, load_split_set
+from twostage_search.benchmarks.graded_data import Caches, fill, load_split_set, open_caches, stacked_rows
 from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies.graded_model import (
     HD_CUT,
@@ -64,11 +65,10 @@ from twostage_search.rerankers.graded_stacked import (
     KNOWN,
     GradedStackedReranker,
     SignalScorer,
-    with_graded,
 )
 from twostage_search.rerankers.ordinal import OrdinalModel
 from twostage_search.rerankers.stacked import StackedModel, fit_stacked, out_of_fold
-from twostage_search.rerankers.stacked_features import QUERY, signals_read, stacked_features
+from twostage_search.rerankers.stacked_features import QUERY, signals_read
 
 log = logging.getLogger(__name__)
 
@@ -103,64 +103,11 @@ GRID = [
 ROUNDS = (100, 200, 400)
 
 
-# ------------------------------------------------------------------------------------------- signals
-def open_signal_caches(folder: Path, dataset: str, names: Sequence[str] = MODEL_SIGNALS) -> dict[str, LogitCache]:
-    """``<signal>-logits-<dataset>.tsv`` for each of ``names`` (``ce``, ``ce-text``: shared with the ``graded``
-    study; ``bge``)."""
-    return {name: LogitCache(folder / f"{name.replace('_', '-')}-logits-{dataset}.tsv") for name in names}
-
-
-def fill(data: GradedSet, pairs: Sequence[GradedPair], caches: Caches, scorer: SignalScorer) -> None:
-    for name, cache in caches.items():
-        cache.fill(data, pairs, scorer, name)
-
-
-def rows_of(
-    data: GradedSet, pairs: Sequence[GradedPair], caches: Caches, graded: OrdinalModel
-) -> list[dict[str, float]]:
-    """Every pair's stacked feature row (input order; each query's pairs are its candidates)."""
-    out: list[dict[str, float]] = []
-    for qid, group in groupby(pairs, key=lambda p: p.query_id):
-        todo = list(group)
-        signals = {name: [c.values[(qid, p.doc_id)] for p in todo] for name, c in caches.items()}
-        out += with_graded(stacked_features(data.queries[qid].text, candidates(data, todo), signals), graded)
-    return out
-
-
 def matrix(rows: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
     return np.array([[r[n] for n in names] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
 
 
 # ------------------------------------------------------------------------------------------ training
-def dev_halves(pairs: Sequence[GradedPair], seed: int = SEED) -> tuple[list[int], list[int]]:
-    """Indices of ``pairs`` in two halves by query (a seeded shuffle of the sorted query ids)."""
-    queries = sorted({p.query_id for p in pairs})
-    rng = np.random.default_rng(seed)
-    rng.shuffle(queries)
-    first = set(queries[: len(queries) // 2])
-    a = [i for i, p in enumerate(pairs) if p.query_id in first]
-    b = [i for i, p in enumerate(pairs) if p.query_id not in first]
-    return a, b
-
-
-def threshold_rule(
-    expected: Sequence[float], dev: Sequence[GradedPair], scale: Sequence[int], cut: int
-) -> dict[str, Any]:
-    """Dev κ of the two threshold rules, each fitted on one half of the dev queries and scored on the other."""
-    grades = [p.grade for p in dev]
-    halves = dev_halves(dev)
-    out: dict[str, Any] = {}
-    for rule in ("dev grade mix", "max dev kappa"):
-        kappas = []
-        for fit_on, score_on in (halves, halves[::-1]):
-            e, g = [expected[i] for i in fit_on], [grades[i] for i in fit_on]
-            cuts = fit_thresholds(e, g, scale) if rule == "dev grade mix" else kappa_thresholds(e, g, scale)
-            labels = apply_thresholds([expected[i] for i in score_on], cuts, scale)
-            kappas.append(agreement([grades[i] for i in score_on], labels, scale, cut)["kappa_quadratic"])
-        out[rule] = float(np.mean(kappas))
-    return out
-
-
 def train(
     train_rows: Sequence[Mapping[str, float]],
     train_grades: Sequence[int],
@@ -239,7 +186,7 @@ def grader_labels(
     """
     test, dev = data.pairs("test"), data.pairs("dev")
     scale = data.grades
-    test_rows, dev_rows = rows_of(data, test, caches, graded), rows_of(data, dev, caches, graded)
+    test_rows, dev_rows = stacked_rows(data, test, caches, graded), stacked_rows(data, dev, caches, graded)
     dev_grades = [p.grade for p in dev]
     scores: dict[str, list[float]] = {}
     out: dict[str, tuple[str, list[int]]] = {}
@@ -312,21 +259,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     graded = load_graded_model(GRADED_SPEC)
     scorer = SignalScorer(threads=args.threads)
     cf = load_split_set(args.crowdflower)
-    cf_caches = open_signal_caches(args.cache, "crowdflower")
+    cf_caches = open_caches(args.cache, "crowdflower", MODEL_SIGNALS)
     split_pairs = {s: cf.pairs(s) for s in ("train", "dev", "test")}
     for s in ("test", "dev", "train"):
         fill(cf, split_pairs[s], cf_caches, scorer)
-    train_rows = rows_of(cf, split_pairs["train"], cf_caches, graded)
-    dev_rows = rows_of(cf, split_pairs["dev"], cf_caches, graded)
+    train_rows = stacked_rows(cf, split_pairs["train"], cf_caches, graded)
+    dev_rows = stacked_rows(cf, split_pairs["dev"], cf_caches, graded)
     train_grades = [p.grade for p in split_pairs["train"]]
     hd = load_split_set(args.homedepot, HD_SUBSAMPLE, cut=HD_CUT) if args.homedepot is not None else None
-    hd_caches = open_signal_caches(args.cache, "homedepot")
+    hd_caches = open_caches(args.cache, "homedepot", MODEL_SIGNALS)
     extra = None
     if hd is not None and args.homedepot_train:
         hd_train = hd.pairs("train")
         fill(hd, hd_train, hd_caches, scorer)
         mapped = [HD_TO_CROWDFLOWER[p.grade] for p in hd_train]
-        extra = ("Home Depot train (1/2/3 as 1/3/4)", rows_of(hd, hd_train, hd_caches, graded), mapped)
+        extra = ("Home Depot train (1/2/3 as 1/3/4)", stacked_rows(hd, hd_train, hd_caches, graded), mapped)
     train_queries = [p.query_id for p in split_pairs["train"]]
     model, trials, rule = train(
         train_rows, train_grades, train_queries, dev_rows, split_pairs["dev"], cf.grades, cf.cut, extra

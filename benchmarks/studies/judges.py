@@ -41,10 +41,11 @@ from twostage_search.benchmarks.graded import (
     candidates,
     fit_thresholds,
     load_graded,
-    load_submissions,
+    place,
+    submission_rows,
 )
-from twostage_search.benchmarks.report import write_json
-from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.benchmarks.report import run_study
+from twostage_search.engine.errors import InputError
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
 
@@ -178,13 +179,6 @@ def ce_judge_row(
 
 
 # ------------------------------------------------------------------------------------------ the run
-def place(rows: list[dict[str, Any]], submissions: list[dict[str, Any]]) -> None:
-    """Each row's rank by κ among the submissions (1 = better than all), e.g. ``rank 30 of 34``."""
-    for row in rows:
-        better = sum(1 for s in submissions if s["kappa"] > row["kappa"])
-        row["rank_by_kappa"] = f"{better + 1} of {len(submissions) + 1}"
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     dataset = load_graded(args.dataset, cut=args.cut)
     test = dataset.sample("test", args.test_pairs, args.per_query)
@@ -233,25 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             raise InputError(f"unknown judge {name!r} (lore, cross-encoder)")
     if args.submissions is not None:
-        subs = []
-        for stem, labels in load_submissions(dataset, args.submissions).items():
-            missing = [p for p in test if (p.query_id, p.doc_id) not in labels]
-            if missing:
-                log.warning("%s: %d test pairs unlabelled, skipped", stem, len(missing))
-                continue
-            row = {"judge": stem, "kind": "submission"}
-            row |= agreement(human, [labels[(p.query_id, p.doc_id)] for p in test], dataset.grades, dataset.cut)
-            everything = dataset.pairs("train") + dataset.pairs("dev") + dataset.pairs("test")
-            if all((p.query_id, p.doc_id) in labels for p in everything):
-                full = agreement(
-                    [p.grade for p in everything],
-                    [labels[(p.query_id, p.doc_id)] for p in everything],
-                    dataset.grades,
-                    dataset.cut,
-                )
-                row["kappa_all_pairs"] = full["kappa"]
-            subs.append(row)
-        subs.sort(key=lambda r: -float(r["kappa"]))
+        subs = submission_rows(dataset, args.submissions, test, all_pairs=True)
         place(rows, subs)
         report["submissions"] = subs
     report["load_after"] = os.getloadavg()[0]
@@ -261,7 +237,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     k = len(report["grades"])
     head = f"| judge | Acc@{k} | Acc@2 | Macro-F1@{k} | κ | κ linear | pairs/s | rank by κ |"
-    lines = [head, "|" + " --- |" * 8]
+    lines = [
+        f"{report['dataset']}: {report['test_pairs']} test pairs ({report['cut']}); load {report['load_before']:.2f}",
+        head,
+        "|" + " --- |" * 8,
+    ]
     subs = report.get("submissions", [])
     shown = list(report["judges"]) + subs[:3] + ([subs[len(subs) // 2]] if subs else []) + subs[-1:]
     for r in shown:
@@ -305,16 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.judge and args.submissions is None:
         print("error: give --judge and/or --submissions", file=sys.stderr)
         return 2
-    try:
-        report = run(args)
-    except (TwoStageError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exit_status(exc)
-    print(f"{report['dataset']}: {report['test_pairs']} test pairs ({report['cut']}); load {report['load_before']:.2f}")
-    print(table(report))
-    if args.out is not None:
-        write_json(args.out, report)
-    return 0
+    return run_study(args, run, table)
 
 
 if __name__ == "__main__":

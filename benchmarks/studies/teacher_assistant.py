@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ from twostage_search.benchmarks.graded import (
     fit_thresholds,
     load_graded,
 )
-from twostage_search.benchmarks.report import write_json
+from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies.judges import (
     JudgementStore,
     ce_scores,
@@ -49,7 +48,7 @@ from twostage_search.benchmarks.studies.judges import (
     run_lore,
 )
 from twostage_search.benchmarks.studies.judges import parser as judges_parser
-from twostage_search.engine.errors import InputError, TwoStageError, exit_status
+from twostage_search.engine.errors import InputError
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import SCIFACT_CROSS_ENCODER
 from twostage_search.engine.optional import require
@@ -181,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     k = len(next(iter(report["rows"]))["confusion"])
     lines = [
+        f"{report['dataset']}: {report['pairs']}; load {report['load_before']:.2f} → {report['load_after']:.2f}",
         f"| judge | Acc@{k} | Acc@2 | Macro-F1@{k} | κ | κ linear | κ vs teacher | r vs teacher E[L] |",
         "|" + " --- |" * 8,
     ]
@@ -190,6 +190,13 @@ def table(report: dict[str, Any]) -> str:
             f"| {r['judge']} | {r[f'acc@{k}']:.3f} | {r['acc@2']:.3f} | {r[f'macro_f1@{k}']:.3f} | {r['kappa']:.3f} "
             f"| {r['kappa_linear']:.3f} | {vt.get('kappa', float('nan')):.3f} "
             f"| {vt.get('pearson_scores', float('nan')):.3f} |"
+        )
+    if "cost" in report:
+        c = report["cost"]
+        lines.append(
+            f"cost on {c['pairs']} test pairs, interleaved: teacher {c['teacher_pairs_per_s']:.3f} pairs/s, "
+            f"assistant {c['assistant_pairs_per_s']:.2f} pairs/s (×{c['assistant_over_teacher']:.0f}); "
+            f"load {c['load_avg_1min']:.1f}"
         )
     return "\n".join(lines)
 
@@ -220,23 +227,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(1)
     args = parser().parse_args(argv)
-    try:
-        report = run(args)
-    except (TwoStageError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exit_status(exc)
-    print(f"{report['dataset']}: {report['pairs']}; load {report['load_before']:.2f} → {report['load_after']:.2f}")
-    print(table(report))
-    if "cost" in report:
-        c = report["cost"]
-        print(
-            f"cost on {c['pairs']} test pairs, interleaved: teacher {c['teacher_pairs_per_s']:.3f} pairs/s, "
-            f"assistant {c['assistant_pairs_per_s']:.2f} pairs/s (×{c['assistant_over_teacher']:.0f}); "
-            f"load {c['load_avg_1min']:.1f}"
-        )
-    if args.out is not None:
-        write_json(args.out, report)
-    return 0
+    return run_study(args, run, table)
 
 
 if __name__ == "__main__":

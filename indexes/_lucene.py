@@ -137,7 +137,11 @@ class ImpactQuerySearcher:
 
     def terms(self) -> list[str]:
         """Every term of the index's ``contents`` field, in Lucene's (byte) order."""
-        out: list[str] = []
+        return list(self.doc_freqs())
+
+    def doc_freqs(self) -> dict[str, int]:
+        """The number of documents each term of the ``contents`` field occurs in, terms in Lucene's order."""
+        out: dict[str, int] = {}
         with _jvm.JNI_LOCK:
             reader = self._jnius.cast("org.apache.lucene.index.IndexReader", self._reader)
             terms = _jvm.autoclass("org.apache.lucene.index.MultiTerms").getTerms(reader, FIELD)
@@ -145,7 +149,7 @@ class ImpactQuerySearcher:
                 return out
             it = terms.iterator()
             while (term := it.next()) is not None:
-                out.append(term.utf8ToString())
+                out[term.utf8ToString()] = int(it.docFreq())
         return out
 
     def close(self) -> None:

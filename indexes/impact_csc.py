@@ -34,10 +34,10 @@ from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.optional import require
-from twostage_search.engine.splade_lookup import DEFAULT_IDF_POWER, lookup_encoder
+from twostage_search.engine.splade_lookup import DEFAULT_IDF_POWER
 from twostage_search.engine.types import Document, SparseVector
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
-from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders
+from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders, lookup_query_encoder
 from twostage_search.indexes.meta import ImpactIndexMeta, atomic_index, read_meta, write_meta
 from twostage_search.indexes.topk import top_k
 
@@ -236,12 +236,17 @@ class ImpactCscIndex(ImpactIndexMeta):
         ``query_table`` weight (default: the bundled table of the index's model) times this index's IDF to
         the power ``idf_power`` (:mod:`engine.splade_lookup`); ``"model"`` (the default) runs the encoder.
         """
-        if query_side == "lookup":  # of ``encoder``, only its model and query limits are used
-            config = self.meta["encoder"] if encoder is None else encoder.config()
-            encoder = lookup_encoder(config, self.doc_freqs(), len(self), table=query_table, idf_power=idf_power)
-            index_terms_only = False  # the lookup already keeps the index's terms only
-        elif query_side != "model":
-            raise InputError(f"query_side must be 'model' or 'lookup', got {query_side!r}")
+        lookup = lookup_query_encoder(
+            self.meta["encoder"],
+            encoder,
+            query_side,
+            self.doc_freqs,
+            len(self),
+            query_table=query_table,
+            idf_power=idf_power,
+        )
+        if lookup is not None:  # it keeps the index's terms only already
+            return ImpactCscRetriever(self, lookup, query_top_n=query_top_n, index_terms_only=False)
         return ImpactCscRetriever(
             self, encoder or self.encoder(), query_top_n=query_top_n, index_terms_only=index_terms_only
         )

@@ -17,6 +17,7 @@ from typing import Protocol
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import InputError
+from twostage_search.engine.splade_lookup import lookup_encoder
 from twostage_search.engine.types import Query, RankedList
 from twostage_search.indexes.docstore import DocStore
 
@@ -39,6 +40,29 @@ class LimitedQueryEncoders:
             if limited is None:
                 limited = self._limited[encoder] = encoder.with_query_vocabulary(terms())
             return limited
+
+
+def lookup_query_encoder(
+    index_encoder: Mapping[str, object],
+    encoder: SparseEncoder | None,
+    query_side: str,
+    doc_freqs: Callable[[], Mapping[str, int]],
+    doc_count: int,
+    *,
+    query_table: str | None,
+    idf_power: float,
+) -> SparseEncoder | None:
+    """The query-only lookup encoder for ``query_side="lookup"`` (``None`` for ``"model"``: open the model).
+
+    ``index_encoder`` is ``meta.json``'s ``encoder``; of a given ``encoder`` only its model and query limits
+    are used. ``doc_freqs`` is called only for the lookup.
+    """
+    if query_side == "model":
+        return None
+    if query_side != "lookup":
+        raise InputError(f"query_side must be 'model' or 'lookup', got {query_side!r}")
+    config = index_encoder if encoder is None else encoder.config()
+    return lookup_encoder(config, doc_freqs(), doc_count, table=query_table, idf_power=idf_power)
 
 
 class ScaledIndex(Protocol):

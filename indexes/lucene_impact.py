@@ -24,10 +24,11 @@ from typing import Any
 from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import InputError, TwoStageError
+from twostage_search.engine.splade_lookup import DEFAULT_IDF_POWER
 from twostage_search.engine.types import Document, SparseVector
 from twostage_search.indexes import _jvm, _lucene
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
-from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders
+from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders, lookup_query_encoder
 from twostage_search.indexes.meta import ImpactIndexMeta, atomic_index, write_meta
 
 log = logging.getLogger(__name__)
@@ -172,15 +173,43 @@ class LuceneImpactIndex(ImpactIndexMeta):
         return cls(path, _lucene.open_meta(path, cls.backend, LUCENE_DIR))
 
     def retriever(
-        self, encoder: SparseEncoder | None = None, *, query_top_n: int | None = None, index_terms_only: bool = True
+        self,
+        encoder: SparseEncoder | None = None,
+        *,
+        query_top_n: int | None = None,
+        index_terms_only: bool = True,
+        query_side: str = "model",
+        query_table: str | None = None,
+        idf_power: float = DEFAULT_IDF_POWER,
     ) -> LuceneImpactRetriever:
         """A searcher over this index; pass ``encoder`` to share an already loaded one.
 
-        ``query_top_n``, ``index_terms_only``: see :class:`LuceneImpactRetriever`.
+        ``query_top_n``, ``index_terms_only``: see :class:`LuceneImpactRetriever`. ``query_side``,
+        ``query_table``, ``idf_power``: queries without a model, as for ``impact-csc``
+        (:meth:`ImpactCscIndex.retriever <indexes.impact_csc.ImpactCscIndex.retriever>`).
         """
+        lookup = lookup_query_encoder(
+            self.meta["encoder"],
+            encoder,
+            query_side,
+            self.doc_freqs,
+            len(self),
+            query_table=query_table,
+            idf_power=idf_power,
+        )
+        if lookup is not None:
+            return LuceneImpactRetriever(self, lookup, query_top_n=query_top_n, index_terms_only=False)
         return LuceneImpactRetriever(
             self, encoder or self.encoder(), query_top_n=query_top_n, index_terms_only=index_terms_only
         )
+
+    def doc_freqs(self) -> dict[str, int]:
+        """The number of documents each term of the index occurs in (read from Lucene)."""
+        searcher = _lucene.ImpactQuerySearcher(self.path / LUCENE_DIR)
+        try:
+            return searcher.doc_freqs()
+        finally:
+            searcher.close()
 
 
 class LuceneImpactRetriever(ImpactRetriever):

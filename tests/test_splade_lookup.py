@@ -201,3 +201,15 @@ def test_service_setting_opens_the_lookup(built_indexes, monkeypatch):
     assert settings.retriever_options == {"query_side": "lookup", "idf_power": 0.5}
     retriever, _ = open_index_at(settings)
     assert isinstance(retriever.encoder.query, LookupQuerySide) and retriever.encoder.query.idf_power == 0.5
+
+
+def test_lucene_impact_lookup_ranks_as_impact_csc(built_indexes, tiny_queries):
+    lucene = built_indexes["lucene-impact"]
+    csc = built_indexes["impact-csc"]
+    assert lucene.doc_freqs() == csc.doc_freqs()
+    a, b = lucene.retriever(query_side="lookup"), csc.retriever(query_side="lookup")
+    for q in tiny_queries:
+        want, got = b.retrieve(q, 100), a.retrieve(q, 100)
+        assert [(h.doc_id, h.score, h.text) for h in got] == [(h.doc_id, h.score, h.text) for h in want], q.text
+    with pytest.raises(InputError, match="query_side"):
+        lucene.retriever(query_side="Lookup")

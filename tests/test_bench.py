@@ -110,7 +110,6 @@ def test_example_configs_are_valid():
     dl = by_name["DL19 BM25 run + onnx-cross-encoder"]
     assert dl.first_stage.run is not None and dl.first_stage.run.name == "bm25.top100.trec"
     assert by_name["BM25@100"].depth == 100
-    assert by_name["SPLADE lookup"].first_stage.search == {"query_side": "lookup"}
 
 
 @pytest.mark.parametrize(
@@ -127,7 +126,6 @@ def test_example_configs_are_valid():
         ("name: X\nreranker: {name: nope}\n", r"reranker.name: unknown reranker 'nope' \(known: .*identity"),
         ("name: X\nfirst_stage: {backend: elastic}\n", r"unknown index backend 'elastic'"),
         ("name: X\nfirst_stage: {backend: lucene-bm25, encoder: splade}\n", "takes no encoder"),
-        ("name: X\nfirst_stage: {run: a.trec, search: {query_top_n: 2}}\n", "read from a run takes no search"),
         ("name: X\ndepth: 10\nrerank_depth: 20\n", r"rerank_depth \(20\) is larger than depth \(10\)"),
         ("name: X\ndepth: zero\n", "depth: Input should be a valid integer"),
         ("first_stage: {}\n", "missing key 'name'"),
@@ -323,13 +321,6 @@ def test_index_reuse_and_given_index(bench_report, bench_dataset, tmp_path):
     given.write_text(f"name: G\nfirst_stage: {{backend: lucene-impact, index: {built}}}\n")
     row = run_benchmark(BenchSettings(dataset=bench_dataset, systems=(given,), reuse_dir=None, **one)).rows[0]
     assert row.index == f"{built} (given)" and row.quality == report.row("SPLADE").quality
-    # search options reach the retriever; one the backend does not take is refused
-    pruned = tmp_path / "pruned.yaml"
-    pruned.write_text(f"name: P\nfirst_stage: {{backend: lucene-impact, index: {built}, search: {{query_top_n: 1}}}}\n")
-    assert run_benchmark(BenchSettings(dataset=bench_dataset, systems=(pruned,), reuse_dir=None, **one)).rows[0].index
-    pruned.write_text(f"name: P\nfirst_stage: {{backend: lucene-impact, index: {built}, search: {{ef_search: 1}}}}\n")
-    with pytest.raises(InputError, match="lucene-impact retrievers take no option ef_search"):
-        run_benchmark(BenchSettings(dataset=bench_dataset, systems=(pruned,), reuse_dir=None, **one))
     other = _copy_tiny(tmp_path / "other")
     (other / "corpus.jsonl").open("a").write('{"_id": "d99", "title": "", "text": "one more document"}\n')
     with pytest.raises(InputError, match="holds 12 documents, the other corpus 13"):

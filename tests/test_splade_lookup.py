@@ -213,3 +213,31 @@ def test_lucene_impact_lookup_ranks_as_impact_csc(built_indexes, tiny_queries):
         assert [(h.doc_id, h.score, h.text) for h in got] == [(h.doc_id, h.score, h.text) for h in want], q.text
     with pytest.raises(InputError, match="query_side"):
         lucene.retriever(query_side="Lookup")
+
+
+def test_bench_system_search_options(built_indexes, tmp_path):
+    from tests.helpers import TINY
+    from twostage_search.benchmarks.runner import BenchSettings, run_benchmark
+
+    path = built_indexes["impact-csc"].path
+    common = dict(dataset=TINY, out=tmp_path / "o", index_cache=tmp_path / "c", reuse_dir=None, warmup=0)
+    system = tmp_path / "s.yaml"
+    system.write_text(f"name: L\nfirst_stage: {{backend: impact-csc, index: {path}, search: {{query_side: lookup}}}}\n")
+    row = run_benchmark(BenchSettings(systems=(system,), progress=False, plots=False, **common)).rows[0]
+    assert row.index == f"{path} (given)" and row.quality["nDCG@10"] > 0
+    system.write_text(f"name: L\nfirst_stage: {{backend: impact-csc, index: {path}, search: {{ef_search: 1}}}}\n")
+    with pytest.raises(InputError, match="impact-csc retrievers take no option ef_search"):
+        run_benchmark(BenchSettings(systems=(system,), progress=False, plots=False, **common))
+
+
+def test_the_example_system_and_a_run_with_search_options(tmp_path):
+    from pathlib import Path
+
+    from twostage_search.benchmarks.configs import load_system
+
+    system = load_system(Path(__file__).parents[1] / "benchmarks" / "systems" / "splade-lookup.yaml")
+    assert (system.first_stage.backend, system.first_stage.search) == ("impact-csc", {"query_side": "lookup"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: X\nfirst_stage: {run: a.trec, search: {query_top_n: 2}}\n")
+    with pytest.raises(InputError, match="read from a run takes no search"):
+        load_system(bad)

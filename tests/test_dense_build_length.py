@@ -10,10 +10,9 @@ from twostage_search.benchmarks.studies.dense_build_length import (
     encoder_flops,
     padded_shapes,
     reusable_rows,
-    token_lengths,
     variant_vectors,
 )
-from twostage_search.benchmarks.studies.dense_build_speed import Variant
+from twostage_search.benchmarks.studies.dense_build_speed import Variant, token_lengths
 
 
 def test_encoder_flops_by_hand():
@@ -68,3 +67,21 @@ def test_batch1_shortcut_equals_a_direct_encoding(tmp_path, tiny_docs):
     assert how == {"encoded": 0, "from": "baseline index"} and np.array_equal(same, baseline[0])
     cached, _ = variant_vectors(variant, texts, lengths, tmp_path, None)  # from the cache, nothing encoded
     assert np.array_equal(cached, direct)
+
+
+def test_speed_study_reports_every_variant_and_its_tokens(tiny_docs):
+    need("onnxruntime", "dense")
+    need("tokenizers", "dense")
+    import argparse
+
+    from tests.helpers import TINY
+    from twostage_search.benchmarks.studies.dense_build_speed import run
+
+    args = argparse.Namespace(dataset=TINY, docs=3, block=2, variants="b1-l256-t1,b2-l8-t1", threads=None)
+    report = run(args)
+    lengths = token_lengths([d.full_text for d in tiny_docs[:3]])
+    assert min(lengths) > 8  # so every document is cut to 8 tokens at l8
+    assert report["docs"] == 3 and list(report["variants"]) == ["b1-l256-t1", "b2-l8-t1"]
+    assert report["variants"]["b2-l8-t1"]["mean_tokens"] == 8.0
+    assert report["mean_tokens_untruncated"] == round(sum(lengths) / 3, 1)
+    assert report["variants"]["b1-l256-t1"]["speedup"] == 1.0

@@ -42,7 +42,7 @@ import numpy as np
 from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, ranked
 from twostage_search.benchmarks.graded_data import read_splits
 from twostage_search.benchmarks.report import run_study
-from twostage_search.benchmarks.studies.dense_build_speed import Variant
+from twostage_search.benchmarks.studies.dense_build_speed import Variant, token_lengths
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.logs import setup_logging
@@ -97,18 +97,6 @@ def build_flops(lengths: Sequence[int], max_length: int, batch_size: int) -> dic
 def reusable_rows(lengths: Sequence[int], max_length: int, baseline_length: int) -> np.ndarray:
     """Rows whose batch-1 vector at ``max_length`` is the baseline's (not truncated differently)."""
     return np.flatnonzero(np.asarray(lengths) <= min(max_length, baseline_length))
-
-
-def token_lengths(texts: Sequence[str]) -> list[int]:
-    """Tokens of each text, special tokens included, untruncated (the default dense model's tokenizer)."""
-    from twostage_search.engine.dense import DEFAULT_DENSE, dense_model_files
-    from twostage_search.engine.optional import require
-
-    tokenizers = require("tokenizers", "dense")
-    tokenizer = tokenizers.Tokenizer.from_file(str(dense_model_files(DEFAULT_DENSE)[1]))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

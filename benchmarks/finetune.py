@@ -190,7 +190,7 @@ def train_epochs(
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
         row = {"epoch": epoch + 1, "train_mse": loss_sum / len(order), "epoch_s": time.perf_counter() - started}
         log.info("epoch %d: train MSE %.4f (%.0f s)", epoch + 1, row["train_mse"], row["epoch_s"])
         history.append(row)

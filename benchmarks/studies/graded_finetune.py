@@ -1,0 +1,357 @@
+"""Fine-tune the bundled MS MARCO cross-encoder (dequantised from its INT8 ONNX graph) on CrowdFlower grades.
+
+    python -m twostage_search.benchmarks.studies.graded_finetune \\
+        --crowdflower ../shared/datasets/crowdflower-search-relevance \\
+        --homedepot ../shared/datasets/homedepot-search-relevance \\
+        --out benchmarks/results/graded-finetune.json
+
+The model reads what the ``graded`` model's ``ce`` logit reads: the query and the item title (64 tokens at
+most). Its embeddings and lower ``--frozen`` layers stay fixed (their outputs are computed once and cached);
+the upper layers, the pooler, the classifier and an affine map from logit to grade are trained on the squared
+grade error (:mod:`twostage_search.benchmarks.finetune`). Splits are the committed query-level ones. Each
+setting (learning rate × training data: CrowdFlower train, or it plus the Home Depot train subsample with
+1/2/3 read as 1/3/4) runs ``--epochs`` epochs; after each, the dev predictions are cut into grades by
+thresholds matching the dev grade mix (:func:`~twostage_search.benchmarks.graded.fit_thresholds`, as for the
+zero-shot cross-encoder bar) and scored by quadratic κ. The best (setting, epoch) on CrowdFlower dev is
+scored once on CrowdFlower test and on the Home Depot test subsample (thresholds on each set's dev split),
+beside the zero-shot INT8 cross-encoder with dev thresholds, with a bootstrap CI over test queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twostage_search.benchmarks.finetune import TrainSetting, UpperModel, encode, frozen_states, train_epochs
+from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresholds, candidates, fit_thresholds
+from twostage_search.benchmarks.graded_data import LogitCache, load_split_set
+from twostage_search.benchmarks.report import run_study
+from twostage_search.benchmarks.studies.graded_model import (
+    HD_CUT,
+    HD_SUBSAMPLE,
+    HD_TO_CROWDFLOWER,
+    bootstrap_kappa_diff,
+)
+from twostage_search.engine.logs import setup_logging
+from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER
+from twostage_search.rerankers.graded import LOGITS, passage
+from twostage_search.rerankers.onnx_cross_encoder import OnnxCrossEncoderReranker, onnx_model_files
+from twostage_search.rerankers.onnx_to_torch import tokenizer_from_file, torch_from_onnx
+
+log = logging.getLogger(__name__)
+
+MAX_LENGTH = LOGITS["ce"][1]  # the `ce` logit's budget: query + title, 64 tokens
+FINETUNED = "fine-tuned MS MARCO cross-encoder (query + title), dev thresholds"
+ZERO_SHOT = "zero-shot MS MARCO cross-encoder INT8 (query + title, 64 tokens), dev thresholds"
+
+
+def texts(data: GradedSet, split: str) -> list[tuple[str, str]]:
+    """(query, title) of every pair of the split, as the ``ce`` logit reads them."""
+    pairs = data.pairs(split)
+    return [
+        (data.queries[p.query_id].text, passage(c, "ce").text)
+        for p, c in zip(pairs, candidates(data, pairs), strict=True)
+    ]
+
+
+def save_states(path: Path, states: Sequence[np.ndarray]) -> None:
+    lengths = np.array([len(s) for s in states], dtype=np.int64)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, lengths=lengths, states=np.concatenate(states).astype(np.float32))
+    tmp.replace(path)
+
+
+def load_states(path: Path) -> list[np.ndarray]:
+    with np.load(path) as f:
+        lengths = f["lengths"]
+        flat = f["states"]
+    ends = np.cumsum(lengths)
+    return [flat[e - n : e] for n, e in zip(lengths, ends, strict=True)]
+
+
+def parity(model: Any, tokenizer: Any, data: GradedSet, n: int, threads: int) -> dict[str, Any]:
+    """Torch (dequantised, fp32) vs ONNX INT8 logits on ``n`` seeded CrowdFlower dev pairs, one pair at a time."""
+    import torch
+    from scipy.stats import pearsonr, spearmanr
+
+    pairs = data.sample("dev", n)
+    onnx = OnnxCrossEncoderReranker(DEFAULT_ONNX_CROSS_ENCODER, max_length=MAX_LENGTH, threads=threads)
+    cands = candidates(data, pairs)
+    ref = [
+        onnx.score(data.queries[p.query_id].text, [passage(c, "ce").text])[0] for p, c in zip(pairs, cands, strict=True)
+    ]
+    enc = encode(
+        tokenizer,
+        [(data.queries[p.query_id].text, passage(c, "ce").text) for p, c in zip(pairs, cands, strict=True)],
+        MAX_LENGTH,
+    )
+    got = []
+    with torch.no_grad():
+        for e in enc:
+            feed = {k: torch.tensor([v]) for k, v in e.items()}
+            got.append(float(model(**feed).logits[0, 0]))
+    diff = np.abs(np.asarray(got) - np.asarray(ref))
+    return {
+        "pairs": len(pairs),
+        "pearson": float(pearsonr(got, ref)[0]),
+        "spearman": float(spearmanr(got, ref)[0]),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "logit_range": [float(min(ref)), float(max(ref))],
+    }
+
+
+def token_lengths(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
+    lengths = [len(e["input_ids"]) for e in encode(tokenizer, pairs, 512)]
+    q = np.percentile(lengths, [50, 90, 99, 100])
+    return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": float(q[3]), "pairs": len(lengths)}
+
+
+def split_check(model: Any, tokenizer: Any, data: GradedSet, dev_states: Sequence[np.ndarray], frozen: int) -> Any:
+    """Largest |logit| difference, first 64 dev pairs, between the cached-frozen path and the whole model."""
+    import torch
+
+    enc = encode(tokenizer, texts(data, "dev")[:64], MAX_LENGTH)
+    upper = UpperModel(model, frozen)
+    split, _ = upper.predict(dev_states[:64])
+    with torch.no_grad():
+        whole = [float(model(**{k: torch.tensor([v]) for k, v in e.items()}).logits[0, 0]) for e in enc]
+    return {"pairs": len(enc), "max_abs_diff": float(np.abs(split - np.asarray(whole)).max())}
+
+
+def dev_kappa(pred: Sequence[float] | np.ndarray, grades: Sequence[int], data: GradedSet) -> tuple[float, list[float]]:
+    values = [float(v) for v in pred]
+    cuts = fit_thresholds(values, list(grades), data.grades)
+    labels = apply_thresholds(values, cuts, data.grades)
+    return float(agreement(list(grades), labels, data.grades, data.cut)["kappa_quadratic"]), cuts
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    var = args.var
+    var.mkdir(parents=True, exist_ok=True)
+    cf = load_split_set(args.crowdflower)
+    hd = load_split_set(args.homedepot, HD_SUBSAMPLE, cut=HD_CUT) if args.homedepot is not None else None
+    model_path, tokenizer_path = onnx_model_files(DEFAULT_ONNX_CROSS_ENCODER)
+    started = time.perf_counter()
+    model = torch_from_onnx(model_path)
+    tokenizer = tokenizer_from_file(tokenizer_path)
+    report: dict[str, Any] = {"load_before": os.getloadavg()[0], "convert_s": time.perf_counter() - started}
+    report["parity"] = parity(model, tokenizer, cf, args.parity_pairs, args.threads) if args.parity_pairs else None
+    report["token_lengths"] = token_lengths(tokenizer, texts(cf, "train"))
+    log.info("parity %s; token lengths %s", report["parity"], report["token_lengths"])
+
+    sets = {"crowdflower": cf} | ({"homedepot": hd} if hd is not None else {})
+    states: dict[tuple[str, str], list[np.ndarray]] = {}
+    started = time.perf_counter()
+    for name, data in sets.items():
+        for split in ("train", "dev", "test") if name == "crowdflower" or args.homedepot_train else ("dev", "test"):
+            path = var / f"states-{name}-{split}-len{MAX_LENGTH}-frozen{args.frozen}.npz"
+            if not path.is_file():
+                log.info("frozen states: %s %s", name, split)
+                enc = encode(tokenizer, texts(data, split), MAX_LENGTH)
+                save_states(path, frozen_states(model, enc, args.frozen))
+            states[(name, split)] = load_states(path)
+    report["frozen_states_s"] = time.perf_counter() - started
+    report["split_check"] = split_check(model, tokenizer, cf, states[("crowdflower", "dev")], args.frozen)
+    log.info("frozen + upper vs whole model: %s", report["split_check"])
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    cf_train = [float(p.grade) for p in cf.pairs("train")]
+    trials: list[dict[str, Any]] = []
+    data_options = {"crowdflower": (states[("crowdflower", "train")], cf_train)}
+    if hd is not None and args.homedepot_train:
+        hd_train = [float(HD_TO_CROWDFLOWER[p.grade]) for p in hd.pairs("train")]
+        data_options["crowdflower + homedepot"] = (
+            states[("crowdflower", "train")] + states[("homedepot", "train")],
+            cf_train + hd_train,
+        )
+    for data_name, (x, y) in data_options.items():
+        for lr in args.lr:
+            setting = TrainSetting(lr=lr, epochs=args.epochs, data=data_name, batch_size=args.batch_size)
+            model.load_state_dict(base)
+            upper = UpperModel(model, args.frozen)
+            trials += run_setting(upper, setting, x, y, states, cf, args)
+    scored = [t for t in trials if t.get("epoch", 0) >= 1]
+    top = max(scored, key=lambda t: t["dev_kappa_quadratic"])
+    best = (top["dev_kappa_quadratic"], top["tag"], top["epoch"])
+    report["trials"] = trials
+    report["chosen"] = {"dev_kappa_quadratic": best[0], "tag": best[1], "epoch": best[2]}
+    model.load_state_dict(base)
+    upper = UpperModel(model, args.frozen)
+    upper.load(torch.load(var / f"ckpt-{best[1]}-e{best[2]}.pt"))
+    if args.save is not None:
+        model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
+        torch.save({"affine": upper.affine.detach()}, args.save / "affine.pt")
+    for name, data in sets.items():
+        report[name] = score_test(data, upper, states, name, var / "ce-logits" / f"ce-logits-{name}.tsv", args)
+    report["load_after"] = os.getloadavg()[0]
+    return report
+
+
+def run_setting(
+    upper: UpperModel,
+    setting: TrainSetting,
+    x: Sequence[np.ndarray],
+    y: Sequence[float],
+    states: Mapping[tuple[str, str], list[np.ndarray]],
+    cf: GradedSet,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Train one setting (resuming from its last checkpoint under ``args.var``); a dev row per epoch."""
+    import torch
+
+    var, dev_states = args.var, states[("crowdflower", "dev")]
+    cf_train = [float(p.grade) for p in cf.pairs("train")]
+    cf_dev = [p.grade for p in cf.pairs("dev")]
+    tag = f"{setting.data.replace(' + ', '+')}-lr{setting.lr:g}-ep{setting.epochs}-frozen{upper.frozen}"
+    base = {"tag": tag, "lr": setting.lr, "data": setting.data}
+    affine = upper.fit_affine(states[("crowdflower", "train")], cf_train)
+    rows = [
+        base
+        | {"epoch": 0, "affine": affine, "dev_kappa_quadratic": dev_kappa(upper.predict(dev_states)[1], cf_dev, cf)[0]}
+    ]
+    started = time.perf_counter()
+
+    def on_epoch(epoch: int, opt_state: dict[str, Any]) -> None:
+        kappa, cuts = dev_kappa(upper.predict(dev_states)[1], cf_dev, cf)
+        torch.save(upper.state(), var / f"ckpt-{tag}-e{epoch}.pt")
+        torch.save(opt_state | {"epoch": epoch}, var / f"opt-{tag}.pt")
+        elapsed = time.perf_counter() - started
+        rows.append(base | {"epoch": epoch, "dev_kappa_quadratic": kappa, "dev_cuts": cuts, "elapsed_s": elapsed})
+        log.info("%s epoch %d: dev κq %.4f", tag, epoch, kappa)
+
+    start, opt_state = 0, None
+    if (var / f"opt-{tag}.pt").is_file():  # resume after the last saved epoch
+        opt_state = torch.load(var / f"opt-{tag}.pt", weights_only=False)
+        start = int(opt_state["epoch"])
+        for e in range(1, start + 1):
+            upper.load(torch.load(var / f"ckpt-{tag}-e{e}.pt"))
+            kappa, cuts = dev_kappa(upper.predict(dev_states)[1], cf_dev, cf)
+            rows.append(base | {"epoch": e, "dev_kappa_quadratic": kappa, "dev_cuts": cuts, "resumed": True})
+    history = train_epochs(upper, x, y, setting, on_epoch, start_epoch=start, optimizer_state=opt_state)
+    rows.append(base | {"history": history, "train_pairs": len(x), "train_s": time.perf_counter() - started})
+    return rows
+
+
+def score_test(
+    data: GradedSet,
+    upper: UpperModel,
+    states: Mapping[tuple[str, str], list[np.ndarray]],
+    name: str,
+    cache: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The chosen model and the zero-shot cross-encoder on the set's test pairs, thresholds from its dev pairs."""
+    dev, test = data.pairs("dev"), data.pairs("test")
+    dev_grades, test_grades = [p.grade for p in dev], [p.grade for p in test]
+    _, dev_pred = upper.predict(states[(name, "dev")])
+    _, test_pred = upper.predict(states[(name, "test")])
+    cuts = fit_thresholds(list(dev_pred), dev_grades, data.grades)
+    labels = {FINETUNED: apply_thresholds(list(test_pred), cuts, data.grades)}
+    logits = LogitCache(cache)
+    onnx = OnnxCrossEncoderReranker(DEFAULT_ONNX_CROSS_ENCODER, max_length=MAX_LENGTH, threads=args.threads)
+    fill_logits(data, [*dev, *test], logits, onnx)
+    ce_dev = [logits.values[(p.query_id, p.doc_id)] for p in dev]
+    ce_cuts = fit_thresholds(ce_dev, dev_grades, data.grades)
+    labels[ZERO_SHOT] = apply_thresholds([logits.values[(p.query_id, p.doc_id)] for p in test], ce_cuts, data.grades)
+    majority = max(data.grades, key=lambda g: (dev_grades.count(g), g))
+    labels[f"constant majority of dev ({majority})"] = [majority] * len(test)
+    rows = []
+    for grader, graded in labels.items():
+        m = agreement(test_grades, graded, data.grades, data.cut)
+        rows.append({"grader": grader} | m)
+    ci = bootstrap_kappa_diff(test, labels[FINETUNED], labels[ZERO_SHOT], data.grades, data.cut)
+    return {
+        "rows": rows,
+        "kappa_quadratic_diff_vs_zero_shot": ci,
+        "test_queries": len(data.splits["test"]),
+        "test_pairs": len(test),
+        "dev_cuts": cuts,
+    }
+
+
+def fill_logits(data: GradedSet, pairs: Sequence[Any], cache: LogitCache, onnx: OnnxCrossEncoderReranker) -> None:
+    """The INT8 cross-encoder's (query, title) logits of pairs not yet in the cache, appended to it."""
+    missing = [p for p in pairs if (p.query_id, p.doc_id) not in cache.values]
+    if not missing:
+        return
+    cache.path.parent.mkdir(parents=True, exist_ok=True)
+    with cache.path.open("a", encoding="utf-8") as fh:
+        for p, c in zip(missing, candidates(data, missing), strict=True):
+            s = onnx.score(data.queries[p.query_id].text, [passage(c, "ce").text])[0]
+            cache.values[(p.query_id, p.doc_id)] = s
+            fh.write(f"{p.query_id}\t{p.doc_id}\t{s!r}\n")
+
+
+def table(report: Mapping[str, Any]) -> str:
+    lines = []
+    par = report.get("parity")
+    if par:
+        lines.append(
+            f"torch vs ONNX INT8 on {par['pairs']} pairs: Pearson {par['pearson']:.4f}, "
+            f"Spearman {par['spearman']:.4f}, max |Δ| {par['max_abs_diff']:.3f}"
+        )
+    lines.append("| setting | epoch | dev κ quadratic |")
+    lines.append("| --- | --- | --- |")
+    for t in report["trials"]:
+        if "dev_kappa_quadratic" in t:
+            lines.append(f"| {t['tag']} | {t['epoch']} | {t['dev_kappa_quadratic']:.4f} |")
+    c = report["chosen"]
+    lines.append(f"chosen on dev: {c['tag']} epoch {c['epoch']} (dev κq {c['dev_kappa_quadratic']:.4f})")
+    for name in ("crowdflower", "homedepot"):
+        if name not in report:
+            continue
+        k = 3 if name == "homedepot" else 4
+        lines += [
+            f"\n{name} test ({report[name]['test_pairs']} pairs, {report[name]['test_queries']} queries)",
+            f"| grader | Acc@{k} | Acc@2 | Macro-F1@{k} | κ linear | κ quadratic |",
+            "|" + " --- |" * 6,
+        ]
+        for r in report[name]["rows"]:
+            lines.append(
+                f"| {r['grader']} | {r[f'acc@{k}']:.3f} | {r['acc@2']:.3f} | {r[f'macro_f1@{k}']:.3f} "
+                f"| {r['kappa_linear']:.3f} | {r['kappa_quadratic']:.3f} |"
+            )
+        ci = report[name]["kappa_quadratic_diff_vs_zero_shot"]
+        lines.append(f"Δ κ quadratic (fine-tuned − zero-shot): {ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m twostage_search.benchmarks.studies.graded_finetune", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--crowdflower", type=Path, required=True, help="the CrowdFlower search-relevance BEIR folder")
+    p.add_argument("--homedepot", type=Path, default=None, help="the Home Depot search-relevance BEIR folder")
+    p.add_argument("--homedepot-train", action="store_true", help="also train on the Home Depot train subsample")
+    p.add_argument("--lr", type=float, nargs="+", default=[5e-5], help="learning rates tried")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--frozen", type=int, default=8, help="lower encoder layers kept fixed (outputs cached)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--parity-pairs", type=int, default=200, help="pairs for the torch-vs-ONNX check (0: skip)")
+    p.add_argument("--var", type=Path, default=Path("var/finetune"), help="folder of caches and checkpoints")
+    p.add_argument("--save", type=Path, default=None, help="save the dev-chosen model (transformers format) here")
+    p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging(1)
+    args = parser().parse_args(argv)
+    return run_study(args, run, table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

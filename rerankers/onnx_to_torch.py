@@ -1,0 +1,290 @@
+"""Turn an ONNX BERT cross-encoder (fp32, or dynamic-INT8 as ONNX Runtime's ``quantize_dynamic`` writes it)
+back into a trainable ``transformers`` ``BertForSequenceClassification``.
+
+The bundled ms-marco-MiniLM-L-12 cross-encoder ships only as a dynamic-INT8 ONNX graph; fine-tuning it needs
+torch weights. Each weight is read from the graph's initializers (``onnx.numpy_helper``) and, where it is
+stored quantised, dequantised exactly as the graph does: ``scale * (q - zero_point)``, per tensor or per
+output column as the graph stores the scale. Where each tensor goes is read from the graph, not from its
+initializer names (the quantiser names most matrices ``onnx::MatMul_N``):
+
+- a ``MatMulInteger`` / ``MatMul`` node's weight (``[in, out]``) belongs to the module its node name is
+  scoped under (``/bert/encoder/layer.0/attention/self/query/MatMul_quant`` → ``…query``) and is transposed
+  to torch's ``[out, in]``; a ``Gemm`` honours ``transB``; the bias is the initializer of the ``Add`` that
+  follows it (through the ``Cast``/``Mul`` rescaling);
+- an embedding table is the data input of a ``Gather`` (followed by a ``DequantizeLinear`` when quantised);
+- LayerNorm weights and biases keep their ``state_dict`` names.
+
+The configuration (layers, hidden size, intermediate size, vocabulary, positions, labels) comes from the
+tensors' shapes; the number of attention heads from the first layer's head-split ``Reshape``. Dequantised
+weights are the INT8 model's weights exactly; the torch model computes in fp32, so its logits differ from
+the INT8 session's by the activation quantisation only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twostage_search.engine.errors import InputError
+from twostage_search.engine.optional import require
+
+log = logging.getLogger(__name__)
+
+_LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
+_LINEARS = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+_NORMS = ("attention.output.LayerNorm", "output.LayerNorm")
+_EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+
+
+@dataclass(frozen=True, slots=True)
+class BertShape:
+    """What the graph's tensors say about the model (the ``BertConfig`` fields that are not defaults)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    num_labels: int
+    layer_norm_eps: float
+
+
+class _Graph:
+    """Initializers, constants and producer/consumer maps of one ONNX graph."""
+
+    def __init__(self, model: Any) -> None:
+        numpy_helper = require("onnx.numpy_helper", "export")
+        graph = model.graph
+        self.nodes = list(graph.node)
+        self.init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.const = dict(self.init)
+        for n in self.nodes:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.const[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        self.consumers: dict[str, list[Any]] = {}
+        self.producer: dict[str, Any] = {}
+        for n in self.nodes:
+            for name in n.input:
+                self.consumers.setdefault(name, []).append(n)
+            for name in n.output:
+                self.producer[name] = n
+
+    def array(self, name: str) -> np.ndarray:
+        return np.asarray(self.init[name])
+
+
+def _scope(node: Any) -> str:
+    """The module a node is scoped under: ``/bert/pooler/dense/Gemm_MatMul_quant`` → ``bert.pooler.dense``."""
+    path = node.name.strip("/").split("/")
+    return ".".join(path[:-1])
+
+
+def _dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int) -> np.ndarray:
+    """``scale * (q - zero_point)`` in fp32; a 1-D scale applies along ``axis`` of ``q``."""
+    zp = np.zeros_like(scale, dtype=np.int32) if zero_point is None else zero_point.astype(np.int32)
+    s = scale.astype(np.float32)
+    if s.ndim == 1 and s.size > 1:
+        shape = [1] * q.ndim
+        shape[axis] = s.size
+        s, zp = s.reshape(shape), zp.reshape(shape)
+    return (s * (q.astype(np.int32) - zp).astype(np.float32)).astype(np.float32)
+
+
+def _linear_bias(g: _Graph, out: str, depth: int = 4) -> np.ndarray | None:
+    """The initializer added to a matmul's output, following its ``Cast``/``Mul`` rescaling."""
+    for _ in range(depth):
+        users = g.consumers.get(out, [])
+        if len(users) != 1:
+            return None
+        user = users[0]
+        if user.op_type == "Add":
+            other = [i for i in user.input if i != out]
+            return g.array(other[0]) if other and other[0] in g.init else None
+        if user.op_type not in ("Cast", "Mul"):
+            return None
+        out = user.output[0]
+    return None
+
+
+def _linears(g: _Graph) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """{module: (weight [out, in], bias)} of every matmul whose weight is an initializer."""
+    found: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for n in g.nodes:
+        if n.op_type == "MatMulInteger" and n.input[1] in g.init:
+            q = g.array(n.input[1])
+            scale_name = n.input[1].removesuffix("_quantized") + "_scale"
+            if scale_name not in g.init:
+                raise InputError(f"quantised weight {n.input[1]!r} has no scale initializer {scale_name!r}")
+            zp = g.array(n.input[3]) if len(n.input) > 3 and n.input[3] in g.init else None
+            w = _dequantize(q, g.array(scale_name), zp, axis=1).T
+        elif n.op_type == "MatMul" and n.input[1] in g.init:
+            w = g.array(n.input[1]).astype(np.float32).T
+        elif n.op_type == "Gemm" and n.input[1] in g.init:
+            trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+            w = g.array(n.input[1]).astype(np.float32)
+            w = w if trans_b else w.T
+            bias = g.array(n.input[2]).astype(np.float32) if len(n.input) > 2 and n.input[2] in g.init else None
+            found[_scope(n)] = (np.ascontiguousarray(w), bias)
+            continue
+        else:
+            continue
+        found[_scope(n)] = (np.ascontiguousarray(w), _linear_bias(g, n.output[0]))
+    return found
+
+
+def _embeddings(g: _Graph) -> dict[str, np.ndarray]:
+    """{``bert.embeddings.X.weight``: table} of each ``Gather`` over an initializer, dequantised where quantised."""
+    out: dict[str, np.ndarray] = {}
+    for n in g.nodes:
+        if n.op_type != "Gather" or n.input[0] not in g.init:
+            continue
+        name = next((e for e in _EMBEDDINGS if e in n.input[0] or e in n.name), None)
+        if name is None:
+            continue
+        table = g.array(n.input[0])
+        users = g.consumers.get(n.output[0], [])
+        if users and users[0].op_type == "DequantizeLinear":
+            dq = users[0]
+            zp = g.array(dq.input[2]) if len(dq.input) > 2 and dq.input[2] in g.init else None
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            table = _dequantize(table, g.array(dq.input[1]), zp, axis=axis)
+        out[f"bert.embeddings.{name}.weight"] = table.astype(np.float32)
+    return out
+
+
+def _heads(g: _Graph, hidden: int) -> int:
+    """Attention heads, from layer 0's head-split ``Reshape`` target ``[batch, seq, heads, head_dim]``."""
+    for n in g.nodes:
+        if n.op_type != "Reshape" or not n.name.strip("/").startswith("bert/encoder/layer.0/attention/self/"):
+            continue
+        shape = n.input[1]
+        if shape in g.const:
+            dims = [int(v) for v in np.ravel(g.const[shape])]
+        elif shape in g.producer and g.producer[shape].op_type == "Concat":
+            parts = [g.const.get(i) for i in g.producer[shape].input]
+            dims = [int(np.ravel(p)[0]) if p is not None and np.size(p) == 1 else -1 for p in parts]
+        else:
+            continue
+        # [batch, seq, heads, head_dim]; newer exports write heads as -1
+        if len(dims) == 4 and dims[3] > 0 and hidden % dims[3] == 0 and dims[2] in (-1, hidden // dims[3]):
+            return hidden // dims[3]
+    raise InputError("cannot read the number of attention heads from the graph (no head-split Reshape in layer 0)")
+
+
+def _layer_norm_eps(g: _Graph) -> float:
+    """The LayerNorm epsilon: a ``LayerNormalization`` attribute, or the constant added to the variance."""
+    for n in g.nodes:
+        if n.op_type == "LayerNormalization":
+            return float(next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5))
+        if n.op_type == "Add" and n.name.strip("/").startswith("bert/embeddings/LayerNorm/"):
+            for i in n.input:
+                if i in g.const and np.size(g.const[i]) == 1 and 0 < float(np.ravel(g.const[i])[0]) < 1e-3:
+                    return float(np.ravel(g.const[i])[0])
+    return 1e-12
+
+
+def state_dict_from_onnx(path: str | Path) -> tuple[dict[str, np.ndarray], BertShape]:
+    """The fp32 ``BertForSequenceClassification`` state dict of an ONNX BERT classifier, and its shape.
+
+    Raises :class:`InputError` when the graph is not a BERT sequence classifier (a tensor is missing).
+    """
+    onnx = require("onnx", "export")
+    g = _Graph(onnx.load(str(path)))
+    state: dict[str, np.ndarray] = {k: v.astype(np.float32) for k, v in g.init.items() if v.dtype == np.float32}
+    state |= _embeddings(g)
+    for module, (w, b) in _linears(g).items():
+        state[f"{module}.weight"] = w
+        if b is not None:
+            state[f"{module}.bias"] = b.astype(np.float32)
+    layers = sorted({int(m.group(1)) for k in state if (m := _LAYER.match(k))})
+    if "bert.embeddings.word_embeddings.weight" not in state or "classifier.weight" not in state or not layers:
+        raise InputError(f"{path}: not a BERT sequence classifier (no word embeddings, encoder layers or classifier)")
+    vocab, hidden = state["bert.embeddings.word_embeddings.weight"].shape
+    shape = BertShape(
+        vocab_size=int(vocab),
+        hidden_size=int(hidden),
+        num_hidden_layers=len(layers),
+        num_attention_heads=_heads(g, int(hidden)),
+        intermediate_size=int(state["bert.encoder.layer.0.intermediate.dense.weight"].shape[0])
+        if "bert.encoder.layer.0.intermediate.dense.weight" in state
+        else 0,
+        max_position_embeddings=int(state.get("bert.embeddings.position_embeddings.weight", np.zeros((0, 0))).shape[0]),
+        type_vocab_size=int(state.get("bert.embeddings.token_type_embeddings.weight", np.zeros((0, 0))).shape[0]),
+        num_labels=int(state["classifier.weight"].shape[0]),
+        layer_norm_eps=_layer_norm_eps(g),
+    )
+    missing = [k for k in _expected_keys(shape) if k not in state]
+    if missing:
+        raise InputError(f"{path}: not a BERT sequence classifier this reader knows; missing {missing[:5]}")
+    return {k: state[k] for k in _expected_keys(shape)}, shape
+
+
+def _expected_keys(shape: BertShape) -> list[str]:
+    keys = [f"bert.embeddings.{e}.weight" for e in _EMBEDDINGS]
+    keys += ["bert.embeddings.LayerNorm.weight", "bert.embeddings.LayerNorm.bias"]
+    for i in range(shape.num_hidden_layers):
+        for m in (*_LINEARS, *_NORMS):
+            keys += [f"bert.encoder.layer.{i}.{m}.weight", f"bert.encoder.layer.{i}.{m}.bias"]
+    return [*keys, "bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"]
+
+
+def torch_from_onnx(path: str | Path) -> Any:
+    """A ``BertForSequenceClassification`` (fp32, eval mode) holding the ONNX graph's weights, dequantised."""
+    torch = require("torch", "export")
+    transformers = require("transformers", "export")
+    state, shape = state_dict_from_onnx(path)
+    config = transformers.BertConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=shape.max_position_embeddings,
+        type_vocab_size=shape.type_vocab_size,
+        num_labels=shape.num_labels,
+        layer_norm_eps=shape.layer_norm_eps,
+        hidden_act="gelu",
+        attn_implementation="eager",
+    )
+    model = transformers.BertForSequenceClassification(config)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    result = model.load_state_dict(tensors, strict=False)
+    unexpected = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    if unexpected or result.unexpected_keys:
+        raise InputError(f"{path}: weights do not fit BERT ({unexpected[:3]} missing, {result.unexpected_keys[:3]})")
+    log.info(
+        "ONNX %s → torch BERT: %d layers, hidden %d, %d heads",
+        path,
+        shape.num_hidden_layers,
+        shape.hidden_size,
+        shape.num_attention_heads,
+    )
+    return model.eval()
+
+
+def tokenizer_from_file(path: str | Path) -> Any:
+    """A ``transformers`` fast tokenizer built from a ``tokenizer.json`` (such as the bundled model's)."""
+    transformers = require("transformers", "export")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(path),
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )

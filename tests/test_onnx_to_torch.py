@@ -1,0 +1,168 @@
+"""ONNX BERT classifier → torch: a tiny BERT classifier fixture (random weights, not a real model) exported to
+ONNX, dynamically quantised by ONNX Runtime, and read back."""
+
+import numpy as np
+import pytest
+
+from tests.helpers import need
+
+need("torch", "export")
+need("transformers", "export")
+need("onnx", "export")
+need("onnxruntime", "export")
+
+from twostage_search.engine.errors import InputError
+from twostage_search.rerankers.onnx_to_torch import state_dict_from_onnx, torch_from_onnx
+
+LINEARS = ("attention.self.query", "attention.self.key", "attention.output.dense", "intermediate.dense")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    """A 2-layer BERT classifier, hidden 32, 4 heads, seeded random weights."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=40,
+        type_vocab_size=2,
+        num_labels=1,
+        attn_implementation="eager",
+    )
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():  # every tensor distinct (the exporter merges equal initializers, e.g. all-zero biases)
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    return model
+
+
+def _export(model, path):
+    import torch
+
+    ids = torch.tensor([[2, 7, 9, 3, 11, 12, 3]])
+    types = torch.tensor([[0, 0, 0, 0, 1, 1, 1]])
+    mask = torch.ones_like(ids)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (ids, mask, types),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return ids, mask, types
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bert, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    fp32 = folder / "fp32.onnx"
+    inputs = _export(tiny_bert, fp32)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(folder / "int8.onnx"), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(fp32), str(folder / "int8-channel.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+    return folder, inputs
+
+
+def _quantized_tensors(path):
+    """Every quantised initializer of the graph dequantised here with numpy: name → scale * (q - zero point),
+    per tensor or per column of a [in, out] matrix (embedding tables: per tensor or along the node's axis)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    out = {}
+    for name, q in init.items():
+        if not name.endswith("_quantized"):
+            continue
+        base = name[: -len("_quantized")]
+        scale = init[base + "_scale"].astype(np.float64)
+        zp = init.get(base + "_zero_point", np.zeros_like(scale)).astype(np.float64)
+        if scale.ndim == 1 and scale.size > 1:
+            axis = 0 if scale.size == q.shape[0] and q.shape[0] != q.shape[1] else 1
+            shape = [1, 1]
+            shape[axis] = scale.size
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        out[name] = (scale * (q.astype(np.float64) - zp)).astype(np.float32), float(np.max(scale))
+    return out
+
+
+def test_fp32_graph_gives_the_same_weights_and_config(tiny_bert, exported):
+    folder, _ = exported
+    state, shape = state_dict_from_onnx(folder / "fp32.onnx")
+    assert (shape.num_hidden_layers, shape.hidden_size, shape.num_attention_heads) == (2, 32, 4)
+    assert (shape.intermediate_size, shape.vocab_size, shape.max_position_embeddings) == (48, 50, 40)
+    assert (shape.type_vocab_size, shape.num_labels) == (2, 1)
+    original = {k: v.numpy() for k, v in tiny_bert.state_dict().items() if not k.endswith("position_ids")}
+    assert set(state) == set(original)
+    for key, value in original.items():
+        assert np.array_equal(state[key], value), key
+
+
+@pytest.mark.parametrize("graph", ["int8.onnx", "int8-channel.onnx"])
+def test_quantized_weights_are_dequantized_exactly(tiny_bert, exported, graph):
+    folder, _ = exported
+    state, _ = state_dict_from_onnx(folder / graph)
+    dequantized = _quantized_tensors(folder / graph)
+    original = tiny_bert.state_dict()
+    checked = 0
+    for key in [f"bert.encoder.layer.{i}.{m}.weight" for i in range(2) for m in LINEARS] + [
+        "bert.pooler.dense.weight",
+        "bert.embeddings.word_embeddings.weight",
+    ]:
+        want = original[key].numpy()
+        # the graph's matrices are [in, out] (torch's transposed); embedding tables keep their orientation
+        candidates = {
+            name: (arr if "embeddings" in key else arr.T, step)
+            for name, (arr, step) in dequantized.items()
+            if (arr if "embeddings" in key else arr.T).shape == want.shape
+        }
+        name = min(candidates, key=lambda n: float(np.abs(candidates[n][0] - want).max()))
+        arr, step = candidates[name]
+        assert np.abs(arr - want).max() <= step / 2 * (1 + 1e-5), key  # the quantisation's own rounding bound
+        assert np.array_equal(state[key], arr), key
+        checked += 1
+    assert checked == 10
+
+
+def test_fp32_graph_converts_to_a_model_with_the_same_logits(tiny_bert, exported):
+    import torch
+
+    folder, (ids, mask, types) = exported
+    model = torch_from_onnx(folder / "fp32.onnx")
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        want = tiny_bert(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    assert torch.equal(got, want)  # the same weights through the same torch code
+
+
+def test_converted_model_loads_and_scores(exported):
+    import torch
+
+    folder, (ids, mask, types) = exported
+    model = torch_from_onnx(folder / "int8.onnx")
+    assert model.config.num_attention_heads == 4 and not model.training
+    with torch.no_grad():
+        assert model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.shape == (1, 1)
+
+
+def test_a_graph_that_is_not_a_bert_classifier_is_refused(tmp_path):
+    import torch
+
+    path = tmp_path / "linear.onnx"
+    with torch.no_grad():
+        torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(path), dynamo=False)
+    with pytest.raises(InputError, match="not a BERT sequence classifier"):
+        state_dict_from_onnx(path)

@@ -6,6 +6,7 @@ import importlib
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -81,3 +82,23 @@ class CorpusOrderRetriever:
     def retrieve(self, query, k):
         cands = [Candidate(d.doc_id, float(len(self.docs) - i), d.text, d.title) for i, d in enumerate(self.docs)]
         return RankedList.from_candidates(query.query_id, cands, k=k)
+
+
+def tiny_bert_classifier(*, vocab: int, hidden: int, layers: int, heads: int, intermediate: int, positions: int) -> Any:
+    """A seeded BERT classifier (one logit, eager attention) of the given shape: a test fixture, not a model."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=positions,
+        type_vocab_size=2,
+        num_labels=1,
+        attn_implementation="eager",
+    )
+    return BertForSequenceClassification(config).eval()

@@ -4,7 +4,7 @@ fixture (seeded random weights, not a real model) and hand-made token ids."""
 import numpy as np
 import pytest
 
-from tests.helpers import need
+from tests.helpers import need, tiny_bert_classifier
 
 need("torch", "train")
 need("transformers", "train")
@@ -24,21 +24,7 @@ GRADES = [4.0, 1.0, 3.0, 2.0, 1.0, 4.0]
 
 
 def _model():
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30,
-        hidden_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=1,
-        attn_implementation="eager",
-    )
-    return BertForSequenceClassification(config).eval()
+    return tiny_bert_classifier(vocab=30, hidden=16, layers=3, heads=2, intermediate=32, positions=16)
 
 
 def _encoded():

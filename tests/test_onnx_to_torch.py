@@ -4,7 +4,7 @@ ONNX, dynamically quantised by ONNX Runtime, and read back."""
 import numpy as np
 import pytest
 
-from tests.helpers import need
+from tests.helpers import need, tiny_bert_classifier
 
 need("torch", "export")
 need("transformers", "export")
@@ -21,21 +21,8 @@ LINEARS = ("attention.self.query", "attention.self.key", "attention.output.dense
 def tiny_bert():
     """A 2-layer BERT classifier, hidden 32, 4 heads, seeded random weights."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
 
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=40,
-        type_vocab_size=2,
-        num_labels=1,
-        attn_implementation="eager",
-    )
-    model = BertForSequenceClassification(config).eval()
+    model = tiny_bert_classifier(vocab=50, hidden=32, layers=2, heads=4, intermediate=48, positions=40)
     with torch.no_grad():  # every tensor distinct (the exporter merges equal initializers, e.g. all-zero biases)
         for p in model.parameters():
             p.normal_(0.0, 0.2)

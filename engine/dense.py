@@ -99,8 +99,8 @@ class DenseEncoder:
         query_prefix: prepended to every query (default: bge's retrieval instruction).
         max_length: tokens per text (longer texts are truncated).
         batch_size: documents per forward pass (queries always go one at a time). The default, 1, keeps each
-            vector independent of the others (see the module docstring) and was also the fastest on a 2-core
-            CPU (30 docs/s against 14-22 docs/s at batch 8-32, SciFact abstracts at 256 tokens).
+            vector independent of the others (see the module docstring); batch 32 builds about 1.3x faster
+            (docs/first-stage.md, "Build speed").
         threads: ONNX Runtime intra-op threads (``None``: ONNX Runtime's default, one per physical core).
     """
 

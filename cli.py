@@ -249,11 +249,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = indexes.load(args.index)
     if args.rerank_depth is not None and args.rerank_depth < 0:
         raise InputError(f"--rerank-depth must be non-negative, got {args.rerank_depth}")
-    try:
-        options = key_values(args.retriever_option, "--retriever-option")
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    retriever = indexes.open_retriever(index, options)
+    retriever = indexes.open_retriever(index, key_values(args.retriever_option, "--retriever-option"))
     pipeline = TwoStage(retriever, reranker_factory(), depth=args.depth, rerank_depth=args.rerank_depth)
     result = pipeline.run(query, k=args.k)
     ranking, ms = result.ranking, result.wall_ms

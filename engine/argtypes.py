@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Iterable
 from typing import Any
 
+from twostage_search.engine.errors import InputError
+
 
 def positive_int(text: str) -> int:
     """An integer ≥ 1 (``argparse`` ``type=``)."""
@@ -40,12 +42,12 @@ def scalar(text: str) -> int | float | str:
 
 
 def key_values(pairs: Iterable[str], what: str) -> dict[str, Any]:
-    """``["key=value", ...]`` → a dict, values through :func:`scalar`; ``ValueError`` naming ``what`` for a
-    pair without ``=`` or key."""
+    """``["key=value", ...]`` → a dict, values through :func:`scalar`; an :class:`InputError` naming ``what``
+    for a pair without ``=`` or key."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"{what}: {pair!r} is not key=value")
+            raise InputError(f"{what}: {pair!r} is not key=value")
         options[key] = scalar(raw)
     return options

@@ -236,15 +236,7 @@ class ImpactCscIndex(ImpactIndexMeta):
         ``query_table`` weight (default: the bundled table of the index's model) times this index's IDF to
         the power ``idf_power`` (:mod:`engine.splade_lookup`); ``"model"`` (the default) runs the encoder.
         """
-        lookup = lookup_query_encoder(
-            self.meta["encoder"],
-            encoder,
-            query_side,
-            self.doc_freqs,
-            len(self),
-            query_table=query_table,
-            idf_power=idf_power,
-        )
+        lookup = lookup_query_encoder(self, encoder, query_side, query_table=query_table, idf_power=idf_power)
         if lookup is not None:  # it keeps the index's terms only already
             return ImpactCscRetriever(self, lookup, query_top_n=query_top_n, index_terms_only=False)
         return ImpactCscRetriever(

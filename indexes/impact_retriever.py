@@ -12,7 +12,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.encoders import SparseEncoder
@@ -42,27 +42,30 @@ class LimitedQueryEncoders:
             return limited
 
 
+class LookupIndex(Protocol):
+    """What :func:`lookup_query_encoder` reads from an impact index."""
+
+    meta: dict[str, Any]
+
+    def doc_freqs(self) -> dict[str, int]: ...
+
+    def __len__(self) -> int: ...
+
+
 def lookup_query_encoder(
-    index_encoder: Mapping[str, object],
-    encoder: SparseEncoder | None,
-    query_side: str,
-    doc_freqs: Callable[[], Mapping[str, int]],
-    doc_count: int,
-    *,
-    query_table: str | None,
-    idf_power: float,
+    index: LookupIndex, encoder: SparseEncoder | None, query_side: str, *, query_table: str | None, idf_power: float
 ) -> SparseEncoder | None:
     """The query-only lookup encoder for ``query_side="lookup"`` (``None`` for ``"model"``: open the model).
 
-    ``index_encoder`` is ``meta.json``'s ``encoder``; of a given ``encoder`` only its model and query limits
-    are used. ``doc_freqs`` is called only for the lookup.
+    Of a given ``encoder`` only its model and query limits are used (else ``meta.json``'s); the index's
+    document frequencies are read only for the lookup.
     """
     if query_side == "model":
         return None
     if query_side != "lookup":
         raise InputError(f"query_side must be 'model' or 'lookup', got {query_side!r}")
-    config = index_encoder if encoder is None else encoder.config()
-    return lookup_encoder(config, doc_freqs(), doc_count, table=query_table, idf_power=idf_power)
+    config = index.meta["encoder"] if encoder is None else encoder.config()
+    return lookup_encoder(config, index.doc_freqs(), len(index), table=query_table, idf_power=idf_power)
 
 
 class ScaledIndex(Protocol):

@@ -188,15 +188,7 @@ class LuceneImpactIndex(ImpactIndexMeta):
         ``query_table``, ``idf_power``: queries without a model, as for ``impact-csc``
         (:meth:`ImpactCscIndex.retriever <indexes.impact_csc.ImpactCscIndex.retriever>`).
         """
-        lookup = lookup_query_encoder(
-            self.meta["encoder"],
-            encoder,
-            query_side,
-            self.doc_freqs,
-            len(self),
-            query_table=query_table,
-            idf_power=idf_power,
-        )
+        lookup = lookup_query_encoder(self, encoder, query_side, query_table=query_table, idf_power=idf_power)
         if lookup is not None:
             return LuceneImpactRetriever(self, lookup, query_top_n=query_top_n, index_terms_only=False)
         return LuceneImpactRetriever(

@@ -60,11 +60,7 @@ def parse_variant(spec: str) -> tuple[str, Path, dict[str, Any]]:
     if not sep or not name or not rest:
         raise InputError(f"--variant wants NAME=PATH[,option=value...], got {spec!r}")
     path, *pairs = rest.split(",")
-    try:
-        options = key_values(pairs, f"--variant {name}")
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    return name, Path(path), options
+    return name, Path(path), key_values(pairs, f"--variant {name}")
 
 
 def load_queries(args: argparse.Namespace) -> tuple[list[Query], dict[str, dict[str, int]]]:

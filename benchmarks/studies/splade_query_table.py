@@ -62,12 +62,14 @@ def table_texts(datasets: Path) -> Iterator[str]:
 
 
 def fit(args: argparse.Namespace) -> dict[str, Any]:
+    from twostage_search.engine.models import resolve_model
     from twostage_search.engine.onnx_splade import OnnxSplade
     from twostage_search.engine.optional import require
     from twostage_search.engine.splade_lookup import TokenTable, mean_token_weights
 
     encoder = OnnxSplade(MODEL, max_length=64, batch_size=8, threads=args.threads)
-    tokenizer = require("tokenizers", "splade").Tokenizer.from_file(str(encoder._tokenizer_file))
+    # the model's own tokenizer file, which the lookup splits queries with at search time
+    tokenizer = require("tokenizers", "splade").Tokenizer.from_file(str(Path(resolve_model(MODEL)) / "tokenizer.json"))
     texts = list(table_texts(args.datasets))
 
     def tokenize(text: str) -> list[int]:

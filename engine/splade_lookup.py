@@ -99,6 +99,20 @@ def mean_token_weights(
     return {vocabulary[piece]: sums[piece] / counts[piece] for piece in sorted(sums)}
 
 
+def model_tokenizer(model: str) -> Any:
+    """The ``tokenizers.Tokenizer`` of a SPLADE model (its ``tokenizer.json``), which splits lookup queries."""
+    tokenizers = require("tokenizers", "splade")
+    tokenizer_file = Path(resolve_model(model)) / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise InputError(f"{model} has no tokenizer.json for the query lookup")
+    return tokenizers.Tokenizer.from_file(str(tokenizer_file))
+
+
+def model_vocabulary(model: str) -> list[str]:
+    """Every word piece of a SPLADE model's vocabulary, sorted: the terms a lookup query can hold."""
+    return sorted(model_tokenizer(model).get_vocab())
+
+
 class LookupQuerySide:
     """Query side encoder: the word pieces of a query, weighted by ``table * idf ** idf_power``.
 
@@ -127,11 +141,7 @@ class LookupQuerySide:
             raise InputError("max_length must be positive")
         if top_n is not None and top_n < 1:
             raise InputError("top_n must be positive or None")
-        tokenizers = require("tokenizers", "splade")
-        tokenizer_file = Path(resolve_model(table.model)) / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise InputError(f"{table.model} has no tokenizer.json for the query lookup")
-        self._tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer = model_tokenizer(table.model)
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()  # truncated below, on word pieces without special tokens
         self.table = table

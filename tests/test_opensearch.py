@@ -80,6 +80,33 @@ def test_text_and_title_come_from_the_cluster(os_retriever, tiny_docs):
         assert (hit.title, hit.text) == (by_id[hit.doc_id].title, by_id[hit.doc_id].text)
 
 
+def test_lookup_query_side_ranks_as_the_embedded_index(os_index, built_indexes, tiny_queries, tmp_path, monkeypatch):
+    """``query_side="lookup"`` on the cluster: the build keeps the document frequencies; an index without them
+    counts them on the cluster. Both are the embedded index's, so the rankings (ids, scores, texts) are
+    ``impact-csc``'s lookup rankings."""
+    import shutil
+
+    csc = built_indexes["impact-csc"]
+    kept = json.loads((os_index.path / "doc_freqs.json").read_text())
+    assert kept == {"index": os_index.meta["opensearch"]["index"], "doc_freqs": csc.doc_freqs()}
+    copy = tmp_path / "copy"
+    shutil.copytree(os_index.path, copy)  # the session's index directory stays as built
+    (copy / "doc_freqs.json").unlink()  # as an index built before the file existed
+    # the whole vocabulary takes ~30k counts: count the index's terms and some it lacks
+    absent = ["zebra", "##qq", "u.s", "%"]
+    vocabulary = lambda model: [*csc.doc_freqs(), *absent]  # noqa: E731
+    monkeypatch.setattr("twostage_search.indexes.opensearch.index.model_vocabulary", vocabulary)
+    index = OpenSearchIndex.open(copy, hosts=os_index.settings.hosts)
+    assert index.doc_freqs() == csc.doc_freqs()
+    assert json.loads((copy / "doc_freqs.json").read_text()) == kept
+    got, want = index.retriever(query_side="lookup"), csc.retriever(query_side="lookup")
+    for q in tiny_queries:
+        expected = [(h.doc_id, h.score, h.text) for h in want.retrieve(q, 100)]
+        assert [(h.doc_id, h.score, h.text) for h in got.retrieve(q, 100)] == expected, q.text
+    with pytest.raises(InputError, match="query_side"):
+        index.retriever(query_side="lookups")
+
+
 def test_meta_json_and_load(os_index, tiny_docs):
     meta = json.loads((os_index.path / "meta.json").read_text())
     assert meta["backend"] == "opensearch"
@@ -87,7 +114,7 @@ def test_meta_json_and_load(os_index, tiny_docs):
     assert meta["scale"] == 100.0 and meta["encoder"]["name"] == "splade"
     assert meta["opensearch"]["index"].startswith(meta["opensearch"]["alias"] + "--")
     assert meta["opensearch"]["escape"] == "percent-v1"
-    assert sorted(p.name for p in os_index.path.iterdir()) == ["meta.json"]
+    assert sorted(p.name for p in os_index.path.iterdir()) == ["doc_freqs.json", "meta.json"]
     loaded = indexes.load(os_index.path)
     assert isinstance(loaded, OpenSearchIndex) and len(loaded) == len(tiny_docs)
 
@@ -171,6 +198,7 @@ def test_failed_rebuild_keeps_the_live_index_then_resumes(tmp_path, encoder, tin
     live = _build(tiny_docs[:4], path, encoder, opensearch_url, alias)
     meta_before = (path / "meta.json").read_bytes()
     live_physical = live.meta["opensearch"]["index"]
+    assert json.loads((path / "doc_freqs.json").read_text())["index"] == live_physical
 
     with pytest.raises(RuntimeError, match="crash while encoding"):
         _build(_docs_then_fail(tiny_docs[:6]), path, encoder, opensearch_url, alias, chunk_size=2, threads=1)
@@ -186,6 +214,8 @@ def test_failed_rebuild_keeps_the_live_index_then_resumes(tmp_path, encoder, tin
     resumed = _build(corpus, path, encoder, opensearch_url, alias, chunk_size=2, threads=1)
     assert resumed.meta["opensearch"]["index"] == partial[0]
     assert resumed.meta["opensearch"]["resumed_docs"] == 4  # d02, d04, d05, d06 were not re-encoded
+    # so the build cannot know every document's terms: a lookup counts them on the cluster instead
+    assert sorted(p.name for p in path.iterdir()) == ["meta.json"]
     assert resumed.count() == len(corpus) == resumed.meta["doc_count"]
     assert sorted(all_ids(resumed.client, resumed.alias)) == sorted(d.doc_id for d in corpus)
     assert not resumed.client.indices.exists(index=live_physical)

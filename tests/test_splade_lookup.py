@@ -241,3 +241,25 @@ def test_the_example_system_and_a_run_with_search_options(tmp_path):
     bad.write_text("name: X\nfirst_stage: {run: a.trec, search: {query_top_n: 2}}\n")
     with pytest.raises(InputError, match="read from a run takes no search"):
         load_system(bad)
+
+
+def test_cluster_doc_freqs_are_kept_per_physical_index(tmp_path, caplog):
+    pytest.importorskip("opensearchpy")
+    from twostage_search.indexes.opensearch.doc_freqs import cached_doc_freqs
+
+    calls = []
+
+    def count(terms):
+        calls.append(terms)
+        return {t: len(t) for t in terms if t != "zz"}
+
+    assert cached_doc_freqs(tmp_path, "idx--1", count, ["b", "aaa", "zz", "b"]) == {"aaa": 3, "b": 1}
+    assert calls == [["aaa", "b", "zz"]]  # each term once, sorted
+    assert cached_doc_freqs(tmp_path, "idx--1", count, ["other"]) == {"aaa": 3, "b": 1} and len(calls) == 1
+    assert cached_doc_freqs(tmp_path, "idx--2", count, ["cc"]) == {"cc": 2} and len(calls) == 2  # rebuilt
+    (tmp_path / "doc_freqs.json").write_text("{not json")
+    assert cached_doc_freqs(tmp_path, "idx--2", count, ["cc"]) == {"cc": 2} and len(calls) == 3
+    assert "counting again" in caplog.text
+    target = tmp_path / "missing" / "file"
+    target.parent.write_text("a file where the index directory should be")
+    assert cached_doc_freqs(target, "idx--2", count, ["cc"]) == {"cc": 2}  # kept nowhere, still answered

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Self
 
 from twostage_search.engine.encoders import SparseEncoder
 from twostage_search.engine.errors import InputError
+from twostage_search.engine.splade_lookup import DEFAULT_IDF_POWER, model_vocabulary
 from twostage_search.engine.types import Document
+from twostage_search.indexes.impact_retriever import lookup_query_encoder
 from twostage_search.indexes.meta import ImpactIndexMeta, atomic_index, read_meta, write_meta
 from twostage_search.indexes.opensearch.client import (
     OpenSearchIndexMissingError,
@@ -21,6 +24,7 @@ from twostage_search.indexes.opensearch.client import (
     resolve_settings,
     translate_errors,
 )
+from twostage_search.indexes.opensearch.doc_freqs import DOC_FREQS_FILE, cached_doc_freqs, count_terms, doc_freqs_text
 from twostage_search.indexes.opensearch.ingest import Built, DocFields, build_alias
 from twostage_search.indexes.opensearch.mapping import (
     ESCAPE_SCHEME,
@@ -97,13 +101,15 @@ class AliasedIndex:
         progress: bool,
         overwrite: bool,
         resume: bool,
+        extra_files: Callable[[Built], dict[str, str]] | None = None,
         **record: Any,
     ) -> Self:
         """Fill the alias ``build_meta["alias"]`` (:func:`~.ingest.build_alias`), then write ``meta.json``.
 
         ``meta.json`` holds the backend, what ``describe`` says of the finished build, and the cluster
         record (with ``record`` added to it); it is written atomically (temp dir + rename) after the alias
-        swap, so a failed build leaves the alias, the old physical index and ``path`` untouched.
+        swap, so a failed build leaves the alias, the old physical index and ``path`` untouched; so are the
+        files ``extra_files`` names (file name → text), beside it.
         """
         if threads < 1 or chunk_size < 1:
             raise InputError("threads and chunk_size must be at least 1")
@@ -123,6 +129,8 @@ class AliasedIndex:
                 **cluster_record(settings, server, alias, built, seconds, **record),
             }
             write_meta(tmp, meta)
+            for file_name, text in (extra_files(built) if extra_files else {}).items():
+                (tmp / file_name).write_text(text, encoding="utf-8")
         log.info("built %s (alias %s → %s): %d docs in %.1fs", path, alias, built.physical, built.doc_count, seconds)
         return cls.open(path, settings=settings)
 
@@ -174,11 +182,13 @@ class SpladeFields:
         self.check = settings.impact_check
         self.properties: dict[str, Any] = {FIELD: {"type": "rank_features"}}
         self.terms = self.empty = self.inexact = self.max_impact = 0
+        self.doc_freqs: Counter[str] = Counter()
 
     def __call__(self, docs: list[Document]) -> list[dict[str, Any]]:
         out = []
         for doc, vec in zip(docs, self.encoder.encode_docs([d.full_text for d in docs]), strict=True):
             impacts = vec.quantize(self.scale)
+            self.doc_freqs.update(impacts.keys())
             self.terms += len(impacts)
             self.empty += not impacts
             top = max(impacts.values(), default=0)
@@ -268,9 +278,15 @@ class OpenSearchIndex(AliasedIndex, ImpactIndexMeta):
                 "mean_doc_terms": fields.terms / max(stats.docs - stats.skipped, 1),
             }
 
+        def doc_freqs(built: Built) -> dict[str, str]:
+            # Every document of the build went through ``fields`` unless a resumed build skipped some: then the
+            # lookup counts them on the cluster when it first needs them.
+            return {} if built.stats.skipped else {DOC_FREQS_FILE: doc_freqs_text(built.physical, fields.doc_freqs)}
+
         return cls.build_on_cluster(
             docs, path, fields, build_meta, describe, settings=settings, threads=threads, chunk_size=chunk_size,
-            total=total, progress=progress, overwrite=overwrite, resume=resume, escape=ESCAPE_SCHEME,
+            total=total, progress=progress, overwrite=overwrite, resume=resume, extra_files=doc_freqs,
+            escape=ESCAPE_SCHEME,
         )  # fmt: skip
 
     def retriever(
@@ -280,12 +296,38 @@ class OpenSearchIndex(AliasedIndex, ImpactIndexMeta):
         query_mode: QueryMode | None = None,
         query_top_n: int | None = None,
         server_sort: bool = True,
+        query_side: str = "model",
+        query_table: str | None = None,
+        idf_power: float = DEFAULT_IDF_POWER,
     ) -> OpenSearchRetriever:
-        """A searcher over this index; ``query_mode``/``query_top_n`` default to the settings'."""
+        """A searcher over this index; ``query_mode``/``query_top_n`` default to the settings'.
+
+        ``query_side="lookup"`` encodes queries without a network pass, as for ``impact-csc``: each word
+        piece weighs its ``query_table`` weight times the index's IDF to the power ``idf_power``; the document
+        frequencies are counted on the cluster the first time (:meth:`doc_freqs`).
+        """
+        lookup = lookup_query_encoder(self, encoder, query_side, query_table=query_table, idf_power=idf_power)
         return OpenSearchRetriever(
             self,
-            encoder or self.encoder(),
+            lookup or encoder or self.encoder(),
             query_mode=query_mode or self.settings.query_mode,
             query_top_n=query_top_n if query_top_n is not None else self.settings.query_top_n,
             server_sort=server_sort,
         )
+
+    def doc_freqs(self) -> dict[str, int]:
+        """The number of documents holding each word piece of the index's SPLADE model.
+
+        A build keeps them in ``doc_freqs.json`` in the index directory. Where that file is missing or was
+        written for another physical index (an index built before this file existed, or a resumed build), they
+        are counted on the cluster (one ``rank_feature`` count per word piece of the vocabulary, batched: some
+        seconds for a 30k-piece vocabulary) and kept there.
+        """
+        model = str(self.meta["encoder"].get("params", {}).get("model", ""))
+
+        def count(terms: list[str]) -> dict[str, int]:
+            log.info("counting the documents of %d terms on %s (once per build)", len(terms), self.alias)
+            with translate_errors(self.settings, f"counting terms of {self.alias!r}", missing=self.missing_message()):
+                return count_terms(self.client, self.alias, terms)
+
+        return cached_doc_freqs(self.path, str(self.meta["opensearch"]["index"]), count, model_vocabulary(model))

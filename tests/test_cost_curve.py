@@ -12,7 +12,7 @@ need("onnxruntime", "dense")
 need("matplotlib", "bench")
 pytestmark = pytest.mark.slow
 
-from twostage_search.benchmarks.studies import cost_curve, cost_curve_data
+from twostage_search.benchmarks.studies import cost_curve, cost_curve_data, cost_curve_probe
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,8 @@ def test_every_stage_and_size_is_reported(report):
     assert result["real_encoded"] == 8
     assert (report / "out" / "cost_curve.png").stat().st_size > 0
     assert "| hybrid | 30 |" in (report / "out" / "cost_curve.md").read_text()
+    lookup, csc = result["stages"]["splade-csc-lookup"], result["stages"]["splade-csc"]
+    assert [lookup[n]["index_bytes"] for n in ("10", "30")] == [csc[n]["index_bytes"] for n in ("10", "30")]
 
 
 def test_indexes_hold_the_documents_of_each_size(report):
@@ -61,7 +63,7 @@ def test_indexes_hold_the_documents_of_each_size(report):
 
     for size in (10, 30):
         for stage in cost_curve.STAGES:
-            assert len(indexes.load(report / "cache" / str(size) / stage)) == size
+            assert len(indexes.load(report / "cache" / str(size) / cost_curve_probe.index_dir(stage))) == size
     real = cost_curve_data.titles(TINY)
     bm25 = indexes.load(report / "cache" / "30" / "bm25")
     hits = bm25.retriever().retrieve(cost_curve_data.query_sample(TINY, 3)[0], 30)

@@ -27,16 +27,23 @@ def _dense_options(stage: str, ef: int) -> dict[str, Any]:
     return {"search": "exact"} if stage == "dense-flat" else {"ef_search": ef} if stage == "dense-hnsw" else {}
 
 
+def index_dir(stage: str) -> str:
+    """The index a stage searches: its own, or the one it shares (a lookup query side over ``splade-csc``)."""
+    return stage.removesuffix("-lookup")
+
+
 def _retrievers(root: Path, stages: list[str], ef: int) -> dict[str, Any]:
     """Each stage's retriever over the indexes under ``root``, the query encoders shared where they can be."""
     from twostage_search import indexes
     from twostage_search.engine.encoders import encoder_from_meta
 
-    opened = {stage: indexes.load(root / stage) for stage in stages}
+    opened = {stage: indexes.load(root / index_dir(stage)) for stage in stages}
     shared: dict[str, Any] = {}
     out: dict[str, Any] = {}
     for stage, index in opened.items():
-        if stage.startswith("splade"):
+        if stage.endswith("-lookup"):
+            out[stage] = index.retriever(query_side="lookup")
+        elif stage.startswith("splade"):
             encoder = shared.setdefault("splade", encoder_from_meta(index.meta["encoder"]))
             out[stage] = index.retriever(encoder)
         elif stage.startswith("dense") or stage == "hybrid":
@@ -112,8 +119,11 @@ def measure_memory(root: Path, stage: str, args: argparse.Namespace) -> dict[str
     from twostage_search.engine.encoders import encoder_from_meta
 
     queries = data.query_sample(args.dataset, args.queries)[: args.memory_queries]
-    index_path = root / stage
-    if stage.startswith("splade"):
+    index_path = root / index_dir(stage)
+    extra = _dense_options(stage, args.ef)
+    if stage.endswith("-lookup"):
+        encoder, extra = None, {"query_side": "lookup"}
+    elif stage.startswith("splade"):
         encoder: Any = encoder_from_meta(indexes.load(index_path).meta["encoder"])
         encoder.encode_queries([queries[0].text])
     elif stage.startswith("dense") or stage == "hybrid":
@@ -126,8 +136,7 @@ def measure_memory(root: Path, stage: str, args: argparse.Namespace) -> dict[str
         encoder = None
     before = _status_kb("VmRSS")
     index = indexes.load(index_path)
-    extra = _dense_options(stage, args.ef)
-    retriever = index.retriever(encoder, **extra) if encoder is not None else index.retriever()
+    retriever = index.retriever(encoder, **extra) if encoder is not None else index.retriever(**extra)
     for q in queries:
         retriever.retrieve(q, DEPTH)
     peak = _status_kb("VmHWM")

@@ -121,10 +121,11 @@ def measure_memory(root: Path, stage: str, args: argparse.Namespace) -> dict[str
     queries = data.query_sample(args.dataset, args.queries)[: args.memory_queries]
     index_path = root / index_dir(stage)
     extra = _dense_options(stage, args.ef)
+    encoder: Any = None
     if stage.endswith("-lookup"):
-        encoder, extra = None, {"query_side": "lookup"}
+        extra = {"query_side": "lookup"}
     elif stage.startswith("splade"):
-        encoder: Any = encoder_from_meta(indexes.load(index_path).meta["encoder"])
+        encoder = encoder_from_meta(indexes.load(index_path).meta["encoder"])
         encoder.encode_queries([queries[0].text])
     elif stage.startswith("dense") or stage == "hybrid":
         from twostage_search.engine.dense import DenseEncoder
@@ -132,8 +133,6 @@ def measure_memory(root: Path, stage: str, args: argparse.Namespace) -> dict[str
         config = json.loads((root / "dense-flat" / "meta.json").read_text())["encoder"]
         encoder = DenseEncoder(**{**config, "threads": 1})
         encoder.encode_queries([queries[0].text])
-    else:
-        encoder = None
     before = _status_kb("VmRSS")
     index = indexes.load(index_path)
     retriever = index.retriever(encoder, **extra) if encoder is not None else index.retriever(**extra)

@@ -21,7 +21,7 @@ from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.types import Document, Query
 from twostage_search.indexes import _jvm
 from twostage_search.indexes.bm25_csc import Bm25CscIndex, byte4_to_int, int_to_byte4, length_table
-from twostage_search.indexes.lucene_bm25 import LuceneBM25Index
+from twostage_search.indexes.lucene_bm25 import LuceneBM25Index, LuceneBM25Scores
 
 f32 = np.float32
 EXTRA_QUERIES = [
@@ -50,16 +50,25 @@ def _texts(tiny_queries):
     return [q.text for q in tiny_queries] + EXTRA_QUERIES
 
 
-def test_same_ranking_as_lucene_bm25_and_its_scores_to_4_decimals(built_indexes, csc_index, tiny_queries, tiny_docs):
+def test_same_ranking_and_scores_as_lucene_bm25(built_indexes, csc_index, tiny_queries):
     lucene, csc = built_indexes["lucene-bm25"].retriever(), csc_index.retriever()
+    exact = LuceneBM25Scores(built_indexes["lucene-bm25"])
     for text in _texts(tiny_queries):
         want, got = lucene.search_text(text, 100), csc.search_text(text, 100)
+        assert got == exact.search(text, 100), text  # Lucene's float32 scores, to the last bit
         assert [d for d, _ in got] == [d for d, _ in want], text
         # Anserini rounds Lucene's score to 4 decimals (and lowers tied ones by 1e-6 per position)
         assert [round(s, 4) for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5), text
         a, b = lucene.retrieve(Query("q", text), 3), csc.retrieve(Query("q", text), 3)
         assert b.doc_ids == a.doc_ids and [(h.text, h.title) for h in b] == [(h.text, h.title) for h in a]
     assert len(csc.search_text("cat cat kitten", 100)) > 0
+    stats = exact.statistics()
+    assert stats["doc_freqs"] == csc_index.doc_freqs()
+    assert (stats["doc_count"], stats["sum_total_term_freq"]) == (
+        csc_index.meta["indexed_count"],
+        csc_index.meta["total_tokens"],
+    )
+    exact.close()
 
 
 def test_scores_equal_an_independent_float32_bm25(csc_index, analyze, tiny_docs, tiny_queries):
@@ -111,13 +120,16 @@ def test_toy_corpus_by_hand(toy):
 
 
 def test_toy_corpus_equals_lucene_bm25(toy, tmp_path):
-    lucene = LuceneBM25Index.build(TOY, tmp_path / "lucene", progress=False).retriever()
-    csc = toy.retriever()
+    index = LuceneBM25Index.build(TOY, tmp_path / "lucene", progress=False)
+    lucene, exact, csc = index.retriever(), LuceneBM25Scores(index), toy.retriever()
+    assert exact.statistics() == {"doc_count": 4, "sum_total_term_freq": 47, "doc_freqs": toy.doc_freqs()}
     for text in ("cat", "cats and dogs", "cat cat", "fish", "bird fish cat dog", "fish fish fish"):
         want, got = lucene.search_text(text, 10), csc.search_text(text, 10)
+        assert got == exact.search(text, 10), text
         assert [d for d, _ in got] == [d for d, _ in want], text
         assert [round(s, 4) for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5), text
     lucene.close()
+    exact.close()
 
 
 def test_norms_are_lucenes_smallfloat():
@@ -207,3 +219,16 @@ def test_cli_builds_and_searches_bm25_csc(tmp_path, capsys):
     assert json.loads((path / "meta.json").read_text())["backend"] == "bm25-csc"
     wrong = ["index", corpus, "--index", str(tmp_path / "x"), "--backend", "bm25-csc", "--lexical", "bm25-csc"]
     assert main(wrong) != 0  # --lexical belongs to --backend hybrid
+
+
+def test_equality_study_on_the_tiny_corpus(tmp_path, capsys):
+    from twostage_search.benchmarks.studies import bm25_equality
+
+    argv = ["--dataset", str(TINY), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--depth", "5"]
+    assert bm25_equality.main(argv) == 0
+    report = json.loads((tmp_path / "out" / "bm25_equality-tiny-test.json").read_text())
+    assert (
+        report["queries"] == 6 and report["identical_to_lucene_float32"] == 6 and report["same_ids_as_lucene_bm25"] == 6
+    )
+    assert all(report["statistics"][k] for k in ("doc_count", "sum_total_term_freq", "doc_freqs"))
+    assert bm25_equality.main([*argv, "--split", "dev"]) == 2  # no dev split without a split file

@@ -21,6 +21,7 @@ from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.types import Document, Query
 from twostage_search.indexes import _jvm
 from twostage_search.indexes.bm25_csc import Bm25CscIndex, byte4_to_int, int_to_byte4, length_table
+from twostage_search.indexes.hybrid import Component, Fusion, HybridIndex
 from twostage_search.indexes.lucene_bm25 import LuceneBM25Index, LuceneBM25Scores
 
 f32 = np.float32
@@ -232,3 +233,31 @@ def test_equality_study_on_the_tiny_corpus(tmp_path, capsys):
     )
     assert all(report["statistics"][k] for k in ("doc_count", "sum_total_term_freq", "doc_freqs"))
     assert bm25_equality.main([*argv, "--split", "dev"]) == 2  # no dev split without a split file
+
+
+def test_hybrid_over_bm25_csc_ranks_as_over_lucene_bm25(built_indexes, tiny_queries, tmp_path):
+    lucene_hybrid = built_indexes["hybrid"]  # the default: lucene-bm25 + dense, min-max fused 1:2
+    assert lucene_hybrid.components["bm25"].backend == "lucene-bm25"
+    paths = {"bm25": built_indexes["bm25-csc"].path, "dense": lucene_hybrid.path / "dense"}
+    parts = [Component(name, str(paths[name]), weight) for name, weight in lucene_hybrid.weights.items()]
+    csc_hybrid = HybridIndex.compose(tmp_path / "hybrid", parts, Fusion(**lucene_hybrid.meta["fusion"]))
+    want, got = lucene_hybrid.retriever(), csc_hybrid.retriever()
+    for text in _texts(tiny_queries):
+        a, b = want.retrieve(Query("q", text), 10), got.retrieve(Query("q", text), 10)
+        assert b.doc_ids == a.doc_ids, text
+        assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=1e-4), text
+        assert [h.text for h in b] == [h.text for h in a]
+
+
+def test_cli_builds_a_hybrid_with_bm25_csc(built_indexes, tmp_path, capsys):
+    path = tmp_path / "hybrid"
+    corpus = str(TINY / "corpus.jsonl")
+    assert main(["index", corpus, "--index", str(path), "--lexical", "bm25-csc", "--no-progress"]) == 0
+    meta = json.loads((path / "bm25" / "meta.json").read_text())
+    assert meta["backend"] == "bm25-csc" and json.loads((path / "meta.json").read_text())["backend"] == "hybrid"
+    capsys.readouterr()
+    assert main(["search", "--index", str(path), "what causes ocean tides", "--k", "3", "--json"]) == 0
+    hits = [h["doc_id"] for h in json.loads(capsys.readouterr().out)["hits"]]
+    assert hits == built_indexes["hybrid"].retriever().retrieve(Query("q", "what causes ocean tides"), 3).doc_ids
+    with pytest.raises(InputError, match="lexical"):
+        HybridIndex.build([], tmp_path / "bad", lexical="bm25")

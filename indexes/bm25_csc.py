@@ -43,7 +43,6 @@ import numpy as np
 
 from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.errors import IndexLoadError, InputError
-from twostage_search.engine.optional import require
 from twostage_search.engine.types import Document, Query, RankedList
 from twostage_search.indexes import _jvm, _lucene
 from twostage_search.indexes.csc import CscPostings, PostingsBuilder, open_meta, sum_rows
@@ -149,7 +148,6 @@ class Bm25CscIndex:
         """
         del threads, encoder, scale
         _check_parameters(k1, b)
-        require("scipy.sparse", "impact")  # searching needs it: say so before analysing anything
         analyze = _lucene.EnglishAnalyzer()
         started = time.perf_counter()
         postings = PostingsBuilder()

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from twostage_search.engine.errors import IndexLoadError, InputError
-from twostage_search.engine.optional import require
 from twostage_search.indexes.meta import read_meta
 
 POSTINGS = "postings"
@@ -150,29 +149,17 @@ class CscPostings:
 
 
 def sum_rows(parts: Sequence[tuple[np.ndarray, np.ndarray]], n_docs: int) -> tuple[np.ndarray, np.ndarray]:
-    """(document rows, sums in float64) of every document in ``parts``: each part is one term's (document
-    rows, values), rows distinct within a part. One part is returned as it is (values widened); several are
-    summed by scipy's sparse product of a row of ones with them (compiled, run without the GIL), which adds
-    a document's values in float64 in part order."""
+    """(document rows ascending, sums in float64) of every document in ``parts``: each part is one term's
+    (document rows, values), rows distinct within a part. A document's values are added in float64 in part
+    order (``np.bincount``), over an array of ``n_docs`` sums when the postings are many for the corpus,
+    else over the distinct documents only (sorted with ``np.unique``)."""
     if len(parts) == 1:
         docs, values = parts[0]
         return np.asarray(docs), np.asarray(values, dtype=np.float64)
-    sparse = require("scipy.sparse", "impact")
-    counts = [len(docs) for docs, _ in parts]
-    index_dtype = np.int32 if sum(counts) <= INT32_MAX and n_docs <= INT32_MAX else np.int64
-    indptr = np.zeros(len(parts) + 1, dtype=index_dtype)
-    np.cumsum(counts, out=indptr[1:])
-    rows = sparse.csr_array(
-        (
-            np.concatenate([values for _, values in parts]).astype(np.float64),
-            np.concatenate([docs for docs, _ in parts]).astype(index_dtype, copy=False),
-            indptr,
-        ),
-        shape=(len(parts), n_docs),
-    )
-    ones = sparse.csr_array(
-        (np.ones(len(parts)), np.arange(len(parts), dtype=index_dtype), np.array([0, len(parts)], dtype=index_dtype)),
-        shape=(1, len(parts)),
-    )
-    result = ones @ rows
-    return np.asarray(result.indices), np.asarray(result.data, dtype=np.float64)
+    docs = np.concatenate([d for d, _ in parts])
+    values = np.concatenate([v for _, v in parts]).astype(np.float64)
+    if 8 * len(docs) >= n_docs:  # one pass over the corpus is cheaper than sorting the postings
+        rows = np.flatnonzero(np.bincount(docs, minlength=n_docs))
+        return rows, np.bincount(docs, weights=values, minlength=n_docs)[rows]
+    rows, inverse = np.unique(docs, return_inverse=True)
+    return rows, np.bincount(inverse, weights=values)

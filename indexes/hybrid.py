@@ -33,7 +33,6 @@ from twostage_search.engine.cost import StageCost
 from twostage_search.engine.costed import RetrieveCall, costed_retriever
 from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.fusion import DEFAULT_RRF_K, METHODS, MINMAX, fuse
-from twostage_search.engine.optional import require
 from twostage_search.engine.protocols import FetchesTextsLater
 from twostage_search.engine.registry import index_backends
 from twostage_search.engine.types import Document, Query, RankedList, ScoredDoc
@@ -160,8 +159,6 @@ class HybridIndex:
 
             _jvm.java_executable()
             _jvm.anserini_jar()
-        if lexical == "bm25-csc" and "bm25" in names:
-            require("scipy.sparse", "impact")
         if encoder is None and "splade" in names:
             from twostage_search.engine.encoders import create_encoder
 

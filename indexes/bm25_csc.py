@@ -24,7 +24,8 @@ with ``N`` the documents holding at least one term (Lucene's ``docCount``); a do
 added in double and rounded to float, as Lucene's disjunctions do. The top ``k`` are taken by score, ties
 broken by ``doc_id`` over the whole tied group at the cut-off, as ``lucene-bm25`` ranks. Scores are Lucene's
 float32 scores; ``lucene-bm25`` reports Anserini's copy of them rounded to 4 decimals (and lowered by 1e-6
-per position within a tie), so its scores differ from these by at most about 5e-5, its ranking not at all.
+per position within a tie), so its scores differ from these by 5e-5 plus that perturbation, its ranking not
+at all.
 The arrays are memory-mapped and only read: a retriever may be shared by any number of threads.
 """
 

@@ -24,8 +24,9 @@ with ``N`` the documents holding at least one term (Lucene's ``docCount``); a do
 added in double and rounded to float, as Lucene's disjunctions do. The top ``k`` are taken by score, ties
 broken by ``doc_id`` over the whole tied group at the cut-off, as ``lucene-bm25`` ranks. Scores are Lucene's
 float32 scores; ``lucene-bm25`` reports Anserini's copy of them rounded to 4 decimals (and lowered by 1e-6
-per position within a tie), so its scores differ from these by 5e-5 plus that perturbation, its ranking not
-at all.
+per position within a tie), its ranking the same. An index built with ``scores="anserini"`` (as ``hybrid``
+builds its ``bm25-csc`` component) reports those instead, to the bit, so a fusion over it is a fusion over
+``lucene-bm25``.
 The arrays are memory-mapped and only read: a retriever may be shared by any number of threads.
 """
 
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 FREQS = "freqs.npy"
 NORMS = "norms.npy"
+SCORES = ("lucene", "anserini")  # Lucene's float32 scores, or lucene-bm25's (Anserini's rounding)
 
 
 # ------------------------------------------------------------------ Lucene's one-byte lengths (SmallFloat)
@@ -101,9 +103,31 @@ def norm_inverse(k1: float, b: float, avgdl: np.float32) -> np.ndarray:
         return np.float32(1) / (k1_ * ((np.float32(1) - b_) + b_ * length_table() / np.float32(avgdl)))
 
 
-def _check_parameters(k1: float, b: float) -> None:
+def anserini_scores(hits: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """``hits`` (in rank order, Lucene's float32 scores) with the scores ``lucene-bm25`` reports: Anserini's
+    ``ScoreTiesAdjusterReranker`` rounds each to 4 decimals in double (``(float) (Math.round(s * 1e4) /
+    1e4)``, halves up) and lowers the i-th of a run of scores within 1e-4 of the one before by ``i * 1e-6``,
+    in float32."""
+    out: list[tuple[str, float]] = []
+    dup = 0
+    previous = np.float32(0)
+    for doc_id, score in hits:
+        current = np.float32(math.floor(float(score) * 1e4 + 0.5) / 1e4)  # exact products, one division
+        if not out or previous - current > np.float32(1e-4):
+            dup = 0
+        else:
+            dup += 1
+            current = current - np.float32(1e-6) * np.float32(dup)
+        out.append((doc_id, float(current)))
+        previous = current
+    return out
+
+
+def _check_parameters(k1: float, b: float, scores: str) -> None:
     if not k1 >= 0 or not 0 <= b <= 1:
         raise InputError(f"BM25 needs k1 ≥ 0 and 0 ≤ b ≤ 1, got k1={k1}, b={b}")
+    if scores not in SCORES:
+        raise InputError(f"scores must be one of {', '.join(SCORES)}, got {scores!r}")
 
 
 class Bm25CscIndex:
@@ -139,16 +163,18 @@ class Bm25CscIndex:
         overwrite: bool = True,
         encoder: object = None,
         scale: float | None = None,
+        scores: str = "lucene",
     ) -> Bm25CscIndex:
         """Analyse ``docs`` and write the index at ``path`` atomically (temp dir, then rename).
 
-        ``k1`` and ``b`` are recorded as the index's BM25 parameters (searches use them). ``threads``,
+        ``k1`` and ``b`` are recorded as the index's BM25 parameters, ``scores`` (:data:`SCORES`) as the
+        scores its retrievers report by default (searches use them). ``threads``,
         ``encoder`` and ``scale`` are accepted so that every backend builds with the same call, and ignored.
         Raises :class:`InputError` (nothing written) on an empty corpus, a duplicate ``doc_id`` or bad
         parameters; any failure leaves an existing index at ``path`` untouched.
         """
         del threads, encoder, scale
-        _check_parameters(k1, b)
+        _check_parameters(k1, b, scores)
         analyze = _lucene.EnglishAnalyzer()
         started = time.perf_counter()
         postings = PostingsBuilder()
@@ -176,6 +202,7 @@ class Bm25CscIndex:
                 {
                     "backend": cls.backend,
                     "bm25": {"k1": k1, "b": b},
+                    "scores": scores,
                     "analyzer": ANALYZER,
                     "fields": "title + text (flat)",
                     "doc_count": len(ids),
@@ -198,14 +225,27 @@ class Bm25CscIndex:
 
     @classmethod
     def from_lucene_bm25(
-        cls, source: str | Path, path: str | Path, *, progress: bool = True, overwrite: bool = True
+        cls,
+        source: str | Path,
+        path: str | Path,
+        *,
+        scores: str = "lucene",
+        progress: bool = True,
+        overwrite: bool = True,
     ) -> Bm25CscIndex:
         """Build the ``bm25-csc`` index of the documents of the ``lucene-bm25`` index at ``source`` (read from
-        its document store, in indexing order), with its ``k1`` and ``b``."""
+        its document store, in indexing order), with its ``k1`` and ``b`` (``scores`` as for :meth:`build`)."""
         lucene = LuceneBM25Index.open(source)
-        store = DocStore(lucene.path)
+        docs = DocStore(lucene.path).documents()
         return cls.build(
-            store.documents(), path, k1=lucene.k1, b=lucene.b, total=len(lucene), progress=progress, overwrite=overwrite
+            docs,
+            path,
+            k1=lucene.k1,
+            b=lucene.b,
+            scores=scores,
+            total=len(lucene),
+            progress=progress,
+            overwrite=overwrite,
         )
 
     # ------------------------------------------------------------------------------------ open
@@ -235,10 +275,22 @@ class Bm25CscIndex:
         """The number of documents each term of the index occurs in."""
         return self.arrays.doc_freqs()
 
-    def retriever(self, encoder: object = None, *, k1: float | None = None, b: float | None = None) -> Bm25CscRetriever:
-        """A BM25 searcher over this index (``k1``/``b`` default to the recorded ones; ``encoder`` is ignored)."""
+    def retriever(
+        self, encoder: object = None, *, k1: float | None = None, b: float | None = None, scores: str | None = None
+    ) -> Bm25CscRetriever:
+        """A BM25 searcher over this index (``k1``, ``b`` and ``scores`` default to the recorded ones; ``encoder``
+        is ignored).
+
+        ``scores="lucene"`` reports Lucene's float32 scores, ``"anserini"`` the scores ``lucene-bm25`` reports
+        (:func:`anserini_scores`: the same ranking, so a fusion over them is a fusion over ``lucene-bm25``).
+        """
         del encoder
-        return Bm25CscRetriever(self, k1=self.k1 if k1 is None else k1, b=self.b if b is None else b)
+        return Bm25CscRetriever(
+            self,
+            k1=self.k1 if k1 is None else k1,
+            b=self.b if b is None else b,
+            scores=str(self.meta.get("scores", "lucene")) if scores is None else scores,
+        )
 
 
 class Bm25CscRetriever:
@@ -251,8 +303,11 @@ class Bm25CscRetriever:
 
     name = "bm25"
 
-    def __init__(self, index: Bm25CscIndex, *, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> None:
-        _check_parameters(k1, b)
+    def __init__(
+        self, index: Bm25CscIndex, *, k1: float = DEFAULT_K1, b: float = DEFAULT_B, scores: str = "lucene"
+    ) -> None:
+        _check_parameters(k1, b, scores)
+        self.scores = scores
         self.index = index
         self.k1 = k1
         self.b = b
@@ -290,7 +345,8 @@ class Bm25CscRetriever:
             denominator = one + freqs.astype(np.float32) * self._norm_inverse[index.norms[docs]]
             parts.append((docs, weight - weight / denominator))  # k1 = 0: w / inf = 0, the full weight
         rows, sums = sum_rows(parts, len(arrays.doc_ids))
-        return top_k(sums.astype(np.float32), arrays.doc_ids, k, rows=rows)
+        hits = top_k(sums.astype(np.float32), arrays.doc_ids, k, rows=rows)
+        return anserini_scores(hits) if self.scores == "anserini" else hits
 
     def with_texts(self, ranking: RankedList) -> RankedList:
         """``ranking`` with each document's text and title from the document store."""

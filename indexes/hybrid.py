@@ -137,8 +137,9 @@ class HybridIndex:
         inside ``path``, atomically, with ``weights`` (default :data:`DEFAULT_WEIGHTS`, else 1).
 
         ``encoder`` is the SPLADE encoder (for ``lucene-impact``), ``dense_encoder`` the dense one (default:
-        the backend's). ``lexical`` is the backend of the ``bm25`` component (one of :data:`LEXICAL_BACKENDS`;
-        both rank alike). The documents are held in memory once, to feed each component.
+        the backend's). ``lexical`` is the backend of the ``bm25`` component (one of :data:`LEXICAL_BACKENDS`; a
+        ``bm25-csc`` component reports ``lucene-bm25``'s scores, so the fused rankings are the same). The
+        documents are held in memory once, to feed each component.
         """
         if lexical not in LEXICAL_BACKENDS:
             raise InputError(f"lexical must be one of {', '.join(LEXICAL_BACKENDS)}, got {lexical!r}")
@@ -178,6 +179,8 @@ class HybridIndex:
                 options: dict[str, Any] = {"threads": threads, "total": total, "progress": progress}
                 if scale is not None:
                     options["scale"] = scale
+                if backend == "bm25-csc":  # lucene-bm25's scores, to the bit: the fusion is lucene-bm25's
+                    options["scores"] = "anserini"
                 part_started = time.perf_counter()
                 factory.build(docs, tmp / part.name, encoder=own, **options)
                 seconds[part.name] = round(time.perf_counter() - part_started, 3)

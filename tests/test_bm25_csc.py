@@ -55,9 +55,11 @@ def _texts(tiny_queries):
 def test_same_ranking_and_scores_as_lucene_bm25(built_indexes, csc_index, tiny_queries):
     lucene, csc = built_indexes["lucene-bm25"].retriever(), csc_index.retriever()
     exact = LuceneBM25Scores(built_indexes["lucene-bm25"])
+    anserini = csc_index.retriever(scores="anserini")
     for text in _texts(tiny_queries):
         want, got = lucene.search_text(text, 100), csc.search_text(text, 100)
         assert got == exact.search(text, 100), text  # Lucene's float32 scores, to the last bit
+        assert anserini.search_text(text, 100) == want, text  # and Anserini's copy of them, to the last bit
         assert [d for d, _ in got] == [d for d, _ in want], text
         # Anserini rounds Lucene's score to 4 decimals (and lowers tied ones by 1e-6 per position)
         assert [round(s, 4) for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5), text
@@ -153,6 +155,14 @@ def test_ties_are_broken_by_doc_id(tmp_path):
     assert len({s for d, s in top if d.startswith("t")}) == 1  # the exact tie Anserini perturbs is kept
     for k in (1, 2, 3):
         assert retriever.search_text("identical volcanoes", k) == top[:k]  # the cut inside a tie follows doc_id
+    lucene = LuceneBM25Index.build(docs, tmp_path / "lucene", progress=False).retriever()
+    anserini = Bm25CscIndex.build(docs, tmp_path / "ties-a", scores="anserini", progress=False).retriever()
+    assert anserini.scores == "anserini" and retriever.scores == "lucene"  # the recorded default
+    # Anserini's 4 decimals, less 1e-6 per tied position
+    assert anserini.search_text("identical volcanoes", 10) == lucene.search_text("identical volcanoes", 10)
+    lucene.close()
+    with pytest.raises(InputError, match="scores"):
+        Bm25CscIndex.open(tmp_path / "ties").retriever(scores="rounded")
 
 
 def test_from_lucene_bm25_equals_a_build_from_texts(built_indexes, csc_index, tmp_path):
@@ -200,6 +210,8 @@ def test_bad_input_and_atomic_builds(tmp_path, toy):
         Bm25CscIndex.build(TOY, path, k1=-1, progress=False)
     with pytest.raises(InputError, match="k1"):
         toy.retriever(b=1.5)
+    with pytest.raises(InputError, match="scores"):
+        Bm25CscIndex.build(TOY, path, scores="rounded", progress=False)
     with pytest.raises(InputError, match="non-negative"):
         toy.retriever().retrieve(Query("q", "cat"), -1)
     assert Bm25CscIndex.open(path).doc_freqs() == {"cat": 2, "dog": 1}  # the first build, untouched
@@ -223,31 +235,38 @@ def test_cli_builds_and_searches_bm25_csc(tmp_path, capsys):
     assert main(wrong) != 0  # --lexical belongs to --backend hybrid
 
 
-def test_equality_study_on_the_tiny_corpus(tmp_path, capsys):
+def test_equality_study_on_the_tiny_corpus(built_indexes, tmp_path, capsys):
     from twostage_search.benchmarks.studies import bm25_equality
 
     argv = ["--dataset", str(TINY), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--depth", "5"]
-    assert bm25_equality.main(argv) == 0
+    dense = built_indexes["hybrid"].path / "dense"
+    assert bm25_equality.main([*argv, "--hybrid-dense", str(dense)]) == 0
     report = json.loads((tmp_path / "out" / "bm25_equality-tiny-test.json").read_text())
     assert (
         report["queries"] == 6 and report["identical_to_lucene_float32"] == 6 and report["same_ids_as_lucene_bm25"] == 6
     )
     assert all(report["statistics"][k] for k in ("doc_count", "sum_total_term_freq", "doc_freqs"))
+    assert report["hybrid over bm25-csc (anserini scores)"]["identical_fused_ranking"] == 6
+    assert report["hybrid over bm25-csc"]["nDCG@10"] == report["hybrid over lucene-bm25"]["nDCG@10"]
     assert bm25_equality.main([*argv, "--split", "dev"]) == 2  # no dev split without a split file
 
 
-def test_hybrid_over_bm25_csc_ranks_as_over_lucene_bm25(built_indexes, tiny_queries, tmp_path):
+@pytest.mark.parametrize("scores", ["anserini", "lucene"])
+def test_hybrid_over_bm25_csc_ranks_as_over_lucene_bm25(built_indexes, tiny_docs, tiny_queries, tmp_path, scores):
     lucene_hybrid = built_indexes["hybrid"]  # the default: lucene-bm25 + dense, min-max fused 1:2
     assert lucene_hybrid.components["bm25"].backend == "lucene-bm25"
-    paths = {"bm25": built_indexes["bm25-csc"].path, "dense": lucene_hybrid.path / "dense"}
+    csc = Bm25CscIndex.build(tiny_docs, tmp_path / "csc", scores=scores, progress=False)
+    paths = {"bm25": csc.path, "dense": lucene_hybrid.path / "dense"}
     parts = [Component(name, str(paths[name]), weight) for name, weight in lucene_hybrid.weights.items()]
     csc_hybrid = HybridIndex.compose(tmp_path / "hybrid", parts, Fusion(**lucene_hybrid.meta["fusion"]))
     want, got = lucene_hybrid.retriever(), csc_hybrid.retriever()
     for text in _texts(tiny_queries):
         a, b = want.retrieve(Query("q", text), 10), got.retrieve(Query("q", text), 10)
-        assert b.doc_ids == a.doc_ids, text
-        assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=1e-4), text
-        assert [h.text for h in b] == [h.text for h in a]
+        if scores == "anserini":  # lucene-bm25's scores to the bit: the same fusion
+            assert b == a, text
+        else:  # Lucene's unrounded scores: min-max of slightly different numbers
+            assert b.doc_ids == a.doc_ids, text
+            assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=1e-4), text
 
 
 def test_cli_builds_a_hybrid_with_bm25_csc(built_indexes, tmp_path, capsys):
@@ -255,7 +274,8 @@ def test_cli_builds_a_hybrid_with_bm25_csc(built_indexes, tmp_path, capsys):
     corpus = str(TINY / "corpus.jsonl")
     assert main(["index", corpus, "--index", str(path), "--lexical", "bm25-csc", "--no-progress"]) == 0
     meta = json.loads((path / "bm25" / "meta.json").read_text())
-    assert meta["backend"] == "bm25-csc" and json.loads((path / "meta.json").read_text())["backend"] == "hybrid"
+    assert meta["backend"] == "bm25-csc" and meta["scores"] == "anserini"
+    assert json.loads((path / "meta.json").read_text())["backend"] == "hybrid"
     capsys.readouterr()
     assert main(["search", "--index", str(path), "what causes ocean tides", "--k", "3", "--json"]) == 0
     hits = [h["doc_id"] for h in json.loads(capsys.readouterr().out)["hits"]]

@@ -160,3 +160,24 @@ class ImpactQuerySearcher:
 def open_meta(path: Path, backend: str, lucene_dir: str) -> dict[str, Any]:
     """``meta.json`` of a Lucene-backed index at ``path``, checked to be ``backend`` and complete."""
     return read_meta(path, backend=backend, dirs=(lucene_dir,))
+
+
+class EnglishAnalyzer:
+    """Anserini's default English analyzer (``DefaultEnglishAnalyzer.newDefaultInstance()``: Lucene's
+    ``StandardTokenizer``, lower-casing, Lucene's English stop words, Porter stemming), the one
+    ``IndexCollection`` indexes ``lucene-bm25`` documents with and ``SimpleSearcher`` analyses its queries
+    with, as a Python function of a text.
+
+    A call is one round trip into the JVM: Anserini's ``AnalyzerUtils.analyze`` and the ``toArray`` of its
+    list (two JNI calls, whatever the text's length), under :data:`_jvm.JNI_LOCK`.
+    """
+
+    def __init__(self) -> None:
+        with _jvm.JNI_LOCK:
+            self._utils = _jvm.autoclass("io.anserini.analysis.AnalyzerUtils")
+            self._analyzer = _jvm.autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
+
+    def __call__(self, text: str) -> list[str]:
+        """The tokens of ``text`` in order, repeats kept."""
+        with _jvm.JNI_LOCK:
+            return list(self._utils.analyze(self._analyzer, text).toArray())

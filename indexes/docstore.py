@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from twostage_search.engine.errors import InputError
@@ -85,6 +85,12 @@ class DocStore:
                 for item in ranking
             ),
         )
+
+    def documents(self, batch: int = 1000) -> Iterator[Document]:
+        """Every stored document, in the order they were added."""
+        cursor = self._con().execute("SELECT doc_id, title, text FROM docs ORDER BY rowid")
+        while rows := cursor.fetchmany(batch):
+            yield from (Document(doc_id, text, title) for doc_id, title, text in rows)
 
     def __len__(self) -> int:
         return int(self._con().execute("SELECT COUNT(*) FROM docs").fetchone()[0])

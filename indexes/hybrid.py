@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # The components a hybrid can build (name → backend), and what `twostage index --backend hybrid` builds
 # by default: components, weights and fusion chosen on dev splits (docs/first-stage.md).
 KNOWN_COMPONENTS = {"splade": "lucene-impact", "bm25": "lucene-bm25", "dense": "dense-flat"}
+# The backends that can build the ``bm25`` component: Lucene's index, or the in-process arrays that score
+# exactly as it does (``bm25-csc``).
+LEXICAL_BACKENDS = ("lucene-bm25", "bm25-csc")
 DEFAULT_COMPONENTS = ("bm25", "dense")
 DEFAULT_WEIGHTS = {"splade": 1.0, "bm25": 1.0, "dense": 2.0}
 DEFAULT_METHOD = MINMAX
@@ -128,13 +131,18 @@ class HybridIndex:
         progress: bool = True,
         overwrite: bool = True,
         scale: float | None = None,
+        lexical: str = KNOWN_COMPONENTS["bm25"],
     ) -> HybridIndex:
         """Build the ``components`` (names of :data:`KNOWN_COMPONENTS`; default :data:`DEFAULT_COMPONENTS`)
         inside ``path``, atomically, with ``weights`` (default :data:`DEFAULT_WEIGHTS`, else 1).
 
         ``encoder`` is the SPLADE encoder (for ``lucene-impact``), ``dense_encoder`` the dense one (default:
-        the backend's). The documents are held in memory once, to feed each component.
+        the backend's). ``lexical`` is the backend of the ``bm25`` component (one of :data:`LEXICAL_BACKENDS`; a
+        ``bm25-csc`` component reports ``lucene-bm25``'s scores, so the fused rankings are the same). The
+        documents are held in memory once, to feed each component.
         """
+        if lexical not in LEXICAL_BACKENDS:
+            raise InputError(f"lexical must be one of {', '.join(LEXICAL_BACKENDS)}, got {lexical!r}")
         names = list(components or DEFAULT_COMPONENTS)
         bad = sorted(set(names) - set(KNOWN_COMPONENTS))
         if bad:
@@ -165,12 +173,14 @@ class HybridIndex:
         with atomic_index(path, overwrite=overwrite) as tmp:
             seconds = {}
             for part in parts:
-                backend = KNOWN_COMPONENTS[part.name]
+                backend = lexical if part.name == "bm25" else KNOWN_COMPONENTS[part.name]
                 factory = index_backends.get(backend)
                 own = dense_encoder if backend == "dense-flat" and dense_encoder is not None else encoder
                 options: dict[str, Any] = {"threads": threads, "total": total, "progress": progress}
                 if scale is not None:
                     options["scale"] = scale
+                if backend == "bm25-csc":  # lucene-bm25's scores, to the bit: the fusion is lucene-bm25's
+                    options["scores"] = "anserini"
                 part_started = time.perf_counter()
                 factory.build(docs, tmp / part.name, encoder=own, **options)
                 seconds[part.name] = round(time.perf_counter() - part_started, 3)

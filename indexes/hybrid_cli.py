@@ -11,7 +11,7 @@ from typing import Any
 from twostage_search.engine.argtypes import positive_float, positive_int
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.fusion import METHODS
-from twostage_search.indexes.hybrid import DEFAULT_COMPONENTS, DEFAULT_METHOD, KNOWN_COMPONENTS
+from twostage_search.indexes.hybrid import DEFAULT_COMPONENTS, DEFAULT_METHOD, KNOWN_COMPONENTS, LEXICAL_BACKENDS
 
 
 def add_fusion_arguments(p: Any, *, build: bool = False) -> None:
@@ -21,6 +21,13 @@ def add_fusion_arguments(p: Any, *, build: bool = False) -> None:
             default=None,
             help=f"comma-separated components to build (default {','.join(DEFAULT_COMPONENTS)}; known: "
             f"{','.join(KNOWN_COMPONENTS)})",
+        )
+        p.add_argument(
+            "--lexical",
+            choices=LEXICAL_BACKENDS,
+            default=None,
+            help=f"backend of the bm25 component (default {KNOWN_COMPONENTS['bm25']}; bm25-csc ranks the same, in "
+            "process)",
         )
     p.add_argument(
         "--fusion", choices=METHODS, default=DEFAULT_METHOD, help=f"fusion method (default {DEFAULT_METHOD})"
@@ -65,10 +72,14 @@ def weights(values: Sequence[str]) -> dict[str, float]:
 def build_options(args: argparse.Namespace) -> dict[str, Any]:
     """Extra ``build`` options of ``twostage index`` for ``--backend hybrid`` (none for other backends)."""
     if args.backend != "hybrid":
-        if args.weight or args.dense_model or args.dense_encoder or args.components:
-            raise InputError("--components, --weight, --dense-model and --dense-encoder apply only to --backend hybrid")
+        if args.weight or args.dense_model or args.dense_encoder or args.components or args.lexical:
+            raise InputError(
+                "--components, --weight, --lexical, --dense-model and --dense-encoder apply only to --backend hybrid"
+            )
         return {}
     options: dict[str, Any] = {"fusion": fusion(args), "weights": weights(args.weight)}
+    if args.lexical:
+        options["lexical"] = args.lexical
     if args.components:
         options["components"] = [c.strip() for c in args.components.split(",") if c.strip()]
     if args.dense_model or args.dense_encoder:

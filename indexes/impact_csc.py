@@ -2,11 +2,9 @@
 exact dot products with scipy.sparse.
 
 Build: documents are encoded and quantised exactly as for ``lucene-impact`` (``round(w * scale)``, the same
-``scale`` and ``meta.json`` fields), and the impacts are written as one compressed sparse matrix with a row
-per term of the index's vocabulary and a column per document (CSR over terms: the CSC arrays of the
-document × term matrix): ``postings/indptr.npy``, ``postings/docs.npy`` (document rows, ascending within a
-term) and ``postings/impacts.npy`` (int32), with ``terms.json`` (the vocabulary, sorted), ``doc_ids.json``
-(document rows) and the document store. The directory is written atomically like every index.
+``scale`` and ``meta.json`` fields), and the impacts are written as the compressed sparse arrays of
+:mod:`indexes.csc` (values ``postings/impacts.npy``, int32), with the document store. The directory is
+written atomically like every index.
 
 Search: the arrays are memory-mapped (``np.load(mmap_mode="r")``); the query's integer impacts form a
 one-row sparse matrix whose product with the posting matrix (scipy's compiled kernel, which runs
@@ -19,10 +17,8 @@ overflow int32).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,22 +28,19 @@ import numpy as np
 
 from twostage_search.engine.batching import chunked, progress_bar
 from twostage_search.engine.encoders import SparseEncoder
-from twostage_search.engine.errors import IndexLoadError, InputError
+from twostage_search.engine.errors import InputError
 from twostage_search.engine.optional import require
 from twostage_search.engine.splade_lookup import DEFAULT_IDF_POWER
 from twostage_search.engine.types import Document, SparseVector
+from twostage_search.indexes.csc import INT32_MAX, CscPostings, PostingsBuilder, open_meta
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
 from twostage_search.indexes.impact_retriever import ImpactRetriever, LimitedQueryEncoders, lookup_query_encoder
-from twostage_search.indexes.meta import ImpactIndexMeta, atomic_index, read_meta, write_meta
+from twostage_search.indexes.meta import ImpactIndexMeta, atomic_index, write_meta
 from twostage_search.indexes.topk import top_k
 
 log = logging.getLogger(__name__)
 
-POSTINGS = "postings"
-INDPTR, DOCS, IMPACTS = "indptr.npy", "docs.npy", "impacts.npy"
-TERMS = "terms.json"
-DOC_IDS = "doc_ids.json"
-INT32_MAX = int(np.iinfo(np.int32).max)
+IMPACTS = "impacts.npy"
 
 
 class ImpactCscIndex(ImpactIndexMeta):
@@ -59,25 +52,12 @@ class ImpactCscIndex(ImpactIndexMeta):
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
         self.meta = meta
-        self.terms: list[str] = json.loads((path / TERMS).read_text(encoding="utf-8"))
-        self.doc_ids: list[str] = json.loads((path / DOC_IDS).read_text(encoding="utf-8"))
-        self.term_rows = {term: row for row, term in enumerate(self.terms)}
+        self.arrays = arrays = CscPostings(path, IMPACTS, int(meta["doc_count"]))
+        self.terms, self.doc_ids, self.term_rows = arrays.terms, arrays.doc_ids, arrays.term_rows
         self.max_impact = int(meta["max_impact"])
-        postings = path / POSTINGS
-        arrays = [np.load(postings / name, mmap_mode="r", allow_pickle=False) for name in (INDPTR, DOCS, IMPACTS)]
-        indptr, docs, impacts = arrays
-        if (
-            len(self.doc_ids) != int(meta["doc_count"])
-            or len(indptr) != len(self.terms) + 1
-            or len(docs) != len(impacts)
-            or (len(indptr) and int(indptr[-1]) != len(docs))
-            or docs.dtype != indptr.dtype
-            or impacts.dtype != np.int32
-        ):
-            raise IndexLoadError(f"corrupt index: the arrays under {postings} do not match {TERMS}/{DOC_IDS}")
         sparse = require("scipy.sparse", "impact")
         # Built once and only read afterwards: a search multiplies it or selects its rows, never changes it.
-        self.postings = sparse.csr_array((impacts, docs, indptr), shape=(len(self.terms), len(self.doc_ids)))
+        self.postings = sparse.csr_array((arrays.values, arrays.docs, arrays.indptr), shape=arrays.shape)
         self._limited = LimitedQueryEncoders()
 
     # ----------------------------------------------------------------------------------- build
@@ -131,9 +111,7 @@ class ImpactCscIndex(ImpactIndexMeta):
             raise InputError("scale must be positive")
         require("scipy.sparse", "impact")  # searching needs it: say so before encoding anything
         started = time.perf_counter()
-        vocab: dict[str, int] = {}  # term -> id in order of first appearance
-        term_ids, impacts, lengths = array("i"), array("i"), array("i")  # postings in document order
-        ids: list[str] = []
+        postings = PostingsBuilder()
         with atomic_index(path, overwrite=overwrite) as tmp:
             with (
                 DocStoreWriter(tmp) as store,
@@ -143,22 +121,18 @@ class ImpactCscIndex(ImpactIndexMeta):
                     if len(vectors) != len(chunk):
                         raise InputError(f"{len(chunk)} documents, {len(vectors)} vectors")
                     for doc, vector in zip(chunk, vectors, strict=True):
-                        quantised = vector.quantize(scale)
-                        term_ids.extend(vocab.setdefault(term, len(vocab)) for term in quantised)
                         try:
-                            impacts.extend(quantised.values())
-                        except OverflowError:
+                            postings.add(doc.doc_id, vector.quantize(scale))
+                        except InputError:
                             raise InputError(f"scale {scale} gives impacts beyond int32: use a smaller one") from None
-                        lengths.append(len(quantised))
-                        ids.append(doc.doc_id)
                     store.add(chunk)
                     bar.update(len(chunk))
+            ids = postings.doc_ids
             if not ids:
                 raise InputError("corpus is empty: nothing to index")
             encode_seconds = time.perf_counter() - started
-            terms, max_impact = cls._write_postings(tmp / POSTINGS, vocab, term_ids, impacts, lengths)
-            (tmp / TERMS).write_text(json.dumps(terms), encoding="utf-8")
-            (tmp / DOC_IDS).write_text(json.dumps(ids), encoding="utf-8")
+            terms, max_impact = postings.write(tmp, IMPACTS)
+            empty = postings.empty_docs
             write_meta(
                 tmp,
                 {
@@ -166,11 +140,11 @@ class ImpactCscIndex(ImpactIndexMeta):
                     "encoder": encoder.config(),
                     "scale": scale,
                     "doc_count": len(ids),
-                    "indexed_count": len(ids) - lengths.count(0),
-                    "empty_docs": lengths.count(0),
-                    "mean_doc_terms": len(impacts) / len(ids),
+                    "indexed_count": len(ids) - empty,
+                    "empty_docs": empty,
+                    "mean_doc_terms": postings.postings / len(ids),
                     "terms": len(terms),
-                    "postings": len(impacts),
+                    "postings": postings.postings,
                     "max_impact": max_impact,
                     "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
                     "build_seconds": {
@@ -182,38 +156,11 @@ class ImpactCscIndex(ImpactIndexMeta):
         log.info("built %s: %d docs in %.1fs", path, len(ids), time.perf_counter() - started)
         return cls.open(path)
 
-    @staticmethod
-    def _write_postings(
-        out: Path, vocab: Mapping[str, int], term_ids: array[int], impacts: array[int], lengths: array[int]
-    ) -> tuple[list[str], int]:
-        """Write the term × document CSR arrays under ``out`` from the postings in document order (``lengths``:
-        terms per document); return the sorted vocabulary and the largest impact."""
-        terms = sorted(vocab)  # code-point order = UTF-8 byte order, Lucene's term order
-        rank = np.empty(len(vocab), dtype=np.int64)
-        rank[[vocab[t] for t in terms]] = np.arange(len(terms))
-        rows = rank[np.frombuffer(term_ids, dtype=np.intc)]
-        order = np.argsort(rows, kind="stable")  # by term; documents stay ascending within a term
-        docs = np.repeat(np.arange(len(lengths), dtype=np.int64), np.frombuffer(lengths, dtype=np.intc))[order]
-        values = np.frombuffer(impacts, dtype=np.intc)[order]
-        # scipy keeps int32 index arrays as they are; int64 only when the counts need it (then both are int64).
-        index_dtype = np.int32 if max(len(values), len(lengths)) <= INT32_MAX else np.int64
-        indptr = np.zeros(len(terms) + 1, dtype=index_dtype)
-        np.cumsum(np.bincount(rows, minlength=len(terms)), out=indptr[1:])
-        out.mkdir()
-        np.save(out / INDPTR, indptr, allow_pickle=False)
-        np.save(out / DOCS, docs.astype(index_dtype), allow_pickle=False)
-        np.save(out / IMPACTS, values.astype(np.int32), allow_pickle=False)
-        return terms, int(values.max()) if len(values) else 0
-
     # ------------------------------------------------------------------------------------ open
     @classmethod
     def open(cls, path: str | Path) -> ImpactCscIndex:
         path = Path(path)
-        meta = read_meta(path, backend=cls.backend, files=(TERMS, DOC_IDS), dirs=(POSTINGS,))
-        for name in (INDPTR, DOCS, IMPACTS):
-            if not (path / POSTINGS / name).is_file():
-                raise IndexLoadError(f"incomplete index (no {POSTINGS}/{name}): {path}")
-        return cls(path, meta)
+        return cls(path, open_meta(path, cls.backend, IMPACTS))
 
     def query_encoder(self, encoder: SparseEncoder) -> SparseEncoder:
         """``encoder`` with its query side limited to the terms of this index (shared across retrievers)."""
@@ -245,7 +192,7 @@ class ImpactCscIndex(ImpactIndexMeta):
 
     def doc_freqs(self) -> dict[str, int]:
         """The number of documents each term of the index occurs in."""
-        return dict(zip(self.terms, np.diff(self.postings.indptr).tolist(), strict=True))
+        return self.arrays.doc_freqs()
 
     def scores(self, rows: Sequence[int], weights: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(document rows, integer scores) of every document with a positive dot product with the query
@@ -296,8 +243,7 @@ class ImpactCscRetriever(ImpactRetriever):
         """Top ``k`` (doc_id, integer score) for integer query impacts, ties by doc_id."""
         if k <= 0:
             return []
-        term_rows = self.index.term_rows
-        matched = sorted((term_rows[t], int(w)) for t, w in impacts.items() if w > 0 and t in term_rows)
+        matched = self.index.arrays.matched({t: int(w) for t, w in impacts.items()})
         if not matched:
             return []
         rows, scores = self.index.scores([r for r, _ in matched], [w for _, w in matched])

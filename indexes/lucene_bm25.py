@@ -212,3 +212,63 @@ class BM25Retriever:
     def close(self) -> None:
         with _jvm.JNI_LOCK:
             self._searcher.close()
+
+
+class LuceneBM25Scores:
+    """Lucene's own float32 BM25 scores for an index, without Anserini's rounding: the reference another BM25
+    implementation (``bm25-csc``) is checked against to the last bit.
+
+    The query is the one :class:`BM25Retriever` runs (Anserini's bag of words over its default analyzer),
+    scored by Lucene's ``BM25Similarity(k1, b)`` and sorted as ``SimpleSearcher`` sorts (score, then the
+    ``id`` field); only the 4-decimal rounding and the tie perturbation of Anserini's reranker are left out.
+    """
+
+    def __init__(self, index: LuceneBM25Index, *, k1: float | None = None, b: float | None = None) -> None:
+        jnius = _jvm.require_jnius()
+        with _jvm.JNI_LOCK:
+            directory = _jvm.autoclass("org.apache.lucene.store.FSDirectory").open(
+                _jvm.autoclass("java.nio.file.Paths").get(str(index.path / LUCENE_DIR))
+            )
+            self._reader = jnius.cast(
+                "org.apache.lucene.index.IndexReader",
+                _jvm.autoclass("org.apache.lucene.index.DirectoryReader").open(directory),
+            )
+            self._searcher = _jvm.autoclass("org.apache.lucene.search.IndexSearcher")(self._reader)
+            similarity = _jvm.autoclass("org.apache.lucene.search.similarities.BM25Similarity")
+            self._searcher.setSimilarity(
+                similarity(float(index.k1 if k1 is None else k1), float(index.b if b is None else b))
+            )
+            self._generator = _jvm.autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+            self._analyzer = _jvm.autoclass("io.anserini.index.IndexCollection").DEFAULT_ANALYZER
+            sort_field = _jvm.autoclass("org.apache.lucene.search.SortField")
+            by_id = sort_field("id", _jvm.autoclass("org.apache.lucene.search.SortField$Type").STRING_VAL)
+            self._sort = _jvm.autoclass("org.apache.lucene.search.Sort")(sort_field.FIELD_SCORE, by_id)
+            self._scored_docs = _jvm.autoclass("io.anserini.search.ScoredDocs")
+
+    def search(self, text: str, k: int) -> list[tuple[str, float]]:
+        """Top ``k`` (doc_id, Lucene's float32 score), score descending, ties by doc_id."""
+        if k <= 0 or not text.strip():
+            return []
+        with _jvm.JNI_LOCK:
+            query = self._generator.buildQuery("contents", self._analyzer, text)
+            hits = self._scored_docs.fromTopDocs(self._searcher.search(query, k, self._sort, True), self._searcher)
+            return list(zip(hits.docids, hits.scores, strict=True))
+
+    def statistics(self) -> dict[str, Any]:
+        """The ``contents`` field's BM25 statistics: documents with a term (``doc_count``), tokens
+        (``sum_total_term_freq``) and each term's document frequency (``doc_freqs``, in Lucene's order)."""
+        with _jvm.JNI_LOCK:
+            terms = _jvm.autoclass("org.apache.lucene.index.MultiTerms").getTerms(self._reader, "contents")
+            doc_freqs: dict[str, int] = {}
+            it = terms.iterator()
+            while (term := it.next()) is not None:
+                doc_freqs[term.utf8ToString()] = int(it.docFreq())
+            return {
+                "doc_count": int(terms.getDocCount()),
+                "sum_total_term_freq": int(terms.getSumTotalTermFreq()),
+                "doc_freqs": doc_freqs,
+            }
+
+    def close(self) -> None:
+        with _jvm.JNI_LOCK:
+            self._reader.close()

@@ -2,12 +2,10 @@
 float32 over the tokens of Anserini's analyzer, on the tiny fixture."""
 
 import json
-import math
-from collections import Counter
 
-import numpy as np
 import pytest
 
+from tests.bm25_reference import bm25 as _bm25
 from tests.helpers import TINY
 from twostage_search import indexes
 from twostage_search.cli import main
@@ -15,8 +13,6 @@ from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Document, Query
 from twostage_search.indexes import _jvm
 from twostage_search.indexes.lucene_bm25 import LuceneBM25Index
-
-f32 = np.float32
 
 
 @pytest.fixture(scope="module")
@@ -30,49 +26,6 @@ def analyze():
     utils = _jvm.autoclass("io.anserini.analysis.AnalyzerUtils")
     analyzer = _jvm.autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
     return lambda text: list(utils.analyze(analyzer, text).toArray())
-
-
-def _lucene_length(n: int) -> int:
-    """A document length as Lucene's norms keep it: SmallFloat.intToByte4 then byte4ToInt."""
-
-    def long_to_int4(i: int) -> int:
-        bits = i.bit_length()
-        if bits < 4:
-            return i
-        shift = bits - 4
-        return ((i >> shift) & 0x07) | ((shift + 1) << 3)
-
-    def int4_to_long(i: int) -> int:
-        bits, shift = i & 0x07, (i >> 3) - 1
-        return bits if shift == -1 else (bits | 0x08) << shift
-
-    free = 255 - long_to_int4(2**31 - 1)
-    encoded = n if n < free else free + long_to_int4(n - free)
-    return encoded if encoded < free else free + int4_to_long(encoded - free)
-
-
-def _bm25(docs, doc_tokens, query_tokens, k1=0.9, b=0.4):
-    """Lucene 9 BM25Similarity, in float32 like Lucene, clause scores summed in double, ties by doc_id.
-
-    idf = ln(1 + (N - df + 0.5) / (df + 0.5)); per term: w - w / (1 + tf / (k1 (1 - b + b dl / avgdl)))
-    with w = boost · idf (a repeated query term is one clause boosted by its count). Anserini rounds
-    scores to 4 decimals.
-    """
-    n = sum(1 for t in doc_tokens if t)
-    avgdl = f32(sum(len(t) for t in doc_tokens) / n)
-    df = Counter(t for tokens in doc_tokens for t in set(tokens))
-    scores = {}
-    for doc, tokens in zip(docs, doc_tokens, strict=True):
-        tf = Counter(tokens)
-        inv_norm = f32(1) / (f32(k1) * ((f32(1) - f32(b)) + f32(b) * f32(_lucene_length(len(tokens))) / avgdl))
-        total = 0.0
-        for term, boost in Counter(query_tokens).items():
-            if tf[term]:
-                weight = f32(boost) * f32(math.log(1 + (n - df[term] + 0.5) / (df[term] + 0.5)))
-                total += float(weight - weight / (f32(1) + f32(tf[term]) * inv_norm))
-        if total > 0:
-            scores[doc.doc_id] = round(float(f32(total)), 4)
-    return sorted(scores.items(), key=lambda x: (-x[1], x[0]))
 
 
 EXTRA_QUERIES = ["cat cat kitten", "the capital city of Germany", "Paris France Berlin", "coffee, vaccines & virus!"]

@@ -4,7 +4,8 @@
         --variant bm25=var/scifact-bm25 --variant splade=var/scifact-splade \\
         --variant splade-csc=var/scifact-csc --variant dense=var/scifact-dense,search=exact \\
         --variant dense-hnsw=var/scifact-dense-hnsw,search=hnsw,ef_search=100 \\
-        --variant hybrid=var/scifact-hybrid --same splade-csc=splade --same dense-hnsw=dense
+        --variant hybrid=var/scifact-hybrid --same splade-csc=splade --same dense-hnsw=dense \\
+        --variant bm25-csc=var/scifact-bm25-csc --same bm25-csc=bm25
 
 A variant is ``NAME=PATH[,option=value...]``: any index ``twostage index`` built (``indexes.load``), opened
 with ``retriever(**options)`` (values parsed as int, float or string). Every query goes through every

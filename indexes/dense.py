@@ -277,8 +277,9 @@ class DenseFlatIndex:
 
         ``"full"`` is the encoder that built the index (``encoder``, a loaded dense encoder with the same
         config, is shared when given); anything else names a student fitted onto that encoder (a
-        :class:`~twostage_search.engine.dense_query.TruncatedQueryEncoder` or a
-        :class:`~twostage_search.engine.static_query.StaticQueryEncoder`), or ``encoder`` may be a loaded one.
+        :class:`~twostage_search.engine.dense_query.TruncatedQueryEncoder`, a
+        :class:`~twostage_search.engine.static_query.StaticQueryEncoder` or a
+        :class:`~twostage_search.engine.bert_query.OnnxQueryEncoder`), or ``encoder`` may be a loaded one.
         """
         spec = spec or str(self.meta.get("query_encoder", FULL))
         if spec == FULL:

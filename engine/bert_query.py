@@ -13,6 +13,10 @@ query prefix, as every student names its teacher; the student's own layers, pool
 length) and ``model.onnx``: inputs ``input_ids`` and ``attention_mask`` (int64, ``[batch, tokens]``), output
 ``[batch, dim]`` unit vectors (pooling, head and normalisation are in the graph). The tokenizer is the
 teacher's. :func:`student_document` builds the ``student.json`` document.
+
+A residual student names a static student (``"static": "bundled:bge-small-query-static"``): its graph takes a
+third input, ``static`` (float32 ``[batch, dim]``, that student's unit vector of the same query), and adds its
+own head's output to it before normalising, a contextual correction of the static vector.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from twostage_search.engine.errors import InputError
 from twostage_search.engine.models import resolve_model
 from twostage_search.engine.onnx_session import cpu_session
 from twostage_search.engine.optional import require
+from twostage_search.engine.static_query import StaticQueryEncoder
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +53,11 @@ def student_document(
     parameters: int,
     int8: bool,
     training: Mapping[str, Any],
+    static: str | None = None,
 ) -> dict[str, Any]:
     """The ``student.json`` document of a contextual student (see the module docstring)."""
     return {
+        **({"static": static} if static else {}),
         "kind": ONNX_KIND,
         "teacher": dict(teacher),
         "layers": layers,
@@ -103,6 +110,9 @@ class OnnxQueryEncoder:
         self.dim = int(config["dim"])
         self._tokenizer = tokenizer
         self._session: Any = cpu_session(path / MODEL_FILE, threads=threads, extra="dense")
+        self._static = StaticQueryEncoder(str(config["static"])) if config.get("static") else None
+        if self._static is not None and self._static.student["teacher"]["model"] != teacher["model"]:
+            raise InputError(f"query encoder {spec}: its static student has another teacher")
         log.info("query encoder %s: %s layers onto %s", spec, config.get("layers"), teacher["model"])
 
     @staticmethod
@@ -117,7 +127,10 @@ class OnnxQueryEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, encoding in enumerate(self._tokenizer.encode_batch(list(texts))):
             ids = np.asarray([encoding.ids], dtype=np.int64)
-            vector = np.asarray(self._session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0])
+            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            if self._static is not None:
+                feed["static"] = self._static.encode_queries([texts[row]])
+            vector = np.asarray(self._session.run(None, feed)[0])
             out[row] = vector[0] / max(float(np.linalg.norm(vector[0])), 1e-12)
         return out
 

@@ -19,6 +19,7 @@ from twostage_search.engine.bert_query import MODEL_FILE, OnnxQueryEncoder, read
 from twostage_search.engine.dense import BGE_QUERY_PREFIX, DEFAULT_DENSE, DenseEncoder, dense_model_files
 from twostage_search.engine.dense_query import open_student, student_config
 from twostage_search.engine.errors import InputError
+from twostage_search.engine.static_query import StaticQueryEncoder, save_static
 from twostage_search.engine.types import Query
 from twostage_search.indexes.dense import DenseFlatIndex
 
@@ -56,7 +57,7 @@ def token_ids(texts):
     return [tokenizer.encode(t).ids for t in texts]
 
 
-def write_student(model, path, *, int8: bool = False, teacher=TEACHER):
+def write_student(model, path, *, int8: bool = False, teacher=TEACHER, static=None):
     path.mkdir(parents=True)
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -74,16 +75,24 @@ def write_student(model, path, *, int8: bool = False, teacher=TEACHER):
         parameters=sum(p.numel() for p in model.parameters()),
         int8=int8,
         training={"test": True},
+        static=static,
     )
     (path / "student.json").write_text(json.dumps(document))
     return path
 
 
-def torch_vectors(model, texts):
+def torch_vectors(model, texts, static=None):
     import torch
 
     with torch.no_grad():
-        return np.concatenate([model(*padded([ids])).numpy() for ids in token_ids(texts)])
+        if static is None:
+            return np.concatenate([model(*padded([ids])).numpy() for ids in token_ids(texts)])
+        return np.concatenate(
+            [
+                model(*padded([ids]), torch.from_numpy(v[None])).numpy()
+                for ids, v in zip(token_ids(texts), static, strict=True)
+            ]
+        )
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
@@ -143,3 +152,36 @@ def test_dense_flat_index_searches_with_a_recorded_contextual_student(tmp_path, 
     other = write_student(model, tmp_path / "other", teacher=dict(TEACHER, model="some/other-model"))
     with pytest.raises(InputError, match="model"):
         DenseFlatIndex.set_query_encoder(path, str(other))
+
+
+@pytest.fixture()
+def static_student(tmp_path):
+    """A static student over the teacher's vocabulary onto 8 dims: seeded random rows, bias 0."""
+    table = np.random.default_rng(0).normal(size=(30522, 8)).astype(np.float32)
+    path = tmp_path / "static"
+    save_static(path, {"teacher": TEACHER, "max_length": 256}, {"table": table, "bias": np.zeros(8)}, dtype="float32")
+    return path
+
+
+def test_an_untrained_residual_student_is_its_static_side(tmp_path, static_student):
+    """The residual head starts at zero: the student's vector is the static student's, exactly as it opens."""
+    model = tiny_student("mean")
+    residual = student_module(model.bert, 8, "mean", residual=True).eval()
+    path = write_student(residual, tmp_path / "s", static=str(static_student))
+    got = OnnxQueryEncoder(str(path), threads=1).encode_queries(QUERIES)
+    assert np.abs(got - StaticQueryEncoder(str(static_student)).encode_queries(QUERIES)).max() < 1e-5
+
+
+def test_residual_export_equals_the_torch_model(tmp_path, static_student):
+    import torch
+
+    model = tiny_student("mean")
+    residual = student_module(model.bert, 8, "mean", residual=True).eval()
+    with torch.no_grad():
+        residual.head.weight.normal_(0.0, 0.2)
+    path = write_student(residual, tmp_path / "s", static=str(static_student))
+    got = OnnxQueryEncoder(str(path), threads=1).encode_queries(QUERIES)
+    static = StaticQueryEncoder(str(static_student)).encode_queries(QUERIES)
+    want = torch_vectors(residual, QUERIES, static)
+    assert np.abs(got - want).max() < 1e-3
+    assert np.abs(got - static).max() > 0.05  # the contextual part does move the vectors

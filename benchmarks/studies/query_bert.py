@@ -17,6 +17,7 @@ the dev queries of the three sets are measured: cosine to the teacher, dense nDC
 hybrid (BM25 top 100 of ``--bm25-index``, read once and cached in ``--work``). The report names the (L, epoch)
 with the best mean hybrid dev nDCG@10. ``export`` writes one checkpoint as a student directory
 (``engine/bert_query.py``): ONNX, or with ``--int8`` ONNX Runtime's dynamic INT8 quantisation of it.
+``cost`` estimates the encode FLOPs per dev query of the full query side and of students (no timing).
 ``query_static_eval.py evaluate --student DIR`` measures a student against the full query side.
 """
 
@@ -113,7 +114,14 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         for name, d in dev_sets(args.datasets, corpora, args.cache, 0).items()
     }
     lexical = lexical_runs(args.bm25_index, {n: (d, queries[n]) for n, d in dev.items()}, args.work)
-    measure = dev_measure({n: d for n, d in dev.items() if n in lexical}, lexical)
+    static = dev_static = None
+    if args.static:
+        from twostage_search.engine.static_query import StaticQueryEncoder
+
+        side = StaticQueryEncoder(args.static)
+        static = side.encode_queries(texts)
+        dev_static = {n: side.encode_queries(queries[n]) for n in dev}
+    measure = dev_measure({n: d for n, d in dev.items() if n in lexical}, lexical, dev_static)
     rows = token_rows(texts, args.max_length)
     corpus_of = [CORPUS_OF.get(source[:2]) if CORPUS_OF.get(source[:2]) in corpora else None for source, _ in items]
     report: dict[str, Any] = {"training_texts": len(texts), "runs": {}}
@@ -131,14 +139,15 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
             seed=args.seed,
         )
         torch.manual_seed(args.seed)
-        model = student_module(trunk(layers), corpora[next(iter(corpora))].vectors.shape[1], args.pooling)
+        dim = corpora[next(iter(corpora))].vectors.shape[1]
+        model = student_module(trunk(layers), dim, args.pooling, residual=static is not None)
 
         def checkpoint(m: Any, epoch: int, layers: int = layers) -> None:
-            torch.save(m.state_dict(), args.work / f"L{layers}-{args.pooling}-e{epoch}.pt")
+            torch.save(m.state_dict(), args.work / f"{checkpoint_name(layers, args.pooling, args.static)}-e{epoch}.pt")
 
-        history = train(model, rows, targets, corpus_of, corpora, settings, measure, checkpoint)
-        report["runs"][f"L{layers}"] = {
-            "settings": settings.__dict__,
+        history = train(model, rows, targets, corpus_of, corpora, settings, measure, checkpoint, static)
+        report["runs"][checkpoint_name(layers, args.pooling, args.static)] = {
+            "settings": settings.__dict__ | {"static": args.static},
             "parameters": sum(p.numel() for p in model.parameters()),
             "history": history,
         }
@@ -154,6 +163,10 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         report["chosen"] = {"run": name, "epoch": epoch, "mean_dev_hybrid_ndcg10": round(score, 4)}
     write(args.report, report)
     return report
+
+
+def checkpoint_name(layers: int, pooling: str, static: str | None) -> str:
+    return f"L{layers}-{pooling}" + ("-residual" if static else "")
 
 
 def hybrid_score(entry: dict[str, Any]) -> float:
@@ -175,8 +188,9 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     from twostage_search.engine.optional import require
 
     torch = require("torch", "export")
-    model = student_module(trunk(args.layers), 384, args.pooling)
-    state = torch.load(args.work / f"L{args.layers}-{args.pooling}-e{args.epoch}.pt", weights_only=True)
+    model = student_module(trunk(args.layers), 384, args.pooling, residual=args.static is not None)
+    name = checkpoint_name(args.layers, args.pooling, args.static)
+    state = torch.load(args.work / f"{name}-e{args.epoch}.pt", weights_only=True)
     model.load_state_dict(state)
     parameters = sum(p.numel() for p in model.parameters())
     teacher = {"model": TEACHER, "pooling": "cls", "query_prefix": BGE_QUERY_PREFIX, "max_length": 256}
@@ -188,6 +202,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         max_length=256,
         parameters=parameters,
         int8=args.int8,
+        static=args.static,
         training={"epoch": args.epoch, "trained_on": TRAINED_ON, "study": "benchmarks/studies/query_bert.py"},
     )
     with atomic_directory(args.out, marker="student.json") as tmp:
@@ -204,6 +219,38 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         (tmp / "student.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     size = (args.out / MODEL_FILE).stat().st_size
     return {"out": str(args.out), "parameters": parameters, "model_bytes": size, "int8": args.int8}
+
+
+def layer_flops(tokens: int, hidden: int = 384, intermediate: int = 1536) -> int:
+    """Multiply-adds × 2 of one BERT layer over ``tokens`` tokens: Q, K, V, output and the two feed-forward
+    matrices per token, plus the attention products (scores and weighted sum, ``tokens²·hidden`` each)."""
+    per_token = 4 * hidden * hidden + 2 * hidden * intermediate
+    return 2 * (tokens * per_token + 2 * tokens * tokens * hidden)
+
+
+def cost(args: argparse.Namespace) -> dict[str, Any]:
+    """Encode FLOPs per query (no timing): the teacher (12 layers over ``[CLS] prefix query [SEP]``) against
+    students of ``--layers`` (over ``[CLS] query [SEP]``, plus the head), averaged over each set's dev queries."""
+    from twostage_search.engine.dense import BGE_QUERY_PREFIX
+
+    tokenizer = tokeniser(256)
+    out: dict[str, Any] = {"method": layer_flops.__doc__, "sets": {}}
+    for name, texts in dev_queries(args.datasets).items():
+        plain = [len(e.ids) for e in tokenizer.encode_batch(texts)]
+        prefixed = [len(e.ids) for e in tokenizer.encode_batch([BGE_QUERY_PREFIX + t for t in texts])]
+        full = float(np.mean([12 * layer_flops(n) for n in prefixed]))
+        row: dict[str, Any] = {
+            "queries": len(texts),
+            "tokens_full": round(float(np.mean(prefixed)), 2),
+            "tokens_student": round(float(np.mean(plain)), 2),
+            "mflop_full": round(full / 1e6, 1),
+        }
+        for layers in args.layers:
+            student = float(np.mean([layers * layer_flops(n) + 2 * 384 * 384 for n in plain]))
+            row[f"mflop_L{layers}"] = round(student / 1e6, 1)
+            row[f"ratio_L{layers}"] = round(student / full, 4)
+        out["sets"][name] = row
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--tau", type=float, default=0.05)
     f.add_argument("--train-texts", type=int, default=0, help="the first N (seeded order) training texts (0: all)")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--static", default=None, help="a static student: train a contextual residual over it")
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--dense-index", action="append", default=[], help="NAME=PATH of a teacher dense-flat index")
     f.add_argument("--bm25-index", action="append", default=[], help="NAME=PATH of a BM25 index (dev hybrid)")
@@ -235,10 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--pooling", choices=("cls", "mean"), default="mean")
     e.add_argument("--work", type=Path, default=Path("var/query_bert"))
     e.add_argument("--int8", action="store_true", help="ONNX Runtime dynamic INT8 quantisation of the weights")
+    e.add_argument("--static", default=None, help="the static student a residual checkpoint was trained over")
     e.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("cost", help="encode FLOPs per dev query: the full query side against students")
+    c.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
+    c.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=[2, 3, 4])
+    c.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    report = fit(args) if args.command == "fit" else export(args)
+    report = {"fit": fit, "export": export, "cost": cost}[args.command](args)
+    if args.command == "cost":
+        write(args.out, report)
     json.dump({k: v for k, v in report.items() if k != "runs"}, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

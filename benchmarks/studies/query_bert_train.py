@@ -52,8 +52,12 @@ class BertSettings:
     seed: int = 0
 
 
-def student_module(bert: Any, dim: int, pooling: str) -> Any:
-    """``forward(input_ids, attention_mask) → (batch, dim)`` unit vectors: ``bert``, pooling, a linear head."""
+def student_module(bert: Any, dim: int, pooling: str, *, residual: bool = False) -> Any:
+    """``forward(input_ids, attention_mask) → (batch, dim)`` unit vectors: ``bert``, pooling, a linear head.
+
+    With ``residual``, ``forward(input_ids, attention_mask, static)`` adds the head's output to ``static`` (a
+    static query side's unit vectors of the same texts) before normalising; the head starts at zero, so the
+    untrained model is the static side exactly and training learns a contextual correction."""
     torch = require("torch", "export")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -63,6 +67,10 @@ def student_module(bert: Any, dim: int, pooling: str) -> Any:
             super().__init__()
             self.bert = bert
             self.head = torch.nn.Linear(bert.config.hidden_size, dim)
+            self.residual = residual
+            if residual:
+                torch.nn.init.zeros_(self.head.weight)
+                torch.nn.init.zeros_(self.head.bias)
 
         def pooled(self, input_ids: Any, attention_mask: Any) -> Any:
             hidden = self.bert(
@@ -73,8 +81,9 @@ def student_module(bert: Any, dim: int, pooling: str) -> Any:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            return torch.nn.functional.normalize(self.head(self.pooled(input_ids, attention_mask)), dim=-1)
+        def forward(self, input_ids: Any, attention_mask: Any, static: Any = None) -> Any:
+            out = self.head(self.pooled(input_ids, attention_mask))
+            return torch.nn.functional.normalize(out + static if self.residual else out, dim=-1)
 
     return QueryStudent()
 
@@ -91,8 +100,9 @@ def padded(rows: Sequence[Sequence[int]]) -> tuple[Any, Any]:
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def encode(model: Any, rows: Sequence[Sequence[int]], batch: int = 128) -> np.ndarray:
-    """The model's unit vectors of tokenised texts, length-bucketed (padding does not change a row's vector)."""
+def encode(model: Any, rows: Sequence[Sequence[int]], static: np.ndarray | None = None, batch: int = 128) -> np.ndarray:
+    """The model's unit vectors of tokenised texts (and their static vectors, for a residual model),
+    length-bucketed (padding does not change a row's vector)."""
     torch = require("torch", "export")
     order = np.argsort([len(r) for r in rows], kind="stable")
     out = np.zeros((len(rows), model.head.out_features), dtype=np.float32)
@@ -100,7 +110,8 @@ def encode(model: Any, rows: Sequence[Sequence[int]], batch: int = 128) -> np.nd
     with torch.no_grad():
         for start in range(0, len(order), batch):
             part = order[start : start + batch]
-            out[part] = model(*padded([rows[i] for i in part])).numpy()
+            extra = [] if static is None else [torch.from_numpy(static[part])]
+            out[part] = model(*padded([rows[i] for i in part]), *extra).numpy()
     return out
 
 
@@ -143,14 +154,17 @@ def train(
     settings: BertSettings,
     measure: Callable[[Any], dict[str, float]],
     checkpoint: Callable[[Any, int], None],
+    static: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` end to end; after each epoch ``checkpoint(model, epoch)`` and ``measure(model)`` (dev).
-    Returns the per-epoch history (epoch 0: the initial model, head fitted)."""
+    ``static``: the static side's vectors of the training texts (a residual model). Returns the per-epoch
+    history (epoch 0: the initial model, head fitted by ridge regression unless residual)."""
     torch = require("torch", "export")
     torch.manual_seed(settings.seed)
     rnd = np.random.default_rng(settings.seed)
     sample = rnd.choice(len(train_ids), size=min(settings.ridge_texts, len(train_ids)), replace=False)
-    ridge_head(model, [train_ids[i] for i in sample], targets[sample])
+    if static is None:
+        ridge_head(model, [train_ids[i] for i in sample], targets[sample])
     history: list[dict[str, Any]] = [{"epoch": 0, **measure(model)}]
     log.info("epoch 0 %s", history[0])
     names = sorted(corpora)
@@ -178,7 +192,8 @@ def train(
         model.train()
         total_cos = total_list = 0.0
         for step, chunk in enumerate(batches(lengths, settings.batch, rnd)):
-            predicted = model(*padded([train_ids[i] for i in chunk]))
+            extra = [] if static is None else [torch.from_numpy(static[chunk])]
+            predicted = model(*padded([train_ids[i] for i in chunk]), *extra)
             teacher = y_all[chunk]
             cos = (1 - (predicted * teacher).sum(dim=1)).mean()
             loss = cos
@@ -215,7 +230,9 @@ def train(
 
 
 def dev_measure(
-    dev: Mapping[str, DevSet], lexical: Mapping[str, Mapping[str, list[tuple[str, float]]]]
+    dev: Mapping[str, DevSet],
+    lexical: Mapping[str, Mapping[str, list[tuple[str, float]]]],
+    static: Mapping[str, np.ndarray] | None = None,
 ) -> Callable[[Any], dict[str, float]]:
     """A ``measure`` for :func:`train`: per dev set, the mean cosine to the teacher, dense nDCG@10 (exact
     search over the set's corpus) and hybrid nDCG@10 (BM25 top 100 in ``lexical`` + dense top 100, min-max,
@@ -229,7 +246,7 @@ def dev_measure(
     def measure(model: Any) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, d in dev.items():
-            vectors = encode(model, d.token_ids)
+            vectors = encode(model, d.token_ids, None if static is None else static[name])
             out[f"cos/{name}"] = round(float((vectors * d.teacher).sum(axis=1).mean()), 4)
             if d.corpus is None:
                 continue
@@ -257,17 +274,25 @@ def search(vectors: np.ndarray, corpus: Corpus, depth: int) -> list[list[tuple[s
 
 def export_onnx(model: Any, path: Path, *, opset: int = 17) -> None:
     """Write ``model`` (:func:`student_module`) as ONNX: inputs ``input_ids``, ``attention_mask`` (int64,
-    ``[batch, tokens]``), output ``embedding`` ``[batch, dim]`` (unit vectors)."""
+    ``[batch, tokens]``) and for a residual model ``static`` (float32, ``[batch, dim]``), output ``embedding``
+    ``[batch, dim]`` (unit vectors)."""
     torch = require("torch", "export")
     model.eval()
     ids = torch.tensor([[101, 2000, 2001, 102]], dtype=torch.long)
+    names = ["input_ids", "attention_mask"]
+    inputs = [ids, torch.ones_like(ids)]
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    if model.residual:
+        names.append("static")
+        inputs.append(torch.zeros(1, model.head.out_features))
+        axes["static"] = {0: "batch"}
     torch.onnx.export(
         model,
-        (ids, torch.ones_like(ids)),
+        tuple(inputs),
         str(path),
-        input_names=["input_ids", "attention_mask"],
+        input_names=names,
         output_names=["embedding"],
-        dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}},
+        dynamic_axes=axes,
         opset_version=opset,
         dynamo=False,
     )

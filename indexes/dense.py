@@ -245,7 +245,8 @@ class DenseFlatIndex:
 
         ``spec``: ``"full"`` (the encoder that built the index) or a student fitted onto that encoder
         (``bundled:bge-small-query-l2``, ``bundled:bge-small-query-static`` or a directory;
-        :mod:`twostage_search.engine.dense_query`, :mod:`twostage_search.engine.static_query`). The
+        :mod:`twostage_search.engine.dense_query`, :mod:`twostage_search.engine.static_query`,
+        :mod:`twostage_search.engine.bert_query`). The
         documents are not re-encoded: a student maps queries into the index's own space.
         """
         old = cls.open(path)

@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from cachetools import LRUCache
 
+from twostage_search.engine.bert_query import ONNX_KIND, OnnxQueryEncoder
 from twostage_search.engine.dense import dense_model_files
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.models import resolve_model
@@ -97,27 +98,36 @@ def read_student(path: Path) -> dict[str, Any]:
 
 
 def student_config(path: Path) -> dict[str, Any]:
-    """``student.json`` of a truncated (:func:`read_student`) or static
-    (:mod:`~twostage_search.engine.static_query`) student directory, checked."""
+    """``student.json`` of a truncated (:func:`read_student`), static
+    (:mod:`~twostage_search.engine.static_query`) or contextual (:mod:`~twostage_search.engine.bert_query`)
+    student directory, checked."""
     file = path / STUDENT_FILE
-    if file.is_file() and json.loads(file.read_text(encoding="utf-8")).get("kind") == STATIC_KIND:
+    kind = json.loads(file.read_text(encoding="utf-8")).get("kind") if file.is_file() else None
+    if kind == STATIC_KIND:
         return StaticQueryEncoder.read_config(path)
+    if kind == ONNX_KIND:
+        return OnnxQueryEncoder.read_config(path)
     return read_student(path)
 
 
-def open_student(spec: str, *, threads: int | None = None) -> TruncatedQueryEncoder | StaticQueryEncoder:
-    """The query encoder a student spec names: :class:`TruncatedQueryEncoder` or a static one."""
-    if student_config(Path(resolve_model(spec)))["kind"] == STATIC_KIND:
+def open_student(
+    spec: str, *, threads: int | None = None
+) -> TruncatedQueryEncoder | StaticQueryEncoder | OnnxQueryEncoder:
+    """The query encoder a student spec names: :class:`TruncatedQueryEncoder`, a static or a contextual one."""
+    kind = student_config(Path(resolve_model(spec)))["kind"]
+    if kind == STATIC_KIND:
         return StaticQueryEncoder(spec)
+    if kind == ONNX_KIND:
+        return OnnxQueryEncoder(spec, threads=threads)
     return TruncatedQueryEncoder(spec, threads=threads)
 
 
 def student_for(
     spec: str, encoder: dict[str, Any], loaded: object = None
-) -> TruncatedQueryEncoder | StaticQueryEncoder:
+) -> TruncatedQueryEncoder | StaticQueryEncoder | OnnxQueryEncoder:
     """The student ``spec`` names for an index built with ``encoder`` (its config): ``loaded`` when it is that
     student already, else opened; :func:`check_teacher` either way."""
-    if isinstance(loaded, TruncatedQueryEncoder | StaticQueryEncoder) and loaded.spec == spec:
+    if isinstance(loaded, TruncatedQueryEncoder | StaticQueryEncoder | OnnxQueryEncoder) and loaded.spec == spec:
         student = loaded
     else:
         student = open_student(spec)

@@ -245,7 +245,8 @@ class DenseFlatIndex:
 
         ``spec``: ``"full"`` (the encoder that built the index) or a student fitted onto that encoder
         (``bundled:bge-small-query-l2``, ``bundled:bge-small-query-static`` or a directory;
-        :mod:`twostage_search.engine.dense_query`, :mod:`twostage_search.engine.static_query`). The
+        :mod:`twostage_search.engine.dense_query`, :mod:`twostage_search.engine.static_query`,
+        :mod:`twostage_search.engine.bert_query`). The
         documents are not re-encoded: a student maps queries into the index's own space.
         """
         old = cls.open(path)
@@ -277,8 +278,9 @@ class DenseFlatIndex:
 
         ``"full"`` is the encoder that built the index (``encoder``, a loaded dense encoder with the same
         config, is shared when given); anything else names a student fitted onto that encoder (a
-        :class:`~twostage_search.engine.dense_query.TruncatedQueryEncoder` or a
-        :class:`~twostage_search.engine.static_query.StaticQueryEncoder`), or ``encoder`` may be a loaded one.
+        :class:`~twostage_search.engine.dense_query.TruncatedQueryEncoder`, a
+        :class:`~twostage_search.engine.static_query.StaticQueryEncoder` or a
+        :class:`~twostage_search.engine.bert_query.OnnxQueryEncoder`), or ``encoder`` may be a loaded one.
         """
         spec = spec or str(self.meta.get("query_encoder", FULL))
         if spec == FULL:

@@ -1,5 +1,6 @@
 """Turn an ONNX BERT cross-encoder (fp32, or dynamic-INT8 as ONNX Runtime's ``quantize_dynamic`` writes it)
-back into a trainable ``transformers`` ``BertForSequenceClassification``.
+back into a trainable ``transformers`` ``BertForSequenceClassification``, or an ONNX BERT bi-encoder (a bare
+``BertModel`` export such as the bundled bge-small's) back into a ``BertModel``, optionally its first layers only.
 
 The bundled ms-marco-MiniLM-L-12 cross-encoder ships only as a dynamic-INT8 ONNX graph; fine-tuning it needs
 torch weights. Each weight is read from the graph's initializers (``onnx.numpy_helper``) and, where it is
@@ -13,6 +14,9 @@ initializer names (the quantiser names most matrices ``onnx::MatMul_N``):
   follows it (through the ``Cast``/``Mul`` rescaling);
 - an embedding table is the data input of a ``Gather`` (followed by a ``DequantizeLinear`` when quantised);
 - LayerNorm weights and biases keep their ``state_dict`` names.
+
+A classifier's modules sit under ``bert.`` (``bert.encoder.layer.0…``); a bare encoder's at the root
+(``encoder.layer.0…``) or under ``bert.`` where the export wrapped it; the root is read from the graph.
 
 The configuration (layers, hidden size, intermediate size, vocabulary, positions, labels) comes from the
 tensors' shapes; the number of attention heads from the first layer's head-split ``Reshape``. Dequantised
@@ -35,7 +39,7 @@ from twostage_search.engine.optional import require
 
 log = logging.getLogger(__name__)
 
-_LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
+_LAYER = re.compile(r"^(?:bert\.)?encoder\.layer\.(\d+)\.")
 _LINEARS = (
     "attention.self.query",
     "attention.self.key",
@@ -146,8 +150,8 @@ def _linears(g: _Graph) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     return found
 
 
-def _embeddings(g: _Graph) -> dict[str, np.ndarray]:
-    """{``bert.embeddings.X.weight``: table} of each ``Gather`` over an initializer, dequantised where quantised."""
+def _embeddings(g: _Graph, root: str) -> dict[str, np.ndarray]:
+    """{``<root>embeddings.X.weight``: table} of each ``Gather`` over an initializer, dequantised where quantised."""
     out: dict[str, np.ndarray] = {}
     for n in g.nodes:
         if n.op_type != "Gather" or n.input[0] not in g.init:
@@ -162,14 +166,14 @@ def _embeddings(g: _Graph) -> dict[str, np.ndarray]:
             zp = g.array(dq.input[2]) if len(dq.input) > 2 and dq.input[2] in g.init else None
             axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
             table = _dequantize(table, g.array(dq.input[1]), zp, axis=axis)
-        out[f"bert.embeddings.{name}.weight"] = table.astype(np.float32)
+        out[f"{root}embeddings.{name}.weight"] = table.astype(np.float32)
     return out
 
 
-def _heads(g: _Graph, hidden: int) -> int:
+def _heads(g: _Graph, hidden: int, root: str) -> int:
     """Attention heads, from layer 0's head-split ``Reshape`` target ``[batch, seq, heads, head_dim]``."""
     for n in g.nodes:
-        if n.op_type != "Reshape" or not n.name.strip("/").startswith("bert/encoder/layer.0/attention/self/"):
+        if n.op_type != "Reshape" or not n.name.strip("/").startswith(f"{_path(root)}encoder/layer.0/attention/self/"):
             continue
         shape = n.input[1]
         if shape in g.const:
@@ -185,16 +189,61 @@ def _heads(g: _Graph, hidden: int) -> int:
     raise InputError("cannot read the number of attention heads from the graph (no head-split Reshape in layer 0)")
 
 
-def _layer_norm_eps(g: _Graph) -> float:
+def _layer_norm_eps(g: _Graph, root: str) -> float:
     """The LayerNorm epsilon: a ``LayerNormalization`` attribute, or the constant added to the variance."""
     for n in g.nodes:
         if n.op_type == "LayerNormalization":
             return float(next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5))
-        if n.op_type == "Add" and n.name.strip("/").startswith("bert/embeddings/LayerNorm/"):
+        if n.op_type == "Add" and n.name.strip("/").startswith(f"{_path(root)}embeddings/LayerNorm/"):
             for i in n.input:
                 if i in g.const and np.size(g.const[i]) == 1 and 0 < float(np.ravel(g.const[i])[0]) < 1e-3:
                     return float(np.ravel(g.const[i])[0])
     return 1e-12
+
+
+def _path(root: str) -> str:
+    """A state-dict root (``bert.`` or empty) as a node-name scope (``bert/`` or empty)."""
+    return root.replace(".", "/")
+
+
+def _read(path: str | Path, *, classifier: bool) -> tuple[dict[str, np.ndarray], BertShape]:
+    """The fp32 state dict of a BERT classifier (``classifier``) or bare encoder graph, and its shape."""
+    onnx = require("onnx", "export")
+    g = _Graph(onnx.load(str(path)))
+    state: dict[str, np.ndarray] = {k: v.astype(np.float32) for k, v in g.init.items() if v.dtype == np.float32}
+    linears = _linears(g)
+    root = "bert." if any(m.startswith("bert.encoder.") for m in linears) else ""
+    state |= _embeddings(g, root)
+    for module, (w, b) in linears.items():
+        state[f"{module}.weight"] = w
+        if b is not None:
+            state[f"{module}.bias"] = b.astype(np.float32)
+    layers = sorted({int(m.group(1)) for k in state if (m := _LAYER.match(k))})
+    what = "a BERT sequence classifier" if classifier else "a BERT encoder"
+    word = f"{root}embeddings.word_embeddings.weight"
+    if word not in state or (classifier and "classifier.weight" not in state) or not layers:
+        raise InputError(f"{path}: not {what} (no word embeddings, encoder layers{' or classifier' * classifier})")
+    vocab, hidden = state[word].shape
+    intermediate = f"{root}encoder.layer.0.intermediate.dense.weight"
+    shape = BertShape(
+        vocab_size=int(vocab),
+        hidden_size=int(hidden),
+        num_hidden_layers=len(layers),
+        num_attention_heads=_heads(g, int(hidden), root),
+        intermediate_size=int(state[intermediate].shape[0]) if intermediate in state else 0,
+        max_position_embeddings=int(
+            state.get(f"{root}embeddings.position_embeddings.weight", np.zeros((0, 0))).shape[0]
+        ),
+        type_vocab_size=int(state.get(f"{root}embeddings.token_type_embeddings.weight", np.zeros((0, 0))).shape[0]),
+        num_labels=int(state["classifier.weight"].shape[0]) if classifier else 0,
+        layer_norm_eps=_layer_norm_eps(g, root),
+    )
+    expected = _expected_keys(shape, root, classifier=classifier)
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise InputError(f"{path}: not {what} this reader knows; missing {missing[:5]}")
+    # an encoder's keys are a BertModel's (no ``bert.``), whether or not the export scoped it under one
+    return {(k if classifier else k.removeprefix(root)): state[k] for k in expected}, shape
 
 
 def state_dict_from_onnx(path: str | Path) -> tuple[dict[str, np.ndarray], BertShape]:
@@ -202,70 +251,60 @@ def state_dict_from_onnx(path: str | Path) -> tuple[dict[str, np.ndarray], BertS
 
     Raises :class:`InputError` when the graph is not a BERT sequence classifier (a tensor is missing).
     """
-    onnx = require("onnx", "export")
-    g = _Graph(onnx.load(str(path)))
-    state: dict[str, np.ndarray] = {k: v.astype(np.float32) for k, v in g.init.items() if v.dtype == np.float32}
-    state |= _embeddings(g)
-    for module, (w, b) in _linears(g).items():
-        state[f"{module}.weight"] = w
-        if b is not None:
-            state[f"{module}.bias"] = b.astype(np.float32)
-    layers = sorted({int(m.group(1)) for k in state if (m := _LAYER.match(k))})
-    if "bert.embeddings.word_embeddings.weight" not in state or "classifier.weight" not in state or not layers:
-        raise InputError(f"{path}: not a BERT sequence classifier (no word embeddings, encoder layers or classifier)")
-    vocab, hidden = state["bert.embeddings.word_embeddings.weight"].shape
-    shape = BertShape(
-        vocab_size=int(vocab),
-        hidden_size=int(hidden),
-        num_hidden_layers=len(layers),
-        num_attention_heads=_heads(g, int(hidden)),
-        intermediate_size=int(state["bert.encoder.layer.0.intermediate.dense.weight"].shape[0])
-        if "bert.encoder.layer.0.intermediate.dense.weight" in state
-        else 0,
-        max_position_embeddings=int(state.get("bert.embeddings.position_embeddings.weight", np.zeros((0, 0))).shape[0]),
-        type_vocab_size=int(state.get("bert.embeddings.token_type_embeddings.weight", np.zeros((0, 0))).shape[0]),
-        num_labels=int(state["classifier.weight"].shape[0]),
-        layer_norm_eps=_layer_norm_eps(g),
-    )
-    missing = [k for k in _expected_keys(shape) if k not in state]
-    if missing:
-        raise InputError(f"{path}: not a BERT sequence classifier this reader knows; missing {missing[:5]}")
-    return {k: state[k] for k in _expected_keys(shape)}, shape
+    return _read(path, classifier=True)
 
 
-def _expected_keys(shape: BertShape) -> list[str]:
-    keys = [f"bert.embeddings.{e}.weight" for e in _EMBEDDINGS]
-    keys += ["bert.embeddings.LayerNorm.weight", "bert.embeddings.LayerNorm.bias"]
+def encoder_state_dict_from_onnx(path: str | Path) -> tuple[dict[str, np.ndarray], BertShape]:
+    """The fp32 ``BertModel`` state dict (no pooler) of a bare ONNX BERT encoder, and its shape (0 labels).
+
+    Raises :class:`InputError` when the graph is not a BERT encoder (a tensor is missing).
+    """
+    return _read(path, classifier=False)
+
+
+def _expected_keys(shape: BertShape, root: str = "bert.", *, classifier: bool = True) -> list[str]:
+    keys = [f"{root}embeddings.{e}.weight" for e in _EMBEDDINGS]
+    keys += [f"{root}embeddings.LayerNorm.weight", f"{root}embeddings.LayerNorm.bias"]
     for i in range(shape.num_hidden_layers):
         for m in (*_LINEARS, *_NORMS):
-            keys += [f"bert.encoder.layer.{i}.{m}.weight", f"bert.encoder.layer.{i}.{m}.bias"]
+            keys += [f"{root}encoder.layer.{i}.{m}.weight", f"{root}encoder.layer.{i}.{m}.bias"]
+    if not classifier:
+        return keys
     return [*keys, "bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"]
 
 
-def torch_from_onnx(path: str | Path) -> Any:
-    """A ``BertForSequenceClassification`` (fp32, eval mode) holding the ONNX graph's weights, dequantised."""
-    torch = require("torch", "export")
+def _config(shape: BertShape, layers: int) -> Any:
     transformers = require("transformers", "export")
-    state, shape = state_dict_from_onnx(path)
-    config = transformers.BertConfig(
+    return transformers.BertConfig(
         vocab_size=shape.vocab_size,
         hidden_size=shape.hidden_size,
-        num_hidden_layers=shape.num_hidden_layers,
+        num_hidden_layers=layers,
         num_attention_heads=shape.num_attention_heads,
         intermediate_size=shape.intermediate_size,
         max_position_embeddings=shape.max_position_embeddings,
         type_vocab_size=shape.type_vocab_size,
-        num_labels=shape.num_labels,
+        num_labels=max(shape.num_labels, 1),
         layer_norm_eps=shape.layer_norm_eps,
         hidden_act="gelu",
         attn_implementation="eager",
     )
-    model = transformers.BertForSequenceClassification(config)
+
+
+def _load(model: Any, state: dict[str, np.ndarray], path: str | Path) -> None:
+    torch = require("torch", "export")
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
     result = model.load_state_dict(tensors, strict=False)
     unexpected = [k for k in result.missing_keys if not k.endswith("position_ids")]
     if unexpected or result.unexpected_keys:
         raise InputError(f"{path}: weights do not fit BERT ({unexpected[:3]} missing, {result.unexpected_keys[:3]})")
+
+
+def torch_from_onnx(path: str | Path) -> Any:
+    """A ``BertForSequenceClassification`` (fp32, eval mode) holding the ONNX graph's weights, dequantised."""
+    transformers = require("transformers", "export")
+    state, shape = state_dict_from_onnx(path)
+    model = transformers.BertForSequenceClassification(_config(shape, shape.num_hidden_layers))
+    _load(model, state, path)
     log.info(
         "ONNX %s → torch BERT: %d layers, hidden %d, %d heads",
         path,
@@ -273,6 +312,21 @@ def torch_from_onnx(path: str | Path) -> Any:
         shape.hidden_size,
         shape.num_attention_heads,
     )
+    return model.eval()
+
+
+def encoder_from_onnx(path: str | Path, layers: int | None = None) -> Any:
+    """A ``BertModel`` without pooler (fp32, eval mode) holding a bare ONNX encoder's weights, dequantised;
+    with ``layers``, only its embeddings and first ``layers`` transformer layers (a truncated encoder)."""
+    transformers = require("transformers", "export")
+    state, shape = encoder_state_dict_from_onnx(path)
+    keep = shape.num_hidden_layers if layers is None else layers
+    if not 1 <= keep <= shape.num_hidden_layers:
+        raise InputError(f"{path}: has {shape.num_hidden_layers} layers, cannot keep {keep}")
+    state = {k: v for k, v in state.items() if not (m := _LAYER.match(k)) or int(m.group(1)) < keep}
+    model = transformers.BertModel(_config(shape, keep), add_pooling_layer=False)
+    _load(model, state, path)
+    log.info("ONNX %s → torch BertModel: %d of %d layers", path, keep, shape.num_hidden_layers)
     return model.eval()
 
 

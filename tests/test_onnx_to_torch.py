@@ -1,5 +1,6 @@
 """ONNX BERT classifier → torch: a tiny BERT classifier fixture (random weights, not a real model) exported to
-ONNX, dynamically quantised by ONNX Runtime, and read back."""
+ONNX, dynamically quantised by ONNX Runtime, and read back; likewise its bare encoder (a ``BertModel`` export,
+as bi-encoders ship)."""
 
 import numpy as np
 import pytest
@@ -12,7 +13,12 @@ need("onnx", "export")
 need("onnxruntime", "export")
 
 from twostage_search.engine.errors import InputError
-from twostage_search.rerankers.onnx_to_torch import state_dict_from_onnx, torch_from_onnx
+from twostage_search.rerankers.onnx_to_torch import (
+    encoder_from_onnx,
+    encoder_state_dict_from_onnx,
+    state_dict_from_onnx,
+    torch_from_onnx,
+)
 
 LINEARS = ("attention.self.query", "attention.self.key", "attention.output.dense", "intermediate.dense")
 
@@ -153,3 +159,66 @@ def test_a_graph_that_is_not_a_bert_classifier_is_refused(tmp_path):
         torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(path), dynamo=False)
     with pytest.raises(InputError, match="not a BERT sequence classifier"):
         state_dict_from_onnx(path)
+
+
+@pytest.fixture(scope="module")
+def bare_encoder(tiny_bert, tmp_path_factory):
+    """The classifier's own ``BertModel`` (no pooler output used) exported bare: inputs → last hidden state."""
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny-encoder") / "fp32.onnx"
+    ids = torch.tensor([[2, 7, 9, 3, 11, 12, 3]])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+
+    class Bare(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = tiny_bert.bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+
+    with torch.no_grad():
+        torch.onnx.export(
+            Bare().eval(),  # eval: the exporter restores the wrapper's mode, and with it the shared fixture's
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(path),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+            opset_version=17,
+            dynamo=False,
+        )
+    return path, ids
+
+
+def test_bare_encoder_graph_gives_the_encoder_weights(tiny_bert, bare_encoder):
+    path, _ = bare_encoder
+    state, shape = encoder_state_dict_from_onnx(path)
+    assert (shape.num_hidden_layers, shape.num_attention_heads, shape.num_labels) == (2, 4, 0)
+    original = {
+        k.removeprefix("bert."): v.numpy()
+        for k, v in tiny_bert.state_dict().items()
+        if k.startswith("bert.") and not k.startswith("bert.pooler") and not k.endswith("position_ids")
+    }
+    assert set(state) == set(original)
+    for key, value in original.items():
+        assert np.array_equal(state[key], value), key
+
+
+def test_truncated_encoder_gives_the_hidden_states_after_its_layers(tiny_bert, bare_encoder):
+    import torch
+
+    path, ids = bare_encoder
+    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
+    with torch.no_grad():
+        states = tiny_bert.bert(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+        for layers in (1, 2):
+            model = encoder_from_onnx(path, layers)
+            assert model.config.num_hidden_layers == layers and not model.training
+            got = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+            assert torch.equal(got, states.hidden_states[layers])  # the same weights through the same code
+    with pytest.raises(InputError, match="cannot keep 3"):
+        encoder_from_onnx(path, 3)
+    with pytest.raises(InputError, match="not a BERT sequence classifier"):
+        state_dict_from_onnx(path)  # no classifier in a bare encoder

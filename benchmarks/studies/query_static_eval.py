@@ -64,7 +64,7 @@ def evaluate_sides(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
     }
     args.cache.mkdir(parents=True, exist_ok=True)
-    for split in ("dev", "test"):
+    for split in args.splits.split(","):
         ids, graded = split_ids(args.dataset, split)
         qrels = {q: {d: g - args.grade_offset for d, g in docs.items()} for q, docs in graded.items()}
         ids = [q for q in ids if q in texts][: args.limit or None]
@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         "--grade-offset", type=int, default=0, help="subtracted from every grade (1: CrowdFlower, Home Depot)"
     )
     e.add_argument("--limit", type=int, default=0, help="the first N queries of each split, file order (0: all)")
+    e.add_argument("--splits", choices=("dev,test", "dev", "test"), default="dev,test", help="which splits to run")
+    e.add_argument("--name", default="query_static", help="the report is OUT/NAME-DATASET[-SPLIT].json")
     e.add_argument("--cache", type=Path, default=Path("var/query_static"), help="full-side query vectors")
     e.add_argument("--out", type=Path, default=Path("benchmarks/results/query_static"))
     t = sub.add_parser("timing", help="query encoding p50 of each side, side by side (a quiet machine)")
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.command == "evaluate":
         report = evaluate_sides(args)
-        out = args.out / f"query_static-{args.dataset.name}.json"
+        suffix = "" if args.splits == "dev,test" else f"-{args.splits}"
+        out = args.out / f"{args.name}-{args.dataset.name}{suffix}.json"
     else:
         report = timing(args)
         out = args.out

@@ -62,3 +62,10 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, built_indexes, caplog):
     assert study.main([*argv, "--same", "bm25=nope"]) == 2
     assert study.main([*argv, "--split", "dev"]) != 0  # the tiny set has no train.tsv
     assert not list(tmp_path.iterdir())
+
+
+def test_overlap_share_counts_two_empty_rankings_as_agreeing():
+    from twostage_search.benchmarks.studies.first_stage_ratio import overlap_share
+
+    assert overlap_share([], []) == 1.0 and overlap_share(["a"], []) == 0.0
+    assert overlap_share(["a", "b"], ["b", "c", "d", "e"]) == 0.25

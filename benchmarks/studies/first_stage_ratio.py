@@ -55,6 +55,13 @@ SEED = 13
 BOOTSTRAP = 2000
 
 
+def overlap_share(ranking: list[str], reference: list[str]) -> float:
+    """The share of ``reference``'s documents that ``ranking`` also holds (two empty rankings agree: 1)."""
+    if not reference:
+        return 0.0 if ranking else 1.0
+    return len(set(ranking) & set(reference)) / len(reference)
+
+
 def parse_variant(spec: str) -> tuple[str, Path, dict[str, Any]]:
     """``NAME=PATH[,key=value...]`` → (name, path, retriever options); numbers become int or float."""
     name, sep, rest = spec.partition("=")
@@ -166,9 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     checks = []
     for a, b in same:
         identical = sum(rankings[a][q] == rankings[b][q] for q in query_ids) / len(query_ids)
-        overlap = mean(
-            [len(set(rankings[a][q]) & set(rankings[b][q])) / max(1, len(rankings[b][q])) for q in query_ids]
-        )
+        overlap = mean([overlap_share(rankings[a][q], rankings[b][q]) for q in query_ids])
         checks.append(
             {
                 "variant": a,

@@ -26,8 +26,8 @@ def add_fusion_arguments(p: Any, *, build: bool = False) -> None:
             "--lexical",
             choices=LEXICAL_BACKENDS,
             default=None,
-            help=f"backend of the bm25 component (default {KNOWN_COMPONENTS['bm25']}; bm25-csc ranks the same, in "
-            "process)",
+            help=f"backend of the bm25 component (default {KNOWN_COMPONENTS['bm25']}: Lucene's BM25 scores, in "
+            "process; lucene-bm25 ranks the same)",
         )
     p.add_argument(
         "--fusion", choices=METHODS, default=DEFAULT_METHOD, help=f"fusion method (default {DEFAULT_METHOD})"

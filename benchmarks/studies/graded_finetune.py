@@ -175,6 +175,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             states[("crowdflower", "train")] + states[("homedepot", "train")],
             cf_train + hd_train,
         )
+    if args.data != "all":
+        data_options = {k: v for k, v in data_options.items() if k == args.data}
+        if not data_options:
+            raise SystemExit(f"--data {args.data!r}: not available (give --homedepot and --homedepot-train)")
     for data_name, (x, y) in data_options.items():
         for lr in args.lr:
             setting = TrainSetting(lr=lr, epochs=args.epochs, data=data_name, batch_size=args.batch_size)
@@ -335,6 +339,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--crowdflower", type=Path, required=True, help="the CrowdFlower search-relevance BEIR folder")
     p.add_argument("--homedepot", type=Path, default=None, help="the Home Depot search-relevance BEIR folder")
     p.add_argument("--homedepot-train", action="store_true", help="also train on the Home Depot train subsample")
+    p.add_argument(
+        "--data",
+        choices=("all", "crowdflower", "crowdflower + homedepot"),
+        default="all",
+        help="train on this training data only (default: every option given)",
+    )
     p.add_argument("--lr", type=float, nargs="+", default=[5e-5], help="learning rates tried")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)

@@ -32,7 +32,7 @@ from twostage_search.engine.argtypes import key_values
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.registry import rerankers
-from twostage_search.engine.types import Candidate, RankedList
+from twostage_search.engine.types import Candidate, Query
 
 log = logging.getLogger(__name__)
 SEED = 13
@@ -67,12 +67,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_queries:
         ids = ids[: args.max_queries]
     models = {label: rerankers.get(name)(**options) for label, (name, options) in zip(labels, specs, strict=True)}
-    lists = []
+    lists: list[tuple[Query, list[Candidate]]] = []
     for qid in ids:
         docs = [data.corpus[d] for d in sorted(data.qrels.get(qid, {})) if d in data.corpus]
         if docs:
             candidates = [Candidate(d.doc_id, 0.0, d.text, d.title) for d in docs]
-            lists.append((data.queries[qid], RankedList.from_candidates(qid, candidates)))
+            lists.append((data.queries[qid], candidates))
     if not lists:
         raise InputError(f"no judged query in split {args.split!r}")
     for query, ranking in lists[: args.warmup]:

@@ -42,6 +42,7 @@ from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies.graded_finetune import (
     MAX_LENGTH,
     dev_kappa,
+    grader_tables,
     load_states,
     save_states,
     score_test,
@@ -223,23 +224,7 @@ def table(report: Mapping[str, Any]) -> str:
         f"{c['fp16']['test_kappa_quadratic']:.4f}",
         f"serving check: {report['serving_check']}",
     ]
-    for name in ("crowdflower", "homedepot"):
-        if name not in report:
-            continue
-        k = 3 if name == "homedepot" else 4
-        lines += [
-            f"\n{name} test ({report[name]['test_pairs']} pairs, {report[name]['test_queries']} queries)",
-            f"| grader | Acc@{k} | Acc@2 | Macro-F1@{k} | κ linear | κ quadratic |",
-            "|" + " --- |" * 6,
-        ]
-        for r in report[name]["rows"]:
-            lines.append(
-                f"| {r['grader']} | {r[f'acc@{k}']:.3f} | {r['acc@2']:.3f} | {r[f'macro_f1@{k}']:.3f} "
-                f"| {r['kappa_linear']:.3f} | {r['kappa_quadratic']:.3f} |"
-            )
-        ci = report[name]["kappa_quadratic_diff_vs_zero_shot"]
-        lines.append(f"Δ κ quadratic (fine-tuned − zero-shot): {ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]")
-    return "\n".join(lines)
+    return "\n".join(lines + grader_tables(report))
 
 
 def parser() -> argparse.ArgumentParser:

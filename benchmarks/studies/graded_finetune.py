@@ -313,6 +313,12 @@ def table(report: Mapping[str, Any]) -> str:
             lines.append(f"| {t['tag']} | {t['epoch']} | {t['dev_kappa_quadratic']:.4f} |")
     c = report["chosen"]
     lines.append(f"chosen on dev: {c['tag']} epoch {c['epoch']} (dev κq {c['dev_kappa_quadratic']:.4f})")
+    return "\n".join(lines + grader_tables(report))
+
+
+def grader_tables(report: dict[str, Any]) -> list[str]:
+    """The markdown lines of each test set's grader table and the fine-tuned − zero-shot κ difference."""
+    lines: list[str] = []
     for name in ("crowdflower", "homedepot"):
         if name not in report:
             continue
@@ -329,7 +335,7 @@ def table(report: Mapping[str, Any]) -> str:
             )
         ci = report[name]["kappa_quadratic_diff_vs_zero_shot"]
         lines.append(f"Δ κ quadratic (fine-tuned − zero-shot): {ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]")
-    return "\n".join(lines)
+    return lines
 
 
 def parser() -> argparse.ArgumentParser:

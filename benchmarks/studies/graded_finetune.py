@@ -316,7 +316,7 @@ def table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines + grader_tables(report))
 
 
-def grader_tables(report: dict[str, Any]) -> list[str]:
+def grader_tables(report: Mapping[str, Any]) -> list[str]:
     """The markdown lines of each test set's grader table and the fine-tuned − zero-shot κ difference."""
     lines: list[str] = []
     for name in ("crowdflower", "homedepot"):

@@ -50,7 +50,7 @@ from twostage_search.indexes import _jvm, _lucene
 from twostage_search.indexes.csc import CscPostings, PostingsBuilder, open_meta, sum_rows
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
 from twostage_search.indexes.lucene_bm25 import ANALYZER, DEFAULT_B, DEFAULT_K1, LuceneBM25Index
-from twostage_search.indexes.meta import atomic_index, write_meta
+from twostage_search.indexes.meta import BM25IndexMeta, atomic_index, write_meta
 from twostage_search.indexes.topk import top_k
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def _check_parameters(k1: float, b: float, scores: str) -> None:
         raise InputError(f"scores must be one of {', '.join(SCORES)}, got {scores!r}")
 
 
-class Bm25CscIndex:
+class Bm25CscIndex(BM25IndexMeta):
     """Term frequencies and one-byte document lengths as memory-mapped arrays, with the document store and
     ``meta.json``; scores as ``lucene-bm25`` (Lucene's ``BM25Similarity``) in process."""
 
@@ -253,17 +253,6 @@ class Bm25CscIndex:
     def open(cls, path: str | Path) -> Bm25CscIndex:
         path = Path(path)
         return cls(path, open_meta(path, cls.backend, FREQS, files=(NORMS,)))
-
-    def __len__(self) -> int:
-        return int(self.meta["doc_count"])
-
-    @property
-    def k1(self) -> float:
-        return float(self.meta["bm25"]["k1"])
-
-    @property
-    def b(self) -> float:
-        return float(self.meta["bm25"]["b"])
 
     def idf(self, df: int) -> np.float32:
         """Lucene's BM25 idf of a term in ``df`` documents: ``ln(1 + (N - df + 0.5) / (df + 0.5))`` in double,

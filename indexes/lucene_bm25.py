@@ -27,7 +27,7 @@ from twostage_search.engine.errors import InputError, TwoStageError
 from twostage_search.engine.types import Candidate, Document, Query, RankedList
 from twostage_search.indexes import _jvm, _lucene
 from twostage_search.indexes.docstore import DocStore, DocStoreWriter
-from twostage_search.indexes.meta import atomic_index, write_meta
+from twostage_search.indexes.meta import BM25IndexMeta, atomic_index, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ DEFAULT_B = 0.4
 ANALYZER = "Anserini DefaultEnglishAnalyzer (StandardTokenizer, lowercase, Lucene English stop words, Porter)"
 
 
-class LuceneBM25Index:
+class LuceneBM25Index(BM25IndexMeta):
     """A Lucene inverted index of the documents' text for BM25, with its document store and ``meta.json``."""
 
     backend = "lucene-bm25"
@@ -137,17 +137,6 @@ class LuceneBM25Index:
     def open(cls, path: str | Path) -> LuceneBM25Index:
         path = Path(path)
         return cls(path, _lucene.open_meta(path, cls.backend, LUCENE_DIR))
-
-    def __len__(self) -> int:
-        return int(self.meta["doc_count"])
-
-    @property
-    def k1(self) -> float:
-        return float(self.meta["bm25"]["k1"])
-
-    @property
-    def b(self) -> float:
-        return float(self.meta["bm25"]["b"])
 
     def retriever(self, encoder: object = None, *, k1: float | None = None, b: float | None = None) -> BM25Retriever:
         """A BM25 searcher over this index (``k1``/``b`` default to the recorded ones; ``encoder`` is ignored)."""

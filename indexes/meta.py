@@ -55,6 +55,24 @@ def atomic_index(target: str | Path, *, overwrite: bool = True) -> contextlib.Ab
     return versioned_directory(target, overwrite=overwrite, marker=META)
 
 
+class BM25IndexMeta:
+    """What both BM25 indexes (``lucene-bm25``, ``bm25-csc``) read from their ``meta.json``: the document count
+    and the BM25 parameters they score with by default."""
+
+    meta: dict[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.meta["doc_count"])
+
+    @property
+    def k1(self) -> float:
+        return float(self.meta["bm25"]["k1"])
+
+    @property
+    def b(self) -> float:
+        return float(self.meta["bm25"]["b"])
+
+
 class ImpactIndexMeta:
     """What every SPLADE impact index (``lucene-impact``, ``impact-csc``, ``opensearch``) reads from its
     ``meta.json``: the quantisation scale, the document count and the encoder it was built with."""

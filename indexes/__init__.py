@@ -28,10 +28,18 @@ def load(path: str | Path) -> Any:
 def open_retriever(index: Any, options: Mapping[str, Any] | None = None, encoder: Any = None) -> Any:
     """``index.retriever(encoder, **options)`` (without ``encoder`` when it is ``None``), where an option the
     backend does not take is an :class:`InputError` naming the ones it does (e.g. ``ef_search`` for a dense
-    index, ``query_side`` for ``impact-csc``)."""
+    index, ``query_side`` for ``impact-csc``). For a hybrid, ``COMPONENT.OPTION`` keys are that component's
+    options (``dense.query_encoder``, ``splade.query_side``)."""
     options = dict(options or {})
     signature = inspect.signature(index.retriever)
     accepted = [n for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    if "components" in accepted:  # a hybrid: "dense.query_encoder" is the dense component's query_encoder
+        nested: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (options.pop("components", None) or {}).items()}
+        for key in [k for k in options if "." in k]:
+            name, _, option = key.partition(".")
+            nested.setdefault(name, {})[option] = options.pop(key)
+        if nested:
+            options["components"] = nested
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         backend = getattr(index, "backend", type(index).__name__)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +36,7 @@ from twostage_search.engine.fusion import DEFAULT_RRF_K, METHODS, MINMAX, fuse
 from twostage_search.engine.protocols import FetchesTextsLater
 from twostage_search.engine.registry import index_backends
 from twostage_search.engine.types import Document, Query, RankedList, ScoredDoc
-from twostage_search.indexes import load
+from twostage_search.indexes import load, open_retriever
 from twostage_search.indexes.meta import atomic_index, read_meta, write_meta
 
 log = logging.getLogger(__name__)
@@ -231,16 +231,26 @@ class HybridIndex:
         weights: dict[str, float] | None = None,
         fusion: Fusion | None = None,
         parallel: bool = False,
+        components: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> HybridRetriever:
         """A fused searcher; ``weights``/``fusion`` override the recorded ones (benchmarks tune them on dev).
 
         ``encoder`` is handed to every component (the SPLADE one uses it; the others ignore what they can't use).
+        ``components`` gives components their own search options by name, e.g. ``{"dense": {"query_encoder":
+        "bundled:bge-small-query-static"}}`` or ``{"splade": {"query_side": "lookup"}}`` (from the command line:
+        ``--retriever-option dense.query_encoder=...``); an option a component's backend does not take is an
+        :class:`InputError` naming the ones it does.
         """
-        unknown = sorted(set(weights or {}) - set(self.weights))
+        components = components or {}
+        unknown = sorted((set(weights or {}) | set(components)) - set(self.weights))
         if unknown:
             raise InputError(f"no component named {', '.join(unknown)} (components: {', '.join(self.weights)})")
         ws = {**self.weights, **(weights or {})}
-        parts = {name: index.retriever(encoder) for name, index in self.components.items() if ws.get(name, 0) > 0}
+        parts = {
+            name: open_retriever(index, components.get(name), encoder)
+            for name, index in self.components.items()
+            if ws.get(name, 0) > 0
+        }
         return HybridRetriever(parts, {n: ws[n] for n in parts}, fusion or self.fusion, parallel=parallel)
 
 

@@ -263,3 +263,28 @@ def test_cluster_doc_freqs_are_kept_per_physical_index(tmp_path, caplog):
     target = tmp_path / "missing" / "file"
     target.parent.write_text("a file where the index directory should be")
     assert cached_doc_freqs(target, "idx--2", count, ["cc"]) == {"cc": 2}  # kept nowhere, still answered
+
+
+def test_hybrid_components_take_their_own_options(built_indexes, tiny_queries, tmp_path):
+    """``COMPONENT.OPTION`` reaches one component of a hybrid: its ranking is that backend's with the option."""
+    pytest.importorskip("onnxruntime")
+    from twostage_search import indexes
+    from twostage_search.indexes.hybrid import Component, HybridIndex
+
+    dense, csc = built_indexes["dense-flat"], built_indexes["impact-csc"]
+    parts = [Component("splade", str(csc.path), 1.0), Component("dense", str(dense.path), 2.0)]
+    hybrid = HybridIndex.compose(tmp_path / "hybrid", parts)
+    static = "bundled:bge-small-query-static"
+    options = {"dense.query_encoder": static, "splade.query_side": "lookup", "weights": {"splade": 1.0}}
+    retriever = indexes.open_retriever(hybrid, options)
+    lookup, student = csc.retriever(query_side="lookup"), dense.retriever(query_encoder=static)
+    for q in tiny_queries[:3]:
+        assert retriever.components["splade"].retrieve(q, 5) == lookup.retrieve(q, 5), q.text
+        assert retriever.components["dense"].retrieve(q, 5) == student.retrieve(q, 5), q.text
+    for bad, message in [
+        ({"sparse.query_side": "lookup"}, "no component named sparse"),
+        ({"dense.query_side": "lookup"}, r"dense-flat retrievers take no option query_side"),
+        ({"splade.query_side": "Lookup"}, "query_side must be"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            indexes.open_retriever(hybrid, bad)

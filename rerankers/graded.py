@@ -200,14 +200,7 @@ class GradedReranker:
         if not candidates:
             return []
         rows = pair_features(query.text, candidates, logits)
-        x = self.model.matrix(rows)
-        probs = self.model.probabilities(x)
-        expected = probs @ np.array(self.grades, dtype=np.float64)
-        hard = self.model.grade(x)
-        return [
-            Judgement(c.doc_id, g, float(e), probs4(p), source="graded")
-            for c, g, e, p in zip(candidates, hard, expected, probs, strict=True)
-        ]
+        return graded_judgements(self.model, self.grades, self.model.matrix(rows), candidates, "graded")
 
     def rerank_with_cost(self, query: Query, candidates: Sequence[Candidate]) -> tuple[RankedList, StageCost]:
         judgements, cost = self.judge_with_cost(query, candidates)
@@ -215,6 +208,19 @@ class GradedReranker:
 
     def rerank(self, query: Query, candidates: Sequence[Candidate]) -> RankedList:
         return self.rerank_with_cost(query, candidates)[0]
+
+
+def graded_judgements(
+    model: Any, grades: Sequence[int], x: np.ndarray, candidates: Sequence[Candidate], source: str
+) -> list[Judgement]:
+    """One judgement per candidate from a graded model's ``probabilities`` and ``grade`` over the candidates'
+    feature rows ``x``: the grade, E[grade] over ``grades`` and P(grade)."""
+    probs = model.probabilities(x)
+    expected = probs @ np.array(grades, dtype=np.float64)
+    return [
+        Judgement(c.doc_id, g, float(e), probs4(p), source=source)
+        for c, g, e, p in zip(candidates, model.grade(x), expected, probs, strict=True)
+    ]
 
 
 def probs4(p: Any) -> tuple[float, float, float, float] | None:

@@ -38,7 +38,15 @@ from twostage_search.engine.errors import InputError
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER, resolve_model
 from twostage_search.engine.optional import require
 from twostage_search.engine.types import Candidate, Query, RankedList
-from twostage_search.rerankers.graded import LEXICAL, MATCH, MODEL_FILE, RELATIVE, pair_features, passage, probs4
+from twostage_search.rerankers.graded import (
+    LEXICAL,
+    MATCH,
+    MODEL_FILE,
+    RELATIVE,
+    graded_judgements,
+    pair_features,
+    passage,
+)
 from twostage_search.rerankers.graded_stacked import DEFAULT_STACKED_MODEL, KNOWN
 from twostage_search.rerankers.llm.lore_labels import Judgement
 from twostage_search.rerankers.ordinal import OrdinalModel
@@ -226,13 +234,7 @@ class GradedCEReranker:
         if not candidates:
             return []
         x = self.features(query, candidates, logits, signals)
-        probs = self.model.probabilities(x)
-        expected = probs @ np.array(self.grades, dtype=np.float64)
-        hard = self.model.grade(x)
-        return [
-            Judgement(c.doc_id, g, float(e), probs4(p), source="graded-ce")
-            for c, g, e, p in zip(candidates, hard, expected, probs, strict=True)
-        ]
+        return graded_judgements(self.model, self.grades, x, candidates, "graded-ce")
 
     def judge(self, query: Query, candidates: Sequence[Candidate]) -> list[Judgement]:
         """One judgement per candidate, in input order: grade (``label``, L1–L4), E[grade], P(grade)."""

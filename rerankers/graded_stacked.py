@@ -30,7 +30,7 @@ from twostage_search.engine.dense import DEFAULT_DENSE
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER, resolve_model
 from twostage_search.engine.types import Candidate, Query, RankedList
-from twostage_search.rerankers.graded import LOGITS, MODEL_FILE, load_graded_model, passage, probs4
+from twostage_search.rerankers.graded import LOGITS, MODEL_FILE, graded_judgements, load_graded_model, passage
 from twostage_search.rerankers.llm.lore_labels import Judgement
 from twostage_search.rerankers.ordinal import OrdinalModel
 from twostage_search.rerankers.stacked import StackedModel
@@ -189,13 +189,7 @@ class GradedStackedReranker:
         if not candidates:
             return []
         x = self.model.matrix(self.features(query, candidates, signals))
-        probs = self.model.probabilities(x)
-        expected = probs @ np.array(self.grades, dtype=np.float64)
-        hard = self.model.grade(x)
-        return [
-            Judgement(c.doc_id, g, float(e), probs4(p), source="graded-stacked")
-            for c, g, e, p in zip(candidates, hard, expected, probs, strict=True)
-        ]
+        return graded_judgements(self.model, self.grades, x, candidates, "graded-stacked")
 
     def judge(self, query: Query, candidates: Sequence[Candidate]) -> list[Judgement]:
         """One judgement per candidate, in input order: grade (``label``, L1–L4), E[grade], P(grade)."""

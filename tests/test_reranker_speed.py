@@ -22,7 +22,16 @@ def splits(tmp_path):
 
 
 def test_every_reranker_sees_the_same_pairs(tmp_path, splits, capsys):
-    argv = ["--dataset", str(GRADED), "--splits-file", str(splits), "--warmup", "1", "--out", str(tmp_path)]
+    argv = [
+        "--dataset",
+        str(GRADED),
+        "--splits-file",
+        str(splits),
+        "--warmup",
+        "1",
+        "--out",
+        str(tmp_path / "reranker_speed.json"),
+    ]
     assert reranker_speed.main([*argv, "--reranker", "identity", "--reranker", "onnx-cross-encoder:batch_size=4"]) == 0
     report = json.loads((tmp_path / "reranker_speed.json").read_text())
     judged = [line.split("\t")[0] for line in (GRADED / "qrels" / "test.tsv").read_text().splitlines()[1:]]

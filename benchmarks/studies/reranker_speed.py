@@ -16,9 +16,7 @@ queries, the p50 milliseconds per query, and the pairs-per-second ratio to the f
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import numpy as np
 from twostage_search.benchmarks.evaluation import machine, percentile
 from twostage_search.benchmarks.graded import load_graded
 from twostage_search.benchmarks.graded_data import SPLITS_DIR, read_splits
+from twostage_search.benchmarks.report import run_study
 from twostage_search.engine.argtypes import key_values
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.logs import setup_logging
@@ -131,22 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reranker", action="append", required=True, help="NAME[:key=value,...] (repeatable)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--max-queries", type=int, default=0, help="the first N queries of the split (0: all)")
-    parser.add_argument("--out", type=Path, default=None, help="write NAME.json and NAME.md here")
-    parser.add_argument("--name", default="reranker_speed")
+    parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        report = run(args)
-    except InputError as exc:
-        print(f"reranker_speed: error: {exc}", file=sys.stderr)
-        return 2
-    text = markdown(report)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        (args.out / f"{args.name}.md").write_text(text, encoding="utf-8")
-    sys.stdout.write(text)
-    return 0
+    return run_study(args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 STAGES = ("bm25", "splade-csc", "splade-csc-lookup", "splade-lucene", "dense-flat", "dense-hnsw", "hybrid")
 # Stages searched over another stage's index (built for that one), and the indexes a composed stage needs.
-NEEDS = {"splade-csc-lookup": ("splade-csc",), "hybrid": ("bm25", "dense-flat")}
+NEEDS = {"hybrid": ("bm25", "dense-flat"), **{stage: (index,) for stage, (index, _) in probes.SHARED.items()}}
 T = TypeVar("T")
 
 
@@ -100,8 +100,8 @@ def build_stage(stage: str, corpus: data.Corpus, where: Path, args: argparse.Nam
     from twostage_search.indexes.lucene_bm25 import LuceneBM25Index
     from twostage_search.indexes.lucene_impact import LuceneImpactIndex
 
-    if stage == "splade-csc-lookup":  # the splade-csc index, searched with another query side
-        return {"seconds": 0.0, "composed_of": ["splade-csc"]}
+    if stage in probes.SHARED:  # another stage's index, searched with other options
+        return {"seconds": 0.0, "composed_of": [probes.index_dir(stage)]}
     if stage == "hybrid":  # composed over the size's BM25 and exact dense indexes
         parts = [
             Component("bm25", str(where.parent / "bm25"), 1.0),

@@ -27,9 +27,13 @@ def _dense_options(stage: str, ef: int) -> dict[str, Any]:
     return {"search": "exact"} if stage == "dense-flat" else {"ef_search": ef} if stage == "dense-hnsw" else {}
 
 
+# Stages that search another stage's index with other search options (no index of their own).
+SHARED = {"splade-csc-lookup": ("splade-csc", {"query_side": "lookup"})}
+
+
 def index_dir(stage: str) -> str:
-    """The index a stage searches: its own, or the one it shares (a lookup query side over ``splade-csc``)."""
-    return stage.removesuffix("-lookup")
+    """The index a stage searches: its own, or the one it shares (:data:`SHARED`)."""
+    return SHARED[stage][0] if stage in SHARED else stage
 
 
 def _retrievers(root: Path, stages: list[str], ef: int) -> dict[str, Any]:
@@ -41,8 +45,8 @@ def _retrievers(root: Path, stages: list[str], ef: int) -> dict[str, Any]:
     shared: dict[str, Any] = {}
     out: dict[str, Any] = {}
     for stage, index in opened.items():
-        if stage.endswith("-lookup"):
-            out[stage] = index.retriever(query_side="lookup")
+        if stage in SHARED:
+            out[stage] = index.retriever(**SHARED[stage][1])
         elif stage.startswith("splade"):
             encoder = shared.setdefault("splade", encoder_from_meta(index.meta["encoder"]))
             out[stage] = index.retriever(encoder)
@@ -122,8 +126,8 @@ def measure_memory(root: Path, stage: str, args: argparse.Namespace) -> dict[str
     index_path = root / index_dir(stage)
     extra = _dense_options(stage, args.ef)
     encoder: Any = None
-    if stage.endswith("-lookup"):
-        extra = {"query_side": "lookup"}
+    if stage in SHARED:
+        extra = SHARED[stage][1]
     elif stage.startswith("splade"):
         encoder = encoder_from_meta(indexes.load(index_path).meta["encoder"])
         encoder.encode_queries([queries[0].text])

@@ -253,16 +253,19 @@ def test_cluster_doc_freqs_are_kept_per_physical_index(tmp_path, caplog):
         calls.append(terms)
         return {t: len(t) for t in terms if t != "zz"}
 
-    assert cached_doc_freqs(tmp_path, "idx--1", count, ["b", "aaa", "zz", "b"]) == {"aaa": 3, "b": 1}
+    assert cached_doc_freqs(tmp_path, "idx--1", count, lambda: ["b", "aaa", "zz", "b"]) == {"aaa": 3, "b": 1}
     assert calls == [["aaa", "b", "zz"]]  # each term once, sorted
-    assert cached_doc_freqs(tmp_path, "idx--1", count, ["other"]) == {"aaa": 3, "b": 1} and len(calls) == 1
-    assert cached_doc_freqs(tmp_path, "idx--2", count, ["cc"]) == {"cc": 2} and len(calls) == 2  # rebuilt
+    assert (
+        cached_doc_freqs(tmp_path, "idx--1", count, lambda: pytest.fail("read")) == {"aaa": 3, "b": 1}
+        and len(calls) == 1
+    )
+    assert cached_doc_freqs(tmp_path, "idx--2", count, lambda: ["cc"]) == {"cc": 2} and len(calls) == 2  # rebuilt
     (tmp_path / "doc_freqs.json").write_text("{not json")
-    assert cached_doc_freqs(tmp_path, "idx--2", count, ["cc"]) == {"cc": 2} and len(calls) == 3
+    assert cached_doc_freqs(tmp_path, "idx--2", count, lambda: ["cc"]) == {"cc": 2} and len(calls) == 3
     assert "counting again" in caplog.text
     target = tmp_path / "missing" / "file"
     target.parent.write_text("a file where the index directory should be")
-    assert cached_doc_freqs(target, "idx--2", count, ["cc"]) == {"cc": 2}  # kept nowhere, still answered
+    assert cached_doc_freqs(target, "idx--2", count, lambda: ["cc"]) == {"cc": 2}  # kept nowhere, still answered
 
 
 def test_hybrid_components_take_their_own_options(built_indexes, tiny_queries, tmp_path):

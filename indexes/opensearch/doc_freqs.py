@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,11 @@ def doc_freqs_text(physical: str, doc_freqs: Mapping[str, int]) -> str:
     return json.dumps({"index": physical, "doc_freqs": dict(doc_freqs)}, sort_keys=True) + "\n"
 
 
-def cached_doc_freqs(folder: Path, physical: str, count: Any, vocabulary: Iterable[str]) -> dict[str, int]:
-    """The document frequencies of ``physical`` from ``folder/doc_freqs.json``, else ``count(terms)`` then kept there.
+def cached_doc_freqs(
+    folder: Path, physical: str, count: Any, vocabulary: Callable[[], Iterable[str]]
+) -> dict[str, int]:
+    """The document frequencies of ``physical`` from ``folder/doc_freqs.json``, else ``count`` of the terms of
+    ``vocabulary()`` (read only then), kept there.
 
     A file counted on another physical index (before a rebuild) is not used. Writing it is best effort: an
     index directory that cannot be written (a read-only deployment) costs one count per open.
@@ -65,7 +68,7 @@ def cached_doc_freqs(folder: Path, physical: str, count: Any, vocabulary: Iterab
         pass
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignoring %s (%s); counting again", target, exc)
-    counts: dict[str, int] = count(sorted(set(vocabulary)))
+    counts: dict[str, int] = count(sorted(set(vocabulary())))
     try:
         atomic_write_text(target, doc_freqs_text(physical, counts))
     except OSError as exc:

@@ -330,4 +330,6 @@ class OpenSearchIndex(AliasedIndex, ImpactIndexMeta):
             with translate_errors(self.settings, f"counting terms of {self.alias!r}", missing=self.missing_message()):
                 return count_terms(self.client, self.alias, terms)
 
-        return cached_doc_freqs(self.path, str(self.meta["opensearch"]["index"]), count, model_vocabulary(model))
+        return cached_doc_freqs(
+            self.path, str(self.meta["opensearch"]["index"]), count, lambda: model_vocabulary(model)
+        )

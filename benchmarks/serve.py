@@ -32,6 +32,25 @@ def stop_server(proc: subprocess.Popen[Any]) -> None:
             proc.wait(timeout=30)
 
 
+def spawn_serve(
+    index: Path, log_path: Path, *, experiment: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``twostage serve`` over ``index`` on a free local port, its output to ``log_path``; not waited for.
+
+    ``env`` adds to this process's environment (``HF_HUB_OFFLINE=1`` unless set). Returns the process and the
+    base URL; stop it with :func:`stop_server`."""
+    port = free_port()
+    full_env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})}
+    cmd = [sys.executable, "-m", "twostage_search.cli", "serve", "--index", str(index)]
+    if experiment is not None:
+        cmd += ["--experiment", str(experiment)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 class ServeProcess:
     """``twostage serve`` in a subprocess on a free local port, ready when constructed; ``close()`` stops it.
 
@@ -54,21 +73,10 @@ class ServeProcess:
 
         from twostage_search.engine.errors import TwoStageError
 
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        full_env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-            "TWOSTAGE_DATA_DIR": str(data_dir),
-            **(env or {}),
-        }
-        cmd = [sys.executable, "-m", "twostage_search.cli", "serve", "--index", str(index)]
-        cmd += ["--experiment", str(experiment), "--host", "127.0.0.1", "--port", str(port)]
         self.log_path = data_dir / "server.log"
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full_env
-            )
+        self.proc, self.base = spawn_serve(
+            index, self.log_path, experiment=experiment, env={"TWOSTAGE_DATA_DIR": str(data_dir), **(env or {})}
+        )
         self.client = httpx.Client(timeout=180, headers=headers or {})
         deadline = time.monotonic() + timeout_s
         while True:

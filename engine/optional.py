@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 
-from twostage_search.engine.errors import MissingDependencyError
+from twostage_search.engine.errors import InputError, MissingDependencyError
+
+log = logging.getLogger(__name__)
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -16,3 +19,17 @@ def require(module: str, extra: str) -> ModuleType:
         raise MissingDependencyError(
             f"{module!r} is required for this feature: pip install 'twostage-search[{extra}]' ({exc})"
         ) from exc
+
+
+def torch_with_threads(threads: int | None, extra: str) -> ModuleType:
+    """``torch`` (see :func:`require`), its intra-op thread count set to ``threads`` first unless ``None``.
+
+    The count is a process-wide setting of torch's, shared by every model in the process; a change is logged
+    so that two components asking for different counts are visible."""
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be ≥ 1, got {threads}")
+    torch = require("torch", extra)
+    if threads is not None and torch.get_num_threads() != threads:
+        log.info("torch intra-op threads (process-wide): %d -> %d", torch.get_num_threads(), threads)
+        torch.set_num_threads(threads)
+    return torch

@@ -19,7 +19,7 @@ from twostage_search.engine.cost import StageCost
 from twostage_search.engine.deadline import Deadline, PartialRanking
 from twostage_search.engine.errors import TwoStageError
 from twostage_search.engine.models import resolve_model
-from twostage_search.engine.optional import require
+from twostage_search.engine.optional import require, torch_with_threads
 from twostage_search.engine.types import Candidate, Query, RankedList
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,8 @@ class CrossEncoderReranker:
             raise ValueError("batch_size must be ≥ 1 and max_length ≥ 8")
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        torch = require("torch", "rerank")
+        torch = torch_with_threads(threads, "rerank")
         st = require("sentence_transformers", "rerank")
-        if threads is not None:
-            torch.set_num_threads(threads)
         self.model_spec = model
         self.batch_size = batch_size
         self.max_length = max_length

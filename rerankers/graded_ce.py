@@ -36,7 +36,7 @@ import numpy as np
 from twostage_search.engine.cost import StageCost
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER, resolve_model
-from twostage_search.engine.optional import require
+from twostage_search.engine.optional import require, torch_with_threads
 from twostage_search.engine.types import Candidate, Query, RankedList
 from twostage_search.rerankers.graded import (
     LEXICAL,
@@ -161,9 +161,7 @@ class GradedCEReranker:
     ) -> None:
         if batch_size < 1:
             raise InputError(f"batch_size must be ≥ 1, got {batch_size}")
-        torch = require("torch", EXTRA)
-        if threads is not None:
-            torch.set_num_threads(threads)
+        torch = torch_with_threads(threads, EXTRA)
         self.model, delta = load_graded_ce_model(model)
         meta = self.model.meta or {}
         self.grades = self.model.grades

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.serve import closed_loop_requests, free_port, stop_server, wait_ready
+from twostage_search.benchmarks.serve import closed_loop_requests, spawn_serve, stop_server, wait_ready
 from twostage_search.engine.beir import find_file, read_queries
 from twostage_search.engine.logs import setup_logging
 
@@ -125,30 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     token = os.urandom(12).hex()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         exp = Path(tmp) / "load.json"
         exp.write_text(json.dumps(_experiment(args.reranker, args.rerank_depth, args.depth)))
-        env = {**os.environ, "TWOSTAGE_ADMIN_TOKEN": token, "HF_HUB_OFFLINE": "1", "TWOSTAGE_WORKERS": "4"}
-        cmd = [
-            sys.executable,
-            "-m",
-            "twostage_search.cli",
-            "serve",
-            "--index",
-            str(args.index),
-            "--experiment",
-            str(exp),
-        ]
-        cmd += ["--host", "127.0.0.1", "--port", str(port)]
+        env = {"TWOSTAGE_ADMIN_TOKEN": token, "TWOSTAGE_WORKERS": "4"}
         log_path = Path(tmp) / "server.log"
-        with log_path.open("wb") as server_log:
-            proc = subprocess.Popen(cmd, stdout=server_log, stderr=subprocess.STDOUT, env=env)
-            try:
-                result = asyncio.run(_drive(args, base, proc, token))
-            finally:
-                stop_server(proc)
+        proc, base = spawn_serve(args.index, log_path, experiment=exp, env=env)
+        try:
+            result = asyncio.run(_drive(args, base, proc, token))
+        finally:
+            stop_server(proc)
         lines = log_path.read_text(errors="replace").count('"endpoint":"/search"')
     report = {
         "reranker": args.reranker,

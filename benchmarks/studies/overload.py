@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.serve import closed_loop_requests, free_port, stop_server, wait_ready
+from twostage_search.benchmarks.serve import closed_loop_requests, spawn_serve, stop_server, wait_ready
 from twostage_search.engine.assignment import assign
 from twostage_search.engine.beir import find_file, read_queries
 from twostage_search.engine.logs import setup_logging
@@ -374,23 +374,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overload: no index at {args.index}", file=sys.stderr)
         return 2
     token = os.urandom(12).hex()
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "TWOSTAGE_ADMIN_TOKEN": token,
-            "HF_HUB_OFFLINE": "1",
-            "TWOSTAGE_WORKERS": str(args.workers),
-            "TWOSTAGE_QUEUE": str(args.queue),
-        }
-        cmd = [sys.executable, "-m", "twostage_search.cli", "serve", "--index", str(args.index)]
-        cmd += ["--host", "127.0.0.1", "--port", str(port)]  # the default experiment: `arms` reads it
-        with (Path(tmp) / "server.log").open("wb") as server_log:
-            proc = subprocess.Popen(cmd, stdout=server_log, stderr=subprocess.STDOUT, env=env)
-            try:
-                result = asyncio.run(drive(args, f"http://127.0.0.1:{port}", proc, token))
-            finally:
-                stop_server(proc)
+        env = {"TWOSTAGE_ADMIN_TOKEN": token, "TWOSTAGE_WORKERS": str(args.workers), "TWOSTAGE_QUEUE": str(args.queue)}
+        # the default experiment: `arms` reads it
+        proc, base = spawn_serve(args.index, Path(tmp) / "server.log", env=env)
+        try:
+            result = asyncio.run(drive(args, base, proc, token))
+        finally:
+            stop_server(proc)
     report = {"workers": args.workers, "queue": args.queue, "rerank_depth": args.depth, "cpus": os.cpu_count()}
     report.update(result)
     args.out.mkdir(parents=True, exist_ok=True)

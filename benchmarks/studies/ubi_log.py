@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,42 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.serve import free_port, stop_server
+from twostage_search.benchmarks.serve import ServeProcess
 from twostage_search.engine.beir import find_file, read_queries
 
 BOOTSTRAP = 2000
 LOG_FILE = "ubi.sqlite3"  # the service's SQLite log in its data directory
-
-
-def _start(args: argparse.Namespace, experiment: Path, data_dir: Path, log_on: bool) -> tuple[Any, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TWOSTAGE_DATA_DIR": str(data_dir),
-        "TWOSTAGE_LOG_ENABLED": "true" if log_on else "false",
-        "TWOSTAGE_LOG_SYNCHRONOUS": args.synchronous,
-    }
-    cmd = [sys.executable, "-m", "twostage_search.cli", "serve", "--index", str(args.index)]
-    cmd += ["--experiment", str(experiment), "--host", "127.0.0.1", "--port", str(port)]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with (data_dir / "server.log").open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(client: Any, base: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}")
-        try:
-            if client.get(f"{base}/readyz").status_code == 200:
-                return
-        except Exception:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError("server not ready in time")
 
 
 def _percentiles(ms: np.ndarray) -> dict[str, float]:
@@ -165,13 +133,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     exp = tmp / "exp.json"
     arm = {"name": "first", "weight": 1.0, "reranker": {"name": "identity"}, "depth": args.depth}
     exp.write_text(json.dumps({"name": "ubi-bench", "arms": [arm]}))
-    started = {side: _start(args, exp, tmp / side, side == "on") for side in ("on", "off")}
-    servers = {side: base for side, (_, base) in started.items()}
+    started: dict[str, ServeProcess] = {}
     report: dict[str, Any] = {"synchronous": args.synchronous}
     try:
+        for side in ("on", "off"):
+            env = {"TWOSTAGE_LOG_ENABLED": str(side == "on").lower(), "TWOSTAGE_LOG_SYNCHRONOUS": args.synchronous}
+            started[side] = ServeProcess(args.index, exp, tmp / side, env=env, timeout_s=args.start_timeout)
+        servers = {side: server.base for side, server in started.items()}
         with httpx.Client(timeout=60) as client:
-            for proc, base in started.values():
-                wait_ready(client, base, proc, args.start_timeout)
             report["search"] = search_latency(args, servers, client)
         report["ingest"] = []
         for size in args.batch_sizes:
@@ -180,8 +149,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             row["events_stored"] = stored_events(tmp / "on") - before
             report["ingest"].append(row)
     finally:
-        for proc, _ in started.values():
-            stop_server(proc)
+        for server in started.values():
+            server.close()
     return report
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from twostage_search.engine.optional import require
+from twostage_search.engine.optional import require, torch_with_threads
 from twostage_search.rerankers.llm.backends.base import (
     Completion,
     Pricing,
@@ -41,10 +41,8 @@ class TransformersBackend:
     ) -> None:
         from twostage_search.rerankers.llm.gguf import DEFAULT_LLM, resolve_hf
 
-        torch = require("torch", "llm")
+        torch = torch_with_threads(threads, "llm")
         transformers = require("transformers", "llm")
-        if threads is not None:
-            torch.set_num_threads(threads)
         spec = model or DEFAULT_LLM
         self.model = spec
         self.pricing = pricing or Pricing()

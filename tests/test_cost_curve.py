@@ -70,6 +70,21 @@ def test_indexes_hold_the_documents_of_each_size(report):
     assert all(h.doc_id.startswith("syn-") or h.doc_id in {d.doc_id for d in real} for h in hits)
 
 
+def test_bm25_csc_answers_as_bm25_and_the_hybrids_are_composed_over_it(report):
+    from twostage_search import indexes
+
+    root = report / "cache" / "30"
+    bm25, csc = (indexes.load(root / name).retriever() for name in ("bm25", "bm25-csc"))
+    for query in cost_curve_data.query_sample(TINY, 3):
+        expected = [(h.doc_id, h.score) for h in bm25.retrieve(query, 30)]
+        assert [(h.doc_id, h.score) for h in csc.retrieve(query, 30)] == expected
+    for stage, dense in (("hybrid", "dense-flat"), ("hybrid-hnsw", "dense-hnsw")):
+        build = json.loads((root / f"{stage}.build.json").read_text())
+        assert build["composed_of"] == ["bm25-csc", dense]
+        paths = {c["name"]: c["path"] for c in indexes.load(root / stage).meta["components"]}
+        assert paths == {"bm25": str(root / "bm25-csc"), "dense": str(root / dense)}
+
+
 def test_exponent_is_the_log_log_slope():
     assert cost_curve.exponent([10, 100, 1000], [1.0, 10.0, 100.0]) == 1.0
     assert cost_curve.exponent([10, 1000], [2.0, 20.0]) == 0.5

@@ -10,12 +10,12 @@ then synthetic documents (``benchmarks.synthetic``). Only a real sample is encod
 and SPLADE-tiny, the first ``--limit`` titles of the order, cached under ``--cache``); beyond it documents
 get synthetic vectors drawn from the encoded ones, and beyond the real titles BM25 gets synthetic texts.
 Every document at a position is the same at every size; the report says, per size, how many documents
-are real. Stages (``--stages``): ``bm25`` (``lucene-bm25``), ``splade-csc`` (``impact-csc``),
-``splade-csc-lookup`` (the same index, queries looked up instead of encoded: ``query_side="lookup"``),
-``splade-lucene`` (``lucene-impact``), ``dense-flat`` (exact scan), ``dense-hnsw`` (``dense-flat`` with an
-HNSW graph, ``--m``/``--ef``, chosen on dev by ``benchmarks.studies.dense_ann``) and ``hybrid`` (the
-default first stage: BM25 + exact dense, min-max 1:2, composed over the two indexes of the size).
-
+are real. Stages (``--stages``): ``bm25`` (``lucene-bm25``), ``bm25-csc`` (the same scores in process, built
+from the ``bm25`` index), ``splade-csc`` (``impact-csc``), ``splade-csc-lookup`` (the same index, queries
+looked up instead of encoded: ``query_side="lookup"``), ``splade-lucene`` (``lucene-impact``), ``dense-flat``
+(exact scan), ``dense-hnsw`` (``dense-flat`` with an HNSW graph, ``--m``/``--ef``, chosen on dev by
+``benchmarks.studies.dense_ann``), ``hybrid`` (the default first stage: ``bm25-csc`` + exact dense, min-max
+1:2, composed over the two indexes of the size) and ``hybrid-hnsw`` (the same over ``dense-hnsw``).
 Per size (indexes cached under ``--cache/<size>/``; a size is rerun alone with ``--sizes``):
 - **build**: seconds to build the index from the texts or pre-encoded vectors (``build_encoded``); the time
   spent making synthetic documents or reading the cached encodings is left out. The encoding a real
@@ -58,9 +58,25 @@ log = logging.getLogger(__name__)
 # query encoder; SPLADE's query side has one by default). With two BLAS threads on a loaded 2-core machine a
 # 10,000 × 384 matrix-vector product took 88 ms p50 instead of 0.76 ms: the threads wait for each other.
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-STAGES = ("bm25", "splade-csc", "splade-csc-lookup", "splade-lucene", "dense-flat", "dense-hnsw", "hybrid")
-# Stages searched over another stage's index (built for that one), and the indexes a composed stage needs.
-NEEDS = {"hybrid": ("bm25", "dense-flat"), **{stage: (index,) for stage, (index, _) in probes.SHARED.items()}}
+STAGES = (
+    "bm25",
+    "bm25-csc",
+    "splade-csc",
+    "splade-csc-lookup",
+    "splade-lucene",
+    "dense-flat",
+    "dense-hnsw",
+    "hybrid",
+    "hybrid-hnsw",
+)
+# The hybrids, composed (min-max, 1:2, as `twostage index` builds the default) over two indexes of the size.
+COMPOSED = {"hybrid": ("bm25-csc", "dense-flat"), "hybrid-hnsw": ("bm25-csc", "dense-hnsw")}
+# The indexes a stage needs built first: a hybrid's components, the index a stage shares, bm25-csc's source.
+NEEDS = {
+    "bm25-csc": ("bm25",),
+    **COMPOSED,
+    **{stage: (index,) for stage, (index, _) in probes.SHARED.items()},
+}
 T = TypeVar("T")
 
 
@@ -93,6 +109,7 @@ def build_stage(stage: str, corpus: data.Corpus, where: Path, args: argparse.Nam
     """Build ``stage`` at ``where`` from the corpus; return its build record."""
     from twostage_search.engine.dense import DenseEncoder
     from twostage_search.engine.encoders import create_encoder
+    from twostage_search.indexes.bm25_csc import Bm25CscIndex
     from twostage_search.indexes.dense import DenseFlatIndex
     from twostage_search.indexes.dense_hnsw import HnswConfig
     from twostage_search.indexes.hybrid import Component, HybridIndex
@@ -102,14 +119,19 @@ def build_stage(stage: str, corpus: data.Corpus, where: Path, args: argparse.Nam
 
     if stage in probes.SHARED:  # another stage's index, searched with other options
         return {"seconds": 0.0, "composed_of": [probes.index_dir(stage)]}
-    if stage == "hybrid":  # composed over the size's BM25 and exact dense indexes
+    if stage in COMPOSED:  # over the size's bm25-csc and dense indexes
+        lexical, dense = COMPOSED[stage]
         parts = [
-            Component("bm25", str(where.parent / "bm25"), 1.0),
-            Component("dense", str(where.parent / "dense-flat"), 2.0),
+            Component("bm25", str(where.parent / lexical), 1.0),
+            Component("dense", str(where.parent / dense), 2.0),
         ]
         started = time.perf_counter()
         HybridIndex.compose(where, parts)
-        return {"seconds": round(time.perf_counter() - started, 3), "composed_of": ["bm25", "dense-flat"]}
+        return {"seconds": round(time.perf_counter() - started, 3), "composed_of": [lexical, dense]}
+    if stage == "bm25-csc":  # Lucene's BM25 in process, from the size's lucene-bm25 index (its texts re-analysed)
+        started = time.perf_counter()
+        Bm25CscIndex.from_lucene_bm25(where.parent / "bm25", where, scores="anserini", progress=False)
+        return {"seconds": round(time.perf_counter() - started, 3), "source": "bm25"}
     if stage == "bm25":
         source: Timed = Timed(corpus.documents())
         docs = (d for chunk in source for d in chunk)

@@ -23,8 +23,13 @@ DEPTH = 100
 
 
 def _dense_options(stage: str, ef: int) -> dict[str, Any]:
-    """The exact scan for ``dense-flat``, the graph at ``ef`` for ``dense-hnsw`` (the hybrid: the exact scan)."""
-    return {"search": "exact"} if stage == "dense-flat" else {"ef_search": ef} if stage == "dense-hnsw" else {}
+    """The exact scan for ``dense-flat``, the graph at ``ef`` for ``dense-hnsw`` and ``hybrid-hnsw``'s dense
+    component (``hybrid``'s dense component has no graph: the exact scan)."""
+    if stage == "dense-flat":
+        return {"search": "exact"}
+    if stage == "dense-hnsw":
+        return {"ef_search": ef}
+    return {"components": {"dense": {"ef_search": ef}}} if stage == "hybrid-hnsw" else {}
 
 
 # Stages that search another stage's index with other search options (no index of their own).
@@ -50,7 +55,7 @@ def _retrievers(root: Path, stages: list[str], ef: int) -> dict[str, Any]:
         elif stage.startswith("splade"):
             encoder = shared.setdefault("splade", encoder_from_meta(index.meta["encoder"]))
             out[stage] = index.retriever(encoder)
-        elif stage.startswith("dense") or stage == "hybrid":
+        elif stage.startswith(("dense", "hybrid")):
             if "dense" not in shared:
                 flat = opened.get("dense-flat") or indexes.load(root / "dense-flat")
                 shared["dense"] = flat.encoder(threads=1)
@@ -131,7 +136,7 @@ def measure_memory(root: Path, stage: str, args: argparse.Namespace) -> dict[str
     elif stage.startswith("splade"):
         encoder = encoder_from_meta(indexes.load(index_path).meta["encoder"])
         encoder.encode_queries([queries[0].text])
-    elif stage.startswith("dense") or stage == "hybrid":
+    elif stage.startswith(("dense", "hybrid")):
         from twostage_search.engine.dense import DenseEncoder
 
         config = json.loads((root / "dense-flat" / "meta.json").read_text())["encoder"]

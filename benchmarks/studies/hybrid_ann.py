@@ -46,9 +46,11 @@ def _rankings(retriever: Any, queries: list[Query], depth: int) -> dict[str, lis
 
 
 def _distances(dense: Any, queries: list[Query], depth: int) -> tuple[float, dict[str, list[str]]]:
-    """Mean distances the dense component's graph computes per query, and its own top ``depth``."""
+    """Mean distances the dense component's graph computes per query (for its ``refine_factor × depth``
+    candidates, as the retriever asks), and its own top ``depth``."""
     vectors = dense.encoder.encode_queries([q.text for q in queries])
-    counted = [dense.graph.search_counted(v.astype(dense.index.vectors.dtype), depth)[1] for v in vectors]
+    wanted = depth * dense.graph.refine_factor
+    counted = [dense.graph.search_counted(v.astype(dense.index.vectors.dtype), wanted)[1] for v in vectors]
     found = {q.query_id: [d for d, _ in dense.search_vector(v, depth)] for q, v in zip(queries, vectors, strict=True)}
     return float(np.mean(counted)), found
 

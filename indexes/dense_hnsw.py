@@ -16,7 +16,10 @@ holds the GIL, so the graph searches of one process run one at a time (safe to s
 while query encoding and the exact re-scoring run in parallel.
 
 A search returns candidate rows; :class:`~indexes.dense.DenseRetriever` scores them exactly against the
-stored vectors, so a document's score is the same as in the exact scan and only recall can differ.
+stored vectors, so a document's score is the same as in the exact scan and only recall can differ. The graph
+may hold its own 8-bit (or float16) copy of the vectors (``HnswConfig.scalar``): a quarter (half) of the
+bytes per distance and a smaller file, with approximate distances that misorder close candidates, which
+re-scoring the graph's top ``refine_factor × k`` exactly recovers.
 """
 
 from __future__ import annotations

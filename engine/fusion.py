@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 
 RRF = "rrf"
 MINMAX = "minmax"
@@ -40,7 +41,8 @@ def _check(rankings: Sequence[Ranking], weights: Sequence[float] | None) -> list
 
 
 def _sorted(scores: Mapping[str, float]) -> list[tuple[str, float]]:
-    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    """Score descending, ties by ``doc_id``: by id, then by score (a stable sort, ``reverse`` keeps it stable)."""
+    return sorted(sorted(scores.items()), key=itemgetter(1), reverse=True)
 
 
 def rrf(
@@ -82,8 +84,12 @@ def score_fusion(
         values = normalise([s for _, s in ranking], method)
         normed.append(dict(zip((d for d, _ in ranking), values, strict=True)))
         floors.append(min(values) if values else 0.0)
-    all_ids = {d for ranking in rankings for d, _ in ranking}
-    fused = {d: sum(w * n.get(d, floor) for n, floor, w in zip(normed, floors, ws, strict=True)) for d in all_ids}
+    # Σ_i w_i · norm_i(d), added ranking by ranking in the order given (as ``sum`` would, bit for bit)
+    fused = dict.fromkeys((d for ranking in rankings for d, _ in ranking), 0.0)
+    for n, floor, w in zip(normed, floors, ws, strict=True):
+        missing = w * floor
+        for d in fused:
+            fused[d] += w * n[d] if d in n else missing
     return _sorted(fused)
 
 

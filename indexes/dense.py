@@ -15,9 +15,10 @@ by ``doc_id`` (the whole tied group at the cut-off is considered). Exact, so rec
 at 384 dimensions a scan costs about 1 ms per 10,000 documents on one core.
 
 Approximate search: ``build(..., hnsw=HnswConfig(...))`` (or :meth:`DenseFlatIndex.add_hnsw` on an existing
-index) also writes an HNSW graph of the same vectors (:mod:`indexes.dense_hnsw`); a retriever then takes
-its candidates from the graph and scores them exactly against the matrix, so scores are the exact scan's
-and only recall can differ. ``retriever(search="exact")`` keeps the exact scan, the reference.
+index) also writes an HNSW graph of the same vectors (:mod:`indexes.dense_hnsw`; float or 8-bit); a retriever
+then takes its candidates from the graph (``refine_factor × k`` of them) and scores them exactly against the
+matrix, so scores are the exact scan's and only recall can differ. ``retriever(search="exact")`` keeps the
+exact scan, the reference.
 """
 
 from __future__ import annotations
@@ -300,14 +301,17 @@ class DenseFlatIndex:
         *,
         search: Search | None = None,
         ef_search: int | None = None,
+        refine_factor: int | None = None,
         query_encoder: str | None = None,
         query_cache: int = 0,
     ) -> DenseRetriever:
         """A searcher over this index; pass a loaded dense encoder of the same model to share it (others are ignored).
 
         ``search``: ``"hnsw"`` (the default when the index has a graph) or ``"exact"`` (the full scan, the
-        default otherwise); ``ef_search`` overrides the graph's stored setting. ``query_encoder``: see
-        :meth:`query_encoder`. ``query_cache``: keep the vectors of the last N distinct queries (LRU; 0: none).
+        default otherwise); ``ef_search`` and ``refine_factor`` (the graph's top ``refine_factor × k`` are
+        scored exactly; :class:`~indexes.dense_hnsw.HnswConfig`) override the graph's stored settings.
+        ``query_encoder``: see :meth:`query_encoder`. ``query_cache``: keep the vectors of the last N distinct
+        queries (LRU; 0: none).
         """
         if query_cache < 0:
             raise InputError(f"query_cache must be non-negative, got {query_cache}")
@@ -321,8 +325,10 @@ class DenseFlatIndex:
         if mode == "hnsw":
             if not self.has_hnsw:
                 raise InputError(f"{self.path} has no HNSW graph: build it with hnsw=HnswConfig() or add_hnsw")
-            ef = ef_search if ef_search is not None else int(self.meta["hnsw"]["ef_search"])
-            graph = HnswGraph(self.path / HNSW_FILE, rows=len(self), ef_search=ef)
+            stored = self.meta["hnsw"]
+            ef = ef_search if ef_search is not None else int(stored["ef_search"])
+            refine = refine_factor if refine_factor is not None else int(stored.get("refine_factor", 1))
+            graph = HnswGraph(self.path / HNSW_FILE, rows=len(self), ef_search=ef, refine_factor=refine)
         return DenseRetriever(self, dense, graph=graph)
 
 
@@ -380,7 +386,7 @@ class DenseRetriever:
         query = vector.astype(self.index.vectors.dtype)
         if self.graph is None:
             return top_k(np.asarray(self.index.vectors @ query, dtype=np.float32), self.index.doc_ids, k)
-        rows = self.graph.search(query, k)
+        rows = self.graph.search(query, k * self.graph.refine_factor)
         scores = np.asarray(self.index.vectors[rows] @ query, dtype=np.float32)
         return top_k(scores, self.index.doc_ids, k, rows=rows)
 

@@ -4,6 +4,7 @@ documents found, atomic and deterministic builds."""
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -150,3 +151,79 @@ def test_ann_benchmark_takes_dev_and_test_from_a_split_file(tmp_path, tiny_docs,
     DenseFlatIndex.build(tiny_docs, path, encoder=dense, progress=False)
     args = ["--dataset", str(TINY), "--dense-index", str(path), "--m", "4", "--ef", "4", "--out", str(tmp_path)]
     assert main([*args, "--splits-file", str(no_dev)]) != 0
+
+
+@pytest.fixture(scope="module")
+def i8_index(tmp_path_factory, tiny_docs, dense):
+    path = tmp_path_factory.mktemp("dense-i8") / "idx"
+    config = HnswConfig(m=4, ef_search=16, scalar="i8", refine_factor=2)
+    return DenseFlatIndex.build(tiny_docs, path, encoder=dense, progress=False, hnsw=config)
+
+
+def test_an_8_bit_graph_is_recorded_and_scores_exactly(i8_index, hnsw_index, dense, tiny_queries, tiny_docs):
+    meta = i8_index.meta["hnsw"]
+    assert (meta["scalar"], meta["refine_factor"]) == ("i8", 2)
+    assert hnsw_index.meta["hnsw"]["scalar"] == "f32"  # the index's own dtype when not asked
+    # 12 vectors of 384 dimensions at one byte instead of four: the graph file is smaller by at least 12 × 384 × 3
+    f32_bytes, i8_bytes = ((i.path / HNSW_FILE).stat().st_size for i in (hnsw_index, i8_index))
+    assert f32_bytes - i8_bytes >= len(tiny_docs) * 384 * 3
+    retriever, exact = i8_index.retriever(dense), i8_index.retriever(dense, search="exact")
+    assert retriever.graph.refine_factor == 2 and i8_index.retriever(dense, refine_factor=1).graph.refine_factor == 1
+    for q in tiny_queries:
+        want, got = exact.retrieve(q, 5), retriever.retrieve(q, 5)
+        assert got.doc_ids == want.doc_ids  # 10 candidates of 12 documents, re-scored exactly
+        assert [h.score for h in got] == [h.score for h in want]
+
+
+def test_bad_scalar_and_refine_factor_are_refused(i8_index, dense):
+    with pytest.raises(InputError, match="scalar"):
+        HnswConfig(scalar="b1")
+    with pytest.raises(InputError, match="refine_factor"):
+        HnswConfig(refine_factor=0)
+    with pytest.raises(InputError, match="refine_factor"):
+        i8_index.retriever(dense, refine_factor=0)
+
+
+def test_refining_an_8_bit_graph_recovers_the_exact_top_k(tmp_path):
+    """3,000 seeded unit vectors in 64 dimensions, 40 queries, an 8-bit graph at ef_search 300: its own top 10
+    (refine factor 1) misses some of the exact top 10 (numpy) that re-scoring its top 50 (factor 5) finds."""
+    vectors, queries = _unit_vectors(3000, 64, 5), _unit_vectors(40, 64, 6)
+    build_hnsw(vectors, tmp_path / HNSW_FILE, HnswConfig(m=8, ef_construction=64, scalar="i8"))
+    ids = [f"d{i:04d}" for i in range(len(vectors))]
+    index = SimpleNamespace(vectors=vectors, doc_ids=ids, path=tmp_path)
+    encoder = SimpleNamespace(dim=64)
+    recalls = {}
+    for factor in (1, 5):
+        graph = HnswGraph(tmp_path / HNSW_FILE, rows=len(vectors), ef_search=300, refine_factor=factor)
+        retriever = DenseRetriever(index, encoder, graph=graph)
+        found = [retriever.search_vector(q, 10) for q in queries]
+        for q, hits in zip(queries, found, strict=True):  # scores are the exact inner products
+            assert [s for _, s in hits] == pytest.approx([float(vectors[int(d[1:])] @ q) for d, _ in hits], abs=1e-6)
+        exact = [[d for d, _ in top_k(vectors @ q, ids, 10)] for q in queries]
+        recalls[factor] = np.mean([_recall([d for d, _ in h], e) for h, e in zip(found, exact, strict=True)])
+    assert recalls[5] >= 0.98
+    assert recalls[1] < recalls[5]
+
+
+def test_ann_benchmark_tries_scalar_kinds_and_refine_factors_without_timing(tmp_path, i8_index):
+    from tests.helpers import TINY
+    from twostage_search.benchmarks.studies.dense_ann import main
+
+    graphs = tmp_path / "graphs"
+    args = ["--dataset", str(TINY), "--dense-index", str(i8_index.path), "--m", "4", "--ef", "4", "--k", "3"]
+    args += ["--scalar", "f32,i8", "--refine", "1,2", "--graphs", str(graphs), "--no-times", "--out", str(tmp_path)]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "dense_ann-tiny.json").read_text())
+    rows = report["settings"]
+    assert [(r["scalar"], r["refine_factor"]) for r in rows] == [("f32", 1), ("f32", 2), ("i8", 1), ("i8", 2)]
+    assert not report["timed"] and all("p50_ms" not in r for r in rows)
+    assert len(list(graphs.iterdir())) == 2
+    for r in rows:  # KiB read: the graph's distances at 4 or 1 bytes a dimension, then factor × k float32 rows
+        per = 4 if r["scalar"] == "f32" else 1
+        assert r["kib_read"] == pytest.approx(
+            (r["distances"] * 384 * per + r["refine_factor"] * 3 * 384 * 4) / 1024, abs=0.06
+        )
+    assert main(args) == 0  # the kept graphs are reused: no build time
+    assert all(
+        r["build_seconds"] is None for r in json.loads((tmp_path / "dense_ann-tiny.json").read_text())["settings"]
+    )

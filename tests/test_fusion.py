@@ -66,3 +66,32 @@ def test_fuse_dispatch_and_errors():
     with pytest.raises(ValueError, match="k"):
         rrf([A], k=-1)
     assert rrf([]) == [] and score_fusion([[], []]) == []
+
+
+def _score_fusion_by_definition(rankings, weights, method):
+    """Σ_i w_i · norm_i(d) summed with ``sum`` in the rankings' order, sorted by (-score, doc_id)."""
+    normed, floors = [], []
+    for ranking in rankings:
+        values = normalise([s for _, s in ranking], method)
+        normed.append(dict(zip([d for d, _ in ranking], values, strict=True)))
+        floors.append(min(values) if values else 0.0)
+    ids = {d for ranking in rankings for d, _ in ranking}
+    fused = {d: sum(w * n.get(d, f) for n, f, w in zip(normed, floors, weights, strict=True)) for d in ids}
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+@pytest.mark.parametrize("method", ["minmax", "zscore"])
+def test_score_fusion_is_the_definition_to_the_bit(method):
+    """Seeded random rankings (overlapping ids, tied scores, one empty ranking, three weights): the same
+    documents, order and float scores as the formula summed per document with ``sum``."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(50):
+        rankings = []
+        for size in (rng.randint(0, 40), rng.randint(1, 40), rng.randint(1, 40)):
+            ids = rng.sample([f"d{i:03d}" for i in range(60)], size)
+            scores = sorted((round(rng.uniform(-3, 3), 1) for _ in ids), reverse=True)
+            rankings.append(list(zip(ids, scores, strict=True)))
+        weights = [rng.choice([0.0, 0.5, 1.0, 2.0, 0.3]) for _ in rankings]
+        assert score_fusion(rankings, weights, method=method) == _score_fusion_by_definition(rankings, weights, method)

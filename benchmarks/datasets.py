@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from twostage_search.benchmarks.graded_data import read_splits
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Document, Query
@@ -154,4 +155,39 @@ def split_queries(dataset: Path, split: str, dev_queries: int) -> tuple[list[Que
     if split == "dev":
         qrels = dict(list(qrels.items())[:dev_queries])  # read_qrels keeps file order
     queries = [q for q in read_queries(find_file(dataset, "queries")) if q.query_id in qrels]
+    return queries, qrels
+
+
+def judged_queries(
+    dataset: Path,
+    split: str,
+    *,
+    splits_file: Path | None = None,
+    dev_queries: int = 300,
+    grade_offset: int = 0,
+    max_queries: int = 0,
+    seed: int = 13,
+) -> tuple[list[Query], dict[str, dict[str, int]]]:
+    """A split's judged queries, sorted by id (a seeded sample of ``max_queries`` if non-zero), and their qrels
+    with ``grade_offset`` taken off every grade.
+
+    ``splits_file``: a committed query-level split (``query-id<TAB>split``) over ``qrels/test.tsv``; without
+    it the dataset's own splits, dev being the first ``dev_queries`` of train (:func:`split_queries`)."""
+    import random
+
+    if splits_file is None:
+        queries, qrels = split_queries(dataset, split, dev_queries)
+    else:
+        splits = read_splits(splits_file)
+        if split not in splits:
+            raise InputError(f"{splits_file} has no split {split!r} (it has {', '.join(sorted(splits))})")
+        wanted = set(splits[split])
+        qrels = {q: docs for q, docs in read_qrels(dataset / "qrels" / "test.tsv").items() if q in wanted}
+        queries = [q for q in read_queries(find_file(dataset, "queries")) if q.query_id in qrels]
+    qrels = {q: {d: g - grade_offset for d, g in docs.items()} for q, docs in qrels.items()}
+    queries = sorted(queries, key=lambda q: q.query_id)
+    if max_queries and len(queries) > max_queries:
+        queries = sorted(random.Random(seed).sample(queries, max_queries), key=lambda q: q.query_id)
+    if not queries:
+        raise InputError(f"no judged queries in split {split!r} of {dataset}")
     return queries, qrels

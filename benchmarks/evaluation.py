@@ -232,3 +232,10 @@ def machine() -> dict[str, Any]:
         "cpus": cpus,
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
+
+
+def overlap_share(ranking: Sequence[str], reference: Sequence[str]) -> float:
+    """The share of ``reference``'s documents that ``ranking`` holds too (two empty rankings agree)."""
+    if not reference:
+        return 0.0 if ranking else 1.0
+    return len(set(ranking) & set(reference)) / len(reference)

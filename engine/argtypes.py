@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.errors import InputError
@@ -51,3 +52,13 @@ def key_values(pairs: Iterable[str], what: str) -> dict[str, Any]:
             raise InputError(f"{what}: {pair!r} is not key=value")
         options[key] = scalar(raw)
     return options
+
+
+def named_path(spec: str, flag: str) -> tuple[str, Path, dict[str, Any]]:
+    """``NAME=PATH[,key=value...]`` → (name, path, options), values through :func:`scalar`; an
+    :class:`InputError` naming ``flag`` for a spec without a name or a path."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise InputError(f"{flag} wants NAME=PATH[,option=value...], got {spec!r}")
+    path, *pairs = rest.split(",")
+    return name, Path(path), key_values(pairs, f"{flag} {name}")

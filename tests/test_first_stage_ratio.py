@@ -65,7 +65,22 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, built_indexes, caplog):
 
 
 def test_overlap_share_counts_two_empty_rankings_as_agreeing():
-    from twostage_search.benchmarks.studies.first_stage_ratio import overlap_share
+    from twostage_search.benchmarks.evaluation import overlap_share
 
     assert overlap_share([], []) == 1.0 and overlap_share(["a"], []) == 0.0
     assert overlap_share(["a", "b"], ["b", "c", "d", "e"]) == 0.25
+
+
+def test_judged_queries_from_a_split_file(tmp_path):
+    from twostage_search.benchmarks.datasets import judged_queries
+
+    splits = tmp_path / "splits.tsv"
+    splits.write_text("q1\tdev\nq2\ttest\nq4\ttest\nq6\ttest\nq9\ttest\n")  # q9 is not judged
+    queries, qrels = judged_queries(TINY, "test", splits_file=splits, grade_offset=1)
+    assert [q.query_id for q in queries] == ["q2", "q4", "q6"]
+    assert qrels == {"q2": {"d03": 0}, "q4": {"d05": 0}, "q6": {"d10": 0}}
+    two, _ = judged_queries(TINY, "test", splits_file=splits, max_queries=2, seed=13)
+    assert len(two) == 2 and [q.query_id for q in two] == sorted(q.query_id for q in two)
+    assert two == judged_queries(TINY, "test", splits_file=splits, max_queries=2, seed=13)[0]
+    with pytest.raises(InputError, match="has no split 'train'"):
+        judged_queries(TINY, "train", splits_file=splits)

@@ -33,14 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 from pathlib import Path
 from typing import Any
 
+from twostage_search.benchmarks.datasets import judged_queries
 from twostage_search.benchmarks.evaluation import evaluate, machine, mean
-from twostage_search.benchmarks.graded_data import read_splits
-from twostage_search.engine.beir import count_docs, find_file, read_corpus, read_qrels, read_queries
+from twostage_search.engine.beir import count_docs, find_file, read_corpus
 from twostage_search.engine.errors import InputError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Query
@@ -57,22 +56,9 @@ def select_queries(
 ) -> tuple[list[Query], dict[str, dict[str, int]]]:
     """The judged queries of ``split`` (from ``splits_file`` when given), a seeded sample of ``max_queries``,
     with their qrels."""
-    qrels = read_qrels(dataset / "qrels" / "test.tsv")
-    if splits_file is None:
-        if split != "test":
-            raise InputError(f"without --splits-file the split is test, got {split!r}")
-        wanted = set(qrels)
-    else:
-        splits = read_splits(splits_file)
-        if split not in splits:
-            raise InputError(f"{splits_file} has no split {split!r} (it has {', '.join(sorted(splits))})")
-        wanted = set(qrels) & set(splits[split])
-    queries = sorted(
-        (q for q in read_queries(find_file(dataset, "queries")) if q.query_id in wanted), key=lambda q: q.query_id
-    )
-    if max_queries and len(queries) > max_queries:
-        queries = sorted(random.Random(SEED).sample(queries, max_queries), key=lambda q: q.query_id)
-    return queries, {q.query_id: dict(qrels[q.query_id]) for q in queries}
+    if splits_file is None and split != "test":
+        raise InputError(f"without --splits-file the split is test, got {split!r}")
+    return judged_queries(dataset, split, splits_file=splits_file, max_queries=max_queries, seed=SEED)
 
 
 def open_or_build(backend: Any, corpus: Path, path: Path, rebuild: bool) -> Any:

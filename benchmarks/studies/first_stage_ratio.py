@@ -33,17 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from twostage_search.benchmarks.datasets import split_queries
-from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, percentile
-from twostage_search.benchmarks.graded_data import read_splits
-from twostage_search.engine.argtypes import key_values
-from twostage_search.engine.beir import find_file, read_qrels, read_queries
+from twostage_search.benchmarks.datasets import judged_queries
+from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, overlap_share, percentile
+from twostage_search.engine.argtypes import named_path
 from twostage_search.engine.errors import InputError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Query
@@ -55,40 +52,22 @@ SEED = 13
 BOOTSTRAP = 2000
 
 
-def overlap_share(ranking: list[str], reference: list[str]) -> float:
-    """The share of ``reference``'s documents that ``ranking`` also holds (two empty rankings agree: 1)."""
-    if not reference:
-        return 0.0 if ranking else 1.0
-    return len(set(ranking) & set(reference)) / len(reference)
-
-
 def parse_variant(spec: str) -> tuple[str, Path, dict[str, Any]]:
     """``NAME=PATH[,key=value...]`` → (name, path, retriever options); numbers become int or float."""
-    name, sep, rest = spec.partition("=")
-    if not sep or not name or not rest:
-        raise InputError(f"--variant wants NAME=PATH[,option=value...], got {spec!r}")
-    path, *pairs = rest.split(",")
-    return name, Path(path), key_values(pairs, f"--variant {name}")
+    return named_path(spec, "--variant")
 
 
 def load_queries(args: argparse.Namespace) -> tuple[list[Query], dict[str, dict[str, int]]]:
     """The split's queries (a seeded sample of ``--max-queries``) and their shifted qrels."""
-    if args.splits_file is None:
-        queries, qrels = split_queries(args.dataset, args.split, args.dev_queries)
-    else:
-        splits = read_splits(args.splits_file)
-        if args.split not in splits:
-            raise InputError(f"{args.splits_file} has no split {args.split!r} (it has {', '.join(sorted(splits))})")
-        wanted = set(splits[args.split])
-        qrels = {q: docs for q, docs in read_qrels(args.dataset / "qrels" / "test.tsv").items() if q in wanted}
-        queries = [q for q in read_queries(find_file(args.dataset, "queries")) if q.query_id in qrels]
-    qrels = {q: {d: g - args.grade_offset for d, g in docs.items()} for q, docs in qrels.items()}
-    queries = sorted(queries, key=lambda q: q.query_id)
-    if args.max_queries and len(queries) > args.max_queries:
-        queries = sorted(random.Random(SEED).sample(queries, args.max_queries), key=lambda q: q.query_id)
-    if not queries:
-        raise InputError(f"no judged queries in split {args.split!r} of {args.dataset}")
-    return queries, qrels
+    return judged_queries(
+        args.dataset,
+        args.split,
+        splits_file=args.splits_file,
+        dev_queries=args.dev_queries,
+        grade_offset=args.grade_offset,
+        max_queries=args.max_queries,
+        seed=SEED,
+    )
 
 
 def median_ratio_ci(a: list[float], b: list[float], seed: int = SEED) -> tuple[float, float, float]:

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.evaluation import evaluate, machine, mean
-from twostage_search.benchmarks.studies.first_stage_ratio import load_queries, overlap_share
+from twostage_search.benchmarks.datasets import judged_queries
+from twostage_search.benchmarks.evaluation import evaluate, machine, mean, overlap_share
+from twostage_search.engine.argtypes import named_path
 from twostage_search.engine.errors import InputError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Query
@@ -93,12 +94,18 @@ def compare_to(found: dict[str, Any], reference: dict[str, Any], qrels: Any, que
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from twostage_search import indexes
-    from twostage_search.benchmarks.studies.first_stage_ratio import parse_variant
 
-    hybrids = {"hybrid": args.hybrid, **{n: p for n, p, _ in (parse_variant(s) for s in args.extra)}}
+    hybrids = {"hybrid": args.hybrid, **{n: p for n, p, _ in (named_path(s, "--extra") for s in args.extra)}}
     splits: dict[str, tuple[list[Query], Any]] = {}
     for split in ("dev", "test"):
-        splits[split] = load_queries(argparse.Namespace(**{**vars(args), "split": split}))
+        splits[split] = judged_queries(
+            args.dataset,
+            split,
+            splits_file=args.splits_file,
+            dev_queries=args.dev_queries,
+            grade_offset=args.grade_offset,
+            max_queries=args.max_queries,
+        )
     opened = {name: indexes.load(path) for name, path in hybrids.items()}
     for name, index in opened.items():
         if args.component not in index.components or not index.components[args.component].has_hnsw:

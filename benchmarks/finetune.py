@@ -6,7 +6,13 @@ upper layers, the pooler and the classifier (:class:`UpperModel`). A pair's stat
 padded position never changes a real one (it is masked out of attention), so re-padding per batch gives
 the full model's output. The logit is mapped to the grade scale by an affine ``a * logit + b`` fitted by
 least squares on the training pairs' zero-shot logits before training, so training starts from the
-cross-encoder's own ranking; the loss is the squared error on the grade.
+cross-encoder's own ranking; the loss is the squared error on the grade (``loss="mse"``).
+
+With an ordinal head (``UpperModel(..., grades=(1, 2, 3, 4))``) the logit feeds a cumulative-logit model
+instead, P(grade ≤ g_k) = σ(θ_k − a·logit), its scale ``a`` and cuts θ fitted by maximum likelihood on the
+training pairs' zero-shot logits before training (``UpperModel.fit_head``) and trained jointly with the
+layers; the prediction is E[grade]. Its losses: ``"ordinal"``, the negative log-likelihood of the grade;
+``"ordinal+mse"``, that plus the squared error of E[grade] (which quadratic κ rewards).
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ class TrainSetting:
     batch_size: int = 32
     seed: int = 13
     weight_decay: float = 0.01
+    loss: str = "mse"
+
+
+LOSSES = ("mse", "ordinal", "ordinal+mse")
 
 
 def encode(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int) -> list[dict[str, list[int]]]:
@@ -88,14 +98,22 @@ def _layer(layer: Any, h: Any, ext: Any) -> Any:
 
 
 class UpperModel:
-    """The trainable part: encoder layers from ``frozen`` on, the pooler, the classifier and a grade affine."""
+    """The trainable part: encoder layers from ``frozen`` on, the pooler, the classifier and a grade head.
 
-    def __init__(self, model: Any, frozen: int) -> None:
+    The head is the affine ``a·logit + b`` or, when ``grades`` (the K ascending grades) is given, a
+    cumulative-logit head: ``head`` holds ``[a, θ_1 … θ_{K−1}]`` and the prediction is E[grade].
+    """
+
+    def __init__(self, model: Any, frozen: int, grades: Sequence[int] = ()) -> None:
         torch = require("torch", "train")
         self.torch = torch
         self.model = model
         self.frozen = frozen
+        self.grades = tuple(grades)
+        if len(self.grades) == 1:
+            raise ValueError("an ordinal head needs at least two grades")
         self.affine = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
+        self.head = torch.nn.Parameter(torch.arange(len(self.grades), dtype=torch.float32))
         for p in model.parameters():
             p.requires_grad_(False)
         for layer in model.bert.encoder.layer[frozen:]:
@@ -105,7 +123,34 @@ class UpperModel:
             p.requires_grad_(True)
 
     def parameters(self) -> list[Any]:
-        return [p for p in self.model.parameters() if p.requires_grad] + [self.affine]
+        return [p for p in self.model.parameters() if p.requires_grad] + [self.head if self.grades else self.affine]
+
+    def probabilities(self, logit: Any) -> Any:
+        """P(grade) of each logit under the ordinal head: a (n, K) tensor."""
+        torch = self.torch
+        cumulative = torch.sigmoid(self.head[1:][None, :] - self.head[0] * logit[:, None])
+        ones = torch.ones_like(logit)[:, None]
+        return torch.diff(torch.cat([torch.zeros_like(ones), cumulative, ones], dim=1), dim=1)
+
+    def grade(self, logit: Any) -> Any:
+        """The predicted grade of each logit: a·logit + b, or E[grade] under the ordinal head."""
+        if not self.grades:
+            return self.affine[0] * logit + self.affine[1]
+        return self.probabilities(logit) @ self.torch.tensor(self.grades, dtype=logit.dtype)
+
+    def loss(self, logit: Any, target: Any, kind: str) -> Any:
+        """The training loss of a batch: ``kind`` is one of :data:`LOSSES` (ordinal ones need the ordinal head)."""
+        functional = self.torch.nn.functional
+        if kind == "mse":
+            return functional.mse_loss(self.grade(logit), target)
+        if kind not in LOSSES or not self.grades:
+            raise ValueError(f"loss {kind!r}: one of {LOSSES}; the ordinal ones need an ordinal head")
+        probs = self.probabilities(logit)
+        index = self.torch.bucketize(target, self.torch.tensor(self.grades, dtype=target.dtype))
+        nll = -self.torch.log(probs.gather(1, index[:, None])[:, 0].clamp_min(1e-9)).mean()
+        if kind == "ordinal":
+            return nll
+        return nll + functional.mse_loss(probs @ self.torch.tensor(self.grades, dtype=logit.dtype), target)
 
     def logits(self, states: Sequence[np.ndarray]) -> Any:
         """The classifier logit of a batch of frozen states (padded here)."""
@@ -118,7 +163,7 @@ class UpperModel:
         return self.model.classifier(self.model.dropout(pooled))[:, 0]
 
     def predict(self, states: Sequence[np.ndarray], batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, predicted grades a·logit + b) of every pair, eval mode."""
+        """(logits, predicted grades: a·logit + b, or E[grade] under the ordinal head) of every pair, eval mode."""
         torch = self.torch
         self.model.eval()
         order = sorted(range(len(states)), key=lambda i: len(states[i]))
@@ -127,8 +172,8 @@ class UpperModel:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 logits[chunk] = self.logits([states[i] for i in chunk]).numpy()
-        a, b = (float(v) for v in self.affine.detach())
-        return logits, a * logits + b
+            grades = self.grade(torch.from_numpy(logits)).numpy()
+        return logits, np.asarray(grades, dtype=np.float64)
 
     def fit_affine(self, states: Sequence[np.ndarray], grades: Sequence[float]) -> tuple[float, float]:
         """Least-squares ``grade ≈ a·logit + b`` on the current logits (before training)."""
@@ -137,15 +182,33 @@ class UpperModel:
         self.affine.data = self.torch.tensor([float(a), float(b)])
         return float(a), float(b)
 
+    def fit_head(self, states: Sequence[np.ndarray], grades: Sequence[float]) -> tuple[float, ...]:
+        """Fit the ordinal head ``[a, θ…]`` by maximum likelihood on the current logits (before training)."""
+        head = ordinal_head(self.predict(states)[0], grades, self.grades)
+        self.head.data = self.torch.tensor(head, dtype=self.torch.float32)
+        return head
+
     def state(self) -> dict[str, Any]:
         """The trained tensors only (upper layers, pooler, classifier, affine): what a checkpoint holds."""
         names = {n for n, p in self.model.named_parameters() if p.requires_grad}
         model = {k: v.detach().clone() for k, v in self.model.state_dict().items() if k in names}
-        return {"model": model, "affine": self.affine.detach().clone()}
+        return {"model": model, "affine": self.affine.detach().clone(), "head": self.head.detach().clone()}
 
     def load(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"], strict=False)
         self.affine.data = state["affine"].clone()
+        if "head" in state:  # checkpoints written before the ordinal head have none
+            self.head.data = state["head"].clone()
+
+
+def ordinal_head(logits: np.ndarray, grades: Sequence[float], scale: Sequence[int]) -> tuple[float, ...]:
+    """``[a, θ_1 … θ_{K−1}]`` of the cumulative-logit model P(grade ≤ g_k) = σ(θ_k − a·logit), fitted by maximum
+    likelihood (:func:`~twostage_search.rerankers.ordinal.fit_ordinal`, which reads the standardised logit)."""
+    from twostage_search.rerankers.ordinal import fit_ordinal
+
+    fitted = fit_ordinal(["logit"], np.asarray(logits)[:, None], [int(g) for g in grades], scale)
+    a = fitted.coef[0] / fitted.scale[0]  # fit_ordinal's z is (logit − mean) / scale
+    return (float(a), *(float(c + a * fitted.mean[0]) for c in fitted.cuts))
 
 
 def train_epochs(
@@ -157,7 +220,7 @@ def train_epochs(
     start_epoch: int = 0,
     optimizer_state: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
-    """Train with AdamW on the squared grade error, calling ``on_epoch(epoch, optimizer)`` after each epoch.
+    """Train with AdamW on ``setting.loss``, calling ``on_epoch(epoch, optimizer)`` after each epoch.
 
     Batches are drawn by a seeded shuffle per epoch (``setting.seed + epoch``); the learning rate decays
     linearly to 0 over all epochs after a 10% warm-up.
@@ -183,16 +246,16 @@ def train_epochs(
         started, loss_sum = time.perf_counter(), 0.0
         for start in range(0, len(order), setting.batch_size):
             idx = order[start : start + setting.batch_size]
-            logit = upper.logits([states[i] for i in idx])
-            pred = upper.affine[0] * logit + upper.affine[1]
-            loss = torch.nn.functional.mse_loss(pred, y[idx])
+            loss = upper.loss(upper.logits([states[i] for i in idx]), y[idx], setting.loss)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
-        row = {"epoch": epoch + 1, "train_mse": loss_sum / len(order), "epoch_s": time.perf_counter() - started}
-        log.info("epoch %d: train MSE %.4f (%.0f s)", epoch + 1, row["train_mse"], row["epoch_s"])
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / len(order), "epoch_s": time.perf_counter() - started}
+        if setting.loss == "mse":
+            row["train_mse"] = row["train_loss"]
+        log.info("epoch %d: train %s %.4f (%.0f s)", epoch + 1, setting.loss, row["train_loss"], row["epoch_s"])
         history.append(row)
         on_epoch(epoch + 1, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
     return history

@@ -1,6 +1,8 @@
 """Fine-tuning the upper layers of a BERT classifier over cached frozen lower layers, on a tiny BERT classifier
 fixture (seeded random weights, not a real model) and hand-made token ids."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from tests.helpers import need, tiny_bert_classifier
 need("torch", "train")
 need("transformers", "train")
 
-from twostage_search.benchmarks.finetune import TrainSetting, UpperModel, frozen_states, train_epochs
+from twostage_search.benchmarks.finetune import TrainSetting, UpperModel, frozen_states, ordinal_head, train_epochs
 
 # (query, item) pairs as token ids with their type ids, of different lengths; grades 1–4
 PAIRS = [
@@ -77,5 +79,75 @@ def test_a_checkpoint_reloads_with_the_same_predictions():
     checkpoint = upper.state()
     fresh = UpperModel(_model(), frozen=2)
     fresh.load(checkpoint)
+    got = fresh.predict(states)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_the_ordinal_head_gives_cumulative_logit_probabilities_and_their_expected_grade():
+    import torch
+
+    upper = UpperModel(_model(), frozen=2, grades=(1, 2, 3, 4))
+    upper.head.data = torch.tensor([1.0, 0.0, 1.0, 2.0])  # a = 1, cuts θ = 0, 1, 2
+    logit = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    # P(grade ≤ k) = σ(θ_k − logit); P(k) is the difference of neighbours
+    want = []
+    for x in (1.0, 0.0):
+        cumulative = [_sigmoid(t - x) for t in (0.0, 1.0, 2.0)] + [1.0]
+        want.append([cumulative[0]] + [cumulative[k] - cumulative[k - 1] for k in (1, 2, 3)])
+    with torch.no_grad():
+        probs = upper.probabilities(logit).numpy()
+        expected = upper.grade(logit).numpy()
+        nll = float(upper.loss(logit, torch.tensor([4.0, 1.0], dtype=torch.float64), "ordinal"))
+    assert probs == pytest.approx(np.array(want), abs=1e-6)
+    assert expected[0] == pytest.approx(2.5, abs=1e-6)  # symmetric around the middle cut
+    assert expected[1] == pytest.approx(sum(g * p for g, p in zip((1, 2, 3, 4), want[1], strict=True)), abs=1e-6)
+    assert nll == pytest.approx(-(math.log(want[0][3]) + math.log(want[1][0])) / 2, abs=1e-6)
+
+
+def test_an_ordinal_loss_needs_the_ordinal_head():
+    import torch
+
+    upper = UpperModel(_model(), frozen=2)
+    with pytest.raises(ValueError, match="ordinal head"):
+        upper.loss(torch.zeros(2), torch.ones(2), "ordinal")
+
+
+def test_the_ordinal_head_fitted_on_logits_gives_fit_ordinals_probabilities():
+    import torch
+
+    from twostage_search.rerankers.ordinal import fit_ordinal
+
+    logits = np.array([-3.0, -2.0, -1.5, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 0.2, -0.4])
+    grades = [1, 1, 2, 1, 2, 3, 2, 3, 4, 4, 4, 3]
+    upper = UpperModel(_model(), frozen=2, grades=(1, 2, 3, 4))
+    upper.head.data = torch.tensor(ordinal_head(logits, grades, (1, 2, 3, 4)), dtype=torch.float32)
+    want = fit_ordinal(["logit"], logits[:, None], grades, (1, 2, 3, 4)).probabilities(logits[:, None])
+    with torch.no_grad():
+        got = upper.probabilities(torch.from_numpy(logits)).numpy()
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["ordinal", "ordinal+mse"])
+def test_ordinal_training_lowers_the_loss_and_a_checkpoint_reloads_with_the_same_predictions(loss):
+    import torch
+
+    model = _model()
+    states = frozen_states(model, _encoded(), frozen=2)
+    upper = UpperModel(model, frozen=2, grades=(1, 2, 3, 4))
+    # the tiny random model's logits are all alike, so the head starts by hand: scale 1, cuts around them
+    middle = float(upper.predict(states)[0].mean())
+    upper.head.data = torch.tensor([1.0, middle - 1.0, middle, middle + 1.0])
+    history = train_epochs(
+        upper, states, GRADES, TrainSetting(lr=3e-3, epochs=8, batch_size=3, loss=loss), lambda e, _: None
+    )
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    want = upper.predict(states)
+    assert all(1.0 <= g <= 4.0 for g in want[1])  # E[grade] stays on the scale
+    fresh = UpperModel(_model(), frozen=2, grades=(1, 2, 3, 4))
+    fresh.load(upper.state())
     got = fresh.predict(states)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])

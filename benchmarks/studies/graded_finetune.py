@@ -7,19 +7,23 @@
 
 The model reads what the ``graded`` model's ``ce`` logit reads: the query and the item title (64 tokens at
 most). Its embeddings and lower ``--frozen`` layers stay fixed (their outputs are computed once and cached);
-the upper layers, the pooler, the classifier and an affine map from logit to grade are trained on the squared
-grade error (:mod:`twostage_search.benchmarks.finetune`). Splits are the committed query-level ones. Each
-setting (learning rate × training data: CrowdFlower train, or it plus the Home Depot train subsample with
-1/2/3 read as 1/3/4) runs ``--epochs`` epochs; after each, the dev predictions are cut into grades by
+the upper layers, the pooler, the classifier and a head from logit to grade are trained
+(:mod:`twostage_search.benchmarks.finetune`): an affine map on the squared grade error (``--loss mse``), or
+a cumulative-logit head on the grade's negative log-likelihood (``ordinal``), plus the squared error of
+E[grade] (``ordinal+mse``). Splits are the committed query-level ones. Each setting (learning rate × loss ×
+seed × training data: CrowdFlower train, or it plus the Home Depot train subsample with 1/2/3 read as
+1/3/4) runs ``--epochs`` epochs; after each, the dev predictions are cut into grades by
 thresholds matching the dev grade mix (:func:`~twostage_search.benchmarks.graded.fit_thresholds`, as for the
 zero-shot cross-encoder bar) and scored by quadratic κ. The best (setting, epoch) on CrowdFlower dev is
 scored once on CrowdFlower test and on the Home Depot test subsample (thresholds on each set's dev split),
-beside the zero-shot INT8 cross-encoder with dev thresholds, with a bootstrap CI over test queries.
+beside the zero-shot INT8 cross-encoder with dev thresholds (and, with ``--compare``, a bundled ``graded-ce``
+delta, its logit cut the same way), with bootstrap CIs over test queries.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -30,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.finetune import TrainSetting, UpperModel, encode, frozen_states, train_epochs
+from twostage_search.benchmarks.finetune import LOSSES, TrainSetting, UpperModel, encode, frozen_states, train_epochs
 from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresholds, candidates, fit_thresholds
 from twostage_search.benchmarks.graded_data import LogitCache, load_split_set
 from twostage_search.benchmarks.report import run_study
@@ -43,6 +47,7 @@ from twostage_search.benchmarks.studies.graded_model import (
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER
 from twostage_search.rerankers.graded import LOGITS, passage
+from twostage_search.rerankers.graded_ce import DELTA_FILE, apply_delta
 from twostage_search.rerankers.onnx_cross_encoder import OnnxCrossEncoderReranker, onnx_model_files
 from twostage_search.rerankers.onnx_to_torch import tokenizer_from_file, torch_from_onnx
 
@@ -179,26 +184,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data_options = {k: v for k, v in data_options.items() if k == args.data}
         if not data_options:
             raise SystemExit(f"--data {args.data!r}: not available (give --homedepot and --homedepot-train)")
+    heads: dict[str, tuple[int, ...]] = {}
     for data_name, (x, y) in data_options.items():
-        for lr in args.lr:
-            setting = TrainSetting(lr=lr, epochs=args.epochs, data=data_name, batch_size=args.batch_size)
+        for lr, loss, seed in ((lr, loss, seed) for lr in args.lr for loss in args.loss for seed in args.seed):
+            setting = TrainSetting(
+                lr=lr, epochs=args.epochs, data=data_name, batch_size=args.batch_size, seed=seed, loss=loss
+            )
             model.load_state_dict(base)
-            upper = UpperModel(model, args.frozen)
-            trials += run_setting(upper, setting, x, y, states, cf, args)
+            upper = UpperModel(model, args.frozen, () if loss == "mse" else cf.grades)
+            rows = run_setting(upper, setting, x, y, states, cf, args)
+            heads[rows[0]["tag"]] = upper.grades
+            trials += rows
     scored = [t for t in trials if t.get("epoch", 0) >= 1]
     top = max(scored, key=lambda t: t["dev_kappa_quadratic"])
     best = (top["dev_kappa_quadratic"], top["tag"], top["epoch"])
     report["trials"] = trials
     report["chosen"] = {"dev_kappa_quadratic": best[0], "tag": best[1], "epoch": best[2]}
     model.load_state_dict(base)
-    upper = UpperModel(model, args.frozen)
+    upper = UpperModel(model, args.frozen, heads[best[1]])
     upper.load(torch.load(var / f"ckpt-{best[1]}-e{best[2]}.pt"))
     if args.save is not None:
         model.save_pretrained(args.save)
         tokenizer.save_pretrained(args.save)
-        torch.save({"affine": upper.affine.detach()}, args.save / "affine.pt")
+        torch.save({"affine": upper.affine.detach(), "head": upper.head.detach()}, args.save / "affine.pt")
+    others = {}
+    if args.compare is not None:  # a bundled delta replaces every trained tensor; the lower layers are the base's
+        shipped = apply_delta(copy.deepcopy(model), args.compare / DELTA_FILE)
+        others[f"{args.compare.name} (bundled), dev thresholds"] = UpperModel(shipped, args.frozen)
+        report["compare_dev_kappa_quadratic"] = {
+            k: dev_kappa(o.predict(states[("crowdflower", "dev")])[0], [p.grade for p in cf.pairs("dev")], cf)[0]
+            for k, o in others.items()
+        }
     for name, data in sets.items():
-        report[name] = score_test(data, upper, states, name, var / "ce-logits" / f"ce-logits-{name}.tsv", args)
+        cache = var / "ce-logits" / f"ce-logits-{name}.tsv"
+        report[name] = score_test(data, upper, states, name, cache, args, others)
     report["load_after"] = os.getloadavg()[0]
     return report
 
@@ -219,12 +238,14 @@ def run_setting(
     cf_train = [float(p.grade) for p in cf.pairs("train")]
     cf_dev = [p.grade for p in cf.pairs("dev")]
     tag = f"{setting.data.replace(' + ', '+')}-lr{setting.lr:g}-ep{setting.epochs}-frozen{upper.frozen}"
-    base = {"tag": tag, "lr": setting.lr, "data": setting.data}
-    affine = upper.fit_affine(states[("crowdflower", "train")], cf_train)
-    rows = [
-        base
-        | {"epoch": 0, "affine": affine, "dev_kappa_quadratic": dev_kappa(upper.predict(dev_states)[1], cf_dev, cf)[0]}
-    ]
+    tag += "" if setting.loss == "mse" else f"-{setting.loss}"
+    tag += "" if setting.seed == 13 else f"-seed{setting.seed}"
+    base = {"tag": tag, "lr": setting.lr, "data": setting.data, "loss": setting.loss, "seed": setting.seed}
+    if upper.grades:
+        head: dict[str, Any] = {"head": upper.fit_head(states[("crowdflower", "train")], cf_train)}
+    else:
+        head = {"affine": upper.fit_affine(states[("crowdflower", "train")], cf_train)}
+    rows = [base | {"epoch": 0, "dev_kappa_quadratic": dev_kappa(upper.predict(dev_states)[1], cf_dev, cf)[0]} | head]
     started = time.perf_counter()
 
     def on_epoch(epoch: int, opt_state: dict[str, Any]) -> None:
@@ -255,8 +276,10 @@ def score_test(
     name: str,
     cache: Path,
     args: argparse.Namespace,
+    others: Mapping[str, UpperModel] | None = None,
 ) -> dict[str, Any]:
-    """The chosen model and the zero-shot cross-encoder on the set's test pairs, thresholds from its dev pairs."""
+    """The chosen model, the zero-shot cross-encoder and ``others`` (fine-tuned models compared, their logits cut
+    the same way) on the set's test pairs, thresholds from its dev pairs."""
     dev, test = data.pairs("dev"), data.pairs("test")
     dev_grades, test_grades = [p.grade for p in dev], [p.grade for p in test]
     _, dev_pred = upper.predict(states[(name, "dev")])
@@ -269,6 +292,9 @@ def score_test(
     ce_dev = [logits.values[(p.query_id, p.doc_id)] for p in dev]
     ce_cuts = fit_thresholds(ce_dev, dev_grades, data.grades)
     labels[ZERO_SHOT] = apply_thresholds([logits.values[(p.query_id, p.doc_id)] for p in test], ce_cuts, data.grades)
+    for grader, other in (others or {}).items():
+        other_cuts = fit_thresholds(list(other.predict(states[(name, "dev")])[0]), dev_grades, data.grades)
+        labels[grader] = apply_thresholds(list(other.predict(states[(name, "test")])[0]), other_cuts, data.grades)
     majority = max(data.grades, key=lambda g: (dev_grades.count(g), g))
     labels[f"constant majority of dev ({majority})"] = [majority] * len(test)
     rows = []
@@ -276,9 +302,11 @@ def score_test(
         m = agreement(test_grades, graded, data.grades, data.cut)
         rows.append({"grader": grader} | m)
     ci = bootstrap_kappa_diff(test, labels[FINETUNED], labels[ZERO_SHOT], data.grades, data.cut)
+    vs = {k: bootstrap_kappa_diff(test, labels[FINETUNED], labels[k], data.grades, data.cut) for k in others or {}}
     return {
         "rows": rows,
         "kappa_quadratic_diff_vs_zero_shot": ci,
+        "kappa_quadratic_diff_vs": vs,
         "test_queries": len(data.splits["test"]),
         "test_pairs": len(test),
         "dev_cuts": cuts,
@@ -333,8 +361,10 @@ def grader_tables(report: Mapping[str, Any]) -> list[str]:
                 f"| {r['grader']} | {r[f'acc@{k}']:.3f} | {r['acc@2']:.3f} | {r[f'macro_f1@{k}']:.3f} "
                 f"| {r['kappa_linear']:.3f} | {r['kappa_quadratic']:.3f} |"
             )
-        ci = report[name]["kappa_quadratic_diff_vs_zero_shot"]
-        lines.append(f"Δ κ quadratic (fine-tuned − zero-shot): {ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]")
+        diffs = {"zero-shot": report[name]["kappa_quadratic_diff_vs_zero_shot"]}
+        for other, ci in (diffs | report[name].get("kappa_quadratic_diff_vs", {})).items():
+            diff = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+            lines.append(f"Δ κ quadratic (fine-tuned − {other}): {diff}")
     return lines
 
 
@@ -352,6 +382,8 @@ def parser() -> argparse.ArgumentParser:
         help="train on this training data only (default: every option given)",
     )
     p.add_argument("--lr", type=float, nargs="+", default=[5e-5], help="learning rates tried")
+    p.add_argument("--loss", choices=LOSSES, nargs="+", default=["mse"], help="training losses tried")
+    p.add_argument("--seed", type=int, nargs="+", default=[13], help="training seeds tried (batch order, dropout)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--frozen", type=int, default=8, help="lower encoder layers kept fixed (outputs cached)")
@@ -359,6 +391,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-pairs", type=int, default=200, help="pairs for the torch-vs-ONNX check (0: skip)")
     p.add_argument("--var", type=Path, default=Path("var/finetune"), help="folder of caches and checkpoints")
     p.add_argument("--save", type=Path, default=None, help="save the dev-chosen model (transformers format) here")
+    p.add_argument("--compare", type=Path, default=None, help="a graded-ce bundle folder to compare with on test")
     p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     return p
 

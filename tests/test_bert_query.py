@@ -185,3 +185,41 @@ def test_residual_export_equals_the_torch_model(tmp_path, static_student):
     want = torch_vectors(residual, QUERIES, static)
     assert np.abs(got - want).max() < 1e-3
     assert np.abs(got - static).max() > 0.05  # the contextual part does move the vectors
+
+
+def test_training_measures_dev_every_n_steps_without_changing_the_training():
+    """10 texts in batches of 2 are 5 steps an epoch: measuring every 2 steps adds the steps 2, 4 (epoch 0.4,
+    0.8) and 6, 8 (1.2, 1.6) between the epochs' own measurements, reports each, and trains the same weights."""
+    import torch
+
+    from twostage_search.benchmarks.studies.query_bert_train import BertSettings, train
+
+    rows = token_ids([f"query number {i}" for i in range(10)])
+    targets = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
+    targets /= np.linalg.norm(targets, axis=1, keepdims=True)
+
+    def run(every):
+        model, reports, saved = tiny_student("mean"), [], []
+        settings = BertSettings(layers=1, epochs=2, batch=2, listwise=0.0, warmup=2, measure_every=every)
+        history = train(
+            model,
+            rows,
+            targets,
+            [None] * 10,
+            {},
+            settings,
+            lambda m: {"measured": 1.0},
+            lambda m, epoch: saved.append(epoch),
+            progress=lambda h: reports.append(len(h)),
+        )
+        return model, history, reports, saved
+
+    measured, history, reports, saved = run(2)
+    assert [h["epoch"] for h in history] == [0, 0.4, 0.8, 1, 1.2, 1.6, 2]
+    assert [h["step"] for h in history] == [0, 2, 4, 5, 6, 8, 10]
+    assert reports == [1, 2, 3, 4, 5, 6, 7]
+    assert saved == [1, 2]
+    plain, history, _, _ = run(0)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    for (name, a), (_, b) in zip(measured.state_dict().items(), plain.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

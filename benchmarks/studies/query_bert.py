@@ -136,6 +136,9 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
             max_length=args.max_length,
             listwise=args.listwise,
             tau=args.tau,
+            warmup=args.warmup,
+            word_embeddings=args.word_embeddings,
+            measure_every=args.measure_every,
             seed=args.seed,
         )
         torch.manual_seed(args.seed)
@@ -145,18 +148,22 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         def checkpoint(m: Any, epoch: int, layers: int = layers) -> None:
             torch.save(m.state_dict(), args.work / f"{checkpoint_name(layers, args.pooling, args.static)}-e{epoch}.pt")
 
-        history = train(model, rows, targets, corpus_of, corpora, settings, measure, checkpoint, static)
-        report["runs"][checkpoint_name(layers, args.pooling, args.static)] = {
-            "settings": settings.__dict__ | {"static": args.static},
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "history": history,
-        }
-        write(args.report, report)
+        def progress(
+            history: list[dict[str, Any]], layers: int = layers, model: Any = model, s: Any = settings
+        ) -> None:
+            report["runs"][checkpoint_name(layers, args.pooling, args.static)] = {
+                "settings": s.__dict__ | {"static": args.static},
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "history": history,
+            }
+            write(args.report, report)
+
+        train(model, rows, targets, corpus_of, corpora, settings, measure, checkpoint, static, progress)
     candidates = [
         (hybrid_score(entry), name, entry["epoch"])
         for name, run in report["runs"].items()
         for entry in run["history"]
-        if entry["epoch"] > 0
+        if isinstance(entry["epoch"], int) and entry["epoch"] > 0
     ]
     if candidates:
         score, name, epoch = max(candidates)
@@ -175,9 +182,11 @@ def hybrid_score(entry: dict[str, Any]) -> float:
 
 
 def write(path: Path | None, report: dict[str, Any]) -> None:
+    from twostage_search.engine.atomic import atomic_write_text
+
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
 def export(args: argparse.Namespace) -> dict[str, Any]:
@@ -268,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--max-length", type=int, default=64, help="tokens per training text, [CLS] and [SEP] included")
     f.add_argument("--listwise", type=float, default=1.0)
     f.add_argument("--tau", type=float, default=0.05)
+    f.add_argument("--warmup", type=int, default=100, help="optimiser steps of linear warm-up")
+    f.add_argument(
+        "--word-embeddings", action="store_true", help="train the word-piece table too (each step is dearer)"
+    )
+    f.add_argument("--measure-every", type=int, default=0, help="also measure dev every N steps (no checkpoint)")
     f.add_argument("--train-texts", type=int, default=0, help="the first N (seeded order) training texts (0: all)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--static", default=None, help="a static student: train a contextual residual over it")

@@ -12,7 +12,8 @@ teacher's top ``top`` and ``random`` random documents of the text's corpus. Ever
 embeddings, layers, head; the word-piece table only with ``word_embeddings``, as its 11.7 M entries make every optimiser
 step several times dearer) is trained with AdamW (a linear warm-up, then linear decay), length-bucketed
 batches, seeded.
-After each epoch the weights are saved and dev is measured (dense and hybrid nDCG@10, :func:`measure`).
+After each epoch the weights are saved and dev is measured (dense and hybrid nDCG@10, :func:`measure`); with
+``measure_every`` also every that many optimiser steps within an epoch (a learning curve; no weights saved).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class BertSettings:
     warmup: int = 100
     ridge_texts: int = 4096
     word_embeddings: bool = False
+    measure_every: int = 0
     seed: int = 0
 
 
@@ -155,18 +157,23 @@ def train(
     measure: Callable[[Any], dict[str, float]],
     checkpoint: Callable[[Any, int], None],
     static: np.ndarray | None = None,
+    progress: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` end to end; after each epoch ``checkpoint(model, epoch)`` and ``measure(model)`` (dev).
-    ``static``: the static side's vectors of the training texts (a residual model). Returns the per-epoch
-    history (epoch 0: the initial model, head fitted by ridge regression unless residual)."""
+    """Train ``model`` end to end; after each epoch ``checkpoint(model, epoch)`` and ``measure(model)`` (dev),
+    then ``progress(history)`` (e.g. to write a partial report). ``static``: the static side's vectors of the
+    training texts (a residual model). Returns the per-epoch history (epoch 0: the initial model, head fitted by
+    ridge regression unless residual; a measurement within an epoch has a fractional ``epoch``; every entry
+    has the optimiser ``step``)."""
     torch = require("torch", "export")
     torch.manual_seed(settings.seed)
     rnd = np.random.default_rng(settings.seed)
     sample = rnd.choice(len(train_ids), size=min(settings.ridge_texts, len(train_ids)), replace=False)
     if static is None:
         ridge_head(model, [train_ids[i] for i in sample], targets[sample])
-    history: list[dict[str, Any]] = [{"epoch": 0, **measure(model)}]
+    history: list[dict[str, Any]] = [{"epoch": 0, "step": 0, **measure(model)}]
     log.info("epoch 0 %s", history[0])
+    if progress is not None:
+        progress(history)
     names = sorted(corpora)
     docs = {n: torch.from_numpy(np.ascontiguousarray(corpora[n].vectors, dtype=np.float32)) for n in names}
     rows_of = {n: np.asarray([i for i, c in enumerate(corpus_of) if c == n], dtype=np.int64) for n in names}
@@ -188,10 +195,12 @@ def train(
         optimiser, lambda s: min((s + 1) / settings.warmup, max(0.0, (steps - s) / max(1, steps - settings.warmup)))
     )
     y_all = torch.from_numpy(targets)
+    done = 0
     for epoch in range(1, settings.epochs + 1):
         model.train()
         total_cos = total_list = 0.0
-        for step, chunk in enumerate(batches(lengths, settings.batch, rnd)):
+        epoch_batches = batches(lengths, settings.batch, rnd)
+        for step, chunk in enumerate(epoch_batches):
             extra = [] if static is None else [torch.from_numpy(static[chunk])]
             predicted = model(*padded([train_ids[i] for i in chunk]), *extra)
             teacher = y_all[chunk]
@@ -216,16 +225,27 @@ def train(
             optimiser.step()
             schedule.step()
             total_cos += float(cos.detach()) * len(chunk)
+            done += 1
             if step % 100 == 0:
                 log.info("epoch %d step %d cos loss %.4f", epoch, step, float(cos.detach()))
+            if settings.measure_every and done % settings.measure_every == 0 and step + 1 < len(epoch_batches):
+                history.append({"epoch": round(epoch - 1 + (step + 1) / len(epoch_batches), 3), "step": done})
+                history[-1] |= measure(model)
+                log.info("epoch %d step %d %s", epoch, step, history[-1])
+                if progress is not None:
+                    progress(history)
+                model.train()
         checkpoint(model, epoch)
         entry = {
             "epoch": epoch,
+            "step": done,
             "train_cos_loss": round(total_cos / len(train_ids), 5),
             "train_listwise": round(total_list / len(train_ids), 5),
         }
         history.append(entry | measure(model))
         log.info("epoch %d %s", epoch, history[-1])
+        if progress is not None:
+            progress(history)
     return history
 
 

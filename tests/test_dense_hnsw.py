@@ -227,3 +227,35 @@ def test_ann_benchmark_tries_scalar_kinds_and_refine_factors_without_timing(tmp_
     assert all(
         r["build_seconds"] is None for r in json.loads((tmp_path / "dense_ann-tiny.json").read_text())["settings"]
     )
+
+
+def test_cli_adds_an_8bit_graph_to_a_flat_index_and_to_a_hybrids_dense_part(tmp_path, tiny_docs, dense, capsys):
+    from twostage_search.cli import main
+    from twostage_search.indexes.hybrid import Component, HybridIndex
+
+    flat = DenseFlatIndex.build(tiny_docs, tmp_path / "flat", encoder=dense, progress=False)
+    assert not flat.has_hnsw
+    settings = ["--m", "4", "--ef-search", "16", "--scalar", "i8", "--refine-factor", "2"]
+    argv = ["hnsw", "--index", str(flat.path), *settings]
+    assert main(argv) == 0
+    graphed = DenseFlatIndex.open(tmp_path / "flat")
+    stored = graphed.meta["hnsw"]
+    assert (stored["m"], stored["ef_search"], stored["scalar"], stored["refine_factor"]) == (4, 16, "i8", 2)
+    retriever = graphed.retriever(dense)
+    assert retriever.graph is not None and retriever.graph.refine_factor == 2
+    exact = graphed.retriever(dense, search="exact")
+    query = Query("q", "glucose metabolism in the liver")
+    assert retriever.retrieve(query, 5).doc_ids == exact.retrieve(query, 5).doc_ids  # ef 16 ≥ the documents: all seen
+
+    other = DenseFlatIndex.build(tiny_docs, tmp_path / "other", encoder=dense, progress=False)
+    hybrid = tmp_path / "hybrid"
+    HybridIndex.compose(
+        hybrid, [Component("lexical", str(other.path), 1.0), Component("dense", str(tmp_path / "flat"), 2.0)]
+    )
+    assert main(["hnsw", "--index", str(hybrid), "--ef-search", "32"]) == 0
+    assert DenseFlatIndex.open(tmp_path / "flat").meta["hnsw"]["ef_search"] == 32
+    assert not DenseFlatIndex.open(other.path).has_hnsw
+    capsys.readouterr()
+    assert main(["hnsw", "--index", str(hybrid), "--component", "splade"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no component 'splade'" in err

@@ -8,14 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twostage_search.engine.argtypes import positive_int
 from twostage_search.engine.errors import InputError
-
-
-def _at_least_one(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
 
 
 def add_hnsw_parser(sub: Any) -> None:
@@ -27,11 +21,11 @@ def add_hnsw_parser(sub: Any) -> None:
     )
     h.add_argument("--index", required=True, type=Path, help="a dense-flat index, or a hybrid with a dense component")
     h.add_argument("--component", default="dense", help="the hybrid's component to give the graph (default dense)")
-    h.add_argument("--m", type=_at_least_one, default=defaults.m, help=f"links per node (default {defaults.m})")
-    h.add_argument("--ef-construction", type=_at_least_one, default=defaults.ef_construction)
+    h.add_argument("--m", type=positive_int, default=defaults.m, help=f"links per node (default {defaults.m})")
+    h.add_argument("--ef-construction", type=positive_int, default=defaults.ef_construction)
     h.add_argument(
         "--ef-search",
-        type=_at_least_one,
+        type=positive_int,
         default=defaults.ef_search,
         help="candidates kept while searching; choose it on dev queries of your corpus "
         f"(default {defaults.ef_search}; a retriever may override it)",
@@ -44,7 +38,7 @@ def add_hnsw_parser(sub: Any) -> None:
     )
     h.add_argument(
         "--refine-factor",
-        type=_at_least_one,
+        type=positive_int,
         default=defaults.refine_factor,
         help="score the graph's top FACTOR × k exactly (2 recovers an i8 graph's recall; default 1)",
     )
@@ -55,6 +49,7 @@ def hnsw_from_args(args: argparse.Namespace) -> int:
     from twostage_search import indexes
     from twostage_search.indexes.dense import DenseFlatIndex
     from twostage_search.indexes.dense_hnsw import HnswConfig
+    from twostage_search.indexes.hybrid import HybridIndex
 
     config = HnswConfig(
         m=args.m,
@@ -64,18 +59,13 @@ def hnsw_from_args(args: argparse.Namespace) -> int:
         refine_factor=args.refine_factor,
     )
     index = indexes.load(args.index)
-    backend = index.meta.get("backend")
-    if backend == "hybrid":
-        components = getattr(index, "components", {})
-        if args.component not in components:
-            raise InputError(f"{args.index} has no component {args.component!r} (it has {', '.join(components)})")
-        target = Path(components[args.component].path)
-    elif backend == DenseFlatIndex.backend:
-        target = args.index
-    else:
-        raise InputError(f"{args.index} is a {backend} index: a graph goes on dense-flat (or a hybrid's dense part)")
-    if indexes.load(target).meta.get("backend") != DenseFlatIndex.backend:
-        raise InputError(f"{target} is not a dense-flat index")
+    if isinstance(index, HybridIndex):
+        if args.component not in index.components:
+            raise InputError(f"{args.index} has no component {args.component!r} (it has {', '.join(index.components)})")
+        index = index.components[args.component]
+    if not isinstance(index, DenseFlatIndex):
+        raise InputError(f"{index.path} is a {index.meta.get('backend')} index: a graph goes on a dense-flat index")
+    target = index.path
     started = time.perf_counter()
     DenseFlatIndex.add_hnsw(target, config)
     print(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import platform
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,3 +239,23 @@ def overlap_share(ranking: Sequence[str], reference: Sequence[str]) -> float:
     if not reference:
         return 0.0 if ranking else 1.0
     return len(set(ranking) & set(reference)) / len(reference)
+
+
+def paired_ratio_ci(
+    num: Sequence[float],
+    den: Sequence[float],
+    statistic: Callable[..., Any],
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``statistic(num) / statistic(den)`` over paired per-query values (e.g. ``numpy.median`` of two systems'
+    times, or ``numpy.sum`` for a throughput ratio), with a percentile bootstrap 95% CI: the queries are
+    resampled, each keeping its pair."""
+    import numpy as np
+
+    x, y = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    ratios = statistic(x[idx], axis=1) / statistic(y[idx], axis=1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(statistic(x) / statistic(y)), float(low), float(high)

@@ -39,7 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.benchmarks.datasets import judged_queries
-from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, overlap_share, percentile
+from twostage_search.benchmarks.evaluation import (
+    compare,
+    evaluate,
+    machine,
+    mean,
+    overlap_share,
+    paired_ratio_ci,
+    percentile,
+)
 from twostage_search.engine.argtypes import named_path
 from twostage_search.engine.errors import InputError, exit_status
 from twostage_search.engine.logs import setup_logging
@@ -74,12 +82,7 @@ def median_ratio_ci(a: list[float], b: list[float], seed: int = SEED) -> tuple[f
     """median(a) / median(b) over paired per-query times, with a bootstrap 95% CI (queries resampled)."""
     import numpy as np
 
-    x, y = np.asarray(a), np.asarray(b)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))
-    ratios = np.median(x[idx], axis=1) / np.median(y[idx], axis=1)
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(np.median(x) / np.median(y)), float(low), float(high)
+    return paired_ratio_ci(a, b, np.median, resamples=BOOTSTRAP, seed=seed)
 
 
 def _first_stage(retriever: Any, query: Query, depth: int, texts: int) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.evaluation import machine, percentile
+from twostage_search.benchmarks.evaluation import machine, paired_ratio_ci, percentile
 from twostage_search.benchmarks.graded import load_graded
 from twostage_search.benchmarks.graded_data import SPLITS_DIR, read_splits
 from twostage_search.benchmarks.report import run_study
@@ -41,16 +41,6 @@ def parse_reranker(spec: str) -> tuple[str, dict[str, Any]]:
     """``NAME`` or ``NAME:key=value,key=value`` → (name, options)."""
     name, _, rest = spec.partition(":")
     return name, key_values([p for p in rest.split(",") if p], f"--reranker {spec}") if rest else {}
-
-
-def ratio_ci(ms: np.ndarray, base_ms: np.ndarray, rounds: int = 2000) -> tuple[float, float, float]:
-    """Throughput ratio (the first reranker's time / this one's, over the same pairs) with a bootstrap 95% CI
-    over queries."""
-    rng = np.random.default_rng(SEED)
-    point = float(base_ms.sum() / ms.sum())
-    picks = rng.integers(0, len(ms), size=(rounds, len(ms)))
-    draws = base_ms[picks].sum(axis=1) / ms[picks].sum(axis=1)
-    return point, float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,14 +75,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             models[label].rerank(query, ranking)
             ms[label].append((time.perf_counter() - started) * 1000)
     pairs = np.array([len(r) for _, r in lists], dtype=float)
-    base = np.array(ms[labels[0]])
     rows = {}
     for label in labels:
-        times = np.array(ms[label])
-        point, low, high = ratio_ci(times, base)
+        # throughput over the same pairs: the first reranker's time / this one's
+        point, low, high = paired_ratio_ci(ms[labels[0]], ms[label], np.sum, seed=SEED)
         rows[label] = {
-            "pairs_per_s": round(float(pairs.sum() / times.sum() * 1000), 1),
-            "p50_ms_per_query": round(percentile(list(times), 50), 2),
+            "pairs_per_s": round(float(pairs.sum() / sum(ms[label]) * 1000), 1),
+            "p50_ms_per_query": round(percentile(ms[label], 50), 2),
             "throughput_vs_first": [round(point, 3), round(low, 3), round(high, 3)],
         }
     return {

@@ -60,7 +60,9 @@ def measure(
     index: Any, component: str, ef: int | None, splits: dict[str, tuple[list[Query], Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Fused rankings (and the dense component's own) of every split with the graph at ``ef`` (None: exact)."""
-    options = {"search": "exact"} if ef is None else {"search": "hnsw", "ef_search": ef}
+    options: dict[str, Any] = {"search": "exact"} if ef is None else {"search": "hnsw", "ef_search": ef}
+    # the fused pass encodes each query once; the dense component's own pass below reuses those vectors
+    options["query_cache"] = max(len(queries) for queries, _ in splits.values())
     retriever = index.retriever(components={component: options})
     try:
         out: dict[str, Any] = {}

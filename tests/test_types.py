@@ -53,6 +53,24 @@ def test_records_are_frozen():
         c.score = 2.0  # type: ignore[misc]
 
 
+def test_built_rankings_hold_the_records_the_constructor_makes():
+    """from_sorted and from_candidates write ScoredDoc's slots directly: the rows must be the constructor's."""
+    docs = {"a": Document("a", "text a", "Title a"), "b": Document("b", "text b")}
+    expected = (ScoredDoc("q", "a", 2.0, 1, "text a", "Title a"), ScoredDoc("q", "b", 1.0, 2, "text b", ""))
+    built = [
+        RankedList.from_sorted("q", [("a", 2), ("b", 1.0)], docs),
+        RankedList.from_candidates("q", [Candidate("b", 1, "text b"), Candidate("a", 2.0, "text a", "Title a")]),
+    ]
+    for ranking in built:
+        assert ranking.items == expected
+        assert [repr(i) for i in ranking] == [repr(i) for i in expected]
+        assert [hash(i) for i in ranking] == [hash(i) for i in expected]
+        assert all(type(i.score) is float for i in ranking)  # an int score becomes a float, as before
+        with pytest.raises(AttributeError):
+            ranking[0].score = 3.0  # type: ignore[misc]
+    assert RankedList.from_sorted("q", [("a", 2.0), ("c", 1.5)], docs).doc_ids == ["a"]  # c has no document
+
+
 def test_query_must_not_be_empty():
     with pytest.raises(InputError):
         Query("q", "   ")

@@ -12,6 +12,7 @@ need("torch", "train")
 need("transformers", "train")
 
 from twostage_search.benchmarks.finetune import TrainSetting, UpperModel, frozen_states, ordinal_head, train_epochs
+from twostage_search.benchmarks.soup import seed_groups, uniform_soup
 
 # (query, item) pairs as token ids with their type ids, of different lengths; grades 1–4
 PAIRS = [
@@ -151,3 +152,76 @@ def test_ordinal_training_lowers_the_loss_and_a_checkpoint_reloads_with_the_same
     fresh.load(upper.state())
     got = fresh.predict(states)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def _trained(seed):
+    model = _model()
+    states = frozen_states(model, _encoded(), frozen=2)
+    upper = UpperModel(model, frozen=2)
+    upper.fit_affine(states, GRADES)
+    train_epochs(upper, states, GRADES, TrainSetting(lr=3e-3, epochs=2, batch_size=3, seed=seed), lambda e, _: None)
+    return upper, states
+
+
+def test_the_soup_of_two_identical_checkpoints_scores_as_the_checkpoint():
+    upper, states = _trained(13)
+    want = upper.predict(states)
+    fresh = UpperModel(_model(), frozen=2)
+    fresh.load(uniform_soup([upper.state(), upper.state()]))
+    got = fresh.predict(states)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_the_soup_is_the_elementwise_mean_of_the_checkpoints():
+    import torch
+
+    checkpoints = [
+        {
+            "model": {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([0.0])},
+            "affine": torch.tensor([1.0, 0.0]),
+        },
+        {
+            "model": {"w": torch.tensor([[3.0, 2.0], [1.0, 0.0]]), "b": torch.tensor([3.0])},
+            "affine": torch.tensor([2.0, 1.0]),
+        },
+        {
+            "model": {"w": torch.tensor([[2.0, 5.0], [2.0, -1.0]]), "b": torch.tensor([-6.0])},
+            "affine": torch.tensor([0.0, 2.0]),
+        },
+    ]
+    soup = uniform_soup(checkpoints)
+    assert soup["model"]["w"].tolist() == [[2.0, 3.0], [2.0, 1.0]]
+    assert soup["model"]["b"].tolist() == [-1.0]
+    assert soup["affine"].tolist() == [1.0, 1.0]
+    assert "head" not in soup and soup["model"]["w"].dtype == torch.float32
+    with pytest.raises(ValueError, match="different tensors"):
+        uniform_soup([checkpoints[0], {"model": {"w": checkpoints[1]["model"]["w"]}}])
+
+
+def test_a_soup_of_two_seeds_differs_from_each_and_reloads_with_the_same_scores(tmp_path):
+    import torch
+
+    (a, states), (b, _) = _trained(13), _trained(14)
+    soup = uniform_soup([a.state(), b.state()])
+    upper = UpperModel(_model(), frozen=2)
+    upper.load(soup)
+    want = upper.predict(states)
+    assert not np.array_equal(want[0], a.predict(states)[0]) and not np.array_equal(want[0], b.predict(states)[0])
+    torch.save(soup, tmp_path / "soup.pt")
+    fresh = UpperModel(_model(), frozen=2)
+    fresh.load(torch.load(tmp_path / "soup.pt"))
+    got = fresh.predict(states)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_seed_groups_pair_the_runs_of_one_setting_and_epoch_that_differ_only_in_seed():
+    def row(tag, seed, epoch, lr=1e-4):
+        return {"tag": tag, "data": "crowdflower", "lr": lr, "loss": "mse", "seed": seed, "epoch": epoch}
+
+    trials = [
+        row("s", 13, 0), row("s", 13, 1), row("s", 13, 2),
+        row("s-seed14", 14, 0), row("s-seed14", 14, 1), row("s-seed14", 14, 2),
+        row("other", 13, 1, lr=5e-5),  # another setting with one seed: no soup
+        {"tag": "s-soup13+14", "epoch": 1, "soup_of": ["s", "s-seed14"], "dev_kappa_quadratic": 0.5},
+    ]  # fmt: skip
+    assert seed_groups(trials) == {("s-soup13+14", 1): ["s", "s-seed14"], ("s-soup13+14", 2): ["s", "s-seed14"]}

@@ -101,6 +101,15 @@ def best_run(trials: Sequence[Mapping[str, Any]], soup: Mapping[str, Any]) -> Ma
     return max(members, key=lambda t: t["dev_kappa_quadratic"])
 
 
+def rival(trials: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """What a chosen dev row is compared with on test: its best member run when it is a soup, otherwise the best
+    soup on dev (``None`` when there is no soup)."""
+    if "soup_of" in chosen:
+        return best_run(trials, chosen)
+    soups = [t for t in trials if "soup_of" in t]
+    return max(soups, key=lambda t: t["dev_kappa_quadratic"]) if soups else None
+
+
 def soup_rows(
     model: Any,
     base: Mapping[str, Any],

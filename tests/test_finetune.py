@@ -12,7 +12,7 @@ need("torch", "train")
 need("transformers", "train")
 
 from twostage_search.benchmarks.finetune import TrainSetting, UpperModel, frozen_states, ordinal_head, train_epochs
-from twostage_search.benchmarks.soup import seed_groups, uniform_soup
+from twostage_search.benchmarks.soup import rival, seed_groups, soup_table, uniform_soup
 
 # (query, item) pairs as token ids with their type ids, of different lengths; grades 1–4
 PAIRS = [
@@ -225,3 +225,23 @@ def test_seed_groups_pair_the_runs_of_one_setting_and_epoch_that_differ_only_in_
         {"tag": "s-soup13+14", "epoch": 1, "soup_of": ["s", "s-seed14"], "dev_kappa_quadratic": 0.5},
     ]  # fmt: skip
     assert seed_groups(trials) == {("s-soup13+14", 1): ["s", "s-seed14"], ("s-soup13+14", 2): ["s", "s-seed14"]}
+
+
+def test_a_chosen_soup_is_compared_with_its_best_run_and_a_chosen_run_with_the_best_soup():
+    runs = [
+        {"tag": "s", "epoch": 1, "dev_kappa_quadratic": 0.50},
+        {"tag": "s", "epoch": 2, "dev_kappa_quadratic": 0.56},
+        {"tag": "s-seed14", "epoch": 1, "dev_kappa_quadratic": 0.53},
+        {"tag": "s-seed14", "epoch": 2, "dev_kappa_quadratic": 0.58},
+        {"tag": "other", "epoch": 2, "dev_kappa_quadratic": 0.60},  # not a member of the soups
+    ]
+    soups = [
+        {"tag": "s-soup13+14", "epoch": 1, "soup_of": ["s", "s-seed14"], "dev_kappa_quadratic": 0.52},
+        {"tag": "s-soup13+14", "epoch": 2, "soup_of": ["s", "s-seed14"], "dev_kappa_quadratic": 0.57},
+    ]
+    assert rival(runs + soups, soups[1]) is runs[3]
+    assert rival(runs + soups, runs[4]) is soups[1]
+    assert rival(runs, runs[4]) is None
+    table = soup_table(runs + soups)
+    assert table[2] == "| s-soup13+14 | 1 | 0.5000 | 0.5300 | 0.5150 | 0.5300 | 0.5200 |"
+    assert table[3] == "| s-soup13+14 | 2 | 0.5600 | 0.5800 | 0.5700 | 0.5800 | 0.5700 |"

@@ -19,7 +19,8 @@ scored once on CrowdFlower test and on the Home Depot test subsample (thresholds
 beside the zero-shot INT8 cross-encoder with dev thresholds (and, with ``--compare``, a bundled ``graded-ce``
 delta, its logit cut the same way), with bootstrap CIs over test queries. With ``--soup`` and several
 ``--seed``, the uniform average of the seeds' trained tensors (:mod:`~twostage_search.benchmarks.soup`) is
-scored on dev beside them at each epoch and may be chosen (on test it is then set beside its best single run).
+scored on dev beside them at each epoch and may be chosen; on test the best soup and the best single run on dev
+are set side by side. ``--dev-only`` stops before test.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from twostage_search.benchmarks.finetune import (
 from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresholds, candidates, fit_thresholds
 from twostage_search.benchmarks.graded_data import LogitCache, load_split_set
 from twostage_search.benchmarks.report import run_study
-from twostage_search.benchmarks.soup import best_run, soup_rows, soup_table
+from twostage_search.benchmarks.soup import rival, soup_rows, soup_table
 from twostage_search.benchmarks.studies.graded_model import (
     HD_CUT,
     HD_SUBSAMPLE,
@@ -202,13 +203,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model.save_pretrained(args.save)
         tokenizer.save_pretrained(args.save)
         torch.save({"affine": upper.affine.detach(), "head": upper.head.detach()}, args.save / "affine.pt")
+    if args.dev_only:
+        return report
     others = {}
-    if "soup_of" in top:  # the soup beside its best single run on test, scored the same way
-        single = best_run(scored, top)
-        best_single = UpperModel(copy.deepcopy(model), args.frozen, heads[single["tag"]])
-        best_single.model.load_state_dict(base)
-        best_single.load(torch.load(var / f"ckpt-{single['tag']}-e{single['epoch']}.pt"))
-        others[f"best single run on dev ({single['tag']} epoch {single['epoch']}), dev thresholds"] = best_single
+    if (other := rival(scored, top)) is not None:  # a soup beside its best single run on test, or the reverse
+        beside = UpperModel(copy.deepcopy(model), args.frozen, heads[other["tag"]])
+        beside.model.load_state_dict(base)
+        beside.load(torch.load(var / f"ckpt-{other['tag']}-e{other['epoch']}.pt"))
+        others[f"{other['tag']} epoch {other['epoch']} (best on dev of its kind), dev thresholds"] = beside
     if args.compare is not None:  # a bundled delta replaces every trained tensor; the lower layers are the base's
         shipped = apply_delta(copy.deepcopy(model), args.compare / DELTA_FILE)
         others[f"{args.compare.name} (bundled), dev thresholds"] = UpperModel(shipped, args.frozen)
@@ -395,6 +397,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--var", type=Path, default=Path("var/finetune"), help="folder of caches and checkpoints")
     p.add_argument("--save", type=Path, default=None, help="save the dev-chosen model (transformers format) here")
     p.add_argument("--compare", type=Path, default=None, help="a graded-ce bundle folder to compare with on test")
+    p.add_argument("--dev-only", action="store_true", help="train and score on dev only (no test scores)")
     p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     return p
 

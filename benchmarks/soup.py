@@ -4,13 +4,15 @@ All runs start from the same base model and differ only in batch order and dropo
 enough to average: the soup is one model, served at one model's cost. :func:`uniform_soup` averages checkpoints
 in :meth:`~twostage_search.benchmarks.finetune.UpperModel.state` form (the trained layers, pooler, classifier and
 grade head); :func:`seed_groups` finds, in a study's dev rows, the runs of one setting at one epoch that differ
-only in seed; :func:`soup_table` sets each seed's dev κ beside the soup's.
+only in seed; :func:`soup_rows` builds, saves and scores the soups; :func:`soup_table` sets each seed's dev κ beside
+the soup's; :func:`rival` names what a chosen run or soup is compared with on test.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from twostage_search.benchmarks.finetune import UpperModel
@@ -115,20 +117,21 @@ def soup_rows(
     base: Mapping[str, Any],
     heads: dict[str, tuple[int, ...]],
     trials: Sequence[Mapping[str, Any]],
-    args: Any,
+    var: Path,
+    frozen: int,
     score: Callable[[UpperModel], tuple[float, list[float]]],
 ) -> list[dict[str, Any]]:
     """A dev row per setting run with several seeds and per epoch: the uniform soup of the runs' checkpoints
-    (``ckpt-<tag>-e<epoch>.pt`` under ``args.var``), saved there as a checkpoint of its own, loaded into
-    ``model`` reset to ``base`` (its layers from ``args.frozen`` on) and scored by ``score`` → (κ, cuts).
+    (``ckpt-<tag>-e<epoch>.pt`` under ``var``), saved there as a checkpoint of its own, loaded into
+    ``model`` reset to ``base`` (its layers from ``frozen`` on) and scored by ``score`` → (κ, cuts).
     ``heads`` (tag → the ordinal head's grades) gains each soup's entry."""
     torch = require("torch", "train")
     rows = []
     for (tag, epoch), members in seed_groups(trials).items():
-        soup = uniform_soup([torch.load(args.var / f"ckpt-{m}-e{epoch}.pt") for m in members])
-        torch.save(soup, args.var / f"ckpt-{tag}-e{epoch}.pt")
+        soup = uniform_soup([torch.load(var / f"ckpt-{m}-e{epoch}.pt") for m in members])
+        torch.save(soup, var / f"ckpt-{tag}-e{epoch}.pt")
         model.load_state_dict(base)
-        upper = UpperModel(model, args.frozen, heads[members[0]])
+        upper = UpperModel(model, frozen, heads[members[0]])
         upper.load(soup)
         heads[tag] = upper.grades
         kappa, cuts = score(upper)

@@ -12,7 +12,7 @@ need("torch", "train")
 need("transformers", "train")
 
 from twostage_search.benchmarks.finetune import TrainSetting, UpperModel, frozen_states, ordinal_head, train_epochs
-from twostage_search.benchmarks.soup import rival, seed_groups, soup_table, uniform_soup
+from twostage_search.benchmarks.soup import rival, seed_groups, soup_rows, soup_table, uniform_soup
 
 # (query, item) pairs as token ids with their type ids, of different lengths; grades 1–4
 PAIRS = [
@@ -245,3 +245,35 @@ def test_a_chosen_soup_is_compared_with_its_best_run_and_a_chosen_run_with_the_b
     table = soup_table(runs + soups)
     assert table[2] == "| s-soup13+14 | 1 | 0.5000 | 0.5300 | 0.5150 | 0.5300 | 0.5200 |"
     assert table[3] == "| s-soup13+14 | 2 | 0.5600 | 0.5800 | 0.5700 | 0.5800 | 0.5700 |"
+
+
+def test_soup_rows_save_and_score_the_soup_of_each_setting_and_epoch(tmp_path):
+    import torch
+
+    (a, states), (b, _) = _trained(13), _trained(14)
+    torch.save(a.state(), tmp_path / "ckpt-s-e2.pt")
+    torch.save(b.state(), tmp_path / "ckpt-s-seed14-e2.pt")
+    trials = [
+        {"tag": t, "data": "cf", "lr": 1e-3, "loss": "mse", "seed": seed, "epoch": 2, "dev_kappa_quadratic": 0.5}
+        for t, seed in (("s", 13), ("s-seed14", 14))
+    ]
+    model = _model()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    heads = {"s": (), "s-seed14": ()}
+    rows = soup_rows(model, base, heads, trials, tmp_path, 2, lambda u: (float(u.predict(states)[1][0]), [1.5]))
+    want = UpperModel(_model(), frozen=2)
+    want.load(uniform_soup([a.state(), b.state()]))
+    first = float(want.predict(states)[1][0])
+    assert rows == [
+        {
+            "tag": "s-soup13+14",
+            "epoch": 2,
+            "soup_of": ["s", "s-seed14"],
+            "dev_kappa_quadratic": first,
+            "dev_cuts": [1.5],
+        }
+    ]
+    assert heads["s-soup13+14"] == ()
+    saved = UpperModel(_model(), frozen=2)
+    saved.load(torch.load(tmp_path / "ckpt-s-soup13+14-e2.pt"))
+    assert np.array_equal(saved.predict(states)[1], want.predict(states)[1])

@@ -190,7 +190,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             trials += rows
     if args.soup:
         cf_dev, dev_states = [p.grade for p in cf.pairs("dev")], states[("crowdflower", "dev")]
-        trials += soup_rows(model, base, heads, trials, args, lambda u: dev_kappa(u.predict(dev_states)[1], cf_dev, cf))
+        trials += soup_rows(
+            model, base, heads, trials, var, args.frozen, lambda u: dev_kappa(u.predict(dev_states)[1], cf_dev, cf)
+        )
     scored = [t for t in trials if t.get("epoch", 0) >= 1]
     top = max(scored, key=lambda t: t["dev_kappa_quadratic"])
     best = (top["dev_kappa_quadratic"], top["tag"], top["epoch"])

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,30 @@ def encode(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int) ->
     """Token ids and type ids of each (query, passage) pair, truncated longest-first, unpadded."""
     enc = tokenizer([q for q, _ in pairs], [p for _, p in pairs], truncation="longest_first", max_length=max_length)
     return [{"input_ids": i, "token_type_ids": t} for i, t in zip(enc["input_ids"], enc["token_type_ids"], strict=True)]
+
+
+def save_states(path: Path, states: Sequence[np.ndarray]) -> None:
+    """Write unpadded per-pair states (float32) to an ``.npz`` file, atomically."""
+    lengths = np.array([len(s) for s in states], dtype=np.int64)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, lengths=lengths, states=np.concatenate(states).astype(np.float32))
+    tmp.replace(path)
+
+
+def load_states(path: Path) -> list[np.ndarray]:
+    """The per-pair states :func:`save_states` wrote."""
+    with np.load(path) as f:
+        lengths = f["lengths"]
+        flat = f["states"]
+    ends = np.cumsum(lengths)
+    return [flat[e - n : e] for n, e in zip(lengths, ends, strict=True)]
+
+
+def token_lengths(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """Percentiles of the pairs' token counts (untruncated, up to 512)."""
+    lengths = [len(e["input_ids"]) for e in encode(tokenizer, pairs, 512)]
+    q = np.percentile(lengths, [50, 90, 99, 100])
+    return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": float(q[3]), "pairs": len(lengths)}
 
 
 def _pad(rows: Sequence[Any], width: int, torch: Any) -> tuple[Any, Any]:

@@ -12,6 +12,7 @@ need("torch", "train")
 need("transformers", "train")
 
 from twostage_search.benchmarks.finetune import TrainSetting, UpperModel, frozen_states, ordinal_head, train_epochs
+from twostage_search.benchmarks.soup import rival, seed_groups, soup_rows, soup_table, uniform_soup
 
 # (query, item) pairs as token ids with their type ids, of different lengths; grades 1–4
 PAIRS = [
@@ -151,3 +152,128 @@ def test_ordinal_training_lowers_the_loss_and_a_checkpoint_reloads_with_the_same
     fresh.load(upper.state())
     got = fresh.predict(states)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def _trained(seed):
+    model = _model()
+    states = frozen_states(model, _encoded(), frozen=2)
+    upper = UpperModel(model, frozen=2)
+    upper.fit_affine(states, GRADES)
+    train_epochs(upper, states, GRADES, TrainSetting(lr=3e-3, epochs=2, batch_size=3, seed=seed), lambda e, _: None)
+    return upper, states
+
+
+def test_the_soup_of_two_identical_checkpoints_scores_as_the_checkpoint():
+    upper, states = _trained(13)
+    want = upper.predict(states)
+    fresh = UpperModel(_model(), frozen=2)
+    fresh.load(uniform_soup([upper.state(), upper.state()]))
+    got = fresh.predict(states)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_the_soup_is_the_elementwise_mean_of_the_checkpoints():
+    import torch
+
+    checkpoints = [
+        {
+            "model": {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([0.0])},
+            "affine": torch.tensor([1.0, 0.0]),
+        },
+        {
+            "model": {"w": torch.tensor([[3.0, 2.0], [1.0, 0.0]]), "b": torch.tensor([3.0])},
+            "affine": torch.tensor([2.0, 1.0]),
+        },
+        {
+            "model": {"w": torch.tensor([[2.0, 5.0], [2.0, -1.0]]), "b": torch.tensor([-6.0])},
+            "affine": torch.tensor([0.0, 2.0]),
+        },
+    ]
+    soup = uniform_soup(checkpoints)
+    assert soup["model"]["w"].tolist() == [[2.0, 3.0], [2.0, 1.0]]
+    assert soup["model"]["b"].tolist() == [-1.0]
+    assert soup["affine"].tolist() == [1.0, 1.0]
+    assert "head" not in soup and soup["model"]["w"].dtype == torch.float32
+    with pytest.raises(ValueError, match="different tensors"):
+        uniform_soup([checkpoints[0], {"model": {"w": checkpoints[1]["model"]["w"]}}])
+
+
+def test_a_soup_of_two_seeds_differs_from_each_and_reloads_with_the_same_scores(tmp_path):
+    import torch
+
+    (a, states), (b, _) = _trained(13), _trained(14)
+    soup = uniform_soup([a.state(), b.state()])
+    upper = UpperModel(_model(), frozen=2)
+    upper.load(soup)
+    want = upper.predict(states)
+    assert not np.array_equal(want[0], a.predict(states)[0]) and not np.array_equal(want[0], b.predict(states)[0])
+    torch.save(soup, tmp_path / "soup.pt")
+    fresh = UpperModel(_model(), frozen=2)
+    fresh.load(torch.load(tmp_path / "soup.pt"))
+    got = fresh.predict(states)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_seed_groups_pair_the_runs_of_one_setting_and_epoch_that_differ_only_in_seed():
+    def row(tag, seed, epoch, lr=1e-4):
+        return {"tag": tag, "data": "crowdflower", "lr": lr, "loss": "mse", "seed": seed, "epoch": epoch}
+
+    trials = [
+        row("s", 13, 0), row("s", 13, 1), row("s", 13, 2),
+        row("s-seed14", 14, 0), row("s-seed14", 14, 1), row("s-seed14", 14, 2),
+        row("other", 13, 1, lr=5e-5),  # another setting with one seed: no soup
+        {"tag": "s-soup13+14", "epoch": 1, "soup_of": ["s", "s-seed14"], "dev_kappa_quadratic": 0.5},
+    ]  # fmt: skip
+    assert seed_groups(trials) == {("s-soup13+14", 1): ["s", "s-seed14"], ("s-soup13+14", 2): ["s", "s-seed14"]}
+
+
+def test_a_chosen_soup_is_compared_with_its_best_run_and_a_chosen_run_with_the_best_soup():
+    runs = [
+        {"tag": "s", "epoch": 1, "dev_kappa_quadratic": 0.50},
+        {"tag": "s", "epoch": 2, "dev_kappa_quadratic": 0.56},
+        {"tag": "s-seed14", "epoch": 1, "dev_kappa_quadratic": 0.53},
+        {"tag": "s-seed14", "epoch": 2, "dev_kappa_quadratic": 0.58},
+        {"tag": "other", "epoch": 2, "dev_kappa_quadratic": 0.60},  # not a member of the soups
+    ]
+    soups = [
+        {"tag": "s-soup13+14", "epoch": 1, "soup_of": ["s", "s-seed14"], "dev_kappa_quadratic": 0.52},
+        {"tag": "s-soup13+14", "epoch": 2, "soup_of": ["s", "s-seed14"], "dev_kappa_quadratic": 0.57},
+    ]
+    assert rival(runs + soups, soups[1]) is runs[3]
+    assert rival(runs + soups, runs[4]) is soups[1]
+    assert rival(runs, runs[4]) is None
+    table = soup_table(runs + soups)
+    assert table[2] == "| s-soup13+14 | 1 | 0.5000 | 0.5300 | 0.5150 | 0.5300 | 0.5200 |"
+    assert table[3] == "| s-soup13+14 | 2 | 0.5600 | 0.5800 | 0.5700 | 0.5800 | 0.5700 |"
+
+
+def test_soup_rows_save_and_score_the_soup_of_each_setting_and_epoch(tmp_path):
+    import torch
+
+    (a, states), (b, _) = _trained(13), _trained(14)
+    torch.save(a.state(), tmp_path / "ckpt-s-e2.pt")
+    torch.save(b.state(), tmp_path / "ckpt-s-seed14-e2.pt")
+    trials = [
+        {"tag": t, "data": "cf", "lr": 1e-3, "loss": "mse", "seed": seed, "epoch": 2, "dev_kappa_quadratic": 0.5}
+        for t, seed in (("s", 13), ("s-seed14", 14))
+    ]
+    model = _model()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    heads = {"s": (), "s-seed14": ()}
+    rows = soup_rows(model, base, heads, trials, tmp_path, 2, lambda u: (float(u.predict(states)[1][0]), [1.5]))
+    want = UpperModel(_model(), frozen=2)
+    want.load(uniform_soup([a.state(), b.state()]))
+    first = float(want.predict(states)[1][0])
+    assert rows == [
+        {
+            "tag": "s-soup13+14",
+            "epoch": 2,
+            "soup_of": ["s", "s-seed14"],
+            "dev_kappa_quadratic": first,
+            "dev_cuts": [1.5],
+        }
+    ]
+    assert heads["s-soup13+14"] == ()
+    saved = UpperModel(_model(), frozen=2)
+    saved.load(torch.load(tmp_path / "ckpt-s-soup13+14-e2.pt"))
+    assert np.array_equal(saved.predict(states)[1], want.predict(states)[1])

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.finetune import UpperModel, encode, frozen_states
+from twostage_search.benchmarks.finetune import UpperModel, encode, frozen_states, load_states, save_states
 from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresholds, candidates, fit_thresholds
 from twostage_search.benchmarks.graded_data import load_split_set
 from twostage_search.benchmarks.report import run_study
@@ -43,8 +43,6 @@ from twostage_search.benchmarks.studies.graded_finetune import (
     MAX_LENGTH,
     dev_kappa,
     grader_tables,
-    load_states,
-    save_states,
     score_test,
     texts,
 )

@@ -17,7 +17,10 @@ thresholds matching the dev grade mix (:func:`~twostage_search.benchmarks.graded
 zero-shot cross-encoder bar) and scored by quadratic κ. The best (setting, epoch) on CrowdFlower dev is
 scored once on CrowdFlower test and on the Home Depot test subsample (thresholds on each set's dev split),
 beside the zero-shot INT8 cross-encoder with dev thresholds (and, with ``--compare``, a bundled ``graded-ce``
-delta, its logit cut the same way), with bootstrap CIs over test queries.
+delta, its logit cut the same way), with bootstrap CIs over test queries. With ``--soup`` and several
+``--seed``, the uniform average of the seeds' trained tensors (:mod:`~twostage_search.benchmarks.soup`) is
+scored on dev beside them at each epoch and may be chosen; on test the best soup and the best single run on dev
+are set side by side. ``--dev-only`` stops before test.
 """
 
 from __future__ import annotations
@@ -34,10 +37,21 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.finetune import LOSSES, TrainSetting, UpperModel, encode, frozen_states, train_epochs
+from twostage_search.benchmarks.finetune import (
+    LOSSES,
+    TrainSetting,
+    UpperModel,
+    encode,
+    frozen_states,
+    load_states,
+    save_states,
+    token_lengths,
+    train_epochs,
+)
 from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresholds, candidates, fit_thresholds
 from twostage_search.benchmarks.graded_data import LogitCache, load_split_set
 from twostage_search.benchmarks.report import run_study
+from twostage_search.benchmarks.soup import rival, soup_rows, soup_table
 from twostage_search.benchmarks.studies.graded_model import (
     HD_CUT,
     HD_SUBSAMPLE,
@@ -65,21 +79,6 @@ def texts(data: GradedSet, split: str) -> list[tuple[str, str]]:
         (data.queries[p.query_id].text, passage(c, "ce").text)
         for p, c in zip(pairs, candidates(data, pairs), strict=True)
     ]
-
-
-def save_states(path: Path, states: Sequence[np.ndarray]) -> None:
-    lengths = np.array([len(s) for s in states], dtype=np.int64)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, lengths=lengths, states=np.concatenate(states).astype(np.float32))
-    tmp.replace(path)
-
-
-def load_states(path: Path) -> list[np.ndarray]:
-    with np.load(path) as f:
-        lengths = f["lengths"]
-        flat = f["states"]
-    ends = np.cumsum(lengths)
-    return [flat[e - n : e] for n, e in zip(lengths, ends, strict=True)]
 
 
 def parity(model: Any, tokenizer: Any, data: GradedSet, n: int, threads: int) -> dict[str, Any]:
@@ -112,12 +111,6 @@ def parity(model: Any, tokenizer: Any, data: GradedSet, n: int, threads: int) ->
         "mean_abs_diff": float(diff.mean()),
         "logit_range": [float(min(ref)), float(max(ref))],
     }
-
-
-def token_lengths(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
-    lengths = [len(e["input_ids"]) for e in encode(tokenizer, pairs, 512)]
-    q = np.percentile(lengths, [50, 90, 99, 100])
-    return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": float(q[3]), "pairs": len(lengths)}
 
 
 def split_check(model: Any, tokenizer: Any, data: GradedSet, dev_states: Sequence[np.ndarray], frozen: int) -> Any:
@@ -195,6 +188,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows = run_setting(upper, setting, x, y, states, cf, args)
             heads[rows[0]["tag"]] = upper.grades
             trials += rows
+    if args.soup:
+        cf_dev, dev_states = [p.grade for p in cf.pairs("dev")], states[("crowdflower", "dev")]
+        trials += soup_rows(
+            model, base, heads, trials, var, args.frozen, lambda u: dev_kappa(u.predict(dev_states)[1], cf_dev, cf)
+        )
     scored = [t for t in trials if t.get("epoch", 0) >= 1]
     top = max(scored, key=lambda t: t["dev_kappa_quadratic"])
     best = (top["dev_kappa_quadratic"], top["tag"], top["epoch"])
@@ -207,7 +205,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model.save_pretrained(args.save)
         tokenizer.save_pretrained(args.save)
         torch.save({"affine": upper.affine.detach(), "head": upper.head.detach()}, args.save / "affine.pt")
+    if args.dev_only:
+        return report
     others = {}
+    if (other := rival(scored, top)) is not None:  # a soup beside its best single run on test, or the reverse
+        beside = UpperModel(copy.deepcopy(model), args.frozen, heads[other["tag"]])
+        beside.model.load_state_dict(base)
+        beside.load(torch.load(var / f"ckpt-{other['tag']}-e{other['epoch']}.pt"))
+        others[f"{other['tag']} epoch {other['epoch']} (best on dev of its kind), dev thresholds"] = beside
     if args.compare is not None:  # a bundled delta replaces every trained tensor; the lower layers are the base's
         shipped = apply_delta(copy.deepcopy(model), args.compare / DELTA_FILE)
         others[f"{args.compare.name} (bundled), dev thresholds"] = UpperModel(shipped, args.frozen)
@@ -339,6 +344,7 @@ def table(report: Mapping[str, Any]) -> str:
     for t in report["trials"]:
         if "dev_kappa_quadratic" in t:
             lines.append(f"| {t['tag']} | {t['epoch']} | {t['dev_kappa_quadratic']:.4f} |")
+    lines += soup_table(report["trials"])
     c = report["chosen"]
     lines.append(f"chosen on dev: {c['tag']} epoch {c['epoch']} (dev κq {c['dev_kappa_quadratic']:.4f})")
     return "\n".join(lines + grader_tables(report))
@@ -385,6 +391,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=LOSSES, nargs="+", default=["mse"], help="training losses tried")
     p.add_argument("--seed", type=int, nargs="+", default=[13], help="training seeds tried (batch order, dropout)")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--soup", action="store_true", help="also score the uniform soup of each setting's seeds per epoch")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--frozen", type=int, default=8, help="lower encoder layers kept fixed (outputs cached)")
     p.add_argument("--threads", type=int, default=2)
@@ -392,6 +399,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--var", type=Path, default=Path("var/finetune"), help="folder of caches and checkpoints")
     p.add_argument("--save", type=Path, default=None, help="save the dev-chosen model (transformers format) here")
     p.add_argument("--compare", type=Path, default=None, help="a graded-ce bundle folder to compare with on test")
+    p.add_argument("--dev-only", action="store_true", help="train and score on dev only (no test scores)")
     p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     return p
 

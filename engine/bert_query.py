@@ -10,9 +10,10 @@ prefix) points, and so that it ranks the teacher's top documents as the teacher 
 
 A student directory holds ``student.json`` (``kind: "onnx-encoder"``, the teacher's model spec, pooling and
 query prefix, as every student names its teacher; the student's own layers, pooling, dimension and maximum
-length) and ``model.onnx``: inputs ``input_ids`` and ``attention_mask`` (int64, ``[batch, tokens]``), output
-``[batch, dim]`` unit vectors (pooling, head and normalisation are in the graph). The tokenizer is the
-teacher's. :func:`student_document` builds the ``student.json`` document.
+length; optionally, for the record only, which of the teacher's layers it started from, ``layer_ids``, and
+how its head started, ``head``) and ``model.onnx``: inputs ``input_ids`` and ``attention_mask`` (int64,
+``[batch, tokens]``), output ``[batch, dim]`` unit vectors (pooling, head and normalisation are in the graph).
+The tokenizer is the teacher's. :func:`student_document` builds the ``student.json`` document.
 
 A residual student names a static student (``"static": "bundled:bge-small-query-static"``): its graph takes a
 third input, ``static`` (float32 ``[batch, dim]``, that student's unit vector of the same query), and adds its
@@ -54,6 +55,8 @@ def student_document(
     int8: bool,
     training: Mapping[str, Any],
     static: str | None = None,
+    layer_ids: Sequence[int] | None = None,
+    head: str | None = None,
 ) -> dict[str, Any]:
     """The ``student.json`` document of a contextual student (see the module docstring)."""
     return {
@@ -61,6 +64,8 @@ def student_document(
         "kind": ONNX_KIND,
         "teacher": dict(teacher),
         "layers": layers,
+        **({"layer_ids": list(layer_ids)} if layer_ids is not None else {}),
+        **({"head": head} if head is not None else {}),
         "pooling": pooling,
         "dim": dim,
         "max_length": max_length,

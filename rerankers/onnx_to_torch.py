@@ -315,18 +315,37 @@ def torch_from_onnx(path: str | Path) -> Any:
     return model.eval()
 
 
-def encoder_from_onnx(path: str | Path, layers: int | None = None) -> Any:
+def encoder_from_onnx(path: str | Path, layers: int | None = None, *, layer_ids: list[int] | None = None) -> Any:
     """A ``BertModel`` without pooler (fp32, eval mode) holding a bare ONNX encoder's weights, dequantised;
-    with ``layers``, only its embeddings and first ``layers`` transformer layers (a truncated encoder)."""
+    with ``layers``, only its embeddings and first ``layers`` transformer layers (a truncated encoder); with
+    ``layer_ids`` (0-based, distinct, in that order), its embeddings and those layers renumbered 0, 1, …
+    (DistilBERT's initialisation: e.g. ``[1, 3, 5, 7, 9, 11]``, every other layer, the last one kept)."""
     transformers = require("transformers", "export")
     state, shape = encoder_state_dict_from_onnx(path)
-    keep = shape.num_hidden_layers if layers is None else layers
-    if not 1 <= keep <= shape.num_hidden_layers:
-        raise InputError(f"{path}: has {shape.num_hidden_layers} layers, cannot keep {keep}")
-    state = {k: v for k, v in state.items() if not (m := _LAYER.match(k)) or int(m.group(1)) < keep}
-    model = transformers.BertModel(_config(shape, keep), add_pooling_layer=False)
-    _load(model, state, path)
-    log.info("ONNX %s → torch BertModel: %d of %d layers", path, keep, shape.num_hidden_layers)
+    if layer_ids is None:
+        keep = shape.num_hidden_layers if layers is None else layers
+        if not 1 <= keep <= shape.num_hidden_layers:
+            raise InputError(f"{path}: has {shape.num_hidden_layers} layers, cannot keep {keep}")
+        layer_ids = list(range(keep))
+    elif layers is not None:
+        raise InputError("give layers or layer_ids, not both")
+    if (
+        not layer_ids
+        or len(set(layer_ids)) != len(layer_ids)
+        or not all(0 <= i < shape.num_hidden_layers for i in layer_ids)
+    ):
+        raise InputError(f"{path}: has layers 0-{shape.num_hidden_layers - 1}, cannot keep {layer_ids}")
+    new_id = {old: new for new, old in enumerate(layer_ids)}
+    kept: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        match = _LAYER.match(key)
+        if match is None:
+            kept[key] = value
+        elif int(match.group(1)) in new_id:
+            kept[f"encoder.layer.{new_id[int(match.group(1))]}.{key[match.end() :]}"] = value
+    model = transformers.BertModel(_config(shape, len(layer_ids)), add_pooling_layer=False)
+    _load(model, kept, path)
+    log.info("ONNX %s → torch BertModel: layers %s of %d", path, layer_ids, shape.num_hidden_layers)
     return model.eval()
 
 

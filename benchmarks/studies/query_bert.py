@@ -15,7 +15,10 @@ teacher's vectors, computed there when missing), with the same loss (cosine + li
 top 32 and 32 random documents of the text's corpus). Each epoch's weights go to ``--work``; after each epoch
 the dev queries of the three sets are measured: cosine to the teacher, dense nDCG@10 and nDCG@10 in the default
 hybrid (BM25 top 100 of ``--bm25-index``, read once and cached in ``--work``). The report names the (L, epoch)
-with the best mean hybrid dev nDCG@10. ``export`` writes one checkpoint as a student directory
+with the best mean hybrid dev nDCG@10. ``--layer-ids`` builds a student from chosen layers instead (e.g.
+``1,3,5,7,9,11``: every other layer, the last one kept, DistilBERT's initialisation); with ``--pooling cls
+--head none`` (or ``identity``) the untrained student is already bge-small's own CLS vector of those layers.
+``export`` writes one checkpoint as a student directory
 (``engine/bert_query.py``): ONNX, or with ``--int8`` ONNX Runtime's dynamic INT8 quantisation of it.
 ``cost`` estimates the encode FLOPs per dev query of the full query side and of students (no timing).
 ``query_static_eval.py evaluate --student DIR`` measures a student against the full query side.
@@ -33,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from twostage_search.benchmarks.studies.query_bert_train import HEADS
 from twostage_search.benchmarks.studies.query_static import (
     CORPUS_OF,
     TEACHER,
@@ -67,12 +71,20 @@ def token_rows(texts: list[str], max_length: int) -> list[list[int]]:
     return [list(e.ids) for e in tokeniser(max_length).encode_batch(texts)]
 
 
-def trunk(layers: int) -> Any:
-    """bge-small's embeddings and first ``layers`` layers as a torch ``BertModel`` (fp32)."""
+def trunk(layer_ids: list[int]) -> Any:
+    """bge-small's embeddings and its layers ``layer_ids`` (0-based, renumbered 0, 1, …) as a torch
+    ``BertModel`` (fp32)."""
     from twostage_search.engine.dense import dense_model_files
     from twostage_search.rerankers.onnx_to_torch import encoder_from_onnx
 
-    return encoder_from_onnx(dense_model_files(TEACHER)[0], layers)
+    return encoder_from_onnx(dense_model_files(TEACHER)[0], layer_ids=layer_ids)
+
+
+def layer_plans(args: argparse.Namespace) -> list[list[int]]:
+    """The teacher layers of each student: ``--layer-ids`` (one student), else the first L of each ``--layers``."""
+    if args.layer_ids:
+        return [args.layer_ids]
+    return [list(range(n)) for n in args.layers]
 
 
 def lexical_runs(specs: list[str], dev: dict[str, Any], work: Path) -> dict[str, dict[str, Any]]:
@@ -125,10 +137,13 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     rows = token_rows(texts, args.max_length)
     corpus_of = [CORPUS_OF.get(source[:2]) if CORPUS_OF.get(source[:2]) in corpora else None for source, _ in items]
     report: dict[str, Any] = {"training_texts": len(texts), "runs": {}}
-    for layers in args.layers:
+    for ids in layer_plans(args):
+        layers = len(ids)
+        name = checkpoint_name(ids, args.pooling, args.static, args.head)
         settings = BertSettings(
             layers=layers,
             pooling=args.pooling,
+            head=args.head,
             epochs=args.epochs,
             lr=args.lr,
             head_lr=args.head_lr,
@@ -143,16 +158,16 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         )
         torch.manual_seed(args.seed)
         dim = corpora[next(iter(corpora))].vectors.shape[1]
-        model = student_module(trunk(layers), dim, args.pooling, residual=static is not None)
+        model = student_module(trunk(ids), dim, args.pooling, residual=static is not None, head=args.head)
 
-        def checkpoint(m: Any, epoch: int, layers: int = layers) -> None:
-            torch.save(m.state_dict(), args.work / f"{checkpoint_name(layers, args.pooling, args.static)}-e{epoch}.pt")
+        def checkpoint(m: Any, epoch: int, name: str = name) -> None:
+            torch.save(m.state_dict(), args.work / f"{name}-e{epoch}.pt")
 
         def progress(
-            history: list[dict[str, Any]], layers: int = layers, model: Any = model, s: Any = settings
+            history: list[dict[str, Any]], name: str = name, model: Any = model, s: Any = settings, ids: Any = ids
         ) -> None:
-            report["runs"][checkpoint_name(layers, args.pooling, args.static)] = {
-                "settings": s.__dict__ | {"static": args.static},
+            report["runs"][name] = {
+                "settings": s.__dict__ | {"static": args.static, "layer_ids": ids},
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "history": history,
             }
@@ -172,8 +187,12 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def checkpoint_name(layers: int, pooling: str, static: str | None) -> str:
-    return f"L{layers}-{pooling}" + ("-residual" if static else "")
+def checkpoint_name(layer_ids: list[int], pooling: str, static: str | None, head: str = "fit") -> str:
+    """``L3-mean`` (the first 3 layers), ``L6-ids1-3-5-7-9-11-cls-head-identity``, ``L3-mean-residual``."""
+    layers = f"L{len(layer_ids)}" + (
+        "" if layer_ids == list(range(len(layer_ids))) else "-ids" + "-".join(map(str, layer_ids))
+    )
+    return f"{layers}-{pooling}" + ("" if head == "fit" else f"-head-{head}") + ("-residual" if static else "")
 
 
 def hybrid_score(entry: dict[str, Any]) -> float:
@@ -197,15 +216,18 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     from twostage_search.engine.optional import require
 
     torch = require("torch", "export")
-    model = student_module(trunk(args.layers), 384, args.pooling, residual=args.static is not None)
-    name = checkpoint_name(args.layers, args.pooling, args.static)
+    (ids,) = layer_plans(args)
+    model = student_module(trunk(ids), 384, args.pooling, residual=args.static is not None, head=args.head)
+    name = checkpoint_name(ids, args.pooling, args.static, args.head)
     state = torch.load(args.work / f"{name}-e{args.epoch}.pt", weights_only=True)
     model.load_state_dict(state)
     parameters = sum(p.numel() for p in model.parameters())
     teacher = {"model": TEACHER, "pooling": "cls", "query_prefix": BGE_QUERY_PREFIX, "max_length": 256}
     document = student_document(
         teacher,
-        layers=args.layers,
+        layers=len(ids),
+        layer_ids=ids,
+        head=args.head,
         pooling=args.pooling,
         dim=384,
         max_length=256,
@@ -239,7 +261,8 @@ def layer_flops(tokens: int, hidden: int = 384, intermediate: int = 1536) -> int
 
 def cost(args: argparse.Namespace) -> dict[str, Any]:
     """Encode FLOPs per query (no timing): the teacher (12 layers over ``[CLS] prefix query [SEP]``) against
-    students of ``--layers`` (over ``[CLS] query [SEP]``, plus the head), averaged over each set's dev queries."""
+    students of ``--layers`` or ``--layer-ids`` (over ``[CLS] query [SEP]``, plus the head unless ``--head none``),
+    averaged over each set's dev queries."""
     from twostage_search.engine.dense import BGE_QUERY_PREFIX
 
     tokenizer = tokeniser(256)
@@ -254,12 +277,23 @@ def cost(args: argparse.Namespace) -> dict[str, Any]:
             "tokens_student": round(float(np.mean(plain)), 2),
             "mflop_full": round(full / 1e6, 1),
         }
-        for layers in args.layers:
-            student = float(np.mean([layers * layer_flops(n) + 2 * 384 * 384 for n in plain]))
+        head = 0 if args.head == "none" else 2 * 384 * 384
+        for layers in sorted({len(ids) for ids in layer_plans(args)}):
+            student = float(np.mean([layers * layer_flops(n) + head for n in plain]))
             row[f"mflop_L{layers}"] = round(student / 1e6, 1)
             row[f"ratio_L{layers}"] = round(student / full, 4)
         out["sets"][name] = row
     return out
+
+
+def layer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layer-ids",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="the teacher's layers (0-based, e.g. 1,3,5,7,9,11: every other one, the last kept) instead of --layers",
+    )
+    parser.add_argument("--head", choices=HEADS, default="fit", help="fit (ridge; zero if residual), identity or none")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
     f.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=[3])
     f.add_argument("--pooling", choices=("cls", "mean"), default="mean")
+    layer_options(f)
     f.add_argument("--epochs", type=int, default=2)
     f.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of the embeddings and layers")
     f.add_argument("--head-lr", type=float, default=1e-3)
@@ -292,9 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--work", type=Path, default=Path("var/query_bert"), help="checkpoints and BM25 runs")
     f.add_argument("--report", type=Path, default=None)
     e = sub.add_parser("export", help="write one checkpoint as a student directory (ONNX, optionally INT8)")
-    e.add_argument("--layers", type=int, required=True)
+    e.add_argument("--layers", type=lambda s: [int(s)], default=[])
     e.add_argument("--epoch", type=int, required=True)
     e.add_argument("--pooling", choices=("cls", "mean"), default="mean")
+    layer_options(e)
     e.add_argument("--work", type=Path, default=Path("var/query_bert"))
     e.add_argument("--int8", action="store_true", help="ONNX Runtime dynamic INT8 quantisation of the weights")
     e.add_argument("--static", default=None, help="the static student a residual checkpoint was trained over")
@@ -302,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cost", help="encode FLOPs per dev query: the full query side against students")
     c.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
     c.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=[2, 3, 4])
+    layer_options(c)
     c.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.command == "export" and len(layer_plans(args)) != 1:
+        parser.error("export needs --layers or --layer-ids")
     setup_logging(args.verbose)
     report = {"fit": fit, "export": export, "cost": cost}[args.command](args)
     if args.command == "cost":

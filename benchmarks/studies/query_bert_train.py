@@ -4,7 +4,9 @@ trained end to end towards the teacher's query vectors, and its ONNX export.
 The model (:func:`student_module`): ``[CLS] text [SEP]`` (no prefix) → a ``BertModel`` of ``layers`` layers,
 initialised from the teacher's first layers (dequantised from its INT8 export, ``rerankers/onnx_to_torch.py``)
 → CLS or masked-mean pooling → ``Linear(hidden, dim)`` → unit vector. The head starts as the ridge regression
-of the teacher's vectors on the untrained trunk's pooled outputs of a sample of the training texts.
+of the teacher's vectors on the untrained trunk's pooled outputs of a sample of the training texts, or as the
+identity (or there is none), for a trunk whose pooled output already lies in the teacher's space: e.g. every
+other layer of the teacher, its last one included, with its own CLS pooling (DistilBERT's initialisation).
 
 The loss is the static table's (``query_static_train.py``): ``1 − cos(student, teacher)`` plus ``listwise``
 times the KL divergence between the teacher's and the student's softmax (temperature ``tau``) over the
@@ -32,12 +34,14 @@ from twostage_search.engine.optional import require
 log = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean")
+HEADS = ("fit", "identity", "none")
 
 
 @dataclass(frozen=True)
 class BertSettings:
     layers: int = 3
     pooling: str = "mean"
+    head: str = "fit"
     epochs: int = 3
     lr: float = 1e-4
     head_lr: float = 1e-3
@@ -54,8 +58,13 @@ class BertSettings:
     seed: int = 0
 
 
-def student_module(bert: Any, dim: int, pooling: str, *, residual: bool = False) -> Any:
+def student_module(bert: Any, dim: int, pooling: str, *, residual: bool = False, head: str = "fit") -> Any:
     """``forward(input_ids, attention_mask) → (batch, dim)`` unit vectors: ``bert``, pooling, a linear head.
+
+    ``head``: ``fit`` (the default) is a linear head that :func:`train` fits by ridge regression before
+    training (zero for a residual model); ``identity`` a linear head that starts as the identity (``dim`` must
+    be the hidden size), so the untrained model is ``bert``'s own pooled vector, normalised; ``none`` no head
+    at all (the same vector, with nothing to train after the trunk).
 
     With ``residual``, ``forward(input_ids, attention_mask, static)`` adds the head's output to ``static`` (a
     static query side's unit vectors of the same texts) before normalising; the head starts at zero, so the
@@ -63,13 +72,22 @@ def student_module(bert: Any, dim: int, pooling: str, *, residual: bool = False)
     torch = require("torch", "export")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if head != "fit" and (residual or dim != bert.config.hidden_size):
+        raise ValueError(f"a {head!r} head needs dim = the hidden size ({bert.config.hidden_size}) and no residual")
 
     class QueryStudent(torch.nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.bert = bert
-            self.head = torch.nn.Linear(bert.config.hidden_size, dim)
+            self.dim = dim
+            self.head_init = head
+            self.head = torch.nn.Identity() if head == "none" else torch.nn.Linear(bert.config.hidden_size, dim)
             self.residual = residual
+            if head == "identity":
+                torch.nn.init.eye_(self.head.weight)
+                torch.nn.init.zeros_(self.head.bias)
             if residual:
                 torch.nn.init.zeros_(self.head.weight)
                 torch.nn.init.zeros_(self.head.bias)
@@ -107,7 +125,7 @@ def encode(model: Any, rows: Sequence[Sequence[int]], static: np.ndarray | None 
     length-bucketed (padding does not change a row's vector)."""
     torch = require("torch", "export")
     order = np.argsort([len(r) for r in rows], kind="stable")
-    out = np.zeros((len(rows), model.head.out_features), dtype=np.float32)
+    out = np.zeros((len(rows), model.dim), dtype=np.float32)
     model.eval()
     with torch.no_grad():
         for start in range(0, len(order), batch):
@@ -161,14 +179,14 @@ def train(
 ) -> list[dict[str, Any]]:
     """Train ``model`` end to end; after each epoch ``checkpoint(model, epoch)`` and ``measure(model)`` (dev),
     then ``progress(history)`` (e.g. to write a partial report). ``static``: the static side's vectors of the
-    training texts (a residual model). Returns the per-epoch history (epoch 0: the initial model, head fitted by
-    ridge regression unless residual; a measurement within an epoch has a fractional ``epoch``; every entry
+    training texts (a residual model). Returns the per-epoch history (epoch 0: the initial model, a ``fit`` head
+    fitted by ridge regression unless residual; a measurement within an epoch has a fractional ``epoch``; every entry
     has the optimiser ``step``)."""
     torch = require("torch", "export")
     torch.manual_seed(settings.seed)
     rnd = np.random.default_rng(settings.seed)
     sample = rnd.choice(len(train_ids), size=min(settings.ridge_texts, len(train_ids)), replace=False)
-    if static is None:
+    if static is None and model.head_init == "fit":
         ridge_head(model, [train_ids[i] for i in sample], targets[sample])
     history: list[dict[str, Any]] = [{"epoch": 0, "step": 0, **measure(model)}]
     log.info("epoch 0 %s", history[0])
@@ -186,9 +204,8 @@ def train(
     model.bert.embeddings.word_embeddings.weight.requires_grad_(settings.word_embeddings)
     head = list(model.head.parameters())
     trunk = [p for name, p in model.named_parameters() if not name.startswith("head.") and p.requires_grad]
-    optimiser = torch.optim.AdamW(
-        [{"params": trunk, "lr": settings.lr}, {"params": head, "lr": settings.head_lr}], weight_decay=0.01
-    )
+    groups = [{"params": trunk, "lr": settings.lr}] + ([{"params": head, "lr": settings.head_lr}] if head else [])
+    optimiser = torch.optim.AdamW(groups, weight_decay=0.01)
     lengths = [len(r) for r in train_ids]
     steps = settings.epochs * -(-len(train_ids) // settings.batch)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -304,7 +321,7 @@ def export_onnx(model: Any, path: Path, *, opset: int = 17) -> None:
     axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
     if model.residual:
         names.append("static")
-        inputs.append(torch.zeros(1, model.head.out_features))
+        inputs.append(torch.zeros(1, model.dim))
         axes["static"] = {0: "batch"}
     torch.onnx.export(
         model,

@@ -102,3 +102,30 @@ def tiny_bert_classifier(*, vocab: int, hidden: int, layers: int, heads: int, in
         attn_implementation="eager",
     )
     return BertForSequenceClassification(config).eval()
+
+
+def export_bare_encoder(bert: Any, path: Path, ids: Any) -> None:
+    """Export a transformers ``BertModel`` bare to ONNX (inputs → last hidden state), traced on ``ids``."""
+    import torch
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+
+    class Bare(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+
+    with torch.no_grad():
+        torch.onnx.export(
+            Bare().eval(),  # eval: the exporter restores the wrapper's mode, and with it a shared fixture's
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(path),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+            opset_version=17,
+            dynamo=False,
+        )

@@ -5,7 +5,7 @@ as bi-encoders ship)."""
 import numpy as np
 import pytest
 
-from tests.helpers import need, tiny_bert_classifier
+from tests.helpers import export_bare_encoder, need, tiny_bert_classifier
 
 need("torch", "export")
 need("transformers", "export")
@@ -168,27 +168,7 @@ def bare_encoder(tiny_bert, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny-encoder") / "fp32.onnx"
     ids = torch.tensor([[2, 7, 9, 3, 11, 12, 3]])
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-
-    class Bare(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = tiny_bert.bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
-
-    with torch.no_grad():
-        torch.onnx.export(
-            Bare().eval(),  # eval: the exporter restores the wrapper's mode, and with it the shared fixture's
-            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-            str(path),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_bare_encoder(tiny_bert.bert, path, ids)
     return path, ids
 
 

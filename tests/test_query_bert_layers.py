@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import need
+from tests.helpers import export_bare_encoder, need
 
 need("torch", "export")
 need("transformers", "export")
@@ -49,28 +49,7 @@ def teacher(tmp_path_factory):
         for p in model.parameters():
             p.normal_(0.0, 0.2)
     path = tmp_path_factory.mktemp("tiny-teacher") / "encoder.onnx"
-    ids = torch.tensor([[101, 2000, 2001, 102]])
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-
-    class Bare(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = model
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
-
-    with torch.no_grad():
-        torch.onnx.export(
-            Bare().eval(),
-            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-            str(path),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_bare_encoder(model, path, torch.tensor([[101, 2000, 2001, 102]]))
     return model, path
 
 

@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         build=True, p=p.add_argument_group("--backend hybrid (builds its component indexes inside --index)")
     )
     add_compose_parser(sub)
-    from twostage_search.indexes.dense_cli import add_hnsw_parser
+    from twostage_search.indexes.dense_cli import add_dense_parsers
 
-    add_hnsw_parser(sub)
+    add_dense_parsers(sub)
 
     s = sub.add_parser("search", help="search an index and print the ranking")
     s.add_argument("query", help="query text")
@@ -423,9 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands["serve"] = cmd_serve
     commands["serve-llm"] = cmd_serve_llm
     commands["log"] = cmd_log
-    from twostage_search.indexes.dense_cli import hnsw_from_args
+    from twostage_search.indexes.dense_cli import dense_commands
 
-    commands["hnsw"] = hnsw_from_args
+    commands.update(dense_commands())
     from twostage_search.service.judging.cli import judge_from_args
     from twostage_search.service.report_cli import report_from_args
 

@@ -159,6 +159,41 @@ def test_dense_flat_searches_with_the_recorded_static_query_side(tmp_path, vocab
         DenseFlatIndex.set_query_encoder(path, str(tmp_path / "other"))
 
 
+def test_cli_records_the_query_side_of_a_flat_index_and_of_a_hybrids_dense_part(tmp_path, vocab, tiny_docs, capsys):
+    from twostage_search.cli import main
+    from twostage_search.indexes.hybrid import Component, HybridIndex
+
+    encoder = DenseEncoder(threads=1)
+    flat = DenseFlatIndex.build(tiny_docs, tmp_path / "flat", encoder=encoder, progress=False)
+    kitten = np.asarray(flat.vectors[flat.doc_ids.index("d07")], dtype=np.float32)
+    table = tiny_table(vocab, {"kitten": kitten.tolist()}, dim=384)
+    student = write(tmp_path / "static", {"table": table, "bias": np.zeros(384)}, dtype="float32")
+    hybrid = tmp_path / "hybrid"
+    other = DenseFlatIndex.build(tiny_docs, tmp_path / "other", encoder=encoder, progress=False)
+    HybridIndex.compose(hybrid, [Component("a", str(other.path), 1.0), Component("dense", str(flat.path), 2.0)])
+
+    assert main(["query-side", "--index", str(hybrid), str(student)]) == 0  # the hybrid's dense part
+    assert f"with {student} (was full)" in capsys.readouterr().out
+    assert DenseFlatIndex.open(flat.path).meta["query_encoder"] == str(student)
+    assert "query_encoder" not in DenseFlatIndex.open(other.path).meta
+    searched = HybridIndex.open(hybrid).retriever(weights={"a": 0}).retrieve(Query("q", "kitten"), 1)
+    assert searched.doc_ids == ["d07"]  # the static side: the "kitten" row is d07's own vector
+    assert main(["query-side", "--index", str(flat.path), "full"]) == 0
+    assert "query_encoder" not in DenseFlatIndex.open(flat.path).meta
+    capsys.readouterr()
+    foreign = tmp_path / "foreign"  # a student fitted onto another encoder
+    save_static(foreign, {"teacher": dict(TEACHER, model="some/other-model")}, {"table": table, "bias": np.zeros(384)})
+    for argv in (
+        ["query-side", "--index", str(hybrid), str(foreign)],
+        ["query-side", "--index", str(hybrid), "--component", "b", "full"],  # no such component
+        ["query-side", "--index", str(flat.path), str(tmp_path / "missing")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("twostage: error:") and "\n" not in err
+    assert "query_encoder" not in DenseFlatIndex.open(flat.path).meta  # nothing written by a refused command
+
+
 BUNDLED = "bundled:bge-small-query-static"
 
 

@@ -42,6 +42,13 @@ def test_study_on_the_tiny_corpus(built_indexes, tiny_queries, tiny_qrels, tmp_p
     assert report["queries"] == len(tiny_queries) and report["baseline"] == "bm25"
     assert report["variants"]["bm25"]["p50_vs_baseline"] == [1.0, 1.0, 1.0]
     assert [v["backend"] for v in report["variants"].values()] == ["lucene-bm25", "lucene-impact", "impact-csc"]
+    # the query encoding where the retriever reports it: SPLADE encodes queries, BM25 has no encode stage
+    assert report["variants"]["bm25"]["encode_p50_ms"] is None
+    splade = report["variants"]["splade"]
+    assert 0 < splade["encode_p50_ms"] < splade["p50_ms"] + 0.01
+    enc, base = splade["encode_p50_ms"], report["variants"]["bm25"]["p50_ms"]  # each rounded to 0.01 ms
+    low, high = (enc - 0.005) / (base + 0.005) - 0.0005, (enc + 0.005) / max(base - 0.005, 1e-9) + 0.0005
+    assert low <= splade["encode_p50_vs_baseline_p50"] <= high
     # quality recomputed independently from a fresh retriever's rankings
     retriever = built_indexes["lucene-bm25"].retriever()
     rankings = {q.query_id: retriever.retrieve(q, 10).doc_ids for q in tiny_queries}

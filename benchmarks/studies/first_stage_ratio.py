@@ -35,6 +35,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from twostage_search.benchmarks.evaluation import (
     percentile,
 )
 from twostage_search.engine.argtypes import named_path
+from twostage_search.engine.costed import costed_retriever
 from twostage_search.engine.errors import InputError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Query
@@ -85,34 +87,46 @@ def median_ratio_ci(a: list[float], b: list[float], seed: int = SEED) -> tuple[f
     return paired_ratio_ci(a, b, np.median, resamples=BOOTSTRAP, seed=seed)
 
 
-def _first_stage(retriever: Any, query: Query, depth: int, texts: int) -> Any:
-    """The top ``depth`` with the texts of the top ``texts``: fetched apart where the retriever can, else all."""
-    if not hasattr(retriever, "with_texts"):
-        return retriever.retrieve(query, depth)
-    ranking = retriever.retrieve(query, depth, texts=False)
-    if texts:
-        retriever.with_texts(ranking.head(texts))
-    return ranking
+def stage_call(retriever: Any) -> Callable[[Query, int, int], tuple[Any, float | None]]:
+    """``call(query, depth, texts) -> (ranking, encode ms)``: the top ``depth`` with the texts of the top
+    ``texts`` (fetched apart where the retriever can, else all), and the time its query encoding took where the
+    retriever reports one (``None`` where it has no ``encode`` stage)."""
+    lazy = hasattr(retriever, "with_texts")
+    call = costed_retriever(retriever, texts=not lazy)
+
+    def first_stage(query: Query, depth: int, texts: int) -> tuple[Any, float | None]:
+        ranking, costs = call(query, depth)
+        if lazy and texts:
+            retriever.with_texts(ranking.head(texts))
+        encode = [c.wall_ms for c in costs if c.stage == "encode"]
+        return ranking, (sum(encode) if encode else None)
+
+    return first_stage
 
 
 def time_variants(
     retrievers: dict[str, Any], queries: list[Query], depth: int, texts: int, warmup: int
-) -> tuple[dict[str, list[float]], dict[str, dict[str, list[str]]]]:
-    """Per-query wall ms and top-``depth`` ids of every variant, the order rotating per query."""
+) -> tuple[dict[str, list[float]], dict[str, dict[str, list[str]]], dict[str, list[float]]]:
+    """Per-query wall ms, top-``depth`` ids and query-encoding ms (where reported) of every variant, the order
+    rotating per query."""
     names = list(retrievers)
+    calls = {name: stage_call(retrievers[name]) for name in names}
     for q in queries[:warmup]:  # ONNX Runtime arenas, JIT, page cache
         for name in names:
-            _first_stage(retrievers[name], q, depth, texts)
+            calls[name](q, depth, texts)
     times: dict[str, list[float]] = {n: [] for n in names}
+    encode: dict[str, list[float]] = {n: [] for n in names}
     rankings: dict[str, dict[str, list[str]]] = {n: {} for n in names}
     for i, q in enumerate(queries):
         for j in range(len(names)):
             name = names[(i + j) % len(names)]
             started = time.perf_counter()
-            ranking = _first_stage(retrievers[name], q, depth, texts)
+            ranking, encode_ms = calls[name](q, depth, texts)
             times[name].append((time.perf_counter() - started) * 1000)
             rankings[name][q.query_id] = list(ranking.doc_ids)
-    return times, rankings
+            if encode_ms is not None:
+                encode[name].append(encode_ms)
+    return times, rankings, encode
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,7 +149,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         opened[name] = indexes.load(path)
         retrievers[name] = indexes.open_retriever(opened[name], options)
     log.info("%d queries through %d variants", len(queries), len(names))
-    times, rankings = time_variants(retrievers, queries, args.depth, args.texts, args.warmup)
+    times, rankings, encode = time_variants(retrievers, queries, args.depth, args.texts, args.warmup)
+    base_p50 = percentile(times[args.baseline], 50)
     query_ids = [q.query_id for q in queries]
     per_query = {n: evaluate(qrels, query_ids, rankings[n], MEASURES, rel=args.rel) for n in names}
     rows: dict[str, Any] = {}
@@ -148,6 +163,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "p50_ms": round(percentile(times[name], 50), 2),
             "p95_ms": round(percentile(times[name], 95), 2),
             "p50_vs_baseline": [round(ratio, 3), round(low, 3), round(high, 3)],
+            # the query encoding alone (where the retriever reports it): its p50, and that over the baseline's p50
+            "encode_p50_ms": round(percentile(encode[name], 50), 2) if encode[name] else None,
+            "encode_p50_vs_baseline_p50": round(percentile(encode[name], 50) / base_p50, 3) if encode[name] else None,
             "quality": {m: round(mean(per_query[name][m]), 4) for m in MEASURES},
         }
     pairs = [(per_query[a][m], per_query[b][m]) for a, b in same for m in MEASURES]
@@ -192,15 +210,18 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['dataset']}, {report['split']} ({report['queries']} queries), top {report['depth']}, texts of the "
         f"top {report['texts_fetched']}; load average {report['machine'].get('load_average', '?')}",
         "",
-        f"| first stage | backend | p50 ms | p95 ms | p50 × {base} [95% CI] | nDCG@10 | R@100 |",
-        "|---|---|---|---|---|---|---|",
+        f"| first stage | backend | p50 ms | p95 ms | p50 × {base} [95% CI] | query encoding p50 ms (× {base} p50) "
+        "| nDCG@10 | R@100 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in report["variants"].items():
         r, lo, hi = row["p50_vs_baseline"]
         q = row["quality"]
+        encode = row.get("encode_p50_ms")
+        encoding = f"{encode} ({row['encode_p50_vs_baseline_p50']:.2f})" if encode is not None else "–"
         lines.append(
             f"| {name} | {row['backend']} | {row['p50_ms']} | {row['p95_ms']} | {r:.2f} [{lo:.2f}, {hi:.2f}] "
-            f"| {q['nDCG@10']:.4f} | {q['R@100']:.4f} |"
+            f"| {encoding} | {q['nDCG@10']:.4f} | {q['R@100']:.4f} |"
         )
     if report["same"]:
         lines += [

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.benchmarks.configs import PASS_THROUGH
+from twostage_search.benchmarks.evaluation import describe_cpu
 from twostage_search.benchmarks.published import MODEL_NOTE
 from twostage_search.engine.atomic import atomic_write_text
 from twostage_search.engine.errors import TwoStageError, exit_status
@@ -147,7 +148,8 @@ def _markdown(report: BenchReport) -> str:
         parts += ["", MODEL_NOTE]
     m = report.machine
     load = f" Load average (1, 5, 15 min) at start {m.get('load_average')}, at end {m.get('load_average_at_end')}."
-    parts += ["", f"Machine: {m.get('cpus')} CPUs, {m.get('processor')}, Python {m.get('python')}." + load]
+    kind = describe_cpu(m.get("cpu") or {}) or m.get("processor")
+    parts += ["", f"Machine: {m.get('cpus')} CPUs, {kind}, Python {m.get('python')}." + load]
     if report.files:
         parts += ["", "Files: " + ", ".join(f"`{v}`" for v in report.files.values())]
     return "\n".join(parts) + "\n"

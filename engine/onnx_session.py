@@ -2,12 +2,15 @@
 
 ``InferenceSession.run`` may be called from many threads at once, so one session serves a whole process.
 
-INT8 models give the same answer on every x86-64 CPU: ONNX Runtime's default 8-bit matrix product on CPUs
+INT8 matrix products are exact on every x86-64 CPU: ONNX Runtime's default 8-bit matrix product on CPUs
 without VNNI (AVX2, AVX-512 without VNNI) multiplies unsigned by signed bytes with 16-bit intermediate sums
 that can saturate, so an INT8 model's output there differs from a VNNI CPU's by far more than rounding (a
 SPLADE query weight by 1.05 where a VNNI CPU is within 0.75). Every session therefore sets
 ``session.x64quantprecision``, which makes those CPUs use the exact unsigned × unsigned product (it changes
-nothing on VNNI CPUs, whose product is exact already).
+nothing on VNNI CPUs, whose product is exact already). The float kernels between them (layer norm, GELU,
+softmax) still round differently on AVX2 and AVX-512, and each dynamically quantised layer re-quantises its
+input, so outputs differ between CPU kinds in the last digits and an index built on one kind ranks a few
+ties and near-ties differently from one built on the other (docs/first-stage.md, "CPU kinds").
 """
 
 from __future__ import annotations

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from twostage_search.benchmarks.evaluation import Comparison, compare, evaluate, mean
+from twostage_search.benchmarks.evaluation import Comparison, compare, evaluate, machine, mean
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Candidate, Query
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "first_stage_nDCG@10": round(mean(base_first), 4),
         "max_length": args.max_length,
         "threads": args.threads,
-        "load_average": os.getloadavg(),
+        "machine": machine(),
         "rows": rows,
     }
 

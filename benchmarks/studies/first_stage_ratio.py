@@ -42,6 +42,7 @@ from typing import Any
 from twostage_search.benchmarks.datasets import judged_queries
 from twostage_search.benchmarks.evaluation import (
     compare,
+    describe_cpu,
     evaluate,
     machine,
     mean,
@@ -208,7 +209,8 @@ def markdown(report: dict[str, Any]) -> str:
     base = report["baseline"]
     lines = [
         f"{report['dataset']}, {report['split']} ({report['queries']} queries), top {report['depth']}, texts of the "
-        f"top {report['texts_fetched']}; load average {report['machine'].get('load_average', '?')}",
+        f"top {report['texts_fetched']}; {describe_cpu(report['machine'].get('cpu') or {}) or 'CPU unknown'}, "
+        f"load average {report['machine'].get('load_average', '?')}",
         "",
         f"| first stage | backend | p50 ms | p95 ms | p50 × {base} [95% CI] | query encoding p50 ms (× {base} p50) "
         "| nDCG@10 | R@100 |",

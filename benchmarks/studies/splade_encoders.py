@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twostage_search.benchmarks.evaluation import machine
 from twostage_search.engine.beir import find_file, read_corpus, read_queries
 from twostage_search.engine.logs import setup_logging
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "docs": len(docs),
         "queries": len(queries),
         "threads": args.threads,
-        "load_average": os.getloadavg(),
+        "machine": machine(),
         "docs_per_s": {k: round(args.rounds * len(docs) / v, 1) for k, v in doc_s.items()},
         "query_p50_ms": {k: round(statistics.median(v), 2) for k, v in q_ms.items()},
         "doc_speed_ratio_ours_over_st": round(doc_s["sentence-transformers"] / doc_s["ours"], 2),

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sqlite3
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from twostage_search.benchmarks.evaluation import machine
 from twostage_search.benchmarks.serve import ServeProcess
 from twostage_search.engine.beir import find_file, read_queries
 
@@ -174,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.index / "meta.json").exists():
         print(f"ubi_log: no index at {args.index} (run `make demo` first)", file=sys.stderr)
         return 2
-    machine = {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()}
+    measured_on = machine()
     with tempfile.TemporaryDirectory() as tmp:
-        report = {"machine": machine, **run(args, Path(tmp))}
+        report = {"machine": measured_on, **run(args, Path(tmp))}
     search = report["search"]
     for side in ("log_on", "log_off"):
         print(f"/search {side:7}: " + "  ".join(f"{q} {v:.2f} ms" for q, v in search[side].items()))

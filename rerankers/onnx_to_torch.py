@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,3 +362,34 @@ def tokenizer_from_file(path: str | Path) -> Any:
         mask_token="[MASK]",
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
+
+
+def sentence_transformer_from_onnx(model_spec: str, out: str | Path, *, pooling: str = "cls") -> Path:
+    """Write a sentence-transformers directory (transformer, ``pooling``, normalisation) holding a dense ONNX
+    model's weights, dequantised (``bundled:bge-small-en-int8`` → a trainable fp32 bge-small), atomically;
+    an existing complete one at ``out`` is kept. Its vectors are the ONNX model's up to the activation
+    quantisation (no query prefix is added: a student trained from it learns without one)."""
+    from twostage_search.engine.atomic import atomic_directory
+    from twostage_search.engine.dense import POOLINGS, dense_model_files
+
+    if pooling not in POOLINGS:
+        raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    out = Path(out)
+    if (out / "modules.json").is_file():
+        return out
+    st = require("sentence_transformers", "rerank")
+    try:  # sentence-transformers ≥ 6 (the old paths warn there); 5.x has only the old ones
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:  # pragma: no cover - sentence-transformers 5
+        from sentence_transformers.models import Normalize, Pooling, Transformer  # type: ignore[no-redef]
+    model_path, tokenizer_path = dense_model_files(model_spec)
+    encoder = encoder_from_onnx(model_path)
+    with atomic_directory(out, overwrite=True, marker="modules.json") as tmp:
+        hf = tmp / "_hf"
+        encoder.save_pretrained(str(hf))
+        tokenizer_from_file(tokenizer_path).save_pretrained(str(hf))
+        modules = [Transformer(str(hf)), Pooling(encoder.config.hidden_size, pooling_mode=pooling), Normalize()]
+        st.SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
+        shutil.rmtree(hf)
+    log.info("%s → sentence-transformers %s (%s pooling)", model_spec, out, pooling)
+    return out

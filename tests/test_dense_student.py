@@ -139,3 +139,11 @@ def test_cli_hybrid_takes_the_student_as_its_dense_component(trained, tmp_path, 
     capsys.readouterr()
     assert main(["search", "--index", str(index_dir), "what is the capital of france", "--k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["hits"][0]["doc_id"] == "d01"
+
+
+def test_student_study_names_its_base(tmp_path):
+    from twostage_search.benchmarks.studies.student import student_base
+
+    assert student_base("bundled:minilm-l6", tmp_path) == ("bundled:minilm-l6", "minilm-l6")
+    assert student_base("var/models/my-encoder", tmp_path) == ("var/models/my-encoder", "my-encoder")
+    assert not any(tmp_path.iterdir())  # nothing converted for a sentence-transformers base

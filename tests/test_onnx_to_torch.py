@@ -2,6 +2,8 @@
 ONNX, dynamically quantised by ONNX Runtime, and read back; likewise its bare encoder (a ``BertModel`` export,
 as bi-encoders ship)."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -202,3 +204,48 @@ def test_truncated_encoder_gives_the_hidden_states_after_its_layers(tiny_bert, b
         encoder_from_onnx(path, 3)
     with pytest.raises(InputError, match="not a BERT sequence classifier"):
         state_dict_from_onnx(path)  # no classifier in a bare encoder
+
+
+def _word_tokenizer(path, words):
+    """A word-level ``tokenizer.json``: [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, then ``words``; BERT's template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4} | {w: 5 + i for i, w in enumerate(words)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer.save(str(path))
+    return vocab
+
+
+def test_dense_onnx_model_becomes_a_sentence_transformer(tiny_bert, bare_encoder, tmp_path):
+    import torch
+
+    need("sentence_transformers", "rerank")
+    from sentence_transformers import SentenceTransformer
+
+    from twostage_search.rerankers.onnx_to_torch import sentence_transformer_from_onnx
+
+    onnx_path, _ = bare_encoder
+    model_dir = tmp_path / "dense"
+    model_dir.mkdir()
+    shutil.copy(onnx_path, model_dir / "model.onnx")
+    vocab = _word_tokenizer(model_dir / "tokenizer.json", [f"w{i}" for i in range(40)])
+    out = sentence_transformer_from_onnx(str(model_dir), tmp_path / "st", pooling="cls")
+    texts = ["w1 w2 w3", "w7", "w30 w31 w5 w5 w9"]
+    got = SentenceTransformer(str(out), device="cpu").encode(texts, convert_to_numpy=True)
+    # expected: the original torch model's [CLS] state, unit length, computed without the code under test
+    for text, vector in zip(texts, got, strict=True):
+        ids = torch.tensor([[2] + [vocab[w] for w in text.split()] + [3]])
+        with torch.no_grad():
+            cls = tiny_bert.bert(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0, 0].numpy()
+        assert np.allclose(vector, cls / np.linalg.norm(cls), atol=1e-5)
+    # a complete directory is kept as it is; a bad pooling is refused before any work
+    stamp = (out / "modules.json").stat().st_mtime_ns
+    assert sentence_transformer_from_onnx(str(model_dir), out) == out
+    assert (out / "modules.json").stat().st_mtime_ns == stamp
+    with pytest.raises(InputError, match="pooling"):
+        sentence_transformer_from_onnx(str(model_dir), tmp_path / "other", pooling="max")
+    assert not (tmp_path / "other").exists()

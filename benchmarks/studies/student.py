@@ -13,7 +13,9 @@
    first ``--hd-train-first`` by id of the seeded ``--hd-train`` subsample the graded model was fitted on. The
    assistant's logits are cached under ``--work`` (reruns are cheap; ``--prefill`` in a second process fills
    the test step's caches while the first trains).
-3. **Student**: all-MiniLM-L6-v2 (``bundled:minilm-l6``) trained with MarginMSE
+3. **Student**: all-MiniLM-L6-v2 (``bundled:minilm-l6``; ``--base-model``: another sentence-transformers
+   model, or ``onnx:SPEC`` for a dense ONNX model turned into one, e.g. ``onnx:bundled:bge-small-en-int8``,
+   bge-small itself, CLS pooling, no query prefix) trained with MarginMSE
    (:func:`~twostage_search.engine.dense_train.train_student`) on up to ``--pairs-per-query`` candidate pairs of
    each query, margin = (E[grade](a) − E[grade](b)) / 3, at most ``--max-triples`` triples (seeded subsample).
    Each ``--grid`` setting (``LR:EPOCHS``) is trained; the one with the best mean dev nDCG@10 over the two
@@ -21,9 +23,11 @@
    (2e-4, one epoch): on 2 shared cores a second setting did not fit; give more to choose among them.
 4. **Test**: nDCG@10 on the test queries (Home Depot: a seeded subsample, ``--hd-test``) for BM25, bge-small
    zero-shot (``dense-flat`` default encoder), the default hybrid (BM25 ×1 + dense ×2, min-max fusion), the
-   assistant reranking BM25's top ``--rerank-depth``, and the student (``dense-flat`` with the
-   ``sentence-transformers`` encoder) alone and in the hybrid; paired randomisation tests against BM25 and
-   bge-small, Holm-corrected over each dataset's table, paired bootstrap 95% CIs; milliseconds per query.
+   assistant reranking BM25's top ``--rerank-depth``, the student's base model untrained, and the student
+   (``dense-flat`` with the ``sentence-transformers`` encoder) alone and in the hybrid; paired randomisation
+   tests against BM25 and bge-small (and the student against its untrained base), Holm-corrected over each
+   dataset's table, paired bootstrap 95% CIs; milliseconds per query. The trials' dev nDCG@10 is reported
+   beside that of bge-small and the untrained base on the same dev queries (read only, choosing nothing).
 
 Gains are grade − 1 (the lowest grade means irrelevant on both scales); unjudged items count as irrelevant.
 Corpus (the same for every system of a dataset): the items judged for the dev and test queries plus a seeded
@@ -54,13 +58,14 @@ from twostage_search.engine.dense_train import MarginTriple, StudentConfig, marg
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import add_verbosity_arguments, setup_logging, verbosity
 from twostage_search.engine.types import Candidate, Document
+from twostage_search.rerankers.onnx_to_torch import sentence_transformer_from_onnx
 
 log = logging.getLogger(__name__)
 
 SEED = 13
 HD_CUT = 3  # Home Depot's relevant cut, as the graded model's study uses (only the sampling needs one here)
 SCALE = 1 / 3  # E[grade] spans 1–4: margins fall in [0, 1], the range of a cosine difference's useful part
-ZERO_SHOT = ("bm25", "bge-small", "hybrid")
+ZERO_SHOT = ("bm25", "bge-small", "hybrid", "untrained")  # untrained: the student's base model
 IN_DOMAIN = ("assistant", "student", "student-hybrid")
 
 
@@ -195,6 +200,16 @@ def parse_grid(text: str) -> list[tuple[float, int]]:
         raise InputError(f"--grid takes LR:EPOCHS[,LR:EPOCHS...], got {text!r}") from None
 
 
+def student_base(spec: str, work: Path) -> tuple[str, str]:
+    """The sentence-transformers model a student starts from, and a short label for its trials' names:
+    ``onnx:SPEC`` is a dense ONNX model turned into one under ``work/base``; anything else is passed on."""
+    if spec.startswith("onnx:"):
+        onnx_spec = spec.removeprefix("onnx:")
+        label = Path(onnx_spec.removeprefix("bundled:")).name.removesuffix("-int8")
+        return str(sentence_transformer_from_onnx(onnx_spec, work / "base" / label)), label
+    return spec, Path(spec.removeprefix("bundled:")).name
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_verbosity_arguments(p)
@@ -205,6 +220,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=20, help="BM25 candidates per train query (default 20)")
     p.add_argument("--pairs-per-query", type=int, default=8)
     p.add_argument("--max-triples", type=int, default=480)
+    p.add_argument(
+        "--base-model", default="bundled:minilm-l6", help="the student's start (onnx:SPEC: a dense ONNX model)"
+    )
     p.add_argument("--grid", default="2e-4:1", help="LR:EPOCHS settings tried, the best on dev kept")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=32, help="tokens per document, every dense encoder")
@@ -275,15 +293,20 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     if len(triples) > args.max_triples:
         triples = random.Random(SEED).sample(triples, args.max_triples)
     # ---- students, one per grid setting, chosen on dev
+    base_model, base_label = student_base(args.base_model, work)
     trials = []
     for lr, epochs in parse_grid(args.grid):
-        name = f"minilm-l6-lr{lr:g}-ep{epochs}"
+        name = f"{base_label}-lr{lr:g}-ep{epochs}"
         path = work / "models" / name
         if (path / "training.json").is_file():
             record = json.loads((path / "training.json").read_text())
         else:
             config = StudentConfig(
-                epochs=epochs, learning_rate=lr, batch_size=args.batch_size, max_length=args.max_length
+                base_model=base_model,
+                epochs=epochs,
+                learning_rate=lr,
+                batch_size=args.batch_size,
+                max_length=args.max_length,
             )
             record = train_student(
                 triples, path, config, provenance={"assistant": "graded", "datasets": [d.name for d in sets]}
@@ -307,9 +330,20 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         log.info("%s: dev nDCG@10 %s (trained in %ss)", name, dev, record["train_seconds"])
     best = max(trials, key=lambda t: mean(list(t["dev_ndcg10"].values())))
     student_dir = work / "models" / best["name"]
+    bge = create_dense_encoder(max_length=args.max_length)
+    untrained = create_dense_encoder("sentence-transformers", model=base_model, max_length=args.max_length)
+    # for reading the trials only (the zero-shot models on the same dev queries); chooses nothing
+    reference_dev: dict[str, dict[str, float]] = {"bge-small": {}, "untrained": {}}
+    for data in sets:
+        for name, encoder in (("bge-small", bge), ("untrained", untrained)):
+            path = work / data.name / ("dense-bge-small" if name == "bge-small" else f"dense-{base_label}")
+            index = dense_index([data.corpus[d] for d in data.eval_ids], path, encoder)
+            qids = data.graded.splits["dev"]
+            reference_dev[name][data.name] = round(
+                mean(ndcg(data, qids, run(index.retriever(encoder), data, qids)[0])), 4
+            )
     # ---- test
     student = create_dense_encoder("sentence-transformers", model=str(student_dir), max_length=args.max_length)
-    bge = create_dense_encoder(max_length=args.max_length)
     results: dict[str, Any] = {}
     for data in sets:
         docs = [data.corpus[d] for d in data.eval_ids]
@@ -317,10 +351,12 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         base = bm25[data.name]
         bge_index = dense_index(docs, work / data.name / "dense-bge-small", bge)
         student_index = dense_index(docs, work / data.name / f"dense-{best['name']}", student)
+        untrained_index = dense_index(docs, work / data.name / f"dense-{base_label}", untrained)
         systems = {
             "bm25": base.retriever(),
             "bge-small": bge_index.retriever(bge),
             "hybrid": hybrid_index(base, bge_index, work / data.name / "hybrid-bge-small").retriever(bge),
+            "untrained": untrained_index.retriever(untrained),
             "student": student_index.retriever(student),
             "student-hybrid": hybrid_index(base, student_index, work / data.name / "hybrid-student").retriever(student),
         }
@@ -333,7 +369,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         ms["assistant"] = ms["bm25"] + assistant.ms_per_query(data, tops, qids[: args.cost_queries])
         per_query = {name: ndcg(data, qids, r) for name, r in rankings.items()}
         order = [*ZERO_SHOT, *IN_DOMAIN]
-        pairs = [(s, b) for s in order for b in ("bm25", "bge-small") if s != b]
+        pairs = [(s, b) for s in order for b in ("bm25", "bge-small") if s != b] + [("student", "untrained")]
         stats = compare([(per_query[s], per_query[b]) for s, b in pairs])
         results[data.name] = {
             "queries": len(qids),
@@ -352,7 +388,13 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         }
     return {
         "assistant": "graded (bundled:graded-crowdflower), E[grade] over BM25 candidates",
-        "student": {"base": "bundled:minilm-l6", "chosen": best["name"], "dir": str(student_dir), "trials": trials},
+        "student": {
+            "base": args.base_model,
+            "chosen": best["name"],
+            "dir": str(student_dir),
+            "trials": trials,
+            "reference_dev_ndcg10": reference_dev,
+        },
         "candidates_and_assistant_seconds": round(assistant_seconds, 1),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": results,

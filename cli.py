@@ -134,11 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_judge_parser(sub)
 
-    x = sub.add_parser("export-onnx", help="export a sentence-transformers cross-encoder to ONNX (INT8 or fp32)")
-    x.add_argument("model", help="bundled:NAME, a local model directory, or a hub name")
-    x.add_argument("out", type=Path, help="output directory (model.onnx + tokenizer.json; written atomically)")
-    x.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="int8: dynamic quantisation")
-    x.add_argument("--opset", type=_positive, default=17)
+    from twostage_search.rerankers.onnx_export_cli import add_export_parser
+
+    add_export_parser(sub)
 
     ls = sub.add_parser("serve-llm", help="serve the local LLM over an OpenAI-compatible HTTP API (/v1)")
     ls.add_argument("--backend", default="llama-cpp", help="local LLM backend (llama-cpp, transformers)")
@@ -355,15 +353,6 @@ def cmd_log(args: argparse.Namespace) -> int:
     return log_from_args(args)
 
 
-def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from twostage_search.rerankers.onnx_export import export_cross_encoder
-
-    info = export_cross_encoder(args.model, args.out, precision=args.precision, opset=args.opset)
-    print(f"{args.out}: {info['precision']} ONNX, max |torch - ONNX| logit {info['max_abs_logit_diff']}")
-    print(f"use it with: --reranker onnx-cross-encoder (params: {{model: {args.out}}})")
-    return 0
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from twostage_search.benchmarks.cli import bench
 
@@ -416,7 +405,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "search": cmd_search,
         "calibrate": cmd_calibrate,
         "train-cross-encoder": cmd_train_cross_encoder,
-        "export-onnx": cmd_export_onnx,
         "hybrid": cmd_hybrid,
     }
     commands.update({"bench": cmd_bench, "fetch-beir": cmd_fetch_beir})
@@ -426,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from twostage_search.indexes.dense_cli import dense_commands
 
     commands.update(dense_commands())
+    from twostage_search.rerankers.onnx_export_cli import export_from_args
+
+    commands["export-onnx"] = export_from_args
     from twostage_search.service.judging.cli import judge_from_args
     from twostage_search.service.report_cli import report_from_args
 

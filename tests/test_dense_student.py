@@ -147,3 +147,19 @@ def test_student_study_names_its_base(tmp_path):
     assert student_base("bundled:minilm-l6", tmp_path) == ("bundled:minilm-l6", "minilm-l6")
     assert student_base("var/models/my-encoder", tmp_path) == ("var/models/my-encoder", "my-encoder")
     assert not any(tmp_path.iterdir())  # nothing converted for a sentence-transformers base
+
+
+def test_student_assistant_kinds(tmp_path):
+    from twostage_search.benchmarks.studies.student_data import ASSISTANTS, Assistant, _FineTunedLogits
+    from twostage_search.engine.errors import InputError
+
+    assert ASSISTANTS == ("graded", "graded-ce")
+    with pytest.raises(InputError, match="unknown assistant 'lore'"):
+        Assistant(tmp_path, "lore")
+
+    class Scored:  # graded-ce's shape: one list of logits and a cost
+        def logits(self, query, candidates):
+            return [float(len(c)) for c in candidates], "cost"
+
+    # a LogitCache asks for its logit by name; the fine-tuned model has one, under whatever name is asked
+    assert _FineTunedLogits(Scored()).logits("q", ["ab", "c"], ["ce"]) == ({"ce": [2.0, 1.0]}, "cost")

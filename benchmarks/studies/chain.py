@@ -53,6 +53,7 @@ from twostage_search.benchmarks.graded import GradedPair, apply_thresholds, fit_
 from twostage_search.benchmarks.graded_data import features, fill, open_caches
 from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies import student as st
+from twostage_search.benchmarks.studies import student_data as sd
 from twostage_search.benchmarks.studies.chain_scores import (
     TEACHERS,
     FittedAssistant,
@@ -69,7 +70,7 @@ from twostage_search.rerankers.ordinal import OrdinalModel
 log = logging.getLogger(__name__)
 
 
-def lore_rows(args: argparse.Namespace, data: st.Data, pairs: Sequence[GradedPair]) -> list[dict[str, Any]]:
+def lore_rows(args: argparse.Namespace, data: sd.Data, pairs: Sequence[GradedPair]) -> list[dict[str, Any]]:
     """The LLM judge's judgement rows for ``pairs`` (from the store under ``--work``, else judged now)."""
     from twostage_search.benchmarks.studies.judges import JudgementStore, run_lore
     from twostage_search.rerankers.llm.lore import JudgementCache, LoreReranker
@@ -80,7 +81,7 @@ def lore_rows(args: argparse.Namespace, data: st.Data, pairs: Sequence[GradedPai
     return rows
 
 
-def student_triples(args: argparse.Namespace, sets: Sequence[st.Data], assistant: st.Assistant) -> list[MarginTriple]:
+def student_triples(args: argparse.Namespace, sets: Sequence[sd.Data], assistant: sd.Assistant) -> list[MarginTriple]:
     """:mod:`.student`'s triples (same candidates, pairs and subsample) with ``assistant``'s margins."""
     triples: list[MarginTriple] = []
     for data in sets:
@@ -88,12 +89,12 @@ def student_triples(args: argparse.Namespace, sets: Sequence[st.Data], assistant
         tops = st.bm25_top(whole.retriever(), data, data.graded.splits["train"], args.depth)
         triples += st.triples_of(data, tops, assistant.scores(data, tops), args.pairs_per_query)
     if len(triples) > args.max_triples:
-        triples = random.Random(st.SEED).sample(triples, args.max_triples)
+        triples = random.Random(sd.SEED).sample(triples, args.max_triples)
     return triples
 
 
 def train_or_load(
-    args: argparse.Namespace, sets: Sequence[st.Data], teacher: str, assistant: st.Assistant
+    args: argparse.Namespace, sets: Sequence[sd.Data], teacher: str, assistant: sd.Assistant
 ) -> dict[str, Any]:
     """The student of ``teacher``'s assistant (trained unless its directory holds a finished model)."""
     lr, epochs = st.parse_grid(args.grid)[0]
@@ -121,7 +122,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     from twostage_search.rerankers.graded import DEFAULT_GRADED_MODEL, GradedReranker, load_graded_model
 
     hd_sizes = {"train": args.hd_train, "dev": args.hd_dev, "test": args.hd_test}
-    cf = st.load_data(args.crowdflower, None, args.extra)
+    cf = sd.load_data(args.crowdflower, None, args.extra)
     g = cf.graded
     sample = g.sample("train", args.label_train)
     llm_sample = g.sample("train", args.llm_train or args.label_train)
@@ -131,7 +132,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     lore_test = lore_rows(args, cf, test_sample) if "b" in teachers and args.label_test else []
     if args.label_only:
         return {}
-    hd = st.load_data(args.homedepot, hd_sizes, args.extra, args.hd_train_first, st.HD_CUT)
+    hd = sd.load_data(args.homedepot, hd_sizes, args.extra, args.hd_train_first, st.HD_CUT)
     splits = {s: g.pairs(s) for s in ("train", "dev", "test")}
     caches = open_caches(args.graded_cache, "crowdflower", ("ce",))
     bundled = load_graded_model(DEFAULT_GRADED_MODEL)

@@ -12,6 +12,7 @@ from twostage_search.benchmarks.chain_links import agreement_row, dense_scores
 from twostage_search.benchmarks.evaluation import compare, mean, ranked
 from twostage_search.benchmarks.graded import GradedPair, apply_thresholds, fit_thresholds
 from twostage_search.benchmarks.studies import student as st
+from twostage_search.benchmarks.studies import student_data as sd
 from twostage_search.rerankers.ordinal import OrdinalModel
 
 TEACHERS = {
@@ -21,18 +22,15 @@ TEACHERS = {
 }
 
 
-class FittedAssistant(st.Assistant):
-    """:class:`.student.Assistant` with a given ordinal model instead of the bundled one."""
+class FittedAssistant(sd.Assistant):
+    """:class:`.student_data.Assistant` with a given ordinal model instead of the bundled one."""
 
     def __init__(self, cache: Path, model: OrdinalModel) -> None:
-        from twostage_search.rerankers.graded import GradedReranker
-
-        self.model = GradedReranker(model, threads=2)
-        self.cache = cache
+        super().__init__(cache, "graded", graded_model=model)
 
 
 def agreement_rows(
-    data: st.Data,
+    data: sd.Data,
     splits: Mapping[str, Sequence[GradedPair]],
     teachers: Callable[[Sequence[GradedPair]], dict[str, dict[str, list[int]]]],
     assistants: Mapping[str, Any],
@@ -61,7 +59,7 @@ def agreement_rows(
 
 def rankings_table(
     args: argparse.Namespace,
-    data: st.Data,
+    data: sd.Data,
     assistants: Mapping[str, OrdinalModel],
     encoders: Mapping[str, Any],
     bm25: Any,

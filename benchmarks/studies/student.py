@@ -7,7 +7,8 @@
 
 1. **Assistant**: the ``graded`` reranker (``bundled:graded-crowdflower``: the ordinal model over the MS MARCO
    MiniLM-L12 INT8 logit of (query, title) and lexical features, fitted on CrowdFlower + Home Depot train
-   queries). Its score of a pair is the expected grade E[grade] among the query's candidates.
+   queries). Its score of a pair is the expected grade E[grade] among the query's candidates. ``--assistant
+   graded-ce``: the cross-encoder fine-tuned on those grades (``bundled:graded-ce-crowdflower``), its E[grade].
 2. **Candidates**: BM25 (``lucene-bm25``) top ``--depth`` of each *train* query of the committed query-level
    splits (``benchmarks/data/splits``), over each dataset's whole corpus; Home Depot train queries are the
    first ``--hd-train-first`` by id of the seeded ``--hd-train`` subsample the graded model was fitted on. The
@@ -46,53 +47,23 @@ import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, ranked
-from twostage_search.benchmarks.graded import GradedPair, GradedSet
-from twostage_search.benchmarks.graded_data import LogitCache, load_split_set
-from twostage_search.engine.beir import find_file, read_corpus
+from twostage_search.benchmarks.studies.student_data import ASSISTANTS, SEED, Assistant, Data, load_data
 from twostage_search.engine.dense_train import MarginTriple, StudentConfig, margin_triples, train_student
 from twostage_search.engine.errors import InputError, TwoStageError, exit_status
 from twostage_search.engine.logs import add_verbosity_arguments, setup_logging, verbosity
-from twostage_search.engine.types import Candidate, Document
+from twostage_search.engine.types import Document
 from twostage_search.rerankers.onnx_to_torch import sentence_transformer_from_onnx
 
 log = logging.getLogger(__name__)
 
-SEED = 13
 HD_CUT = 3  # Home Depot's relevant cut, as the graded model's study uses (only the sampling needs one here)
 SCALE = 1 / 3  # E[grade] spans 1–4: margins fall in [0, 1], the range of a cosine difference's useful part
 ZERO_SHOT = ("bm25", "bge-small", "hybrid", "untrained")  # untrained: the student's base model
 IN_DOMAIN = ("assistant", "student", "student-hybrid")
-
-
-@dataclass
-class Data:
-    """One dataset: its graded set (committed splits, sampled), whole corpus and the evaluation corpus."""
-
-    name: str
-    graded: GradedSet
-    corpus: dict[str, Document]
-    eval_ids: list[str]
-
-
-def load_data(
-    path: Path, sizes: Mapping[str, int] | None, extra: int, train: int | None = None, cut: int | None = None
-) -> Data:
-    """The dataset with its committed splits (``sizes``: seeded subsample per split; ``train``: only the first
-    ``train`` train queries by id) and its evaluation corpus: every item judged for a dev or test query plus
-    ``extra`` other items (seeded)."""
-    graded = load_split_set(path, sizes, cut=cut)
-    if train is not None:
-        graded.splits["train"] = graded.splits["train"][:train]
-    corpus = {d.doc_id: d for d in read_corpus(find_file(path, "corpus"))}
-    judged = {d for s in ("dev", "test") for q in graded.splits[s] for d in graded.qrels.get(q, {}) if d in corpus}
-    rest = sorted(set(corpus) - judged)
-    eval_ids = sorted(judged | set(random.Random(SEED).sample(rest, min(extra, len(rest)))))
-    return Data(path.name, graded, corpus, eval_ids)
 
 
 def gains(data: Data) -> dict[str, dict[str, int]]:
@@ -129,38 +100,6 @@ def hybrid_index(bm25: Any, dense: Any, path: Path) -> Any:
 
     parts = [Component("bm25", str(bm25.path), DEFAULT_WEIGHTS["bm25"]), Component("dense", str(dense.path), 2.0)]
     return HybridIndex.compose(path, parts)
-
-
-# ------------------------------------------------------------------------------------ assistant
-class Assistant:
-    """The ``graded`` reranker's E[grade] over BM25 candidates, its cross-encoder logits cached on disk."""
-
-    def __init__(self, cache: Path) -> None:
-        from twostage_search.rerankers.graded import GradedReranker
-
-        self.model = GradedReranker(threads=2)
-        self.cache = cache
-
-    def scores(self, data: Data, ranked_ids: Mapping[str, Sequence[str]]) -> dict[str, list[float]]:
-        """E[grade] of each query's candidates (in the given order)."""
-        view = GradedSet(data.name, data.graded.queries, data.corpus, {}, data.graded.grades, data.graded.cut)
-        pairs = [GradedPair(q, d, 0) for q, ids in ranked_ids.items() for d in ids]
-        cache = LogitCache(self.cache / f"ce-logits-{data.name}.tsv")
-        cache.fill(view, pairs, self.model, "ce")
-        out = {}
-        for q, ids in ranked_ids.items():
-            cands = [Candidate(d, 0.0, data.corpus[d].text, data.corpus[d].title) for d in ids]
-            logits = {"ce": [cache.values[(q, d)] for d in ids]}
-            out[q] = [j.expected for j in self.model.judgements(data.graded.queries[q], cands, logits)]
-        return out
-
-    def ms_per_query(self, data: Data, ranked_ids: Mapping[str, Sequence[str]], qids: Sequence[str]) -> float:
-        """Milliseconds per query to judge ``qids``' candidates afresh (cross-encoder and ordinal model, no cache)."""
-        started = time.perf_counter()
-        for q in qids:
-            cands = [Candidate(d, 0.0, data.corpus[d].text, data.corpus[d].title) for d in ranked_ids[q]]
-            self.model.judge(data.graded.queries[q], cands)
-        return (time.perf_counter() - started) * 1000 / max(len(qids), 1)
 
 
 def bm25_top(retriever: Any, data: Data, qids: Sequence[str], depth: int) -> dict[str, list[str]]:
@@ -220,6 +159,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=20, help="BM25 candidates per train query (default 20)")
     p.add_argument("--pairs-per-query", type=int, default=8)
     p.add_argument("--max-triples", type=int, default=480)
+    p.add_argument("--assistant", choices=ASSISTANTS, default="graded", help="whose E[grade] the student learns")
     p.add_argument(
         "--base-model", default="bundled:minilm-l6", help="the student's start (onnx:SPEC: a dense ONNX model)"
     )
@@ -277,7 +217,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         load_data(args.crowdflower, None, args.extra),
         load_data(args.homedepot, hd_sizes, args.extra, args.hd_train_first, HD_CUT),
     ]
-    assistant = Assistant(work)
+    assistant = Assistant(work, args.assistant)
     if args.prefill:
         prefill(args, sets, assistant)
         return {}
@@ -309,7 +249,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
                 max_length=args.max_length,
             )
             record = train_student(
-                triples, path, config, provenance={"assistant": "graded", "datasets": [d.name for d in sets]}
+                triples, path, config, provenance={"assistant": args.assistant, "datasets": [d.name for d in sets]}
             ).record
         encoder = create_dense_encoder("sentence-transformers", model=str(path), max_length=args.max_length)
         dev = {}
@@ -387,7 +327,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
             ],
         }
     return {
-        "assistant": "graded (bundled:graded-crowdflower), E[grade] over BM25 candidates",
+        "assistant": f"{args.assistant} (bundled:{args.assistant}-crowdflower), E[grade] over BM25 candidates",
         "student": {
             "base": args.base_model,
             "chosen": best["name"],

@@ -14,7 +14,12 @@ def add_export_parser(sub: Any) -> None:
     x = sub.add_parser("export-onnx", help="export a sentence-transformers cross-encoder or bi-encoder to ONNX")
     x.add_argument("model", help="bundled:NAME, a local model directory, or a hub name")
     x.add_argument("out", type=Path, help="output directory (model.onnx + tokenizer.json; written atomically)")
-    x.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="int8: dynamic quantisation")
+    x.add_argument(
+        "--precision",
+        choices=["int8", "fp32"],
+        default=None,
+        help="int8: dynamic quantisation (default int8 for a cross-encoder, fp32 for a bi-encoder)",
+    )
     x.add_argument("--opset", type=positive_int, default=17)
     x.add_argument(
         "--bi-encoder",
@@ -27,14 +32,14 @@ def export_from_args(args: argparse.Namespace) -> int:
     from twostage_search.rerankers.onnx_export import export_bi_encoder, export_cross_encoder
 
     if args.bi_encoder:
-        info = export_bi_encoder(args.model, args.out, precision=args.precision, opset=args.opset)
+        info = export_bi_encoder(args.model, args.out, precision=args.precision or "fp32", opset=args.opset)
         print(
             f"{args.out}: {info['precision']} ONNX bi-encoder ({info['pooling']} pooling, query prefix "
             f"{info['query_prefix']!r}), max 1 - cos to torch {info['max_cosine_distance']}"
         )
         print(f"use it with: twostage index CORPUS --backend dense-flat --model {args.out}")
         return 0
-    info = export_cross_encoder(args.model, args.out, precision=args.precision, opset=args.opset)
+    info = export_cross_encoder(args.model, args.out, precision=args.precision or "int8", opset=args.opset)
     print(f"{args.out}: {info['precision']} ONNX, max |torch - ONNX| logit {info['max_abs_logit_diff']}")
     print(f"use it with: --reranker onnx-cross-encoder (params: {{model: {args.out}}})")
     return 0

@@ -29,7 +29,7 @@ def minilm():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "minilm-fp32"
-    assert main(["export-onnx", "bundled:minilm-l6", str(out), "--bi-encoder", "--precision", "fp32"]) == 0
+    assert main(["export-onnx", "bundled:minilm-l6", str(out), "--bi-encoder"]) == 0  # fp32 by default
     return out
 
 
@@ -46,7 +46,7 @@ def test_fp32_export_gives_the_torch_vectors_with_the_models_pooling(minilm, exp
 
 def test_int8_export_stays_close(minilm, tmp_path, capsys):
     out = tmp_path / "minilm-int8"
-    assert main(["export-onnx", "bundled:minilm-l6", str(out), "--bi-encoder"]) == 0
+    assert main(["export-onnx", "bundled:minilm-l6", str(out), "--bi-encoder", "--precision", "int8"]) == 0
     assert "int8 ONNX bi-encoder (mean pooling" in capsys.readouterr().out
     got = DenseEncoder(str(out)).encode_queries(TEXTS)
     cosines = (got * minilm.encode(TEXTS, normalize_embeddings=True)).sum(axis=1)

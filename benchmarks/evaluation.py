@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.beir import read_trec_run
+from twostage_search.engine.cpu import cpu
 from twostage_search.engine.stats import holm
 
 # (doc_id, score) in rank order: how a benchmark keeps one query's ranking.
@@ -220,45 +221,6 @@ def write_trec_run(path: Path, query_ids: Sequence[str], rankings: Mapping[str, 
         for q in query_ids:
             for rank, (doc_id, score) in enumerate(rankings.get(q, []), start=1):
                 fh.write(f"{q} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
-
-
-# x86 features that change our numbers: INT8 products are several times faster with VNNI (a dense or
-# cross-encoder pass, an index build), float kernels differ between AVX2 and AVX-512 in the last digits.
-CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-CPUINFO = Path("/proc/cpuinfo")
-
-
-def cpu(cpuinfo: str | None = None) -> dict[str, Any]:
-    """The CPU's model name and which of :data:`CPU_FEATURES` it has, from ``/proc/cpuinfo`` (or the text
-    given); ``model`` is None and ``features`` empty where that is not available (not Linux, not x86)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            cpuinfo = ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() in ("model name", "flags") and key.strip() not in fields:
-            fields[key.strip()] = value.strip()
-    flags = set(fields.get("flags", "").split())
-    return {"model": fields.get("model name"), "features": [f for f in CPU_FEATURES if f in flags]}
-
-
-def describe_cpu(info: Mapping[str, Any]) -> str:
-    """One phrase for a report: ``"AMD EPYC, AVX-512 VNNI"``, ``"AVX2, no VNNI"``; "" where unknown."""
-    features = set(info.get("features") or ())
-    if "avx512_vnni" in features:
-        kind = "AVX-512 VNNI"
-    elif "avx_vnni" in features:
-        kind = "AVX2 + AVX-VNNI"
-    elif "avx512f" in features:
-        kind = "AVX-512, no VNNI"
-    elif "avx2" in features:
-        kind = "AVX2, no VNNI"
-    else:
-        kind = ""
-    return ", ".join(part for part in (info.get("model") or "", kind) if part)
 
 
 def machine() -> dict[str, Any]:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.benchmarks.configs import PASS_THROUGH
-from twostage_search.benchmarks.evaluation import describe_cpu
 from twostage_search.benchmarks.published import MODEL_NOTE
 from twostage_search.engine.atomic import atomic_write_text
+from twostage_search.engine.cpu import describe_cpu
 from twostage_search.engine.errors import TwoStageError, exit_status
 
 

@@ -63,9 +63,10 @@ class OnnxCrossEncoderReranker:
         use_title: prepend the candidate's title to its text.
         threads: ONNX Runtime intra-op threads for this session (``None``: ONNX Runtime's default, one
             per physical core).
-        exact_int8: exact 8-bit products (the default): the same scores on every x86 CPU. ``False`` lets CPUs
-            without VNNI use ONNX Runtime's faster saturating product, whose scores differ from other CPUs'
-            (see engine/onnx_session.py and benchmarks/studies/int8_kernels.py).
+        exact_int8: exact 8-bit products (the default): the same scores on every x86 CPU (CPUs with VNNI
+            have them anyway). ``False`` lets CPUs without VNNI use ONNX Runtime's faster saturating product,
+            whose scores differ from other CPUs' (see engine/onnx_session.py and
+            benchmarks/studies/int8_kernels.py).
     """
 
     name = "onnx-cross-encoder"

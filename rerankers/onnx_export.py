@@ -109,9 +109,9 @@ def export_bi_encoder(
     for fp32, 0.05 for INT8, whose activations are quantised).
 
     The default is fp32: retrieval is more sensitive to quantisation than the check texts show. INT8 weights
-    are quantised to 7 bits (``reduce_range``), as the bundled bge-small's are: every session asks for exact
-    8-bit products (:mod:`~twostage_search.engine.onnx_session`), which with full 8-bit weights took 1.7× the
-    time per query on an AVX-512 VNNI CPU (bge-small's size: 5.8–6.1 ms against 4.2 ms with 7-bit weights).
+    are quantised to 7 bits (``reduce_range``), as the bundled bge-small's are: on CPUs without VNNI the exact
+    8-bit product sessions ask for (:mod:`~twostage_search.engine.onnx_session`) cost bge-small's 7-bit graph
+    nothing measurable (docs/first-stage.md) and the full 8-bit cross-encoder 1.17× (docs/rerankers.md).
     A bge-small fine-tuned as a student lost 0.030 nDCG@10 on Home Depot's dev queries in 7-bit INT8 against
     its fp32 export (query vectors at cosine 0.988 to torch's on average), more than its training gained
     (docs/relevance-models.md): check an INT8 export on your dev queries before using it.

@@ -1,6 +1,7 @@
 """What a benchmark records about the machine: the CPU's model and the SIMD features that change its numbers."""
 
-from twostage_search.benchmarks.evaluation import CPU_FEATURES, cpu, describe_cpu, machine
+from twostage_search.benchmarks.evaluation import machine
+from twostage_search.engine.cpu import CPU_FEATURES, cpu, describe_cpu, exact_int8_products
 
 # Two processors of /proc/cpuinfo, trimmed: only the first processor's fields count.
 VNNI = """processor\t: 0
@@ -40,3 +41,10 @@ def test_machine_records_this_cpu():
     assert set(record["cpu"]) == {"model", "features"}
     assert set(record["cpu"]["features"]) <= set(CPU_FEATURES)
     assert record["cpus"] >= 1
+
+
+def test_exact_int8_products_where_the_cpu_has_vnni():
+    assert exact_int8_products(cpu(VNNI))
+    assert exact_int8_products({"features": ["avx2", "avx_vnni"]})
+    assert not exact_int8_products(cpu(AVX2))
+    assert not exact_int8_products(cpu(ARM))

@@ -12,6 +12,7 @@ from tests.helpers import need, plain_session
 need("onnxruntime", "rerank")
 need("tokenizers", "rerank")
 
+from twostage_search.engine.cpu import exact_int8_products
 from twostage_search.engine.errors import TwoStageError
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER, resolve_model
 from twostage_search.engine.pipeline import TwoStage
@@ -59,12 +60,29 @@ def test_scores_match_a_plain_onnxruntime_run_of_each_pair(ce, tiny_docs):
     assert ce.count_tokens(query, passages) == tokens
 
 
-def test_sessions_use_exact_int8_products():
-    """CPUs without VNNI would otherwise saturate 8-bit sums (see engine/onnx_session.py)."""
-    from twostage_search.engine.onnx_session import cpu_session
+@pytest.mark.parametrize(
+    ("features", "exact_setting"),
+    [(["avx2"], True), (["avx2", "avx512f"], True), (["avx2", "avx512_vnni"], False), (["avx_vnni"], False)],
+)
+def test_sessions_ask_for_exact_int8_products_where_the_cpu_lacks_them(monkeypatch, features, exact_setting):
+    """CPUs without VNNI would otherwise saturate 8-bit sums; with VNNI the default product is exact (see
+    engine/onnx_session.py)."""
+    from twostage_search.engine import onnx_session
 
-    session = cpu_session(Path(resolve_model(DEFAULT_ONNX_CROSS_ENCODER)) / "model.onnx", threads=1, extra="rerank")
-    assert session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
+    monkeypatch.setattr(onnx_session, "exact_int8_products", lambda: exact_int8_products({"features": features}))
+    path = Path(resolve_model(DEFAULT_ONNX_CROSS_ENCODER)) / "model.onnx"
+    options = onnx_session.cpu_session(path, threads=1, extra="rerank").get_session_options()
+    assert _config(options, "session.x64quantprecision") == ("1" if exact_setting else None)
+    # exact_int8=False never asks for it
+    options = onnx_session.cpu_session(path, threads=1, extra="rerank", exact_int8=False).get_session_options()
+    assert _config(options, "session.x64quantprecision") is None
+
+
+def _config(options, key):
+    try:
+        return options.get_session_config_entry(key) or None
+    except RuntimeError:  # onnxruntime raises for a key that was never set
+        return None
 
 
 def test_lifts_the_relevant_doc_the_first_stage_put_low(ce, tiny_docs):

@@ -42,7 +42,6 @@ from typing import Any
 from twostage_search.benchmarks.datasets import judged_queries
 from twostage_search.benchmarks.evaluation import (
     compare,
-    describe_cpu,
     evaluate,
     machine,
     mean,
@@ -52,6 +51,7 @@ from twostage_search.benchmarks.evaluation import (
 )
 from twostage_search.engine.argtypes import named_path
 from twostage_search.engine.costed import costed_retriever
+from twostage_search.engine.cpu import describe_cpu
 from twostage_search.engine.errors import InputError, exit_status
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.types import Query

@@ -23,6 +23,7 @@ from typing import Any
 
 from twostage_search.benchmarks.evaluation import compare, evaluate, machine, mean, ranked
 from twostage_search.engine.beir import find_file, read_corpus, read_qrels, read_queries, read_trec_run
+from twostage_search.engine.cpu import cpu
 from twostage_search.engine.errors import TwoStageError, exit_status
 from twostage_search.engine.logs import setup_logging
 
@@ -31,12 +32,7 @@ log = logging.getLogger(__name__)
 
 def cpu_flags() -> list[str]:
     """The x86 vector extensions that decide ONNX Runtime's 8-bit kernels."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"})
+    return sorted(cpu()["features"])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,14 +19,19 @@ kinds").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from twostage_search.engine.cpu import exact_int8_products
 from twostage_search.engine.optional import require
 
 
 def cpu_session(
-    path: str | Path | bytes, *, threads: int | None, extra: str, spin: bool = True, exact_int8: bool = True
+    path: str | Path | bytes,
+    *,
+    threads: int | None,
+    extra: str,
+    spin: bool = True,
+    exact_int8: bool | Literal["always"] = True,
 ) -> Any:
     """A CPU session on ``path`` (or a serialised model) with all graph optimisations; ``threads`` caps the
     intra-op pool.
@@ -35,7 +40,8 @@ def cpu_session(
     stops the pool's threads from busy-waiting for the next run: slower back-to-back runs, but the cores
     stay free for what the caller does in between (a Lucene search). ``exact_int8=False`` restores ONNX
     Runtime's default 8-bit product (saturating on CPUs without VNNI): for measuring what exactness costs.
-    On CPUs whose default product is exact (VNNI) the two are the same session.
+    On CPUs whose default product is exact (VNNI) the two are the same session; ``"always"`` sets
+    ``session.x64quantprecision`` there too (for measuring what the setting would cost).
     """
     ort = require("onnxruntime", extra)
     options = ort.SessionOptions()
@@ -44,7 +50,7 @@ def cpu_session(
         options.inter_op_num_threads = 1
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if exact_int8 and not exact_int8_products():
+    if exact_int8 == "always" or (exact_int8 and not exact_int8_products()):
         options.add_session_config_entry("session.x64quantprecision", "1")  # exact INT8 products (see above)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     model = path if isinstance(path, bytes) else str(path)

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class OnnxCrossEncoderReranker:
         exact_int8: exact 8-bit products (the default): the same scores on every x86 CPU (CPUs with VNNI
             have them anyway). ``False`` lets CPUs without VNNI use ONNX Runtime's faster saturating product,
             whose scores differ from other CPUs' (see engine/onnx_session.py and
-            benchmarks/studies/int8_kernels.py).
+            benchmarks/studies/int8_kernels.py). ``"always"``: ask for the exact product on VNNI CPUs too.
     """
 
     name = "onnx-cross-encoder"
@@ -79,7 +79,7 @@ class OnnxCrossEncoderReranker:
         max_length: int = 256,
         use_title: bool = True,
         threads: int | None = None,
-        exact_int8: bool = True,
+        exact_int8: bool | Literal["always"] = True,
     ) -> None:
         if batch_size < 1 or max_length < 8:
             raise ValueError("batch_size must be ≥ 1 and max_length ≥ 8")

@@ -73,9 +73,11 @@ def test_sessions_ask_for_exact_int8_products_where_the_cpu_lacks_them(monkeypat
     path = Path(resolve_model(DEFAULT_ONNX_CROSS_ENCODER)) / "model.onnx"
     options = onnx_session.cpu_session(path, threads=1, extra="rerank").get_session_options()
     assert _config(options, "session.x64quantprecision") == ("1" if exact_setting else None)
-    # exact_int8=False never asks for it
+    # exact_int8=False never asks for it, "always" always does
     options = onnx_session.cpu_session(path, threads=1, extra="rerank", exact_int8=False).get_session_options()
     assert _config(options, "session.x64quantprecision") is None
+    options = onnx_session.cpu_session(path, threads=1, extra="rerank", exact_int8="always").get_session_options()
+    assert _config(options, "session.x64quantprecision") == "1"
 
 
 def _config(options, key):

@@ -139,6 +139,11 @@ BAD = [
     ([event(event_attributes={"position": {"ordinal": 1.5}})], "position.ordinal"),
     ([event(event_attributes={"position": {"ordinal": "2"}})], "position.ordinal"),
     ([event(event_attributes={"position": {"ordinal": True}})], "position.ordinal"),
+    # larger than the stores' integer columns (was a 503 with the batch refused)
+    ([event(event_attributes={"position": {"ordinal": 2**31}})], "position.ordinal"),
+    ([event(event_attributes={"position": {"ordinal": 26245517364163610935296}})], "position.ordinal"),
+    ([event(event_attributes={"position": {"x": 2**40}})], "position.x"),
+    ([event(event_attributes={"position": {"scroll_depth": "far"}})], "position.scroll_depth"),
     ([event(timestamp="yesterday")], "0.timestamp"),
     ([event(timestamp="2026-13-01T00:00:00Z")], "0.timestamp"),
     ([event(timestamp="2026-12-06T11:00:00")], "0.timestamp"),  # no time zone

@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt
 
 from twostage_search.service.ubi.records import MAX_ID_CHARS, QUERY_ID_PATTERN, EventRecord, iso
 
@@ -40,12 +40,26 @@ class EventObject(BaseModel):
     object_id_field: str | None = Field(default=None, max_length=MAX_ID_CHARS)
 
 
+# The numbers of a position are stored as OpenSearch `integer` fields (SQLite's columns hold more): larger ones
+# are refused with the request (a 422), not by the store after it was accepted.
+MAX_ORDINAL = 2**31 - 1
+Coordinate = Annotated[
+    StrictInt | StrictFloat, Field(description="a number within ±(2^31 - 1)", ge=-MAX_ORDINAL, le=MAX_ORDINAL)
+]
+
+
 class EventPosition(BaseModel):
     """``event_attributes.position``: where the document was shown."""
 
     model_config = ConfigDict(extra="allow")
 
-    ordinal: StrictInt | None = Field(default=None, ge=1, description="rank on the result page, 1 = first")
+    ordinal: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_ORDINAL, description="rank on the result page, 1 = first"
+    )
+    x: Coordinate | None = None
+    y: Coordinate | None = None
+    page_depth: Coordinate | None = None
+    scroll_depth: Coordinate | None = None
 
 
 class EventAttributes(BaseModel):

@@ -42,13 +42,9 @@ def export_cross_encoder(
     ``tolerance`` bounds the largest |torch − ONNX| logit on the check pairs (default 1e-3 for fp32,
     1.0 for INT8, whose activations are quantised; the logits span about ±10).
     """
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
-    torch = require("torch", "export")
-    st = require("sentence_transformers", "export")
-    require("onnx", "export")
-    require("onnxruntime", "export")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    st = _export_modules(precision)
+    import torch
+    from onnxruntime.quantization import QuantType
 
     ce = st.CrossEncoder(resolve_model(model), device="cpu")
     hf_model, tokenizer = ce.model.eval(), ce.tokenizer
@@ -59,23 +55,18 @@ def export_cross_encoder(
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
     with torch.no_grad():
         expected = hf_model(**{n: enc[n] for n in names}).logits[:, 0].numpy()
-    dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
     with atomic_directory(out, marker=MARKER) as tmp:
-        fp32 = tmp / ("model.onnx" if precision == "fp32" else "model-fp32.onnx")
-        with torch.no_grad():
-            torch.onnx.export(
-                hf_model,
-                tuple(enc[n] for n in names),
-                str(fp32),
-                input_names=names,
-                output_names=["logits"],
-                dynamic_axes={**dynamic, "logits": {0: "batch"}},
-                opset_version=opset,
-                dynamo=False,
-            )
-        if precision == "int8":
-            quantize_dynamic(str(fp32), str(tmp / "model.onnx"), weight_type=QuantType.QInt8)
-            fp32.unlink()
+        _write_graph(
+            hf_model,
+            enc,
+            names,
+            tmp,
+            output="logits",
+            output_axes={0: "batch"},
+            precision=precision,
+            opset=opset,
+            quantize={"weight_type": QuantType.QInt8},
+        )
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         session = cpu_session(tmp / "model.onnx", threads=None, extra="export")  # exact INT8 on every x86 CPU
         diff = 0.0
@@ -90,6 +81,51 @@ def export_cross_encoder(
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
     log.info("exported %s → %s (%s, max |Δlogit| %.4g)", model, out, precision, diff)
     return info
+
+
+def _export_modules(precision: str) -> Any:
+    """Check ``precision`` and the ``export`` extra's packages; ``sentence_transformers``."""
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
+    require("torch", "export")
+    require("onnx", "export")
+    require("onnxruntime", "export")
+    return require("sentence_transformers", "export")
+
+
+def _write_graph(
+    module: Any,
+    enc: Any,
+    names: list[str],
+    folder: Path,
+    *,
+    output: str,
+    output_axes: dict[int, str],
+    precision: Precision,
+    opset: int,
+    quantize: dict[str, Any],
+) -> Path:
+    """``folder/model.onnx``: ``module`` traced on ``enc``'s ``names`` (batch and sequence axes dynamic), in fp32
+    or dynamically quantised to INT8 with ``quantize`` (``quantize_dynamic``'s options)."""
+    import torch
+    from onnxruntime.quantization import quantize_dynamic
+
+    fp32 = folder / ("model.onnx" if precision == "fp32" else "model-fp32.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            tuple(enc[n] for n in names),
+            str(fp32),
+            input_names=names,
+            output_names=[output],
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, output: output_axes},
+            opset_version=opset,
+            dynamo=False,
+        )
+    if precision == "int8":
+        quantize_dynamic(str(fp32), str(folder / "model.onnx"), **quantize)
+        fp32.unlink()
+    return folder / "model.onnx"
 
 
 # Texts a bi-encoder export is checked on (torch vs ONNX vectors, one text per run as queries are encoded).
@@ -116,13 +152,9 @@ def export_bi_encoder(
     its fp32 export (query vectors at cosine 0.988 to torch's on average), more than its training gained
     (docs/relevance-models.md): check an INT8 export on your dev queries before using it.
     """
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
-    torch = require("torch", "export")
-    st = require("sentence_transformers", "export")
-    require("onnx", "export")
-    require("onnxruntime", "export")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    st = _export_modules(precision)
+    import torch
+    from onnxruntime.quantization import QuantType
 
     path = Path(resolve_model(model))
     modules = path / "modules.json"
@@ -140,22 +172,18 @@ def export_bi_encoder(
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
     settings = {"pooling": pooling, "query_prefix": (getattr(encoder, "prompts", None) or {}).get("query", "")}
     with atomic_directory(out, marker=MARKER) as tmp:
-        fp32 = tmp / ("model.onnx" if precision == "fp32" else "model-fp32.onnx")
-        with torch.no_grad():
-            torch.onnx.export(
-                _hidden_module(torch)(hf_model),
-                tuple(enc[n] for n in names),
-                str(fp32),
-                input_names=names,
-                output_names=["last_hidden_state"],
-                dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
-                opset_version=opset,
-                dynamo=False,
-            )
-        if precision == "int8":  # 7-bit weights per output column, as the bundled bge-small's are: see below
-            quantize = {"weight_type": QuantType.QInt8, "per_channel": True, "reduce_range": True}
-            quantize_dynamic(str(fp32), str(tmp / "model.onnx"), **quantize)
-            fp32.unlink()
+        _write_graph(
+            _hidden_module(torch)(hf_model),
+            enc,
+            names,
+            tmp,
+            output="last_hidden_state",
+            output_axes={0: "batch", 1: "sequence"},
+            precision=precision,
+            opset=opset,
+            # INT8: 7-bit weights per output column, as the bundled bge-small's are (see above)
+            quantize={"weight_type": QuantType.QInt8, "per_channel": True, "reduce_range": True},
+        )
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         (tmp / "dense.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         from twostage_search.engine.dense import DenseEncoder

@@ -129,3 +129,48 @@ def export_bare_encoder(bert: Any, path: Path, ids: Any) -> None:
             opset_version=17,
             dynamo=False,
         )
+
+
+# The query students' tests (test_bert_query.py, test_query_bert_layers.py): the teacher a student names, a few
+# queries, and tiny seeded BERT encoders over the teacher's vocabulary (test fixtures, not models).
+STUDENT_QUERIES = [
+    "what causes ocean tides",
+    "young kitten pet",
+    "a much longer query about the moon and the sea and tides",
+]
+
+
+def student_teacher() -> dict[str, Any]:
+    """The ``teacher`` document of a bge-small query student."""
+    from twostage_search.engine.dense import BGE_QUERY_PREFIX, DEFAULT_DENSE
+
+    return {"model": DEFAULT_DENSE, "pooling": "cls", "query_prefix": BGE_QUERY_PREFIX, "max_length": 256}
+
+
+def tiny_teacher_vocab_bert(layers: int) -> Any:
+    """A ``BertModel`` (hidden 16, 2 heads, eager attention, no pooler) over the teacher's 30,522-token
+    vocabulary, built right after seeding torch with 0."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    return BertModel(config, add_pooling_layer=False)
+
+
+def teacher_token_ids(texts: list[str]) -> list[list[int]]:
+    """``[CLS] text [SEP]`` ids of the teacher's tokenizer, read with ``tokenizers`` directly."""
+    from tokenizers import Tokenizer
+
+    from twostage_search.engine.dense import DEFAULT_DENSE, dense_model_files
+
+    tokenizer = Tokenizer.from_file(str(dense_model_files(DEFAULT_DENSE)[1]))
+    return [tokenizer.encode(t).ids for t in texts]

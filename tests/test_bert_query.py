@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import need
+from tests.helpers import STUDENT_QUERIES, need, student_teacher, teacher_token_ids, tiny_teacher_vocab_bert
 
 need("torch", "export")
 need("transformers", "export")
@@ -16,45 +16,26 @@ need("tokenizers", "dense")
 
 from twostage_search.benchmarks.studies.query_bert_train import encode, export_onnx, padded, student_module
 from twostage_search.engine.bert_query import MODEL_FILE, OnnxQueryEncoder, read_config, student_document
-from twostage_search.engine.dense import BGE_QUERY_PREFIX, DEFAULT_DENSE, DenseEncoder, dense_model_files
+from twostage_search.engine.dense import DenseEncoder
 from twostage_search.engine.dense_query import open_student, student_config
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.static_query import StaticQueryEncoder, save_static
 from twostage_search.engine.types import Query
 from twostage_search.indexes.dense import DenseFlatIndex
 
-TEACHER = {"model": DEFAULT_DENSE, "pooling": "cls", "query_prefix": BGE_QUERY_PREFIX, "max_length": 256}
-QUERIES = ["what causes ocean tides", "young kitten pet", "a much longer query about the moon and the sea and tides"]
+TEACHER = student_teacher()
+QUERIES = STUDENT_QUERIES
 
 
 def tiny_student(pooling: str, dim: int = 8):
     """A 1-layer BERT (hidden 16, 2 heads) over the teacher's vocabulary with a head onto ``dim``, seeded."""
     import torch
-    from transformers import BertConfig, BertModel
 
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=24,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    model = student_module(BertModel(config, add_pooling_layer=False), dim, pooling)
+    model = student_module(tiny_teacher_vocab_bert(1), dim, pooling)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2)
     return model.eval()
-
-
-def token_ids(texts):
-    """``[CLS] text [SEP]`` ids of the teacher's tokenizer, read here with ``tokenizers`` directly."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(dense_model_files(DEFAULT_DENSE)[1]))
-    return [tokenizer.encode(t).ids for t in texts]
 
 
 def write_student(model, path, *, int8: bool = False, teacher=TEACHER, static=None):
@@ -86,11 +67,11 @@ def torch_vectors(model, texts, static=None):
 
     with torch.no_grad():
         if static is None:
-            return np.concatenate([model(*padded([ids])).numpy() for ids in token_ids(texts)])
+            return np.concatenate([model(*padded([ids])).numpy() for ids in teacher_token_ids(texts)])
         return np.concatenate(
             [
                 model(*padded([ids]), torch.from_numpy(v[None])).numpy()
-                for ids, v in zip(token_ids(texts), static, strict=True)
+                for ids, v in zip(teacher_token_ids(texts), static, strict=True)
             ]
         )
 
@@ -118,7 +99,7 @@ def test_int8_export_stays_close_to_the_torch_model(tmp_path):
 def test_padded_batches_give_each_text_its_own_vector():
     """Mean pooling over real tokens only: a short text padded beside a long one keeps its vector."""
     model = tiny_student("mean")
-    rows = token_ids(QUERIES)
+    rows = teacher_token_ids(QUERIES)
     batched = encode(model, rows)
     alone = np.concatenate([encode(model, [r]) for r in rows])
     assert np.abs(batched - alone).max() < 1e-5
@@ -194,7 +175,7 @@ def test_training_measures_dev_every_n_steps_without_changing_the_training():
 
     from twostage_search.benchmarks.studies.query_bert_train import BertSettings, train
 
-    rows = token_ids([f"query number {i}" for i in range(10)])
+    rows = teacher_token_ids([f"query number {i}" for i in range(10)])
     targets = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
     targets /= np.linalg.norm(targets, axis=1, keepdims=True)
 

@@ -8,7 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import export_bare_encoder, need
+from tests.helpers import (
+    STUDENT_QUERIES,
+    export_bare_encoder,
+    need,
+    student_teacher,
+    teacher_token_ids,
+    tiny_teacher_vocab_bert,
+)
 
 need("torch", "export")
 need("transformers", "export")
@@ -19,12 +26,11 @@ need("tokenizers", "dense")
 from twostage_search.benchmarks.studies.query_bert import checkpoint_name
 from twostage_search.benchmarks.studies.query_bert_train import encode, export_onnx, student_module
 from twostage_search.engine.bert_query import MODEL_FILE, OnnxQueryEncoder, student_document
-from twostage_search.engine.dense import BGE_QUERY_PREFIX, DEFAULT_DENSE, dense_model_files
 from twostage_search.engine.errors import InputError
 from twostage_search.rerankers.onnx_to_torch import encoder_from_onnx
 
-TEACHER = {"model": DEFAULT_DENSE, "pooling": "cls", "query_prefix": BGE_QUERY_PREFIX, "max_length": 256}
-QUERIES = ["what causes ocean tides", "young kitten pet", "a much longer query about the moon and the sea and tides"]
+TEACHER = student_teacher()
+QUERIES = STUDENT_QUERIES
 
 
 @pytest.fixture(scope="module")
@@ -32,33 +38,14 @@ def teacher(tmp_path_factory):
     """A 4-layer BERT encoder (hidden 16, 2 heads) over the teacher's vocabulary, seeded, and its bare ONNX export
     (inputs → last hidden state)."""
     import torch
-    from transformers import BertConfig, BertModel
 
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=16,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=24,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    model = BertModel(config, add_pooling_layer=False).eval()
+    model = tiny_teacher_vocab_bert(4).eval()
     with torch.no_grad():  # every tensor distinct (the exporter merges equal initializers, e.g. all-zero biases)
         for p in model.parameters():
             p.normal_(0.0, 0.2)
     path = tmp_path_factory.mktemp("tiny-teacher") / "encoder.onnx"
     export_bare_encoder(model, path, torch.tensor([[101, 2000, 2001, 102]]))
     return model, path
-
-
-def token_ids(texts):
-    """``[CLS] text [SEP]`` ids of the teacher's tokenizer, read here with ``tokenizers`` directly."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(dense_model_files(DEFAULT_DENSE)[1]))
-    return [tokenizer.encode(t).ids for t in texts]
 
 
 def through_layers(model, ids, layer_ids):
@@ -113,7 +100,7 @@ def test_an_untrained_student_of_chosen_layers_is_their_own_cls_vector(teacher, 
     """With an identity (or no) head the untrained student's vector is the chosen layers' CLS state, normalised;
     with every layer it is the teacher's own CLS vector."""
     model, path = teacher
-    rows = token_ids(QUERIES)
+    rows = teacher_token_ids(QUERIES)
     vectors = {}
     for layer_ids in ([1, 3], [0, 1, 2, 3]):
         student = student_module(encoder_from_onnx(path, layer_ids=layer_ids), 16, "cls", head=head)
@@ -161,7 +148,7 @@ def test_export_then_load_gives_the_torch_students_vectors(teacher, tmp_path, he
     (out / "student.json").write_text(json.dumps(document))
     encoder = OnnxQueryEncoder(str(out), threads=1)
     got = encoder.encode_queries(QUERIES)
-    want = np.concatenate([encode(student, [r]) for r in token_ids(QUERIES)])
+    want = np.concatenate([encode(student, [r]) for r in teacher_token_ids(QUERIES)])
     assert got.shape == (3, 16)
     assert np.abs(got - want).max() < 1e-3  # both fp32; far looser than any CPU's rounding differences
     assert encoder.student["layer_ids"] == [1, 3] and encoder.student["head"] == head

@@ -27,7 +27,7 @@ import numpy as np
 from twostage_search.engine.atomic import atomic_directory
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.models import resolve_model
-from twostage_search.engine.optional import require
+from twostage_search.engine.optional import require, sentence_transformers_part
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +129,8 @@ def train_student(
     datasets = require("datasets", "train")
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-    try:  # sentence-transformers ≥ 6 (the old paths warn there); 5.x has only the old ones
-        from sentence_transformers.sentence_transformer.losses import MarginMSELoss
-        from sentence_transformers.sentence_transformer.modules import Normalize
-    except ImportError:  # pragma: no cover - sentence-transformers 5
-        from sentence_transformers.losses import MarginMSELoss  # type: ignore[no-redef]
-        from sentence_transformers.models import Normalize  # type: ignore[no-redef]
+    margin_mse = sentence_transformers_part("losses", "rerank").MarginMSELoss
+    normalize = sentence_transformers_part("modules", "rerank").Normalize
 
     rng = random.Random(config.seed)
     shuffled = list(triples)
@@ -149,8 +145,8 @@ def train_student(
     )
     require("transformers", "train").set_seed(config.seed)
     model = st.SentenceTransformer(resolve_model(config.base_model), device=config.device)
-    if not any(isinstance(m, Normalize) for m in model):
-        model.append(Normalize())
+    if not any(isinstance(m, normalize) for m in model):
+        model.append(normalize())
     model.max_seq_length = config.max_length
     started = time.perf_counter()
     with atomic_directory(out, overwrite=True, marker=TRAINING_FILE) as tmp:
@@ -167,7 +163,7 @@ def train_student(
             logging_steps=config.logging_steps,
             use_cpu=config.device == "cpu",
         )
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=MarginMSELoss(model))
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=margin_mse(model))
         output = trainer.train()
         shutil.rmtree(tmp / "_checkpoints", ignore_errors=True)
         model.save(str(tmp))

@@ -33,3 +33,22 @@ def torch_with_threads(threads: int | None, extra: str) -> ModuleType:
         log.info("torch intra-op threads (process-wide): %d -> %d", torch.get_num_threads(), threads)
         torch.set_num_threads(threads)
     return torch
+
+
+# Where sentence-transformers keeps a bi-encoder's modules and losses: 6.x moved them (the old paths warn
+# there), 5.x has only the old ones.
+_ST_PLACES = {
+    "modules": ("sentence_transformers.sentence_transformer.modules", "sentence_transformers.models"),
+    "losses": ("sentence_transformers.sentence_transformer.losses", "sentence_transformers.losses"),
+}
+
+
+def sentence_transformers_part(part: str, extra: str) -> ModuleType:
+    """sentence-transformers' ``modules`` (Transformer, Pooling, Normalize, …) or ``losses`` module of a
+    bi-encoder, from whichever place the installed version (5 or 6) keeps it (see :func:`require`)."""
+    require("sentence_transformers", extra)
+    new, old = _ST_PLACES[part]
+    try:
+        return importlib.import_module(new)
+    except ImportError:  # pragma: no cover - sentence-transformers 5
+        return importlib.import_module(old)

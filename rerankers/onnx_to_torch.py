@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from twostage_search.engine.errors import InputError
-from twostage_search.engine.optional import require
+from twostage_search.engine.optional import require, sentence_transformers_part
 
 log = logging.getLogger(__name__)
 
@@ -378,17 +378,18 @@ def sentence_transformer_from_onnx(model_spec: str, out: str | Path, *, pooling:
     if (out / "modules.json").is_file():
         return out
     st = require("sentence_transformers", "rerank")
-    try:  # sentence-transformers ≥ 6 (the old paths warn there); 5.x has only the old ones
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    except ImportError:  # pragma: no cover - sentence-transformers 5
-        from sentence_transformers.models import Normalize, Pooling, Transformer  # type: ignore[no-redef]
+    modules_of = sentence_transformers_part("modules", "rerank")
     model_path, tokenizer_path = dense_model_files(model_spec)
     encoder = encoder_from_onnx(model_path)
     with atomic_directory(out, overwrite=True, marker="modules.json") as tmp:
         hf = tmp / "_hf"
         encoder.save_pretrained(str(hf))
         tokenizer_from_file(tokenizer_path).save_pretrained(str(hf))
-        modules = [Transformer(str(hf)), Pooling(encoder.config.hidden_size, pooling_mode=pooling), Normalize()]
+        modules = [
+            modules_of.Transformer(str(hf)),
+            modules_of.Pooling(encoder.config.hidden_size, pooling_mode=pooling),
+            modules_of.Normalize(),
+        ]
         st.SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
         shutil.rmtree(hf)
     log.info("%s → sentence-transformers %s (%s pooling)", model_spec, out, pooling)

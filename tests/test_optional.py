@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import pytest
 
 from twostage_search.engine.errors import InputError, MissingDependencyError
-from twostage_search.engine.optional import require, torch_with_threads
+from twostage_search.engine.optional import require, sentence_transformers_part, torch_with_threads
 
 
 def test_require_names_the_distribution_and_extra() -> None:
@@ -41,3 +42,15 @@ def test_a_changed_count_is_set_and_logged(caplog: pytest.LogCaptureFixture) -> 
         assert changes == [f"torch intra-op threads (process-wide): {before} -> {other}"]
     finally:
         torch.set_num_threads(before)
+
+
+def test_sentence_transformers_parts_from_the_installed_version() -> None:
+    pytest.importorskip("sentence_transformers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # 6.x warns on its old paths: they are not taken
+        modules = sentence_transformers_part("modules", "rerank")
+        losses = sentence_transformers_part("losses", "rerank")
+    assert {"Transformer", "Pooling", "Normalize"} <= set(dir(modules))
+    assert isinstance(losses.MarginMSELoss, type)
+    with pytest.raises(KeyError):
+        sentence_transformers_part("trainers", "rerank")

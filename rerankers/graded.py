@@ -69,6 +69,13 @@ def passage(c: Candidate, logit: str) -> Candidate:
     return c
 
 
+def passage_text(c: Candidate, logit: str) -> str:
+    """The text the ``logit`` cross-encoder reads for ``c``: the title alone (else the text) for ``ce``; the
+    title and the text, as the cross-encoder joins them, for ``ce_text``."""
+    c = passage(c, logit)
+    return c.text if logit == "ce" else f"{c.title} {c.text}".strip()
+
+
 def pair_features(
     query: str, candidates: Sequence[Candidate], logits: Mapping[str, Sequence[float]]
 ) -> list[dict[str, float]]:

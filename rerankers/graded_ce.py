@@ -13,13 +13,15 @@ may be another model's (``meta.delta_model``). The full
 model is rebuilt at load time: the base graph is read into torch and the delta replaces its trained tensors.
 
 The model reads the query and the item title (its text when the title is empty), 64 tokens, like the
-``graded`` model's ``ce`` logit. The bundled model, ``bundled:graded-ce-crowdflower``, was trained on the
-CrowdFlower search-relevance train queries (in-domain there; zero-shot everywhere else). Like ``graded`` and the
-``lore`` judge, :meth:`GradedCEReranker.judge` gives each item a grade, E[grade] and P(grade); documents are
-ranked by E[grade], ties by doc id. ``bundled:graded-ce-stacked-crowdflower`` adds the ``graded-stacked`` signals
-to the fine-tuned logit (an ordinal model fitted on the CrowdFlower dev queries; about the cost of
-``graded-stacked`` plus one fine-tuned pass). Inference runs in fp32 under ``torch.inference_mode``; tokenising and the
-forward pass run under one lock per reranker, so one object may serve many threads.
+``graded`` model's ``ce`` logit; a model whose ``meta.passage`` is ``ce_text`` reads the title and the
+description, as the cross-encoder joins them (its ``meta.max_length``: 128). The bundled model,
+``bundled:graded-ce-crowdflower``, was trained on the CrowdFlower search-relevance train queries (in-domain
+there; zero-shot everywhere else). Like ``graded`` and the ``lore`` judge, :meth:`GradedCEReranker.judge` gives
+each item a grade, E[grade] and P(grade); documents are ranked by E[grade], ties by doc id.
+``bundled:graded-ce-stacked-crowdflower`` adds the ``graded-stacked`` signals to the fine-tuned logit (an ordinal
+model fitted on the CrowdFlower dev queries; about the cost of ``graded-stacked`` plus one fine-tuned pass).
+Inference runs in fp32 under ``torch.inference_mode``; tokenising and the forward pass run under one lock per
+reranker, so one object may serve many threads.
 """
 
 from __future__ import annotations
@@ -40,12 +42,13 @@ from twostage_search.engine.optional import require, torch_with_threads
 from twostage_search.engine.types import Candidate, Query, RankedList
 from twostage_search.rerankers.graded import (
     LEXICAL,
+    LOGITS,
     MATCH,
     MODEL_FILE,
     RELATIVE,
     graded_judgements,
     pair_features,
-    passage,
+    passage_text,
 )
 from twostage_search.rerankers.graded_stacked import DEFAULT_STACKED_MODEL, KNOWN
 from twostage_search.rerankers.llm.lore_labels import Judgement
@@ -166,6 +169,9 @@ class GradedCEReranker:
         meta = self.model.meta or {}
         self.grades = self.model.grades
         self.max_length = int(meta.get("max_length", 64))
+        self.passage = str(meta.get("passage", "ce"))  # what the model reads: "ce" title, "ce_text" + description
+        if self.passage not in LOGITS:
+            raise InputError(f"{model}: meta.passage must be one of {', '.join(LOGITS)}, got {self.passage!r}")
         self.batch_size = batch_size
         self._torch = torch
         self._net, self._tokenizer = load_finetuned(base or meta.get("base", DEFAULT_ONNX_CROSS_ENCODER), delta)
@@ -197,9 +203,10 @@ class GradedCEReranker:
         return out, tokens
 
     def logits(self, query: Query, candidates: Sequence[Candidate]) -> tuple[list[float], StageCost]:
-        """The fine-tuned logit of each candidate (title, else text), input order, and its cost."""
+        """The fine-tuned logit of each candidate (its title, else its text; or its title and text where the model
+        reads both: ``meta.passage``), input order, and its cost."""
         started = time.perf_counter()
-        values, tokens = self.score(query.text, [passage(c, "ce").text for c in candidates])
+        values, tokens = self.score(query.text, [passage_text(c, self.passage) for c in candidates])
         wall = (time.perf_counter() - started) * 1000
         return values, StageCost("rerank", wall, docs=len(candidates), tokens_in=tokens)
 

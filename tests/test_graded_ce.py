@@ -228,6 +228,23 @@ def test_a_model_may_use_another_models_delta(base, folder, tmp_path):
     assert GradedCEReranker(str(tmp_path)).judge(query, DOCS) == GradedCEReranker(str(folder)).judge(query, DOCS)
 
 
+def test_a_model_reading_title_and_description_is_fed_both(base, finetuned, folder, tmp_path):
+    (tmp_path / DELTA_FILE).write_bytes((folder / DELTA_FILE).read_bytes())
+    meta = {"base": str(base), "passage": "ce_text", "max_length": 32}
+    OrdinalModel(("logit",), (0.0,), (1.0,), (1.0,), CUTS, (1, 2, 3, 4), meta=meta).save(tmp_path / "model.json")
+    query = Query("q1", "red shoes")
+    # title and text joined as the cross-encoder joins them; the untitled item reads its text alone
+    passages = ["kitchen sink steel kitchen sink", "red running shoes red running shoes by nike", "a description only"]
+    want = _logits(finetuned, [(query.text, p) for p in passages], base / "tokenizer.json")
+    got, cost = GradedCEReranker(str(tmp_path)).logits(query, DOCS[:3])
+    assert got == pytest.approx(want, abs=1e-4)
+    assert cost.tokens_in == (4 + 6) + (4 + 9) + (4 + 4)  # [CLS] red shoes [SEP] + passage words + [SEP]
+    meta["passage"] = "description"
+    OrdinalModel(("logit",), (0.0,), (1.0,), (1.0,), CUTS, (1, 2, 3, 4), meta=meta).save(tmp_path / "model.json")
+    with pytest.raises(InputError, match=r"meta\.passage"):
+        GradedCEReranker(str(tmp_path))
+
+
 def test_bad_models_and_input_are_refused(folder, tmp_path):
     with pytest.raises(InputError, match=r"delta\.safetensors"):
         GradedCEReranker(str(tmp_path))

@@ -12,7 +12,7 @@ from tests.helpers import need
 from twostage_search.benchmarks.graded_data import SPLITS_DIR, read_splits, write_splits
 from twostage_search.engine.errors import InputError
 from twostage_search.engine.types import Candidate, Query
-from twostage_search.rerankers.graded import pair_features
+from twostage_search.rerankers.graded import pair_features, passage_text
 from twostage_search.rerankers.ordinal import OrdinalModel
 
 
@@ -129,6 +129,15 @@ def test_training_on_a_tiny_slice_picks_a_feature_set_on_dev_and_reloads_the_sam
 
 
 # ------------------------------------------------------------------------------------------ features
+def test_each_logit_reads_its_own_passage():
+    item = Candidate("d1", 0.0, "Soft cotton, machine washable.", "Red running shirt")
+    assert passage_text(item, "ce") == "Red running shirt"
+    # title and description joined as the cross-encoder joins them (title first, one space)
+    assert passage_text(item, "ce_text") == "Red running shirt Soft cotton, machine washable."
+    bare = Candidate("d2", 0.0, "Blue mug", "")
+    assert passage_text(bare, "ce") == passage_text(bare, "ce_text") == "Blue mug"
+
+
 def test_pair_features_by_hand():
     cands = [Candidate("a", 0.0, "", "Red Running Shoes"), Candidate("b", 0.0, "red wool", "Blue hat")]
     rows = pair_features("red shoes", cands, {"ce": [2.0, -1.0], "ce_text": [-4.0, 0.0]})

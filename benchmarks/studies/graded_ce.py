@@ -40,13 +40,15 @@ from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresh
 from twostage_search.benchmarks.graded_data import load_split_set
 from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies.graded_finetune import (
-    MAX_LENGTH,
+    PASSAGES,
+    budget,
     dev_kappa,
     grader_tables,
     score_test,
+    states_path,
     texts,
 )
-from twostage_search.benchmarks.studies.graded_model import HD_CUT, HD_SUBSAMPLE
+from twostage_search.benchmarks.studies.graded_model import HD_CUT, HD_SUBSAMPLE, bootstrap_kappa_diff
 from twostage_search.engine.atomic import atomic_write_text
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER
@@ -76,15 +78,18 @@ def lower_layers_match(base: Any, finetuned: Any, frozen: int) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a if k not in trained and k in b and a[k].is_floating_point())
 
 
-def all_states(model: Any, tokenizer: Any, sets: Mapping[str, GradedSet], var: Path, frozen: int) -> dict[Any, Any]:
+def all_states(
+    model: Any, tokenizer: Any, sets: Mapping[str, GradedSet], var: Path, frozen: int, kind: str = "ce"
+) -> dict[Any, Any]:
     """Frozen lower-layer outputs of every dev and test pair (cached under ``var``, shared with graded_finetune)."""
     states = {}
     for name, data in sets.items():
         for split in ("dev", "test"):
-            path = var / f"states-{name}-{split}-len{MAX_LENGTH}-frozen{frozen}.npz"
+            path = states_path(var, name, split, kind, frozen)
             if not path.is_file():
                 log.info("frozen states: %s %s", name, split)
-                save_states(path, frozen_states(model, encode(tokenizer, texts(data, split), MAX_LENGTH), frozen))
+                enc = encode(tokenizer, texts(data, split, kind), budget(kind))
+                save_states(path, frozen_states(model, enc, frozen))
             states[(name, split)] = load_states(path)
     return states
 
@@ -145,6 +150,18 @@ def serving_check(folder: Path, cf: GradedSet, study_logits: np.ndarray, queries
     }
 
 
+def served_labels(spec: str, data: GradedSet, pairs: Sequence[Any]) -> list[int]:
+    """The grades a graded-ce model (a folder or ``bundled:`` name) gives ``pairs`` when served as the reranker."""
+    reranker = GradedCEReranker(spec)
+    labels: list[int] = []
+    for qid, group in groupby(pairs, key=lambda p: p.query_id):
+        for j in reranker.judge(data.queries[qid], candidates(data, list(group))):
+            if j.label is None:
+                raise SystemExit(f"{spec} gave {j.doc_id} no grade")
+            labels.append(j.label)
+    return labels
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import BertForSequenceClassification
@@ -175,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         uppers[tag] = UpperModel(net, args.frozen)
         uppers[tag].affine.data = affine.clone()
     started = time.perf_counter()
-    states = all_states(base, tokenizer, sets, var, args.frozen)
+    states = all_states(base, tokenizer, sets, var, args.frozen, args.passage)
     report["frozen_states_s"] = time.perf_counter() - started
     report["fp16_vs_fp32"] = fp16_check(uppers["fp32"], uppers["fp16"], states, cf)
     log.info("fp16 vs fp32: %s", report["fp16_vs_fp32"])
@@ -184,7 +201,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta = meta_record(
         DEFAULT_ONNX_CROSS_ENCODER,
         args.frozen,
-        MAX_LENGTH,
+        budget(args.passage),
+        passage=args.passage,
         trained_on=args.trained_on,
         fitted_on="ordinal model and grade cuts: CrowdFlower dev queries",
         affine=[float(v) for v in affine],
@@ -201,11 +219,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for split in ("dev", "test"):
             values = uppers["fp16"].predict(states[(name, split)])[0]
             write_logits(var / f"ft-logits-{name}-{split}.tsv", data.pairs(split), values)
-        report[name] = score_test(data, uppers["fp16"], states, name, var / "ce-logits" / f"ce-logits-{name}.tsv", args)
+        cache = var / f"{args.passage}-logits" / f"{args.passage}-logits-{name}.tsv"
+        report[name] = score_test(data, uppers["fp16"], states, name, cache, args, kind=args.passage)
     test_logits = uppers["fp16"].predict(states[("crowdflower", "test")])[0]
     labels = shipped.grade(np.asarray(test_logits).reshape(-1, 1))
     test_grades = [p.grade for p in cf.pairs("test")]
     report["crowdflower"]["rows"].append({"grader": SHIPPED} | agreement(test_grades, labels, cf.grades, cf.cut))
+    if args.compare is not None:  # another served model on the same test pairs, whatever it reads
+        test = cf.pairs("test")
+        other = served_labels(args.compare, cf, test)
+        row = {"grader": f"{args.compare} (served)"} | agreement(test_grades, other, cf.grades, cf.cut)
+        report["crowdflower"]["rows"].append(row)
+        diff = bootstrap_kappa_diff(test, list(labels), other, cf.grades, cf.cut)
+        report["crowdflower"]["kappa_quadratic_diff_vs_compare"] = {"compare": args.compare} | diff
     report["serving_check"] = serving_check(args.bundle, cf, dev_logits, args.check_queries)
     log.info("serving check: %s", report["serving_check"])
     report["load_after"] = os.getloadavg()[0]
@@ -233,12 +259,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--crowdflower", type=Path, required=True, help="the CrowdFlower search-relevance BEIR folder")
     p.add_argument("--homedepot", type=Path, default=None, help="the Home Depot search-relevance BEIR folder")
     p.add_argument("--frozen", type=int, default=8, help="lower encoder layers the fine-tuning kept fixed")
+    p.add_argument("--passage", choices=PASSAGES, default="ce", help="what the model read (graded_finetune --passage)")
     p.add_argument(
         "--trained-on",
         default="CrowdFlower search relevance train queries (grades 1-4); query + title",
         help="what the fine-tuned model was trained on (recorded in model.json)",
     )
     p.add_argument("--bundle", type=Path, required=True, help="write the graded-ce model folder here")
+    p.add_argument("--compare", default=None, help="a graded-ce model served beside it on CrowdFlower test")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--check-queries", type=int, default=5, help="dev queries the served model is checked on")
     p.add_argument("--var", type=Path, default=Path("var/gradedce"), help="folder of caches")

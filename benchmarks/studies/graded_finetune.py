@@ -60,43 +60,57 @@ from twostage_search.benchmarks.studies.graded_model import (
 )
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER
-from twostage_search.rerankers.graded import LOGITS, passage
+from twostage_search.rerankers.graded import LOGITS, passage_text
 from twostage_search.rerankers.graded_ce import DELTA_FILE, apply_delta
 from twostage_search.rerankers.onnx_cross_encoder import OnnxCrossEncoderReranker, onnx_model_files
 from twostage_search.rerankers.onnx_to_torch import tokenizer_from_file, torch_from_onnx
 
 log = logging.getLogger(__name__)
 
-MAX_LENGTH = LOGITS["ce"][1]  # the `ce` logit's budget: query + title, 64 tokens
-FINETUNED = "fine-tuned MS MARCO cross-encoder (query + title), dev thresholds"
-ZERO_SHOT = "zero-shot MS MARCO cross-encoder INT8 (query + title, 64 tokens), dev thresholds"
+PASSAGES = tuple(LOGITS)  # what the model reads: "ce" (query + title, 64 tokens) or "ce_text" (+ description, 128)
 
 
-def texts(data: GradedSet, split: str) -> list[tuple[str, str]]:
-    """(query, title) of every pair of the split, as the ``ce`` logit reads them."""
+def budget(kind: str) -> int:
+    """The token budget of the ``kind`` logit (query + its passage)."""
+    return LOGITS[kind][1]
+
+
+def states_path(var: Path, name: str, split: str, kind: str, frozen: int) -> Path:
+    """Where the frozen lower layers' outputs of a set's split are cached (shared with graded_ce)."""
+    read = "" if kind == "ce" else f"-{kind}"
+    return var / f"states-{name}-{split}{read}-len{budget(kind)}-frozen{frozen}.npz"
+
+
+def finetuned(kind: str) -> str:
+    return f"fine-tuned MS MARCO cross-encoder (query + {LOGITS[kind][0]}), dev thresholds"
+
+
+def zero_shot(kind: str) -> str:
+    return f"zero-shot MS MARCO cross-encoder INT8 (query + {LOGITS[kind][0]}, {budget(kind)} tokens), dev thresholds"
+
+
+def texts(data: GradedSet, split: str, kind: str = "ce") -> list[tuple[str, str]]:
+    """(query, passage) of every pair of the split, as the ``kind`` logit reads them."""
     pairs = data.pairs(split)
     return [
-        (data.queries[p.query_id].text, passage(c, "ce").text)
+        (data.queries[p.query_id].text, passage_text(c, kind))
         for p, c in zip(pairs, candidates(data, pairs), strict=True)
     ]
 
 
-def parity(model: Any, tokenizer: Any, data: GradedSet, n: int, threads: int) -> dict[str, Any]:
+def parity(model: Any, tokenizer: Any, data: GradedSet, n: int, threads: int, kind: str = "ce") -> dict[str, Any]:
     """Torch (dequantised, fp32) vs ONNX INT8 logits on ``n`` seeded CrowdFlower dev pairs, one pair at a time."""
     import torch
     from scipy.stats import pearsonr, spearmanr
 
     pairs = data.sample("dev", n)
-    onnx = OnnxCrossEncoderReranker(DEFAULT_ONNX_CROSS_ENCODER, max_length=MAX_LENGTH, threads=threads)
-    cands = candidates(data, pairs)
-    ref = [
-        onnx.score(data.queries[p.query_id].text, [passage(c, "ce").text])[0] for p, c in zip(pairs, cands, strict=True)
+    onnx = OnnxCrossEncoderReranker(DEFAULT_ONNX_CROSS_ENCODER, max_length=budget(kind), threads=threads)
+    texts_ = [
+        (data.queries[p.query_id].text, passage_text(c, kind))
+        for p, c in zip(pairs, candidates(data, pairs), strict=True)
     ]
-    enc = encode(
-        tokenizer,
-        [(data.queries[p.query_id].text, passage(c, "ce").text) for p, c in zip(pairs, cands, strict=True)],
-        MAX_LENGTH,
-    )
+    ref = [onnx.score(query, [text])[0] for query, text in texts_]
+    enc = encode(tokenizer, texts_, budget(kind))
     got = []
     with torch.no_grad():
         for e in enc:
@@ -113,11 +127,13 @@ def parity(model: Any, tokenizer: Any, data: GradedSet, n: int, threads: int) ->
     }
 
 
-def split_check(model: Any, tokenizer: Any, data: GradedSet, dev_states: Sequence[np.ndarray], frozen: int) -> Any:
+def split_check(
+    model: Any, tokenizer: Any, data: GradedSet, dev_states: Sequence[np.ndarray], frozen: int, kind: str = "ce"
+) -> Any:
     """Largest |logit| difference, first 64 dev pairs, between the cached-frozen path and the whole model."""
     import torch
 
-    enc = encode(tokenizer, texts(data, "dev")[:64], MAX_LENGTH)
+    enc = encode(tokenizer, texts(data, "dev", kind)[:64], budget(kind))
     upper = UpperModel(model, frozen)
     split, _ = upper.predict(dev_states[:64])
     with torch.no_grad():
@@ -145,8 +161,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = torch_from_onnx(model_path)
     tokenizer = tokenizer_from_file(tokenizer_path)
     report: dict[str, Any] = {"load_before": os.getloadavg()[0], "convert_s": time.perf_counter() - started}
-    report["parity"] = parity(model, tokenizer, cf, args.parity_pairs, args.threads) if args.parity_pairs else None
-    report["token_lengths"] = token_lengths(tokenizer, texts(cf, "train"))
+    kind = args.passage
+    if args.compare is not None and kind != "ce":  # the bundle reads titles: it would be fed this passage's states
+        raise SystemExit("--compare feeds the bundle titles: use it with --passage ce (graded_ce --compare serves any)")
+    report["passage"] = {"logit": kind, "reads": LOGITS[kind][0], "max_length": budget(kind)}
+    report["parity"] = (
+        parity(model, tokenizer, cf, args.parity_pairs, args.threads, kind) if args.parity_pairs else None
+    )
+    report["token_lengths"] = token_lengths(tokenizer, texts(cf, "train", kind))
     log.info("parity %s; token lengths %s", report["parity"], report["token_lengths"])
 
     sets = {"crowdflower": cf} | ({"homedepot": hd} if hd is not None else {})
@@ -154,14 +176,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     for name, data in sets.items():
         for split in ("train", "dev", "test") if name == "crowdflower" or args.homedepot_train else ("dev", "test"):
-            path = var / f"states-{name}-{split}-len{MAX_LENGTH}-frozen{args.frozen}.npz"
+            path = states_path(var, name, split, kind, args.frozen)
             if not path.is_file():
                 log.info("frozen states: %s %s", name, split)
-                enc = encode(tokenizer, texts(data, split), MAX_LENGTH)
+                enc = encode(tokenizer, texts(data, split, kind), budget(kind))
                 save_states(path, frozen_states(model, enc, args.frozen))
             states[(name, split)] = load_states(path)
     report["frozen_states_s"] = time.perf_counter() - started
-    report["split_check"] = split_check(model, tokenizer, cf, states[("crowdflower", "dev")], args.frozen)
+    report["split_check"] = split_check(model, tokenizer, cf, states[("crowdflower", "dev")], args.frozen, kind)
     log.info("frozen + upper vs whole model: %s", report["split_check"])
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     cf_train = [float(p.grade) for p in cf.pairs("train")]
@@ -221,8 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k, o in others.items()
         }
     for name, data in sets.items():
-        cache = var / "ce-logits" / f"ce-logits-{name}.tsv"
-        report[name] = score_test(data, upper, states, name, cache, args, others)
+        cache = var / f"{kind}-logits" / f"{kind}-logits-{name}.tsv"
+        report[name] = score_test(data, upper, states, name, cache, args, others, kind)
     report["load_after"] = os.getloadavg()[0]
     return report
 
@@ -245,6 +267,7 @@ def run_setting(
     tag = f"{setting.data.replace(' + ', '+')}-lr{setting.lr:g}-ep{setting.epochs}-frozen{upper.frozen}"
     tag += "" if setting.loss == "mse" else f"-{setting.loss}"
     tag += "" if setting.seed == 13 else f"-seed{setting.seed}"
+    tag += "" if args.passage == "ce" else f"-{args.passage}"
     base = {"tag": tag, "lr": setting.lr, "data": setting.data, "loss": setting.loss, "seed": setting.seed}
     if upper.grades:
         head: dict[str, Any] = {"head": upper.fit_head(states[("crowdflower", "train")], cf_train)}
@@ -282,6 +305,7 @@ def score_test(
     cache: Path,
     args: argparse.Namespace,
     others: Mapping[str, UpperModel] | None = None,
+    kind: str = "ce",
 ) -> dict[str, Any]:
     """The chosen model, the zero-shot cross-encoder and ``others`` (fine-tuned models compared, their logits cut
     the same way) on the set's test pairs, thresholds from its dev pairs."""
@@ -290,13 +314,14 @@ def score_test(
     _, dev_pred = upper.predict(states[(name, "dev")])
     _, test_pred = upper.predict(states[(name, "test")])
     cuts = fit_thresholds(list(dev_pred), dev_grades, data.grades)
-    labels = {FINETUNED: apply_thresholds(list(test_pred), cuts, data.grades)}
+    finetuned_, zero_shot_ = finetuned(kind), zero_shot(kind)
+    labels = {finetuned_: apply_thresholds(list(test_pred), cuts, data.grades)}
     logits = LogitCache(cache)
-    onnx = OnnxCrossEncoderReranker(DEFAULT_ONNX_CROSS_ENCODER, max_length=MAX_LENGTH, threads=args.threads)
-    fill_logits(data, [*dev, *test], logits, onnx)
+    onnx = OnnxCrossEncoderReranker(DEFAULT_ONNX_CROSS_ENCODER, max_length=budget(kind), threads=args.threads)
+    fill_logits(data, [*dev, *test], logits, onnx, kind)
     ce_dev = [logits.values[(p.query_id, p.doc_id)] for p in dev]
     ce_cuts = fit_thresholds(ce_dev, dev_grades, data.grades)
-    labels[ZERO_SHOT] = apply_thresholds([logits.values[(p.query_id, p.doc_id)] for p in test], ce_cuts, data.grades)
+    labels[zero_shot_] = apply_thresholds([logits.values[(p.query_id, p.doc_id)] for p in test], ce_cuts, data.grades)
     for grader, other in (others or {}).items():
         other_cuts = fit_thresholds(list(other.predict(states[(name, "dev")])[0]), dev_grades, data.grades)
         labels[grader] = apply_thresholds(list(other.predict(states[(name, "test")])[0]), other_cuts, data.grades)
@@ -306,8 +331,8 @@ def score_test(
     for grader, graded in labels.items():
         m = agreement(test_grades, graded, data.grades, data.cut)
         rows.append({"grader": grader} | m)
-    ci = bootstrap_kappa_diff(test, labels[FINETUNED], labels[ZERO_SHOT], data.grades, data.cut)
-    vs = {k: bootstrap_kappa_diff(test, labels[FINETUNED], labels[k], data.grades, data.cut) for k in others or {}}
+    ci = bootstrap_kappa_diff(test, labels[finetuned_], labels[zero_shot_], data.grades, data.cut)
+    vs = {k: bootstrap_kappa_diff(test, labels[finetuned_], labels[k], data.grades, data.cut) for k in others or {}}
     return {
         "rows": rows,
         "kappa_quadratic_diff_vs_zero_shot": ci,
@@ -318,15 +343,17 @@ def score_test(
     }
 
 
-def fill_logits(data: GradedSet, pairs: Sequence[Any], cache: LogitCache, onnx: OnnxCrossEncoderReranker) -> None:
-    """The INT8 cross-encoder's (query, title) logits of pairs not yet in the cache, appended to it."""
+def fill_logits(
+    data: GradedSet, pairs: Sequence[Any], cache: LogitCache, onnx: OnnxCrossEncoderReranker, kind: str = "ce"
+) -> None:
+    """The INT8 cross-encoder's (query, passage) logits of pairs not yet in the cache, appended to it."""
     missing = [p for p in pairs if (p.query_id, p.doc_id) not in cache.values]
     if not missing:
         return
     cache.path.parent.mkdir(parents=True, exist_ok=True)
     with cache.path.open("a", encoding="utf-8") as fh:
         for p, c in zip(missing, candidates(data, missing), strict=True):
-            s = onnx.score(data.queries[p.query_id].text, [passage(c, "ce").text])[0]
+            s = onnx.score(data.queries[p.query_id].text, [passage_text(c, kind)])[0]
             cache.values[(p.query_id, p.doc_id)] = s
             fh.write(f"{p.query_id}\t{p.doc_id}\t{s!r}\n")
 
@@ -391,6 +418,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=LOSSES, nargs="+", default=["mse"], help="training losses tried")
     p.add_argument("--seed", type=int, nargs="+", default=[13], help="training seeds tried (batch order, dropout)")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--passage", choices=PASSAGES, default="ce", help="ce: query + title; ce_text: + description")
     p.add_argument("--soup", action="store_true", help="also score the uniform soup of each setting's seeds per epoch")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--frozen", type=int, default=8, help="lower encoder layers kept fixed (outputs cached)")

@@ -102,6 +102,22 @@ BUNDLED: dict[str, BundledModel] = {
         in_domain="CrowdFlower and Home Depot search relevance (train queries)",
         trained_on="crowdflower-search-relevance",
     ),
+    "graded-ce-text-crowdflower": BundledModel(
+        package="twostage_search.rerankers",
+        subdir="models/graded-ce-text-crowdflower",
+        extra="export",
+        origin=(
+            "ms-marco-MiniLM-L-12-v2 (the bundled INT8 export, dequantised) with its top 4 encoder layers, pooler and "
+            "classifier fine-tuned here (benchmarks/studies/graded_finetune.py --passage ce_text) on the CrowdFlower "
+            "search-relevance train queries' grades, reading the query, the title and the description (128 tokens); "
+            "ships as an fp16 delta over that base and a one-feature ordinal model (benchmarks/studies/graded_ce.py) "
+            "fitted on CrowdFlower dev"
+        ),
+        licence="Apache-2.0 (base model and delta); trained on Kaggle competition data (research use)",
+        marker="model.json",
+        in_domain="CrowdFlower search relevance (train queries)",
+        trained_on="crowdflower-search-relevance",
+    ),
     "graded-ce-stacked-crowdflower": BundledModel(
         package="twostage_search.rerankers",
         subdir="models/graded-ce-stacked-crowdflower",

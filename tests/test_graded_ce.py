@@ -288,3 +288,17 @@ def test_the_bundled_stacked_variant_ranks_the_matching_title_first():
     ranking, cost = reranker.rerank_with_cost(Query("q", "red running shoes"), THREE)
     assert ranking.doc_ids[0] == "shoes"
     assert cost.docs == 3 and cost.tokens_in > 0
+
+
+def test_the_bundled_title_and_description_variant_reads_both_and_ranks_the_matching_item_first():
+    reranker = GradedCEReranker("bundled:graded-ce-text-crowdflower")
+    assert reranker.passage == "ce_text" and reranker.max_length == 128
+    docs = [*THREE[:1], Candidate("shoes", 0.0, "Lightweight mesh upper, cushioned sole", THREE[1].title), THREE[2]]
+    query = Query("q", "red running shoes")
+    judged = {j.doc_id: j for j in reranker.judge(query, docs)}
+    assert reranker.rerank(query, docs).doc_ids[0] == "shoes"
+    assert judged["shoes"].label >= 3 and judged["sink"].label <= 2 and judged["hose"].label <= 2
+    # the description is read: the same title with and without it scores differently
+    with_text, _ = reranker.logits(query, docs[1:2])
+    title_only, _ = reranker.logits(query, THREE[1:2])
+    assert with_text != title_only

@@ -66,6 +66,7 @@ def test_wheel_carries_the_package_data(wheel):
         "rerankers/models/ce-minilm-l6-scifact/model.safetensors",
         "rerankers/models/graded-crowdflower/model.json",
         "rerankers/models/graded-stacked-crowdflower/model.json",
+        "rerankers/models/graded-ce-text-crowdflower/delta.safetensors",
         "benchmarks/data/splits/crowdflower-search-relevance.tsv",
         "indexes/lucene-logging.properties",
         "service/templates/judge.html",

@@ -5,22 +5,22 @@
         --homedepot ../shared/datasets/homedepot-search-relevance \\
         --out benchmarks/results/graded-finetune.json
 
-The model reads what the ``graded`` model's ``ce`` logit reads: the query and the item title (64 tokens at
-most). Its embeddings and lower ``--frozen`` layers stay fixed (their outputs are computed once and cached);
-the upper layers, the pooler, the classifier and a head from logit to grade are trained
-(:mod:`twostage_search.benchmarks.finetune`): an affine map on the squared grade error (``--loss mse``), or
-a cumulative-logit head on the grade's negative log-likelihood (``ordinal``), plus the squared error of
-E[grade] (``ordinal+mse``). Splits are the committed query-level ones. Each setting (learning rate × loss ×
-seed × training data: CrowdFlower train, or it plus the Home Depot train subsample with 1/2/3 read as
-1/3/4) runs ``--epochs`` epochs; after each, the dev predictions are cut into grades by
-thresholds matching the dev grade mix (:func:`~twostage_search.benchmarks.graded.fit_thresholds`, as for the
-zero-shot cross-encoder bar) and scored by quadratic κ. The best (setting, epoch) on CrowdFlower dev is
-scored once on CrowdFlower test and on the Home Depot test subsample (thresholds on each set's dev split),
-beside the zero-shot INT8 cross-encoder with dev thresholds (and, with ``--compare``, a bundled ``graded-ce``
-delta, its logit cut the same way), with bootstrap CIs over test queries. With ``--soup`` and several
-``--seed``, the uniform average of the seeds' trained tensors (:mod:`~twostage_search.benchmarks.soup`) is
-scored on dev beside them at each epoch and may be chosen; on test the best soup and the best single run on dev
-are set side by side. ``--dev-only`` stops before test.
+The model reads what the ``graded`` model's ``ce`` logit reads: the query and the item title (64 tokens at most);
+with ``--passage ce_text``, the query, the title and the description (128 tokens). Its embeddings and lower
+``--frozen`` layers stay fixed (their outputs are computed once and cached); the upper layers, the pooler, the
+classifier and a head from logit to grade are trained (:mod:`twostage_search.benchmarks.finetune`): an affine map
+on the squared grade error (``--loss mse``), or a cumulative-logit head on the grade's negative log-likelihood
+(``ordinal``), plus the squared error of E[grade] (``ordinal+mse``). Splits are the committed query-level ones.
+Each setting (learning rate × loss × seed × training data: CrowdFlower train, or it plus the Home Depot train
+subsample with 1/2/3 read as 1/3/4) runs ``--epochs`` epochs; after each, the dev predictions are cut into grades
+by thresholds matching the dev grade mix (:func:`~twostage_search.benchmarks.graded.fit_thresholds`, as for the
+zero-shot cross-encoder bar) and scored by quadratic κ. The best (setting, epoch) on CrowdFlower dev is scored once
+on CrowdFlower test and on the Home Depot test subsample (thresholds on each set's dev split), beside the zero-shot
+INT8 cross-encoder with dev thresholds (and, with ``--compare``, a bundled ``graded-ce`` delta, its logit cut the
+same way), with bootstrap CIs over test queries. With ``--soup`` and several ``--seed``, the uniform average of the
+seeds' trained tensors (:mod:`~twostage_search.benchmarks.soup`) is scored on dev beside them at each epoch and may
+be chosen; on test the best soup and the best single run on dev are set side by side. ``--dev-only`` stops before
+test.
 """
 
 from __future__ import annotations

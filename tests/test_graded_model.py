@@ -200,3 +200,35 @@ def test_graded_reranker_judges_like_lore_and_reloads_the_same(tmp_path):
     bundled.save(tmp_path / "model.json")
     again = GradedReranker(str(tmp_path))
     assert again.rerank(query, cands) == ranking  # identical scores after save and reload
+
+
+def test_fine_tuned_grader_inputs_and_report_tables():
+    from pathlib import Path
+
+    from twostage_search.benchmarks.studies.graded_ce_inputs import budget, grader_tables, states_path
+
+    assert (budget("ce"), budget("ce_text")) == (64, 128)
+    # the title model's cache names are the ones earlier runs wrote; other passages are named apart
+    assert states_path(Path("v"), "crowdflower", "dev", "ce", 8) == Path("v/states-crowdflower-dev-len64-frozen8.npz")
+    assert (
+        states_path(Path("v"), "homedepot", "test", "ce_text", 8).name
+        == "states-homedepot-test-ce_text-len128-frozen8.npz"
+    )
+    row = {"grader": "g", "acc@4": 0.5, "acc@2": 0.75, "macro_f1@4": 0.25, "kappa_linear": 0.1, "kappa_quadratic": 0.2}
+    ci = {"diff": 0.05, "low": -0.01, "high": 0.125}
+    report = {
+        "crowdflower": {
+            "test_pairs": 4,
+            "test_queries": 2,
+            "rows": [row],
+            "kappa_quadratic_diff_vs_zero_shot": ci,
+            "kappa_quadratic_diff_vs_compare": {"compare": "bundled:x"} | ci,
+        }
+    }
+    lines = grader_tables(report)  # no Home Depot part: left out
+    assert lines[0] == "\ncrowdflower test (4 pairs, 2 queries)"
+    assert "| g | 0.500 | 0.750 | 0.250 | 0.100 | 0.200 |" in lines
+    assert lines[-2:] == [
+        "Δ κ quadratic (fine-tuned − zero-shot): +0.050 [-0.010, +0.125]",
+        "Δ κ quadratic (fine-tuned − bundled:x served): +0.050 [-0.010, +0.125]",
+    ]

@@ -39,15 +39,8 @@ from twostage_search.benchmarks.finetune import UpperModel, encode, frozen_state
 from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresholds, candidates, fit_thresholds
 from twostage_search.benchmarks.graded_data import load_split_set
 from twostage_search.benchmarks.report import run_study
-from twostage_search.benchmarks.studies.graded_finetune import (
-    PASSAGES,
-    budget,
-    dev_kappa,
-    grader_tables,
-    score_test,
-    states_path,
-    texts,
-)
+from twostage_search.benchmarks.studies.graded_ce_inputs import PASSAGES, budget, grader_tables, states_path, texts
+from twostage_search.benchmarks.studies.graded_finetune import dev_kappa, score_test
 from twostage_search.benchmarks.studies.graded_model import HD_CUT, HD_SUBSAMPLE, bootstrap_kappa_diff
 from twostage_search.engine.atomic import atomic_write_text
 from twostage_search.engine.logs import setup_logging

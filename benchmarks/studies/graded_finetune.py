@@ -48,10 +48,21 @@ from twostage_search.benchmarks.finetune import (
     token_lengths,
     train_epochs,
 )
-from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresholds, candidates, fit_thresholds
+from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresholds, fit_thresholds
 from twostage_search.benchmarks.graded_data import LogitCache, load_split_set
 from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.soup import rival, soup_rows, soup_table
+from twostage_search.benchmarks.studies.graded_ce_inputs import (
+    PASSAGES,
+    budget,
+    fill_logits,
+    finetuned,
+    grader_tables,
+    read_pairs,
+    states_path,
+    texts,
+    zero_shot,
+)
 from twostage_search.benchmarks.studies.graded_model import (
     HD_CUT,
     HD_SUBSAMPLE,
@@ -60,42 +71,12 @@ from twostage_search.benchmarks.studies.graded_model import (
 )
 from twostage_search.engine.logs import setup_logging
 from twostage_search.engine.models import DEFAULT_ONNX_CROSS_ENCODER
-from twostage_search.rerankers.graded import LOGITS, passage_text
+from twostage_search.rerankers.graded import LOGITS
 from twostage_search.rerankers.graded_ce import DELTA_FILE, apply_delta
 from twostage_search.rerankers.onnx_cross_encoder import OnnxCrossEncoderReranker, onnx_model_files
 from twostage_search.rerankers.onnx_to_torch import tokenizer_from_file, torch_from_onnx
 
 log = logging.getLogger(__name__)
-
-PASSAGES = tuple(LOGITS)  # what the model reads: "ce" (query + title, 64 tokens) or "ce_text" (+ description, 128)
-
-
-def budget(kind: str) -> int:
-    """The token budget of the ``kind`` logit (query + its passage)."""
-    return LOGITS[kind][1]
-
-
-def states_path(var: Path, name: str, split: str, kind: str, frozen: int) -> Path:
-    """Where the frozen lower layers' outputs of a set's split are cached (shared with graded_ce)."""
-    read = "" if kind == "ce" else f"-{kind}"
-    return var / f"states-{name}-{split}{read}-len{budget(kind)}-frozen{frozen}.npz"
-
-
-def finetuned(kind: str) -> str:
-    return f"fine-tuned MS MARCO cross-encoder (query + {LOGITS[kind][0]}), dev thresholds"
-
-
-def zero_shot(kind: str) -> str:
-    return f"zero-shot MS MARCO cross-encoder INT8 (query + {LOGITS[kind][0]}, {budget(kind)} tokens), dev thresholds"
-
-
-def texts(data: GradedSet, split: str, kind: str = "ce") -> list[tuple[str, str]]:
-    """(query, passage) of every pair of the split, as the ``kind`` logit reads them."""
-    pairs = data.pairs(split)
-    return [
-        (data.queries[p.query_id].text, passage_text(c, kind))
-        for p, c in zip(pairs, candidates(data, pairs), strict=True)
-    ]
 
 
 def parity(model: Any, tokenizer: Any, data: GradedSet, n: int, threads: int, kind: str = "ce") -> dict[str, Any]:
@@ -105,12 +86,9 @@ def parity(model: Any, tokenizer: Any, data: GradedSet, n: int, threads: int, ki
 
     pairs = data.sample("dev", n)
     onnx = OnnxCrossEncoderReranker(DEFAULT_ONNX_CROSS_ENCODER, max_length=budget(kind), threads=threads)
-    texts_ = [
-        (data.queries[p.query_id].text, passage_text(c, kind))
-        for p, c in zip(pairs, candidates(data, pairs), strict=True)
-    ]
-    ref = [onnx.score(query, [text])[0] for query, text in texts_]
-    enc = encode(tokenizer, texts_, budget(kind))
+    read = read_pairs(data, pairs, kind)
+    ref = [onnx.score(query, [text])[0] for query, text in read]
+    enc = encode(tokenizer, read, budget(kind))
     got = []
     with torch.no_grad():
         for e in enc:
@@ -343,21 +321,6 @@ def score_test(
     }
 
 
-def fill_logits(
-    data: GradedSet, pairs: Sequence[Any], cache: LogitCache, onnx: OnnxCrossEncoderReranker, kind: str = "ce"
-) -> None:
-    """The INT8 cross-encoder's (query, passage) logits of pairs not yet in the cache, appended to it."""
-    missing = [p for p in pairs if (p.query_id, p.doc_id) not in cache.values]
-    if not missing:
-        return
-    cache.path.parent.mkdir(parents=True, exist_ok=True)
-    with cache.path.open("a", encoding="utf-8") as fh:
-        for p, c in zip(missing, candidates(data, missing), strict=True):
-            s = onnx.score(data.queries[p.query_id].text, [passage_text(c, kind)])[0]
-            cache.values[(p.query_id, p.doc_id)] = s
-            fh.write(f"{p.query_id}\t{p.doc_id}\t{s!r}\n")
-
-
 def table(report: Mapping[str, Any]) -> str:
     lines = []
     par = report.get("parity")
@@ -375,30 +338,6 @@ def table(report: Mapping[str, Any]) -> str:
     c = report["chosen"]
     lines.append(f"chosen on dev: {c['tag']} epoch {c['epoch']} (dev κq {c['dev_kappa_quadratic']:.4f})")
     return "\n".join(lines + grader_tables(report))
-
-
-def grader_tables(report: Mapping[str, Any]) -> list[str]:
-    """The markdown lines of each test set's grader table and the fine-tuned − zero-shot κ difference."""
-    lines: list[str] = []
-    for name in ("crowdflower", "homedepot"):
-        if name not in report:
-            continue
-        k = 3 if name == "homedepot" else 4
-        lines += [
-            f"\n{name} test ({report[name]['test_pairs']} pairs, {report[name]['test_queries']} queries)",
-            f"| grader | Acc@{k} | Acc@2 | Macro-F1@{k} | κ linear | κ quadratic |",
-            "|" + " --- |" * 6,
-        ]
-        for r in report[name]["rows"]:
-            lines.append(
-                f"| {r['grader']} | {r[f'acc@{k}']:.3f} | {r['acc@2']:.3f} | {r[f'macro_f1@{k}']:.3f} "
-                f"| {r['kappa_linear']:.3f} | {r['kappa_quadratic']:.3f} |"
-            )
-        diffs = {"zero-shot": report[name]["kappa_quadratic_diff_vs_zero_shot"]}
-        for other, ci in (diffs | report[name].get("kappa_quadratic_diff_vs", {})).items():
-            diff = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
-            lines.append(f"Δ κ quadratic (fine-tuned − {other}): {diff}")
-    return lines
 
 
 def parser() -> argparse.ArgumentParser:

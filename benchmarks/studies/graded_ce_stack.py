@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresholds, candidates, fit_thresholds
-from twostage_search.benchmarks.graded_data import LogitCache, load_split_set, open_caches, stacked_rows
+from twostage_search.benchmarks.graded_data import LogitCache, fill, load_split_set, open_caches, stacked_rows
 from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies.graded_model import bootstrap_kappa_diff
 from twostage_search.engine.logs import setup_logging
@@ -109,6 +109,10 @@ def cv_kappa(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cf = load_split_set(args.crowdflower)
     signals = open_caches(args.signals, "crowdflower", ("ce", "ce_text", "bge"))
+    if args.fill:  # score the pairs the caches lack with the stacked model's own scorer
+        from twostage_search.rerankers.graded_stacked import SignalScorer
+
+        fill(cf, [*cf.pairs("dev"), *cf.pairs("test")], signals, SignalScorer(threads=args.threads))
     graded, stacked = (
         load_graded_model("bundled:graded-crowdflower"),
         load_stacked_model("bundled:graded-stacked-crowdflower"),
@@ -183,6 +187,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--signals", type=Path, required=True, help="graded_stacked's signal caches (ce, ce_text, bge)")
     p.add_argument("--shipped", default="bundled:graded-ce-crowdflower", help="the graded-ce model compared against")
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--fill", action="store_true", help="score the dev and test pairs the signal caches lack")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads when filling")
     p.add_argument("--save", type=Path, default=None, help="write the chosen model.json here if it may be served")
     p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     return p

@@ -37,7 +37,7 @@ class Document:
     @property
     def full_text(self) -> str:
         """Title and body joined by a space, the text encoders and rerankers see."""
-        return f"{self.title} {self.text}".strip() if self.title else self.text
+        return _joined(self.title, self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,15 @@ class Candidate:
     score: float
     text: str = ""
     title: str = ""
+
+    @property
+    def full_text(self) -> str:
+        """Title and text joined by a space, as a cross-encoder reads them (the text alone without a title)."""
+        return _joined(self.title, self.text)
+
+
+def _joined(title: str, text: str) -> str:
+    return f"{title} {text}".strip() if title else text
 
 
 @dataclass(frozen=True, slots=True)

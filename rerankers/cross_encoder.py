@@ -89,7 +89,7 @@ class CrossEncoderReranker:
         self._tokenizer_lock = threading.Lock()
 
     def _passage(self, c: Candidate) -> str:
-        return f"{c.title} {c.text}".strip() if self.use_title and c.title else c.text
+        return c.full_text if self.use_title else c.text
 
     def _score_batch(self, query: str, passages: Sequence[str]) -> tuple[list[float], int]:
         """Raw logits of one batch of pairs and the input tokens they took (tokenised once, under the lock)."""

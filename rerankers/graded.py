@@ -72,8 +72,7 @@ def passage(c: Candidate, logit: str) -> Candidate:
 def passage_text(c: Candidate, logit: str) -> str:
     """The text the ``logit`` cross-encoder reads for ``c``: the title alone (else the text) for ``ce``; the
     title and the text, as the cross-encoder joins them, for ``ce_text``."""
-    c = passage(c, logit)
-    return c.text if logit == "ce" else f"{c.title} {c.text}".strip()
+    return passage(c, logit).text if logit == "ce" else c.full_text
 
 
 def pair_features(

@@ -107,7 +107,7 @@ class OnnxCrossEncoderReranker:
         log.info("ONNX cross-encoder %s (%s), max_length=%d", model, model_path, max_length)
 
     def _passage(self, c: Candidate) -> str:
-        return f"{c.title} {c.text}".strip() if self.use_title and c.title else c.text
+        return c.full_text if self.use_title else c.text
 
     def _encode(self, query: str, passages: Sequence[str]) -> list[Any]:
         return list(self._tokenizer.encode_batch([(query, p) for p in passages]))

@@ -35,11 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from twostage_search.benchmarks.finetune import UpperModel, encode, frozen_states, load_states, save_states
+from twostage_search.benchmarks.finetune import UpperModel
 from twostage_search.benchmarks.graded import GradedSet, agreement, apply_thresholds, candidates, fit_thresholds
 from twostage_search.benchmarks.graded_data import load_split_set
 from twostage_search.benchmarks.report import run_study
-from twostage_search.benchmarks.studies.graded_ce_inputs import PASSAGES, budget, grader_tables, states_path, texts
+from twostage_search.benchmarks.studies.graded_ce_inputs import (
+    PASSAGES,
+    budget,
+    cached_states,
+    grader_tables,
+    logits_cache,
+)
 from twostage_search.benchmarks.studies.graded_finetune import dev_kappa, score_test
 from twostage_search.benchmarks.studies.graded_model import HD_CUT, HD_SUBSAMPLE, bootstrap_kappa_diff
 from twostage_search.engine.atomic import atomic_write_text
@@ -75,16 +81,11 @@ def all_states(
     model: Any, tokenizer: Any, sets: Mapping[str, GradedSet], var: Path, frozen: int, kind: str = "ce"
 ) -> dict[Any, Any]:
     """Frozen lower-layer outputs of every dev and test pair (cached under ``var``, shared with graded_finetune)."""
-    states = {}
-    for name, data in sets.items():
-        for split in ("dev", "test"):
-            path = states_path(var, name, split, kind, frozen)
-            if not path.is_file():
-                log.info("frozen states: %s %s", name, split)
-                enc = encode(tokenizer, texts(data, split, kind), budget(kind))
-                save_states(path, frozen_states(model, enc, frozen))
-            states[(name, split)] = load_states(path)
-    return states
+    return {
+        (name, split): cached_states(model, tokenizer, data, name, split, var, frozen, kind)
+        for name, data in sets.items()
+        for split in ("dev", "test")
+    }
 
 
 def fp16_check(fp32: UpperModel, fp16: UpperModel, states: Mapping[Any, Any], cf: GradedSet) -> dict[str, Any]:
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for split in ("dev", "test"):
             values = uppers["fp16"].predict(states[(name, split)])[0]
             write_logits(var / f"ft-logits-{name}-{split}.tsv", data.pairs(split), values)
-        cache = var / f"{args.passage}-logits" / f"{args.passage}-logits-{name}.tsv"
+        cache = logits_cache(var, name, args.passage)
         report[name] = score_test(data, uppers["fp16"], states, name, cache, args, kind=args.passage)
     test_logits = uppers["fp16"].predict(states[("crowdflower", "test")])[0]
     labels = shipped.grade(np.asarray(test_logits).reshape(-1, 1))

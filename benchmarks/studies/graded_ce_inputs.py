@@ -6,14 +6,20 @@ title (64 tokens), or ``ce_text``, the title and the description (128 tokens).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from twostage_search.benchmarks.finetune import encode, frozen_states, load_states, save_states
 from twostage_search.benchmarks.graded import GradedPair, GradedSet, candidates
 from twostage_search.benchmarks.graded_data import LogitCache
 from twostage_search.rerankers.graded import LOGITS, passage_text
 from twostage_search.rerankers.onnx_cross_encoder import OnnxCrossEncoderReranker
+
+log = logging.getLogger(__name__)
 
 PASSAGES = tuple(LOGITS)  # what the model reads: "ce" (query + title, 64 tokens) or "ce_text" (+ description, 128)
 
@@ -27,6 +33,23 @@ def states_path(var: Path, name: str, split: str, kind: str, frozen: int) -> Pat
     """Where the frozen lower layers' outputs of a set's split are cached (shared with graded_ce)."""
     read = "" if kind == "ce" else f"-{kind}"
     return var / f"states-{name}-{split}{read}-len{budget(kind)}-frozen{frozen}.npz"
+
+
+def cached_states(
+    model: Any, tokenizer: Any, data: GradedSet, name: str, split: str, var: Path, frozen: int, kind: str = "ce"
+) -> list[np.ndarray]:
+    """The frozen lower layers' outputs of every pair of a set's split as the ``kind`` logit reads them, computed
+    once and cached at :func:`states_path`."""
+    path = states_path(var, name, split, kind, frozen)
+    if not path.is_file():
+        log.info("frozen states: %s %s", name, split)
+        save_states(path, frozen_states(model, encode(tokenizer, texts(data, split, kind), budget(kind)), frozen))
+    return load_states(path)
+
+
+def logits_cache(var: Path, name: str, kind: str) -> Path:
+    """Where the zero-shot INT8 cross-encoder's ``kind`` logits of a set are cached (:func:`fill_logits`)."""
+    return var / f"{kind}-logits" / f"{kind}-logits-{name}.tsv"
 
 
 def finetuned(kind: str) -> str:

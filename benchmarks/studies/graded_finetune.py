@@ -42,9 +42,6 @@ from twostage_search.benchmarks.finetune import (
     TrainSetting,
     UpperModel,
     encode,
-    frozen_states,
-    load_states,
-    save_states,
     token_lengths,
     train_epochs,
 )
@@ -55,11 +52,12 @@ from twostage_search.benchmarks.soup import rival, soup_rows, soup_table
 from twostage_search.benchmarks.studies.graded_ce_inputs import (
     PASSAGES,
     budget,
+    cached_states,
     fill_logits,
     finetuned,
     grader_tables,
+    logits_cache,
     read_pairs,
-    states_path,
     texts,
     zero_shot,
 )
@@ -154,12 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     for name, data in sets.items():
         for split in ("train", "dev", "test") if name == "crowdflower" or args.homedepot_train else ("dev", "test"):
-            path = states_path(var, name, split, kind, args.frozen)
-            if not path.is_file():
-                log.info("frozen states: %s %s", name, split)
-                enc = encode(tokenizer, texts(data, split, kind), budget(kind))
-                save_states(path, frozen_states(model, enc, args.frozen))
-            states[(name, split)] = load_states(path)
+            states[(name, split)] = cached_states(model, tokenizer, data, name, split, var, args.frozen, kind)
     report["frozen_states_s"] = time.perf_counter() - started
     report["split_check"] = split_check(model, tokenizer, cf, states[("crowdflower", "dev")], args.frozen, kind)
     log.info("frozen + upper vs whole model: %s", report["split_check"])
@@ -221,8 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k, o in others.items()
         }
     for name, data in sets.items():
-        cache = var / f"{kind}-logits" / f"{kind}-logits-{name}.tsv"
-        report[name] = score_test(data, upper, states, name, cache, args, others, kind)
+        report[name] = score_test(data, upper, states, name, logits_cache(var, name, kind), args, others, kind)
     report["load_after"] = os.getloadavg()[0]
     return report
 

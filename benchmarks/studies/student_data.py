@@ -28,6 +28,10 @@ class Data:
     corpus: dict[str, Document]
     eval_ids: list[str]
 
+    def candidates(self, ids: Sequence[str]) -> list[Candidate]:
+        """The items ``ids`` as a reranker receives them (text and title, no first-stage score)."""
+        return [Candidate(d, 0.0, self.corpus[d].text, self.corpus[d].title) for d in ids]
+
 
 def load_data(
     path: Path, sizes: Mapping[str, int] | None, extra: int, train: int | None = None, cut: int | None = None
@@ -90,16 +94,14 @@ class Assistant:
         cache.fill(view, pairs, self._source, "ce")
         out = {}
         for q, ids in ranked_ids.items():
-            cands = [Candidate(d, 0.0, data.corpus[d].text, data.corpus[d].title) for d in ids]
             values = [cache.values[(q, d)] for d in ids]
             logits: Any = {"ce": values} if self.kind == "graded" else values
-            out[q] = [j.expected for j in self.model.judgements(data.graded.queries[q], cands, logits)]
+            out[q] = [j.expected for j in self.model.judgements(data.graded.queries[q], data.candidates(ids), logits)]
         return out
 
     def ms_per_query(self, data: Data, ranked_ids: Mapping[str, Sequence[str]], qids: Sequence[str]) -> float:
         """Milliseconds per query to judge ``qids``' candidates afresh (cross-encoder and ordinal model, no cache)."""
         started = time.perf_counter()
         for q in qids:
-            cands = [Candidate(d, 0.0, data.corpus[d].text, data.corpus[d].title) for d in ranked_ids[q]]
-            self.model.judge(data.graded.queries[q], cands)
+            self.model.judge(data.graded.queries[q], data.candidates(ranked_ids[q]))
         return (time.perf_counter() - started) * 1000 / max(len(qids), 1)

@@ -82,6 +82,8 @@ def test_node_killed_during_bulk_ingest_then_resumed(cluster, tmp_path, encoder,
     def crashing_corpus():
         for i, doc in enumerate(corpus):
             if i == 80:
+                # every copy in sync first: a replica still initialising on a slow machine cannot take over
+                cluster.wait_green(index="cluster-big--*", timeout=GREEN_TIMEOUT)
                 cluster.kill(1)  # SIGKILL a node holding primaries and replicas of both indexes
             if i == 120:  # the node is down: every shard of the live index must still answer
                 during.extend(reader.retrieve(q, k=10) for q in tiny_queries)

@@ -21,7 +21,9 @@ each item a grade, E[grade] and P(grade); documents are ranked by E[grade], ties
 ``bundled:graded-ce-stacked-crowdflower`` adds the ``graded-stacked`` signals to the fine-tuned logit (an ordinal
 model fitted on the CrowdFlower dev queries; about the cost of ``graded-stacked`` plus one fine-tuned pass).
 Inference runs in fp32 under ``torch.inference_mode``; tokenising and the forward pass run under one lock per
-reranker, so one object may serve many threads.
+reranker, so one object may serve many threads. ``twostage export-onnx MODEL OUT --graded-ce``
+(:mod:`~twostage_search.rerankers.graded_ce_export`) writes a model as one INT8 ONNX graph, which this
+reranker runs on ONNX Runtime instead: several times faster, its logits within a fraction of a grade's.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRADED_CE = "bundled:graded-ce-crowdflower"
 DELTA_FILE = "delta.safetensors"
+ONNX_FILE = "model.onnx"  # an exported model (``twostage export-onnx --graded-ce``): the whole graph, no delta
 FEATURE = "logit"  # the fine-tuned classifier logit
 # what an ordinal model may read: the logit, the logit relative to the query's other candidates, lexical features
 FEATURES = (FEATURE, *(f"{FEATURE}{s}" for s in RELATIVE), *LEXICAL, *MATCH)
@@ -123,8 +126,8 @@ def load_finetuned(base: str, delta: str | Path) -> tuple[Any, Any]:
 
 
 def load_graded_ce_model(spec: str) -> tuple[OrdinalModel, Path]:
-    """The ordinal model of a ``graded-ce`` model (``bundled:NAME`` or a folder) and its delta file: the folder's
-    own, else that of the model its ``meta`` names as ``delta_model``."""
+    """The ordinal model of a ``graded-ce`` model (``bundled:NAME`` or a folder) and its weights: the folder's
+    exported ``model.onnx``, else its delta file, else that of the model its ``meta`` names as ``delta_model``."""
     folder = Path(resolve_model(spec))
     if not (folder / MODEL_FILE).is_file():
         raise InputError(f"{spec}: a graded-ce model is a folder with {MODEL_FILE} and {DELTA_FILE}")
@@ -132,6 +135,8 @@ def load_graded_ce_model(spec: str) -> tuple[OrdinalModel, Path]:
     unknown = sorted(set(model.features) - set(FEATURES) - set(STACKED_FEATURES))
     if unknown or FEATURE not in model.features:
         raise InputError(f"{spec}: a graded-ce ordinal model reads {FEATURE!r} and known features, not {unknown}")
+    if (folder / ONNX_FILE).is_file():
+        return model, folder / ONNX_FILE
     delta = folder / DELTA_FILE
     if not delta.is_file() and (model.meta or {}).get("delta_model"):
         delta = Path(resolve_model(str((model.meta or {})["delta_model"]))) / DELTA_FILE
@@ -145,11 +150,14 @@ class GradedCEReranker:
 
     Args:
         model: the fine-tuned model: ``bundled:NAME`` (default ``bundled:graded-ce-crowdflower``) or a folder
-            with ``model.json`` (the ordinal model; its ``meta`` names the base) and ``delta.safetensors``.
+            with ``model.json`` (the ordinal model; its ``meta`` names the base) and ``delta.safetensors``, or
+            with ``model.json``, ``model.onnx`` and ``tokenizer.json`` as ``twostage export-onnx --graded-ce``
+            writes (run on ONNX Runtime, one pair per run).
         base: the ONNX cross-encoder the delta applies to (default: the one the model records, else the
             bundled ms-marco-MiniLM-L-12 INT8).
-        batch_size: pairs per forward pass.
-        threads: torch intra-op threads (process-wide setting; ``None`` leaves it alone).
+        batch_size: pairs per forward pass (torch; an exported graph scores one pair per run).
+        threads: torch intra-op threads (process-wide setting; ``None`` leaves it alone), or the ONNX Runtime
+            session's.
     """
 
     name = "graded-ce"
@@ -164,8 +172,7 @@ class GradedCEReranker:
     ) -> None:
         if batch_size < 1:
             raise InputError(f"batch_size must be ≥ 1, got {batch_size}")
-        torch = torch_with_threads(threads, EXTRA)
-        self.model, delta = load_graded_ce_model(model)
+        self.model, weights = load_graded_ce_model(model)
         meta = self.model.meta or {}
         self.grades = self.model.grades
         self.max_length = int(meta.get("max_length", 64))
@@ -173,8 +180,14 @@ class GradedCEReranker:
         if self.passage not in LOGITS:
             raise InputError(f"{model}: meta.passage must be one of {', '.join(LOGITS)}, got {self.passage!r}")
         self.batch_size = batch_size
-        self._torch = torch
-        self._net, self._tokenizer = load_finetuned(base or meta.get("base", DEFAULT_ONNX_CROSS_ENCODER), delta)
+        self._onnx: Any = None
+        if weights.name == ONNX_FILE:
+            from twostage_search.rerankers.onnx_cross_encoder import OnnxCrossEncoderReranker
+
+            self._onnx = OnnxCrossEncoderReranker(str(weights.parent), max_length=self.max_length, threads=threads)
+        else:
+            self._torch = torch_with_threads(threads, EXTRA)
+            self._net, self._tokenizer = load_finetuned(base or meta.get("base", DEFAULT_ONNX_CROSS_ENCODER), weights)
         self._lock = threading.Lock()
         self._stacked: Any = None
         if set(self.model.features) & set(STACKED_FEATURES):
@@ -184,6 +197,9 @@ class GradedCEReranker:
 
     def score(self, query: str, passages: Sequence[str]) -> tuple[list[float], int]:
         """The fine-tuned logits of (query, passage) pairs, in input order, and the input tokens they took."""
+        if self._onnx is not None:
+            values: tuple[list[float], int] = self._onnx.score_with_tokens(query, passages)
+            return values
         out: list[float] = []
         tokens = 0
         for start in range(0, len(passages), self.batch_size):

@@ -143,9 +143,15 @@ class OnnxCrossEncoderReranker:
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """Raw relevance logits for (query, passage) pairs, in input order."""
+        return self.score_with_tokens(query, passages)[0]
+
+    def score_with_tokens(self, query: str, passages: Sequence[str]) -> tuple[list[float], int]:
+        """Raw logits for (query, passage) pairs, in input order, and the input tokens they took (each pair is
+        tokenized once)."""
         if not passages:
-            return []
-        return self._score_encodings(self._encode(query, passages))
+            return [], 0
+        encodings = self._encode(query, passages)
+        return self._score_encodings(encodings), sum(len(e.ids) for e in encodings)
 
     def count_tokens(self, query: str, passages: Sequence[str]) -> int:
         """Model input tokens the pairs occupy after truncation (what the cost model charges)."""
@@ -154,9 +160,7 @@ class OnnxCrossEncoderReranker:
     def score_candidates(self, query: Query, candidates: Sequence[Candidate]) -> tuple[list[float], StageCost]:
         """Logits for ``candidates`` (input order) and the cost of computing them; each pair is tokenized once."""
         started = time.perf_counter()
-        encodings = self._encode(query.text, [self._passage(c) for c in candidates]) if candidates else []
-        scores = self._score_encodings(encodings) if encodings else []
-        tokens = sum(len(e.ids) for e in encodings)
+        scores, tokens = self.score_with_tokens(query.text, [self._passage(c) for c in candidates])
         return scores, StageCost(
             "rerank", (time.perf_counter() - started) * 1000, docs=len(candidates), tokens_in=tokens
         )

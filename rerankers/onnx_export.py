@@ -44,7 +44,6 @@ def export_cross_encoder(
     """
     st = _export_modules(precision)
     import torch
-    from onnxruntime.quantization import QuantType
 
     ce = st.CrossEncoder(resolve_model(model), device="cpu")
     hf_model, tokenizer = ce.model.eval(), ce.tokenizer
@@ -56,31 +55,62 @@ def export_cross_encoder(
     with torch.no_grad():
         expected = hf_model(**{n: enc[n] for n in names}).logits[:, 0].numpy()
     with atomic_directory(out, marker=MARKER) as tmp:
-        _write_graph(
-            hf_model,
-            enc,
-            names,
-            tmp,
-            output="logits",
-            output_axes={0: "batch"},
-            precision=precision,
-            opset=opset,
-            quantize={"weight_type": QuantType.QInt8},
-        )
-        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        session = cpu_session(tmp / "model.onnx", threads=None, extra="export")  # exact INT8 on every x86 CPU
-        diff = 0.0
-        for row, want in enumerate(expected):  # one pair per run, unpadded, as the reranker scores by default
-            length = int(enc["attention_mask"][row].sum())
-            got = session.run(None, {n: enc[n][row : row + 1, :length].numpy() for n in names})[0][0, 0]
-            diff = max(diff, abs(float(got) - float(want)))
-        bound = tolerance if tolerance is not None else (1e-3 if precision == "fp32" else 1.0)
-        if diff > bound:
-            raise TwoStageError(f"ONNX export of {model!r} differs from torch by {diff:.4f} logits (> {bound})")
+        diff = write_cross_encoder(hf_model, tokenizer, enc, names, tmp, expected, model, precision, opset, tolerance)
         info = {"model": model, "precision": precision, "opset": opset, "max_abs_logit_diff": round(diff, 6)}
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
     log.info("exported %s → %s (%s, max |Δlogit| %.4g)", model, out, precision, diff)
     return info
+
+
+def write_cross_encoder(
+    module: Any,
+    tokenizer: Any,
+    enc: Any,
+    names: list[str],
+    folder: Path,
+    expected: Any,
+    model: str,
+    precision: Precision,
+    opset: int,
+    tolerance: float | None,
+    *,
+    per_channel: bool = False,
+) -> float:
+    """``folder/model.onnx`` (a classifier's ``logits``; INT8 weights one scale per tensor, or per output channel)
+    and ``folder/tokenizer.json``, checked by :func:`check_logits`; returns the largest logit difference."""
+    from onnxruntime.quantization import QuantType
+
+    write_graph(
+        module,
+        enc,
+        names,
+        folder,
+        output="logits",
+        output_axes={0: "batch"},
+        precision=precision,
+        opset=opset,
+        quantize={"weight_type": QuantType.QInt8, "per_channel": per_channel},
+    )
+    tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    return check_logits(folder / "model.onnx", enc, names, expected, model, precision, tolerance)
+
+
+def check_logits(
+    path: Path, enc: Any, names: list[str], expected: Any, model: str, precision: Precision, tolerance: float | None
+) -> float:
+    """The largest |torch − ONNX| logit of the graph at ``path`` over ``enc``'s pairs (``expected``: torch's),
+    each pair run alone and unpadded as the rerankers score by default; raises :class:`TwoStageError` above
+    ``tolerance`` (default 1e-3 for fp32, 1.0 for INT8)."""
+    session = cpu_session(path, threads=None, extra="export")  # exact INT8 on every x86 CPU
+    diff = 0.0
+    for row, want in enumerate(expected):
+        length = int(enc["attention_mask"][row].sum())
+        got = session.run(None, {n: enc[n][row : row + 1, :length].numpy() for n in names})[0][0, 0]
+        diff = max(diff, abs(float(got) - float(want)))
+    bound = tolerance if tolerance is not None else (1e-3 if precision == "fp32" else 1.0)
+    if diff > bound:
+        raise TwoStageError(f"ONNX export of {model!r} differs from torch by {diff:.4f} logits (> {bound})")
+    return diff
 
 
 def _export_modules(precision: str) -> Any:
@@ -93,7 +123,7 @@ def _export_modules(precision: str) -> Any:
     return require("sentence_transformers", "export")
 
 
-def _write_graph(
+def write_graph(
     module: Any,
     enc: Any,
     names: list[str],
@@ -172,7 +202,7 @@ def export_bi_encoder(
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
     settings = {"pooling": pooling, "query_prefix": (getattr(encoder, "prompts", None) or {}).get("query", "")}
     with atomic_directory(out, marker=MARKER) as tmp:
-        _write_graph(
+        write_graph(
             _hidden_module(torch)(hf_model),
             enc,
             names,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from twostage_search.engine.argtypes import positive_int
+from twostage_search.engine.errors import InputError
 
 
 def add_export_parser(sub: Any) -> None:
@@ -22,6 +23,11 @@ def add_export_parser(sub: Any) -> None:
     )
     x.add_argument("--opset", type=positive_int, default=17)
     x.add_argument(
+        "--graded-ce",
+        action="store_true",
+        help="a graded-ce model (bundled:NAME or a folder with a delta): writes a graded-ce model folder",
+    )
+    x.add_argument(
         "--bi-encoder",
         action="store_true",
         help="a bi-encoder (CLS or mean pooling) for the onnx dense encoder: also writes dense.json",
@@ -31,6 +37,15 @@ def add_export_parser(sub: Any) -> None:
 def export_from_args(args: argparse.Namespace) -> int:
     from twostage_search.rerankers.onnx_export import export_bi_encoder, export_cross_encoder
 
+    if args.graded_ce and args.bi_encoder:
+        raise InputError("--graded-ce and --bi-encoder exclude each other")
+    if args.graded_ce:
+        from twostage_search.rerankers.graded_ce_export import export_graded_ce
+
+        info = export_graded_ce(args.model, args.out, precision=args.precision or "int8", opset=args.opset)
+        print(f"{args.out}: {info['precision']} ONNX graded-ce, max |torch - ONNX| logit {info['max_abs_logit_diff']}")
+        print(f"use it with: --reranker graded-ce (params: {{model: {args.out}}})")
+        return 0
     if args.bi_encoder:
         info = export_bi_encoder(args.model, args.out, precision=args.precision or "fp32", opset=args.opset)
         print(

@@ -302,3 +302,83 @@ def test_the_bundled_title_and_description_variant_reads_both_and_ranks_the_matc
     with_text, _ = reranker.logits(query, docs[1:2])
     title_only, _ = reranker.logits(query, THREE[1:2])
     assert with_text != title_only
+
+
+# ---------------------------------------------------------------------- the model exported as one ONNX graph
+@pytest.fixture(scope="module")
+def exported(folder, tmp_path_factory):
+    """The fixture model exported by the CLI, fp32 and INT8 (per-channel weights)."""
+    from twostage_search.cli import main
+
+    out = tmp_path_factory.mktemp("exported")
+    for precision in ("fp32", "int8"):
+        code = main(["export-onnx", str(folder), str(out / precision), "--graded-ce", "--precision", precision])
+        assert code == 0
+    return out
+
+
+def test_the_export_is_a_graded_ce_folder_with_the_same_ordinal_model(folder, exported):
+    source = OrdinalModel.load(folder / "model.json")
+    for precision in ("fp32", "int8"):
+        out = exported / precision
+        assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.json", "model.onnx", "tokenizer.json"]
+        model = OrdinalModel.load(out / "model.json")
+        assert model.meta["onnx"]["precision"] == precision and model.meta["onnx"]["model"] == str(folder)
+        assert model.meta["base"] == source.meta["base"] and model.meta["max_length"] == 16
+        assert (model.features, model.cuts, model.grade_cuts) == (source.features, source.cuts, source.grade_cuts)
+
+
+def test_the_fp32_export_judges_as_the_torch_model(folder, exported):
+    query = Query("q1", "red shoes")
+    torch_model, onnx_model = GradedCEReranker(str(folder)), GradedCEReranker(str(exported / "fp32"))
+    want, want_cost = torch_model.judge_with_cost(query, DOCS)
+    got, cost = onnx_model.judge_with_cost(query, DOCS)
+    assert [j.doc_id for j in got] == [j.doc_id for j in want] and cost.tokens_in == want_cost.tokens_in
+    for g, w in zip(got, want, strict=True):
+        assert g.probs == pytest.approx(w.probs, abs=1e-4) and g.label == w.label and g.source == "graded-ce"
+    assert onnx_model.rerank(query, DOCS).doc_ids == torch_model.rerank(query, DOCS).doc_ids
+
+
+def test_the_int8_export_scores_within_the_export_check_and_serves_threads(folder, exported):
+    query = Query("q1", "red shoes")
+    passages = [c.title or c.text for c in DOCS]
+    want, _ = GradedCEReranker(str(folder)).score(query.text, passages)
+    reranker = GradedCEReranker(str(exported / "int8"))
+    got, tokens = reranker.score(query.text, passages)
+    assert tokens == (4 + 3) + (4 + 4) + (4 + 4) + (4 + 3)
+    assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= 1.0  # the export's own check bound
+    assert got[0] == got[3]  # one pair per run: a score never depends on its batch-mates
+    alone = reranker.judge(query, DOCS)
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(reranker.judge(query, DOCS))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [alone] * 4
+
+
+def test_bad_exports_are_refused(folder, exported, tmp_path, capsys):
+    from twostage_search.cli import main
+    from twostage_search.rerankers.graded_ce_export import export_graded_ce
+
+    with pytest.raises(InputError, match="already an ONNX"):
+        export_graded_ce(str(exported / "int8"), tmp_path / "again")
+    with pytest.raises(InputError, match="precision"):
+        export_graded_ce(str(folder), tmp_path / "bad", precision="int4")  # type: ignore[arg-type]
+    assert main(["export-onnx", str(folder), str(tmp_path / "x"), "--graded-ce", "--bi-encoder"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists() and not (tmp_path / "bad").exists() and not (tmp_path / "x").exists()
+
+
+def test_the_bundled_title_and_description_variant_exported_to_int8_ranks_the_matching_item_first(tmp_path):
+    from twostage_search.rerankers.graded_ce_export import export_graded_ce
+
+    info = export_graded_ce("bundled:graded-ce-text-crowdflower", tmp_path / "int8")
+    assert info["precision"] == "int8" and info["max_abs_logit_diff"] <= 1.0
+    reranker = GradedCEReranker(str(tmp_path / "int8"))
+    assert reranker.passage == "ce_text" and reranker.max_length == 128
+    docs = [*THREE[:1], Candidate("shoes", 0.0, "Lightweight mesh upper, cushioned sole", THREE[1].title), THREE[2]]
+    judged = {j.doc_id: j for j in reranker.judge(Query("q", "red running shoes"), docs)}
+    assert reranker.rerank(Query("q", "red running shoes"), docs).doc_ids[0] == "shoes"
+    assert judged["shoes"].expected > max(judged["sink"].expected, judged["hose"].expected)

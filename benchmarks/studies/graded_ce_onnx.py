@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from twostage_search.benchmarks.evaluation import compare, evaluate, ranked
-from twostage_search.benchmarks.graded import GradedSet, agreement, candidates
+from twostage_search.benchmarks.graded import GradedPair, GradedSet, agreement, candidates
 from twostage_search.benchmarks.graded_data import load_split_set
 from twostage_search.benchmarks.report import run_study
 from twostage_search.benchmarks.studies.graded_model import bootstrap_kappa_diff
@@ -42,12 +42,12 @@ log = logging.getLogger(__name__)
 SPLITS = ("dev", "test")
 
 
-def graded(reranker: GradedCEReranker, data: GradedSet, split: str) -> dict[str, Any]:
-    """Logits, grades and E[grade] the served model gives every judged pair of ``split`` (pair order)."""
+def graded(reranker: GradedCEReranker, data: GradedSet, pairs: Sequence[GradedPair]) -> dict[str, Any]:
+    """Logits, grades and E[grade] the served model gives ``pairs`` (a split's, sorted by query; pair order)."""
     logits: list[float] = []
     labels: list[int] = []
     expected: list[float] = []
-    for qid, group in groupby(data.pairs(split), key=lambda p: p.query_id):
+    for qid, group in groupby(pairs, key=lambda p: p.query_id):
         query, items = data.queries[qid], candidates(data, list(group))
         values, _ = reranker.logits(query, items)
         judged = reranker.judgements(query, items, values)
@@ -57,9 +57,8 @@ def graded(reranker: GradedCEReranker, data: GradedSet, split: str) -> dict[str,
     return {"logits": logits, "labels": labels, "expected": expected}
 
 
-def ndcg10(data: GradedSet, split: str, expected: Sequence[float]) -> list[float]:
-    """Per-query nDCG@10 of the split's judged items ranked by ``expected`` (gain: grade − lowest grade)."""
-    pairs = data.pairs(split)
+def ndcg10(data: GradedSet, pairs: Sequence[GradedPair], expected: Sequence[float]) -> list[float]:
+    """Per-query nDCG@10 of the judged ``pairs`` ranked by ``expected`` (gain: grade − lowest grade)."""
     low = min(data.grades)
     qrels: dict[str, dict[str, int]] = {}
     runs: dict[str, list[tuple[str, float]]] = {}
@@ -86,10 +85,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for split in SPLITS:
             judged = data.pairs(split)
             human = [p.grade for p in judged]
-            got = {name: graded(reranker, data, split) for name, reranker in served.items()}
+            got = {name: graded(reranker, data, judged) for name, reranker in served.items()}
             rows = {}
             for name, g in got.items():
-                per_query = ndcg10(data, split, g["expected"])
+                per_query = ndcg10(data, judged, g["expected"])
                 rows[name] = agreement(human, g["labels"], data.grades, data.cut) | {
                     "ndcg@10": float(np.mean(per_query)),
                     "ndcg@10_per_query": per_query,
